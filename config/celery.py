@@ -1,0 +1,63 @@
+"""The Celery app. Settings come from Django settings under the CELERY_ prefix."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+
+from celery import Celery
+from celery.signals import worker_ready
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("concord")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+def _ensure_filesystem_broker_folders() -> None:
+    """kombu's filesystem transport needs its folders to exist before anyone connects."""
+    from pathlib import Path
+
+    from django.conf import settings
+
+    if settings.CELERY_BROKER_URL.startswith("filesystem://"):
+        for key in ("data_folder_in", "data_folder_out", "control_folder"):
+            Path(settings.CELERY_BROKER_TRANSPORT_OPTIONS[key]).mkdir(parents=True, exist_ok=True)
+
+
+_ensure_filesystem_broker_folders()
+
+logger = logging.getLogger(__name__)
+
+
+@worker_ready.connect
+def start_worker_heartbeat(sender: object = None, **kwargs: object) -> None:
+    """Record a worker heartbeat from a daemon thread in the worker's main process.
+
+    A thread rather than a periodic task: a task goes through beat, and the worker would then read
+    as down whenever beat is down. Celery's remote-control ping does not exist on the filesystem
+    transport, so the heartbeat goes to the database, which every deployment has.
+    """
+    from django.conf import settings
+    from django.db import close_old_connections
+
+    from integrations.services.health import heartbeat_record
+
+    hostname = str(getattr(sender, "hostname", None) or socket.gethostname())
+    interval = settings.CONCORD_HEARTBEAT_INTERVAL_S
+
+    def beat_forever() -> None:
+        stop = threading.Event()
+        while True:
+            try:
+                close_old_connections()
+                heartbeat_record(component="worker", hostname=hostname)
+            except Exception:
+                # A missed beat is exactly what /healthz reports; keep trying.
+                logger.exception("worker heartbeat failed")
+            stop.wait(interval)
+
+    threading.Thread(target=beat_forever, name="concord-heartbeat", daemon=True).start()

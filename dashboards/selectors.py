@@ -1,0 +1,97 @@
+"""Read-only queries behind the role pages. Each returns plain rows, a fixed number of queries."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db.models import Count, Q, QuerySet, Sum
+
+from integrations.models import (
+    ApprovalState,
+    BillingEvent,
+    Connection,
+    Contract,
+    Customer,
+    Heartbeat,
+    Invoice,
+    OwnershipRule,
+    Project,
+    TimeEntry,
+)
+
+
+def invoices_by_entity_and_status() -> list[dict[str, Any]]:
+    return list(
+        Invoice.objects.values("legal_entity__code", "legal_entity__name", "status", "currency")
+        .annotate(count=Count("id"), total=Sum("total"), due=Sum("amount_due"))
+        .order_by("legal_entity__code", "status", "currency")
+    )
+
+
+def unbilled_approved_time() -> list[dict[str, Any]]:
+    """Approved billable hours not yet on an invoice, per legal entity."""
+    return list(
+        TimeEntry.objects.filter(approval_state=ApprovalState.APPROVED, billable=True)
+        .exclude(billing_event__status=BillingEvent.Status.INVOICED)
+        .values("project__legal_entity__code", "project__legal_entity__name")
+        .annotate(hours=Sum("hours"), entries=Count("id"), projects=Count("project", distinct=True))
+        .order_by("project__legal_entity__code")
+    )
+
+
+def customers_missing_tax_number() -> QuerySet[Customer]:
+    return (
+        Customer.objects.filter(active=True, tax_number="")
+        .select_related("legal_entity")
+        .order_by("name")
+    )
+
+
+def projects_by_region_and_status() -> list[dict[str, Any]]:
+    return list(
+        Project.objects.values("region", "status")
+        .annotate(count=Count("id"), budget=Sum("budget"))
+        .order_by("region", "status")
+    )
+
+
+def time_on_closed_projects() -> list[dict[str, Any]]:
+    return list(
+        TimeEntry.objects.filter(project__status=Project.Status.CLOSED)
+        .values("project__code", "project__name")
+        .annotate(hours=Sum("hours"), entries=Count("id"))
+        .order_by("-hours")
+    )
+
+
+def commercial_data_gaps() -> dict[str, QuerySet[Any]]:
+    return {
+        "customers_without_entity": Customer.objects.filter(
+            legal_entity__isnull=True, active=True
+        ).order_by("name"),
+        "contracts_incomplete": Contract.objects.filter(
+            Q(legal_entity__isnull=True) | Q(tax_rate__isnull=True),
+            status=Contract.Status.ACTIVE,
+        )
+        .select_related("customer", "legal_entity", "tax_rate")
+        .order_by("number"),
+    }
+
+
+def connections_overview() -> QuerySet[Connection]:
+    return Connection.objects.annotate(xref_count=Count("cross_references")).order_by(
+        "role", "name"
+    )
+
+
+def ownership_rules() -> QuerySet[OwnershipRule]:
+    return OwnershipRule.objects.order_by("object_type", "field")
+
+
+def heartbeats() -> QuerySet[Heartbeat]:
+    return Heartbeat.objects.order_by("component", "-seen_at")
+
+
+def total_hours(rows: list[dict[str, Any]]) -> Decimal:
+    return sum((row["hours"] or Decimal("0") for row in rows), Decimal("0"))

@@ -1,0 +1,13 @@
+from django.urls import path
+
+from dashboards import views
+
+app_name = "dashboards"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("finance/", views.finance, name="finance"),
+    path("pmo/", views.pmo, name="pmo"),
+    path("sales-ops/", views.sales_ops, name="sales_ops"),
+    path("integration-admin/", views.integration_admin, name="integration_admin"),
+]

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.contrib import admin
+from django.http import HttpRequest
+
+from integrations import models as m
+from integrations.api.filters import RECORD_FILTERS
+from integrations.services.connections import connection_create, connection_update
+
+SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
+
+
+def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]:
+    concrete = [f.name for f in model._meta.concrete_fields if f.name not in SYNC_FIELDS]
+    simple_filters = [
+        name
+        for name in RECORD_FILTERS[model]
+        if not model._meta.get_field(name).is_relation and name not in {"name", "email", "number", "code"}
+    ]
+    attrs = {
+        "list_display": ["__str__", *concrete[1:6], "source_system", "updated_at"],
+        "list_filter": simple_filters[:4],
+        "readonly_fields": SYNC_FIELDS,
+        "search_fields": [f for f in ("name", "code", "number", "email") if f in concrete],
+        "list_select_related": True,
+        "show_full_result_count": False,
+        "raw_id_fields": [
+            f.name for f in model._meta.concrete_fields if f.is_relation and f.name != "id"
+        ],
+    }
+    return type(f"{model.__name__}Admin", (admin.ModelAdmin,), attrs)
+
+
+for _model in RECORD_FILTERS:
+    admin.site.register(_model, _record_admin(_model))
+
+
+class ConnectionForm(forms.ModelForm[m.Connection]):
+    new_credentials = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off"}),
+        help_text=(
+            'JSON object of secrets to add or replace, e.g. {"client_secret": "..."}; a null '
+            "value removes a key. Stored values are encrypted and never shown again."
+        ),
+    )
+
+    class Meta:
+        model = m.Connection
+        fields = [
+            "name",
+            "role",
+            "vendor",
+            "base_url",
+            "rate_limit_per_minute",
+            "max_concurrency",
+            "enabled",
+        ]
+
+    def clean_new_credentials(self) -> dict[str, str | None]:
+        raw = self.cleaned_data.get("new_credentials") or ""
+        if not raw.strip():
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc.msg} at line {exc.lineno}.") from exc
+        if not isinstance(value, dict) or not all(
+            isinstance(v, str) or v is None for v in value.values()
+        ):
+            raise forms.ValidationError("Give a JSON object of string (or null) values.")
+        return value
+
+
+@admin.register(m.Connection)
+class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
+    form = ConnectionForm
+    list_display = ["name", "role", "vendor", "base_url", "enabled", "credential_keys"]
+    list_filter = ["role", "vendor", "enabled"]
+    readonly_fields = ["credential_keys", "created_at", "updated_at"]
+    search_fields = ["name"]
+
+    def save_model(self, request: HttpRequest, obj: m.Connection, form: Any, change: bool) -> None:
+        fields = {name: form.cleaned_data[name] for name in ConnectionForm.Meta.fields}
+        credentials = form.cleaned_data.get("new_credentials") or {}
+        if change:
+            connection_update(connection=obj, credentials=credentials, **fields)
+        else:
+            created = connection_create(
+                credentials={k: v for k, v in credentials.items() if v is not None}, **fields
+            )
+            obj.pk = created.pk
+
+
+@admin.register(m.CrossReference)
+class CrossReferenceAdmin(admin.ModelAdmin[m.CrossReference]):
+    list_display = ["content_type", "object_id", "connection", "external_id", "last_synced_at"]
+    list_filter = ["connection", "content_type"]
+    search_fields = ["external_id"]
+    list_select_related = ["content_type", "connection"]
+
+
+@admin.register(m.OwnershipRule)
+class OwnershipRuleAdmin(admin.ModelAdmin[m.OwnershipRule]):
+    list_display = ["object_type", "field", "owner_role", "note"]
+    list_filter = ["owner_role", "object_type"]
+
+
+@admin.register(m.Heartbeat)
+class HeartbeatAdmin(admin.ModelAdmin[m.Heartbeat]):
+    list_display = ["component", "hostname", "seen_at"]
+    readonly_fields = ["component", "hostname", "seen_at"]

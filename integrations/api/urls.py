@@ -1,0 +1,20 @@
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from integrations.api import views
+
+router = DefaultRouter()
+for prefix, model in views.RECORD_ENDPOINTS.items():
+    router.register(prefix, views.record_viewset(model), basename=model._meta.model_name)
+router.register("connections", views.ConnectionViewSet, basename="connection")
+router.register("cross-references", views.CrossReferenceViewSet, basename="crossreference")
+router.register("ownership-rules", views.OwnershipRuleViewSet, basename="ownershiprule")
+
+urlpatterns = [
+    path("", include(router.urls)),
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+]

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from rest_framework import viewsets
+
+from integrations import models as m
+from integrations.api import filters, serializers
+
+# URL segment -> canonical model. The order is the order of the API index.
+RECORD_ENDPOINTS: dict[str, type[m.CanonicalRecord]] = {
+    "legal-entities": m.LegalEntity,
+    "customers": m.Customer,
+    "contracts": m.Contract,
+    "projects": m.Project,
+    "resources": m.Resource,
+    "assignments": m.Assignment,
+    "rate-cards": m.RateCard,
+    "time-entries": m.TimeEntry,
+    "expenses": m.Expense,
+    "milestones": m.Milestone,
+    "billing-events": m.BillingEvent,
+    "invoices": m.Invoice,
+    "payments": m.Payment,
+    "exchange-rates": m.ExchangeRate,
+    "tax-rates": m.TaxRate,
+}
+
+
+def record_viewset(model: type[m.CanonicalRecord]) -> type[viewsets.ModelViewSet[Any]]:
+    """A CRUD endpoint for one canonical record type, filtered, ordered and paginated."""
+    attrs = {
+        "queryset": model._default_manager.all().order_by("pk"),
+        "serializer_class": serializers.record_serializer(model),
+        "filterset_class": filters.record_filterset(model),
+        "ordering_fields": "__all__",
+        "__doc__": f"{model._meta.verbose_name_plural.capitalize()} (canonical records).",
+    }
+    return type(f"{model.__name__}ViewSet", (viewsets.ModelViewSet,), attrs)
+
+
+class ConnectionViewSet(viewsets.ModelViewSet[m.Connection]):
+    """Configured external systems. Credentials are write-only: only their key names are shown."""
+
+    queryset = m.Connection.objects.all().order_by("pk")
+    serializer_class = serializers.ConnectionSerializer
+    filterset_class = filters.ConnectionFilterSet
+    ordering_fields = ["name", "role", "vendor", "created_at"]
+
+
+class CrossReferenceViewSet(viewsets.ModelViewSet[m.CrossReference]):
+    """Identities of canonical records in each connected system."""
+
+    serializer_class = serializers.CrossReferenceSerializer
+    filterset_class = filters.CrossReferenceFilterSet
+    ordering_fields = ["external_id", "created_at", "last_synced_at"]
+
+    def get_queryset(self) -> QuerySet[m.CrossReference]:
+        return m.CrossReference.objects.select_related("content_type").order_by("pk")
+
+
+class OwnershipRuleViewSet(viewsets.ModelViewSet[m.OwnershipRule]):
+    """Which system owns each object and field."""
+
+    queryset = m.OwnershipRule.objects.all().order_by("object_type", "field")
+    serializer_class = serializers.OwnershipRuleSerializer
+    filterset_class = filters.OwnershipRuleFilterSet

@@ -1,0 +1,83 @@
+"""The portal's roles as Django groups, and what each may do. Deny by default.
+
+Groups are kept in sync with this table after every migrate, so a new model or permission
+reaches the roles without a hand-written data migration.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import Group, Permission
+from django.db import transaction
+
+FINANCE = "Finance"
+PMO = "PMO"
+SALES_OPS = "Sales ops"
+INTEGRATION_ADMIN = "Integration admin"
+VIEWER = "Viewer"
+ROLES = (FINANCE, PMO, SALES_OPS, INTEGRATION_ADMIN, VIEWER)
+
+CANONICAL_MODELS = (
+    "legalentity",
+    "customer",
+    "contract",
+    "project",
+    "resource",
+    "assignment",
+    "ratecard",
+    "timeentry",
+    "expense",
+    "milestone",
+    "billingevent",
+    "invoice",
+    "payment",
+    "exchangerate",
+    "taxrate",
+)
+
+
+def _view(*models: str) -> set[str]:
+    return {f"integrations.view_{m}" for m in models}
+
+
+def _edit(*models: str) -> set[str]:
+    return {f"integrations.{action}_{m}" for m in models for action in ("view", "add", "change")}
+
+
+ROLE_PERMISSIONS: dict[str, set[str]] = {
+    VIEWER: _view(*CANONICAL_MODELS),
+    FINANCE: _view(*CANONICAL_MODELS)
+    | _edit("customer", "legalentity", "taxrate", "exchangerate", "invoice", "payment")
+    | _edit("billingevent")
+    | {"dashboards.view_finance"},
+    PMO: _view(*CANONICAL_MODELS)
+    | _edit("project", "assignment", "resource", "timeentry", "expense", "milestone")
+    | {"dashboards.view_pmo"},
+    SALES_OPS: _view(*CANONICAL_MODELS)
+    | _edit("customer", "contract", "ratecard")
+    | {"dashboards.view_sales_ops"},
+    INTEGRATION_ADMIN: _view(*CANONICAL_MODELS)
+    | _edit("connection", "crossreference", "ownershiprule")
+    | {
+        "integrations.delete_crossreference",
+        "integrations.view_heartbeat",
+        "dashboards.view_integration_admin",
+        "django_celery_beat.view_periodictask",
+        "django_celery_beat.change_periodictask",
+    },
+}
+
+
+def roles_sync() -> None:
+    """Create the role groups and set their permissions exactly to ROLE_PERMISSIONS."""
+    wanted = set().union(*ROLE_PERMISSIONS.values())
+    by_name: dict[str, Permission] = {}
+    for perm in Permission.objects.select_related("content_type"):
+        name = f"{perm.content_type.app_label}.{perm.codename}"
+        if name in wanted:
+            by_name[name] = perm
+    with transaction.atomic():
+        for role, names in ROLE_PERMISSIONS.items():
+            group, _ = Group.objects.get_or_create(name=role)
+            group.permissions.set([by_name[n] for n in sorted(names) if n in by_name])

@@ -1,0 +1,67 @@
+"""Writes to connections. Credentials are merged, encrypted, and never logged."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+
+from integrations.models import VENDOR_ROLES, Connection
+
+logger = logging.getLogger(__name__)
+
+_EDITABLE = ("name", "role", "vendor", "base_url", "rate_limit_per_minute", "max_concurrency", "enabled")
+
+
+def _check_vendor_role(connection: Connection) -> None:
+    expected = VENDOR_ROLES.get(connection.vendor)
+    if expected != connection.role:
+        raise ValidationError(
+            {"role": f"A {connection.vendor} connection plays the {expected} role, not {connection.role}."}
+        )
+
+
+@transaction.atomic
+def connection_create(*, credentials: dict[str, str] | None = None, **fields: Any) -> Connection:
+    connection = Connection(**{k: v for k, v in fields.items() if k in _EDITABLE})
+    connection.credentials = dict(credentials or {})
+    _check_vendor_role(connection)
+    connection.full_clean()
+    connection.save()
+    logger.info(
+        "connection %s created (%s %s), %d credential(s) stored",
+        connection.pk,
+        connection.vendor,
+        connection.role,
+        len(connection.credentials),
+    )
+    return connection
+
+
+@transaction.atomic
+def connection_update(
+    *, connection: Connection, credentials: dict[str, str | None] | None = None, **fields: Any
+) -> Connection:
+    """Update settings; `credentials` is merged key by key (a None value removes that key)."""
+    for name, value in fields.items():
+        if name in _EDITABLE:
+            setattr(connection, name, value)
+    if credentials:
+        merged = dict(connection.credentials)
+        for key, value in credentials.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        connection.credentials = merged
+    _check_vendor_role(connection)
+    connection.full_clean()
+    connection.save()
+    logger.info(
+        "connection %s updated, credential keys now: %s",
+        connection.pk,
+        ", ".join(connection.credential_keys) or "none",
+    )
+    return connection
