@@ -15,7 +15,7 @@ from django.conf import settings
 from django_celery_beat.schedulers import DatabaseScheduler
 
 
-class HeartbeatDatabaseScheduler(DatabaseScheduler):  # type: ignore[misc]
+class HeartbeatDatabaseScheduler(DatabaseScheduler):
     _last_heartbeat = 0.0
 
     def tick(self, *args: Any, **kwargs: Any) -> float:

@@ -70,7 +70,8 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict[str, Any]:
     parsed = urlparse(url)
     if parsed.scheme not in {"postgres", "postgresql", "pgsql"}:
         raise ImproperlyConfiguredEnv(
-            f"DATABASE_URL must be a postgres:// URL (or unset for SQLite), got scheme {parsed.scheme!r}."
+            "DATABASE_URL must be a postgres:// URL (or unset for SQLite), "
+            f"got scheme {parsed.scheme!r}."
         )
     options = {key: values[-1] for key, values in parse_qs(parsed.query).items()}
     return {

@@ -13,3 +13,6 @@ class DashboardAccess(models.Model):
             ("view_sales_ops", "Can see the sales ops pages"),
             ("view_integration_admin", "Can see the integration admin pages"),
         ]
+
+    def __str__(self) -> str:
+        return "dashboard access"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
@@ -21,7 +22,7 @@ from integrations.models import (
 )
 
 
-def invoices_by_entity_and_status() -> list[dict[str, Any]]:
+def invoices_by_entity_and_status() -> list[Mapping[str, Any]]:
     return list(
         Invoice.objects.values("legal_entity__code", "legal_entity__name", "status", "currency")
         .annotate(count=Count("id"), total=Sum("total"), due=Sum("amount_due"))
@@ -29,7 +30,7 @@ def invoices_by_entity_and_status() -> list[dict[str, Any]]:
     )
 
 
-def unbilled_approved_time() -> list[dict[str, Any]]:
+def unbilled_approved_time() -> list[Mapping[str, Any]]:
     """Approved billable hours not yet on an invoice, per legal entity."""
     return list(
         TimeEntry.objects.filter(approval_state=ApprovalState.APPROVED, billable=True)
@@ -48,7 +49,7 @@ def customers_missing_tax_number() -> QuerySet[Customer]:
     )
 
 
-def projects_by_region_and_status() -> list[dict[str, Any]]:
+def projects_by_region_and_status() -> list[Mapping[str, Any]]:
     return list(
         Project.objects.values("region", "status")
         .annotate(count=Count("id"), budget=Sum("budget"))
@@ -56,7 +57,7 @@ def projects_by_region_and_status() -> list[dict[str, Any]]:
     )
 
 
-def time_on_closed_projects() -> list[dict[str, Any]]:
+def time_on_closed_projects() -> list[Mapping[str, Any]]:
     return list(
         TimeEntry.objects.filter(project__status=Project.Status.CLOSED)
         .values("project__code", "project__name")
@@ -93,5 +94,5 @@ def heartbeats() -> QuerySet[Heartbeat]:
     return Heartbeat.objects.order_by("component", "-seen_at")
 
 
-def total_hours(rows: list[dict[str, Any]]) -> Decimal:
+def total_hours(rows: list[Mapping[str, Any]]) -> Decimal:
     return sum((row["hours"] or Decimal("0") for row in rows), Decimal("0"))

@@ -5,12 +5,17 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.db import models
 from django.http import HttpRequest
 
 from integrations import models as m
 from integrations.api.filters import RECORD_FILTERS
 from integrations.services.connections import connection_create, connection_update
 
+# Admins type URLs without a scheme; https is the right guess (and Django 6's default).
+URL_FORMFIELD: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
+    models.URLField: {"assume_scheme": "https"}
+}
 SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
 
 
@@ -19,7 +24,8 @@ def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]
     simple_filters = [
         name
         for name in RECORD_FILTERS[model]
-        if not model._meta.get_field(name).is_relation and name not in {"name", "email", "number", "code"}
+        if not model._meta.get_field(name).is_relation
+        and name not in {"name", "email", "number", "code"}
     ]
     attrs = {
         "list_display": ["__str__", *concrete[1:6], "source_system", "updated_at"],
@@ -27,6 +33,7 @@ def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]
         "readonly_fields": SYNC_FIELDS,
         "search_fields": [f for f in ("name", "code", "number", "email") if f in concrete],
         "list_select_related": True,
+        "formfield_overrides": URL_FORMFIELD,
         "show_full_result_count": False,
         "raw_id_fields": [
             f.name for f in model._meta.concrete_fields if f.is_relation and f.name != "id"
@@ -40,6 +47,7 @@ for _model in RECORD_FILTERS:
 
 
 class ConnectionForm(forms.ModelForm[m.Connection]):
+    base_url = forms.URLField(max_length=500, assume_scheme="https")
     new_credentials = forms.CharField(
         required=False,
         widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off"}),
@@ -79,6 +87,7 @@ class ConnectionForm(forms.ModelForm[m.Connection]):
 @admin.register(m.Connection)
 class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
     form = ConnectionForm
+    formfield_overrides = URL_FORMFIELD
     list_display = ["name", "role", "vendor", "base_url", "enabled", "credential_keys"]
     list_filter = ["role", "vendor", "enabled"]
     readonly_fields = ["credential_keys", "created_at", "updated_at"]

@@ -6,8 +6,6 @@ reaches the roles without a hand-written data migration.
 
 from __future__ import annotations
 
-from typing import Any
-
 from django.contrib.auth.models import Group, Permission
 from django.db import transaction
 

@@ -4,22 +4,30 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='DashboardAccess',
+            name="DashboardAccess",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
             ],
             options={
-                'permissions': [('view_finance', 'Can see the finance pages'), ('view_pmo', 'Can see the PMO pages'), ('view_sales_ops', 'Can see the sales ops pages'), ('view_integration_admin', 'Can see the integration admin pages')],
-                'managed': False,
-                'default_permissions': (),
+                "permissions": [
+                    ("view_finance", "Can see the finance pages"),
+                    ("view_pmo", "Can see the PMO pages"),
+                    ("view_sales_ops", "Can see the sales ops pages"),
+                    ("view_integration_admin", "Can see the integration admin pages"),
+                ],
+                "managed": False,
+                "default_permissions": (),
             },
         ),
     ]

@@ -45,6 +45,16 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         ]
         read_only_fields = ["created_at", "updated_at"]
 
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        vendor = attrs.get("vendor", getattr(self.instance, "vendor", None))
+        role = attrs.get("role", getattr(self.instance, "role", None))
+        expected = m.VENDOR_ROLES.get(str(vendor))
+        if expected != role:
+            raise serializers.ValidationError(
+                {"role": f"A {vendor} connection plays the {expected} role, not {role}."}
+            )
+        return attrs
+
     def create(self, validated_data: dict[str, Any]) -> m.Connection:
         return connection_create(**validated_data)
 

@@ -35,7 +35,7 @@ def record_viewset(model: type[m.CanonicalRecord]) -> type[viewsets.ModelViewSet
         "serializer_class": serializers.record_serializer(model),
         "filterset_class": filters.record_filterset(model),
         "ordering_fields": "__all__",
-        "__doc__": f"{model._meta.verbose_name_plural.capitalize()} (canonical records).",
+        "__doc__": f"{str(model._meta.verbose_name_plural).capitalize()} (canonical records).",
     }
     return type(f"{model.__name__}ViewSet", (viewsets.ModelViewSet,), attrs)
 

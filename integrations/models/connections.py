@@ -107,7 +107,8 @@ class CrossReference(models.Model):
         indexes = [models.Index(fields=["content_type", "object_id"])]
 
     def __str__(self) -> str:
-        return f"{self.content_type.model} {self.object_id} = {self.connection.name}:{self.external_id}"
+        record = f"{self.content_type.model} {self.object_id}"
+        return f"{record} = {self.connection.name}:{self.external_id}"
 
 
 class OwnershipRule(models.Model):

@@ -13,7 +13,7 @@ from integrations.crypto import decrypt_text, encrypt_text
 CURRENCY_RE = r"^[A-Z]{3}$"
 
 
-class CurrencyField(models.CharField):  # type: ignore[type-arg]
+class CurrencyField(models.CharField):
     """An ISO 4217 code. Money is always a Decimal amount beside one of these."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -24,18 +24,21 @@ class CurrencyField(models.CharField):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
 
 
-def money_field(**kwargs: Any) -> models.DecimalField:  # type: ignore[type-arg]
+def money_field(**kwargs: Any) -> models.DecimalField:
     # 14 digits with 2 decimals holds amounts up to 999,999,999,999.99 in any currency we bill.
     kwargs.setdefault("max_digits", 14)
     kwargs.setdefault("decimal_places", 2)
     return models.DecimalField(**kwargs)
 
 
-class EncryptedJSONField(models.TextField):  # type: ignore[type-arg]
+class EncryptedJSONField(models.Field[dict[str, Any] | None, dict[str, Any]]):
     """A JSON object stored encrypted (Fernet, keys from CONCORD_FERNET_KEYS).
 
     The plaintext never reaches the database, and the field is never serialised by the API.
     """
+
+    def get_internal_type(self) -> str:
+        return "TextField"
 
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
         if value is None or value == "":

@@ -438,12 +438,24 @@ class BillingEvent(CanonicalRecord):
             # Exactly one source record, and the one that `source` names.
             models.CheckConstraint(
                 condition=(
-                    Q(source="time",
-                      time_entry__isnull=False, expense__isnull=True, milestone__isnull=True)
-                    | Q(source="expense",
-                        time_entry__isnull=True, expense__isnull=False, milestone__isnull=True)
-                    | Q(source="milestone",
-                        time_entry__isnull=True, expense__isnull=True, milestone__isnull=False)
+                    Q(
+                        source="time",
+                        time_entry__isnull=False,
+                        expense__isnull=True,
+                        milestone__isnull=True,
+                    )
+                    | Q(
+                        source="expense",
+                        time_entry__isnull=True,
+                        expense__isnull=False,
+                        milestone__isnull=True,
+                    )
+                    | Q(
+                        source="milestone",
+                        time_entry__isnull=True,
+                        expense__isnull=True,
+                        milestone__isnull=False,
+                    )
                 ),
                 name="billingevent_one_matching_source",
             ),

@@ -12,14 +12,25 @@ from integrations.models import VENDOR_ROLES, Connection
 
 logger = logging.getLogger(__name__)
 
-_EDITABLE = ("name", "role", "vendor", "base_url", "rate_limit_per_minute", "max_concurrency", "enabled")
+_EDITABLE = (
+    "name",
+    "role",
+    "vendor",
+    "base_url",
+    "rate_limit_per_minute",
+    "max_concurrency",
+    "enabled",
+)
 
 
 def _check_vendor_role(connection: Connection) -> None:
     expected = VENDOR_ROLES.get(connection.vendor)
     if expected != connection.role:
         raise ValidationError(
-            {"role": f"A {connection.vendor} connection plays the {expected} role, not {connection.role}."}
+            {
+                "role": f"A {connection.vendor} connection plays the {expected} role, "
+                f"not {connection.role}."
+            }
         )
 
 

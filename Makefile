@@ -1,0 +1,51 @@
+# Concord: `make run` starts the whole portal, `make test` runs every check. Both install first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck format bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+var/secret_key var/fernet_key: $(STAMP)
+	mkdir -p var
+	test -s var/secret_key || $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key
+	test -s var/fernet_key || $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > var/fernet_key
+
+# The embedded default: SQLite (WAL) and kombu's filesystem transport, unless DATABASE_URL and
+# REDIS_URL are set. Plain HTTP on loopback, so the HTTPS-only protections are switched off here
+# by variables; production keeps their secure defaults.
+run: $(STAMP) var/secret_key var/fernet_key
+	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat var/secret_key)}" \
+	CONCORD_FERNET_KEYS="$${CONCORD_FERNET_KEYS:-$$(cat var/fernet_key)}" \
+	DJANGO_SECURE_SSL_REDIRECT=0 DJANGO_SECURE_COOKIES=0 DJANGO_HSTS_SECONDS=0 \
+	$(PY) manage.py run_portal
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+# Runs on real PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379); see README.
+test: lint typecheck $(STAMP)
+	DJANGO_SETTINGS_MODULE=config.settings_test DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
+	  $(PY) manage.py makemigrations --check --dry-run
+	DJANGO_SETTINGS_MODULE=config.settings DJANGO_SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
+	  DJANGO_ALLOWED_HOSTS=concord.example.com CONCORD_FERNET_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
+	  DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 \
+	  $(PY) manage.py check --deploy --fail-level WARNING
+	$(PY) -m pytest
+
+clean:
+	rm -rf var staticfiles .pytest_cache .mypy_cache .ruff_cache
