@@ -1,0 +1,242 @@
+"""The control API under ``/_control/``: reset, seed, faults, limits, stats, records, webhooks.
+
+It is for tests, benchmarks and ``make run``; it has no auth (the sandbox binds loopback only)
+and is never subject to faults or rate limits.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import date
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
+
+from . import harvest, salesforce, xero
+from .faults import FaultConfigError, apply_settings
+from .gate import JSON, SYSTEMS, Sandbox
+from .ratelimit import LimitConfigError
+from .seed import Seeder, default_anchor
+
+MAX_SCALE = 100  # 100,000 time entries
+
+
+def _error(message: str, status: int = 400) -> JSON:
+    return JSON({"error": message}, status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = await request.json()
+    except ValueError as exc:
+        raise ValueError("body must be JSON") from exc
+    if not isinstance(body, dict):
+        raise ValueError("body must be a JSON object")
+    return body
+
+
+def _per_system(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Accept ``{"system": "xero", ...settings}``, ``{"system": "*", ...}`` or ``{"xero": {...}}``."""
+    if "system" in body:
+        settings = {k: v for k, v in body.items() if k != "system"}
+        targets = SYSTEMS if body["system"] in ("*", "all") else (body["system"],)
+        return {s: settings for s in targets}
+    return body
+
+
+class Control:
+    def __init__(self, sandbox: Sandbox, sf: salesforce.Salesforce, hv: harvest.Harvest, xr: xero.Xero) -> None:
+        self.sandbox, self.sf, self.hv, self.xero = sandbox, sf, hv, xr
+        self.started = time.time()
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/health", self.health, methods=["GET"]),
+            Route("/credentials", self.credentials, methods=["GET"]),
+            Route("/reset", self.reset, methods=["POST"]),
+            Route("/seed", self.seed, methods=["POST"]),
+            Route("/faults", self.faults, methods=["GET", "POST"]),
+            Route("/limits", self.limits, methods=["GET", "POST"]),
+            Route("/stats", self.stats, methods=["GET"]),
+            Route("/records", self.tables, methods=["GET"]),
+            Route("/records/{system}/{obj}", self.records, methods=["GET"]),
+            Route("/records/{system}/{obj}/{key}", self.record, methods=["GET", "PATCH"]),
+            Route("/webhooks", self.webhooks, methods=["GET", "POST"]),
+            Route("/webhooks/{sub_id}", self.unsubscribe, methods=["DELETE"]),
+        ]
+
+    async def health(self, request: Request) -> Response:
+        return JSON({"status": "ok", "uptime_s": round(time.time() - self.started, 3), "base_url": self.sandbox.base_url})
+
+    async def credentials(self, request: Request) -> Response:
+        base = self.sandbox.base_url
+        return JSON(
+            {
+                "salesforce": {
+                    "token_url": f"{base}/salesforce/services/oauth2/token",
+                    "client_id": salesforce.CLIENT_ID,
+                    "client_secret": salesforce.CLIENT_SECRET,
+                },
+                "harvest": {
+                    "base_url": f"{base}/harvest/v2",
+                    "access_token": next(iter(harvest.TOKENS)),
+                    "account_id": harvest.ACCOUNT_ID,
+                },
+                "xero": {
+                    "token_url": f"{base}/xero/connect/token",
+                    "api_url": f"{base}/xero/api.xro/2.0",
+                    "client_id": xero.CLIENT_ID,
+                    "client_secret": xero.CLIENT_SECRET,
+                    "tenants": {t.id: t.name for t in xero.TENANTS.values()},
+                },
+            }
+        )
+
+    async def reset(self, request: Request) -> Response:
+        self.sandbox.reset()
+        return JSON({"status": "reset"})
+
+    async def seed(self, request: Request) -> Response:
+        try:
+            body = await _body(request)
+            scale = int(body.get("scale", 1))
+            seed_value = int(body.get("seed", 42))
+            anchor = date.fromisoformat(body["anchor"]) if body.get("anchor") else default_anchor()
+        except (ValueError, TypeError) as exc:
+            return _error(str(exc))
+        if not 1 <= scale <= MAX_SCALE:
+            return _error(f"scale must be between 1 and {MAX_SCALE}")
+        # Seeding replaces whatever was there, so the same request always gives the same firm.
+        # Fault and limit settings are kept (they "survive until reset"), as are subscriptions.
+        faults, limits, subs = self.sandbox.faults, self.sandbox.limits.config, dict(self.sandbox.webhooks.subscriptions)
+        self.sandbox.reset()
+        self.sandbox.faults, self.sandbox.limits.config = faults, limits
+        self.sandbox.webhooks.subscriptions.update(subs)
+        result = Seeder(self.sf, self.hv, self.xero, scale, seed_value, anchor).run()
+        result["seed"] = seed_value
+        return JSON(result)
+
+    async def faults(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                for system, settings in _per_system(await _body(request)).items():
+                    if system not in SYSTEMS:
+                        return _error(f"unknown system {system!r}")
+                    if not isinstance(settings, dict):
+                        return _error("settings must be an object")
+                    self.sandbox.faults[system] = apply_settings(self.sandbox.faults[system], settings)
+            except (ValueError, TypeError, FaultConfigError) as exc:
+                return _error(str(exc))
+        return JSON({system: f.as_dict() for system, f in self.sandbox.faults.items()})
+
+    async def limits(self, request: Request) -> Response:
+        if request.method == "POST":
+            try:
+                for system, settings in _per_system(await _body(request)).items():
+                    if not isinstance(settings, dict):
+                        return _error("settings must be an object")
+                    self.sandbox.limits.configure(system, settings)
+            except (ValueError, TypeError, LimitConfigError) as exc:
+                return _error(str(exc))
+        return JSON({system: lim.as_dict() for system, lim in self.sandbox.limits.config.items()})
+
+    async def stats(self, request: Request) -> Response:
+        stats = self.sandbox.store.stats.as_dict()
+        system = request.query_params.get("system")
+        if system:
+            stats = {system: stats.get(system, {})}
+        deliveries = list(self.sandbox.webhooks.deliveries)
+        return JSON(
+            {
+                "systems": stats,
+                "webhooks": {
+                    "deliveries": len(deliveries),
+                    "delivered": sum(1 for d in deliveries if d.delivered),
+                    "failed": sum(1 for d in deliveries if not d.delivered and d.attempts >= 4),
+                },
+            }
+        )
+
+    async def tables(self, request: Request) -> Response:
+        return JSON(
+            [{"system": s, "object": o, "scope": sc, "count": n} for s, o, sc, n in self.sandbox.store.objects()]
+        )
+
+    def _scopes(self, system: str, obj: str, request: Request) -> list[str]:
+        tenant = request.query_params.get("tenant")
+        if tenant is not None:
+            return [tenant]
+        return self.sandbox.store.scopes(system, obj) or [""]
+
+    @staticmethod
+    def _raw(row: Any, scope: str) -> dict[str, Any]:
+        out = {"id": row.key, "version": row.version, "created": row.created, "updated": row.updated, "data": row.data}
+        if scope:
+            out["tenant"] = scope
+        return out
+
+    async def records(self, request: Request) -> Response:
+        system, obj = request.path_params["system"], request.path_params["obj"]
+        try:
+            limit = int(request.query_params.get("limit", "1000"))
+            offset = int(request.query_params.get("offset", "0"))
+        except ValueError:
+            return _error("limit and offset must be integers")
+        rows = [(scope, row) for scope in self._scopes(system, obj, request) for row in self.sandbox.store.rows(system, obj, scope)]
+        return JSON(
+            {
+                "system": system,
+                "object": obj,
+                "count": len(rows),
+                "records": [self._raw(row, scope) for scope, row in rows[offset : offset + limit]],
+            }
+        )
+
+    async def record(self, request: Request) -> Response:
+        system, obj, raw_key = (request.path_params[k] for k in ("system", "obj", "key"))
+        key: Any = int(raw_key) if system == "harvest" and raw_key.isdigit() else raw_key
+        for scope in self._scopes(system, obj, request):
+            row = self.sandbox.store.get(system, obj, key, scope)
+            if row is None:
+                continue
+            if request.method == "PATCH":
+                # An out-of-band change, as a person would make in the vendor's own UI (e.g. a
+                # manager approving a timesheet); it is versioned and announced by webhook.
+                try:
+                    changes = await _body(request)
+                except ValueError as exc:
+                    return _error(str(exc))
+                row.data.update(changes)
+                if system == "salesforce":
+                    self.sf.derive(obj, row.data)
+                self.sandbox.store.touch(system, obj, row, scope)
+            return JSON(self._raw(row, scope))
+        return _error("not found", 404)
+
+    async def webhooks(self, request: Request) -> Response:
+        hooks = self.sandbox.webhooks
+        if request.method == "POST":
+            try:
+                body = await _body(request)
+            except ValueError as exc:
+                return _error(str(exc))
+            system, url, secret = body.get("system"), body.get("url"), body.get("secret")
+            if system not in SYSTEMS or not isinstance(url, str) or not isinstance(secret, str) or not secret:
+                return _error("need system (salesforce|harvest|xero), url and a non-empty secret")
+            return JSON(hooks.subscribe(system, url, secret).as_dict(), 201)
+        return JSON(
+            {
+                "subscriptions": [s.as_dict() for s in hooks.subscriptions.values()],
+                "deliveries": [d.as_dict() for d in hooks.deliveries],
+            }
+        )
+
+    async def unsubscribe(self, request: Request) -> Response:
+        if self.sandbox.webhooks.unsubscribe(request.path_params["sub_id"]):
+            return Response(status_code=204)
+        return _error("not found", 404)
