@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck format bench clean
+.PHONY: run test lint typecheck format bench clean chromium
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,14 +37,23 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
+# Browser tests drive Debian's Chromium (never a browser downloaded by a test tool).
+chromium:
+	@command -v chromium >/dev/null || { \
+	  echo "Installing Debian's chromium package for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get install -y --no-install-recommends chromium \
+	    || { $$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends chromium; }; }
+
 # Runs on real PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379); see README.
-test: lint typecheck $(STAMP)
+test: lint typecheck chromium $(STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings_test DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres \
 	  $(PY) manage.py makemigrations --check --dry-run
 	DJANGO_SETTINGS_MODULE=config.settings DJANGO_SECRET_KEY="$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(50))')" \
 	  DJANGO_ALLOWED_HOSTS=concord.example.com CONCORD_FERNET_KEYS=$$($(PY) -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())') \
 	  DATABASE_URL=postgres://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 \
 	  $(PY) manage.py check --deploy --fail-level WARNING
+	DJANGO_SETTINGS_MODULE=config.settings_test $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(PY) -m pytest
 
 clean:

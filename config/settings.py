@@ -183,6 +183,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # One name for the role choice set used by connections, ownership rules and sync fields.
+    "ENUM_NAME_OVERRIDES": {"SystemRoleEnum": "integrations.models.base.SystemRole"},
 }
 
 # --- Celery. The database is the source of truth; the broker is only a doorbell.
