@@ -424,11 +424,17 @@ class Harvest(Vendor):
         return [
             Route("/v2/company", self.company, methods=["GET"]),
             Route("/v2/users/me", self.me, methods=["GET"]),
-            Route("/v2/projects/{project_id:int}/{kind:task_assignments|user_assignments}", self.nested, methods=["GET", "POST"]),
-            Route(
-                "/v2/projects/{project_id:int}/{kind:task_assignments|user_assignments}/{id:int}",
-                self.nested_one,
-                methods=["GET", "PATCH", "DELETE"],
+            *(
+                route
+                for kind in ("task_assignments", "user_assignments")
+                for route in (
+                    Route(f"/v2/projects/{{project_id:int}}/{kind}", self.nested, methods=["GET", "POST"]),
+                    Route(
+                        f"/v2/projects/{{project_id:int}}/{kind}/{{id:int}}",
+                        self.nested_one,
+                        methods=["GET", "PATCH", "DELETE"],
+                    ),
+                )
             ),
             Route("/v2/{kind}", self.collection, methods=["GET", "POST"]),
             Route("/v2/{kind}/{id:int}", self.one, methods=["GET", "PATCH", "DELETE"]),
@@ -501,8 +507,12 @@ class Harvest(Vendor):
             return self.not_found(request)
         return await self.single(request, kind, int(request.path_params["id"]), {})
 
+    @staticmethod
+    def _nested_kind(request: Request) -> str:
+        return "task_assignments" if "/task_assignments" in request.url.path else "user_assignments"
+
     async def nested(self, request: Request) -> Response:
-        kind, project_id = request.path_params["kind"], int(request.path_params["project_id"])
+        kind, project_id = self._nested_kind(request), int(request.path_params["project_id"])
         if self.store.get(SYSTEM, "projects", project_id) is None:
             return self.not_found(request)
         if request.method == "GET":
@@ -510,7 +520,7 @@ class Harvest(Vendor):
         return await self.create(request, kind, {"project_id": project_id})
 
     async def nested_one(self, request: Request) -> Response:
-        kind, project_id = request.path_params["kind"], int(request.path_params["project_id"])
+        kind, project_id = self._nested_kind(request), int(request.path_params["project_id"])
         return await self.single(request, kind, int(request.path_params["id"]), {"project_id": project_id})
 
     # -- generic handlers --------------------------------------------------------------------
@@ -612,7 +622,10 @@ class Harvest(Vendor):
             self.validate(kind, {**row.data, **changes}, row, changes)
         except Invalid as exc:
             return self.unprocessable(request, exc)
+        self._unindex(kind, row)
+        row.data.update(changes)
         self._apply(kind, row.data, changes)
+        self._index(kind, row)
         self.store.touch(SYSTEM, kind, row)
         return JSON(self.render(kind, row))
 
@@ -659,6 +672,14 @@ class Harvest(Vendor):
         row = self.store.insert(SYSTEM, kind, key, data, at=at, seeded=seeded)
         self._index(kind, row)
         return row
+
+    def _unindex(self, kind: str, row: Row) -> None:
+        """Drop the unique-name entries a change may move (assignment pairs never change)."""
+        table, data = self.store.table(SYSTEM, kind), row.data
+        if kind == "clients":
+            table.index_drop("name", data["name"].casefold())
+        elif kind == "projects":
+            table.index_drop("client_name", (data["client_id"], data["name"].casefold()))
 
     def _index(self, kind: str, row: Row) -> None:
         table, data = self.store.table(SYSTEM, kind), row.data
