@@ -97,10 +97,12 @@ class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
         fields = {name: form.cleaned_data[name] for name in ConnectionForm.Meta.fields}
         credentials = form.cleaned_data.get("new_credentials") or {}
         if change:
-            connection_update(connection=obj, credentials=credentials, **fields)
+            connection_update(connection=obj, credentials=credentials, actor=request.user, **fields)
         else:
             created = connection_create(
-                credentials={k: v for k, v in credentials.items() if v is not None}, **fields
+                credentials={k: v for k, v in credentials.items() if v is not None},
+                actor=request.user,
+                **fields,
             )
             obj.pk = created.pk
 
@@ -123,3 +125,17 @@ class OwnershipRuleAdmin(admin.ModelAdmin[m.OwnershipRule]):
 class HeartbeatAdmin(admin.ModelAdmin[m.Heartbeat]):
     list_display = ["component", "hostname", "seen_at"]
     readonly_fields = ["component", "hostname", "seen_at"]
+
+
+@admin.register(m.AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin[m.AuditEvent]):
+    list_display = ["at", "actor_label", "action", "object_type", "object_id", "object_repr"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["object_id", "object_repr", "actor_label"]
+    readonly_fields = [f.name for f in m.AuditEvent._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False

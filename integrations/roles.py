@@ -59,6 +59,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
     | _edit("connection", "crossreference", "ownershiprule")
     | {
         "integrations.delete_crossreference",
+        "integrations.view_auditevent",
         "integrations.view_heartbeat",
         "dashboards.view_integration_admin",
         "django_celery_beat.view_periodictask",

@@ -1,21 +1,51 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from integrations import models as m
 from integrations.roles import CANONICAL_MODELS
 from integrations.services.connections import connection_create, connection_update
+from integrations.services.records import record_create, record_update
 
 # Set by the sync engine, not by people: shown, never written through the API.
 SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
 
 
-def record_serializer(model: type[m.CanonicalRecord]) -> type[serializers.ModelSerializer[Any]]:
+@contextmanager
+def django_errors_as_api_errors() -> Iterator[None]:
+    """A model validation error from a service becomes a 400 naming the fields."""
+    try:
+        yield
+    except DjangoValidationError as exc:
+        detail = exc.message_dict if hasattr(exc, "error_dict") else exc.messages
+        raise serializers.ValidationError(detail) from exc
+
+
+class RecordSerializer(serializers.ModelSerializer[Any]):
+    """Writes go through the record services, which check every constraint and audit."""
+
+    def create(self, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return record_create(
+                model=self.Meta.model, data=validated_data, actor=self.context["request"].user
+            )
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return record_update(
+                record=instance, data=validated_data, actor=self.context["request"].user
+            )
+
+
+def record_serializer(model: type[m.CanonicalRecord]) -> type[RecordSerializer]:
     meta = type("Meta", (), {"model": model, "fields": "__all__", "read_only_fields": SYNC_FIELDS})
-    return type(f"{model.__name__}Serializer", (serializers.ModelSerializer,), {"Meta": meta})
+    return type(f"{model.__name__}Serializer", (RecordSerializer,), {"Meta": meta})
 
 
 class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
@@ -56,10 +86,14 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         return attrs
 
     def create(self, validated_data: dict[str, Any]) -> m.Connection:
-        return connection_create(**validated_data)
+        with django_errors_as_api_errors():
+            return connection_create(actor=self.context["request"].user, **validated_data)
 
     def update(self, instance: m.Connection, validated_data: dict[str, Any]) -> m.Connection:
-        return connection_update(connection=instance, **validated_data)
+        with django_errors_as_api_errors():
+            return connection_update(
+                connection=instance, actor=self.context["request"].user, **validated_data
+            )
 
 
 class CrossReferenceSerializer(serializers.ModelSerializer[m.CrossReference]):
@@ -90,3 +124,19 @@ class OwnershipRuleSerializer(serializers.ModelSerializer[m.OwnershipRule]):
         model = m.OwnershipRule
         fields = ["id", "object_type", "field", "owner_role", "note", "updated_at"]
         read_only_fields = ["updated_at"]
+
+
+class AuditEventSerializer(serializers.ModelSerializer[m.AuditEvent]):
+    class Meta:
+        model = m.AuditEvent
+        fields = [
+            "id",
+            "at",
+            "actor",
+            "actor_label",
+            "action",
+            "object_type",
+            "object_id",
+            "object_repr",
+            "changes",
+        ]

@@ -10,6 +10,7 @@ for prefix, model in views.RECORD_ENDPOINTS.items():
     router.register(prefix, views.record_viewset(model), basename=model._meta.model_name)
 router.register("connections", views.ConnectionViewSet, basename="connection")
 router.register("cross-references", views.CrossReferenceViewSet, basename="crossreference")
+router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
 router.register("ownership-rules", views.OwnershipRuleViewSet, basename="ownershiprule")
 
 urlpatterns = [

@@ -7,6 +7,7 @@ from rest_framework import viewsets
 
 from integrations import models as m
 from integrations.api import filters, serializers
+from integrations.services.records import record_delete
 
 # URL segment -> canonical model. The order is the order of the API index.
 RECORD_ENDPOINTS: dict[str, type[m.CanonicalRecord]] = {
@@ -28,7 +29,12 @@ RECORD_ENDPOINTS: dict[str, type[m.CanonicalRecord]] = {
 }
 
 
-def record_viewset(model: type[m.CanonicalRecord]) -> type[viewsets.ModelViewSet[Any]]:
+class RecordViewSet(viewsets.ModelViewSet[Any]):
+    def perform_destroy(self, instance: Any) -> None:
+        record_delete(record=instance, actor=self.request.user)
+
+
+def record_viewset(model: type[m.CanonicalRecord]) -> type[RecordViewSet]:
     """A CRUD endpoint for one canonical record type, filtered, ordered and paginated."""
     attrs = {
         "queryset": model._default_manager.all().order_by("pk"),
@@ -37,7 +43,7 @@ def record_viewset(model: type[m.CanonicalRecord]) -> type[viewsets.ModelViewSet
         "ordering_fields": "__all__",
         "__doc__": f"{str(model._meta.verbose_name_plural).capitalize()} (canonical records).",
     }
-    return type(f"{model.__name__}ViewSet", (viewsets.ModelViewSet,), attrs)
+    return type(f"{model.__name__}ViewSet", (RecordViewSet,), attrs)
 
 
 class ConnectionViewSet(viewsets.ModelViewSet[m.Connection]):
@@ -58,6 +64,14 @@ class CrossReferenceViewSet(viewsets.ModelViewSet[m.CrossReference]):
 
     def get_queryset(self) -> QuerySet[m.CrossReference]:
         return m.CrossReference.objects.select_related("content_type").order_by("pk")
+
+
+class AuditEventViewSet(viewsets.ReadOnlyModelViewSet[m.AuditEvent]):
+    """Who changed what, newest first. Filter by object_type and object_id for one record."""
+
+    queryset = m.AuditEvent.objects.select_related("actor").order_by("-at", "-id")
+    serializer_class = serializers.AuditEventSerializer
+    filterset_fields = ["object_type", "object_id", "action", "actor"]
 
 
 class OwnershipRuleViewSet(viewsets.ModelViewSet[m.OwnershipRule]):

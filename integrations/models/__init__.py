@@ -1,3 +1,4 @@
+from integrations.models.audit import AuditEvent
 from integrations.models.base import CanonicalRecord, SystemRole
 from integrations.models.connections import (
     VENDOR_ROLES,
@@ -30,6 +31,7 @@ __all__ = [
     "VENDOR_ROLES",
     "ApprovalState",
     "Assignment",
+    "AuditEvent",
     "BillingEvent",
     "CanonicalRecord",
     "Connection",

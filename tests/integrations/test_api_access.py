@@ -28,7 +28,7 @@ RECORD_ENDPOINTS = [
     "exchange-rates",
     "tax-rates",
 ]
-ADMIN_ENDPOINTS = ["connections", "cross-references", "ownership-rules"]
+ADMIN_ENDPOINTS = ["connections", "cross-references", "ownership-rules", "audit-events"]
 
 # Which role may create which record through the API; everything else is refused.
 WRITERS = {

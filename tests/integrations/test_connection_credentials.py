@@ -74,6 +74,18 @@ def test_api_never_returns_credentials(caplog: pytest.LogCaptureFixture) -> None
     assert NEW_SECRET not in caplog.text
     assert "credential" in caplog.text  # the writes were logged, just not their values
 
+    audit = client.get(f"/api/v1/audit-events/?object_type=connection&object_id={pk}")
+    events = audit.json()["results"]
+    assert [e["action"] for e in events] == ["update", "create"]
+    assert events[0]["actor_label"] == admin.username
+    assert events[0]["changes"]["credentials_replaced"] == ["access_token"]
+    assert events[0]["changes"]["credential_keys"] == [
+        ["access_token", "account_id"],
+        ["access_token"],
+    ]
+    assert SECRET.encode() not in audit.content
+    assert NEW_SECRET.encode() not in audit.content
+
 
 def test_admin_stores_new_credentials_without_showing_them(
     caplog: pytest.LogCaptureFixture,
