@@ -97,7 +97,7 @@ TRANSITIONS = {
 
 
 def ms_date(ts: float) -> str:
-    return f"/Date({int(round(ts * 1000))}+0000)/"
+    return f"/Date({int(ts * 1000)}+0000)/"  # floor: a watermark never passes the record
 
 
 def day_to_ts(day: str) -> float:

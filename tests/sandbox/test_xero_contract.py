@@ -101,7 +101,8 @@ def test_if_modified_since(xero: httpx.Client, xero_contract: Contract, client: 
     since = client.get(f"/_control/records/xero/Contacts/{later['ContactID']}").json()["updated"]
     from datetime import UTC, datetime
 
-    header = datetime.fromtimestamp(since, UTC).isoformat()
+    # A poller's watermark is the UpdatedDateUTC it saw: milliseconds, rounded down.
+    header = datetime.fromtimestamp(int(since * 1000) / 1000, UTC).isoformat(timespec="milliseconds")
     changed = c.check(xero.get(f"{API}/Contacts", headers={"If-Modified-Since": header}))["Contacts"]
     assert [x["Name"] for x in changed] == ["Later"]
     assert first["Name"] not in [x["Name"] for x in changed]
