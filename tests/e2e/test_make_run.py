@@ -106,7 +106,7 @@ def test_run_portal_on_the_embedded_default(tmp_path: Path) -> None:
         out.close()
     assert "Stopped." in (tmp_path / "run.out").read_text()
     for stopped_port in (port, sandbox_port):  # web and sandbox are gone
-        with pytest.raises(OSError):
+        with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", stopped_port), timeout=1).close()
 
 
