@@ -1,0 +1,138 @@
+"""Signed webhooks out of the sandbox, and the control API (seed, records, stats)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+
+from .conftest import REPO
+
+
+class Receiver:
+    """A tiny local HTTP server that records what it is sent."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        self.fail_first = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if outer.fail_first > 0:
+                    outer.fail_first -= 1
+                    self.send_response(503)
+                else:
+                    outer.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait(self, count: int = 1, timeout: float = 5.0) -> list[tuple[dict[str, str], bytes]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(self.received) >= count, f"got {len(self.received)} deliveries, wanted {count}"
+        return self.received
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+
+
+def test_xero_webhook_is_signed_and_spec_shaped(xero: httpx.Client, client: httpx.Client, receiver: Receiver, xero_webhooks_spec: dict[str, Any]) -> None:
+    key = "xero-webhook-key"
+    assert client.post("/_control/webhooks", json={"system": "xero", "url": receiver.url, "secret": key}).status_code == 201
+    contact = xero.put("/xero/api.xro/2.0/Contacts", json={"Name": "Hooked Ltd"}).json()["Contacts"][0]
+    headers, body = receiver.wait()[0]
+    expected = base64.b64encode(hmac.new(key.encode(), body, hashlib.sha256).digest()).decode()
+    assert hmac.compare_digest(headers["x-xero-signature"], expected)
+    payload = json.loads(body)
+    Draft202012Validator(xero_webhooks_spec["components"]["schemas"]["WebhookEvent"]).validate(payload)
+    event = payload["events"][0]
+    assert event["resourceId"] == contact["ContactID"] and event["eventCategory"] == "CONTACT" and event["eventType"] == "CREATE"
+    assert event["tenantId"] == xero.headers["Xero-Tenant-Id"] and event["resourceUrl"].endswith(f"/Contacts/{contact['ContactID']}")
+    assert payload["firstEventSequence"] == payload["lastEventSequence"] == 1
+
+
+def test_change_feed_is_signed_and_retried(harvest: httpx.Client, client: httpx.Client, receiver: Receiver) -> None:
+    secret = "feed-secret"
+    client.post("/_control/webhooks", json={"system": "harvest", "url": receiver.url, "secret": secret})
+    receiver.fail_first = 1  # the first attempt is refused: the sandbox must retry
+    created = harvest.post("/harvest/v2/clients", json={"name": "Hooked Inc"}).json()
+    headers, body = receiver.wait()[0]
+    signed = hmac.new(secret.encode(), headers["x-sandbox-timestamp"].encode() + b"." + body, hashlib.sha256).hexdigest()
+    assert headers["x-sandbox-signature"] == f"v1={signed}"
+    assert abs(int(headers["x-sandbox-timestamp"]) - time.time()) < 60 and headers["x-sandbox-event-id"]
+    event = json.loads(body)["events"][0]
+    assert event["object"] == "clients" and event["record_id"] == created["id"] and event["type"] == "created"
+    deliveries = client.get("/_control/webhooks").json()["deliveries"]
+    assert deliveries[0]["delivered"] is True and deliveries[0]["attempts"] == 2
+    assert deliveries[0]["id"] == headers["x-sandbox-event-id"]
+
+
+def test_salesforce_change_feed_and_out_of_band_change(salesforce: httpx.Client, client: httpx.Client, receiver: Receiver) -> None:
+    client.post("/_control/webhooks", json={"system": "salesforce", "url": receiver.url, "secret": "s"})
+    account = salesforce.post("/salesforce/services/data/v60.0/sobjects/Account", json={"Name": "Feed Corp"}).json()
+    receiver.wait()
+    changed = client.patch(f"/_control/records/salesforce/Account/{account['id']}", json={"Industry": "Retail"})
+    assert changed.status_code == 200 and changed.json()["version"] == 2
+    events = [e for _, body in receiver.wait(2) for e in json.loads(body)["events"]]
+    assert [e["type"] for e in events] == ["created", "updated"] and events[1]["version"] == 2
+
+
+def test_seed_builds_a_flawed_firm_deterministically(client: httpx.Client) -> None:
+    first = client.post("/_control/seed", json={"scale": 2, "seed": 7, "anchor": "2024-06-03"}).json()
+    assert first["counts"]["harvest.time_entries"] == 2000 and first["counts"]["customers"] == 24
+    flaws = {f["flaw"].split(" (")[0].split(":")[0] for f in first["flawed"]}
+    assert any("no VAT number" in f for f in flaws) and any("archived" in f for f in flaws)
+    records = client.get("/_control/records/harvest/time_entries", params={"limit": 3}).json()
+    again = client.post("/_control/seed", json={"scale": 2, "seed": 7, "anchor": "2024-06-03"}).json()
+    assert again["flawed"] == first["flawed"] and again["counts"] == first["counts"]
+    assert client.get("/_control/records/harvest/time_entries", params={"limit": 3}).json()["records"] == records["records"]
+    flawed_contact = next(f for f in first["flawed"] if f["object"] == "Contacts")
+    contact = client.get(f"/_control/records/xero/Contacts/{flawed_contact['id']}").json()
+    assert "TaxNumber" not in contact["data"]
+    stats = client.get("/_control/stats").json()["systems"]
+    assert stats.get("harvest", {}).get("time_entries", {}).get("created", 0) == 0  # seeding is not "received"
+
+
+def test_seed_of_100k_time_entries_is_fast(client: httpx.Client) -> None:
+    started = time.perf_counter()
+    result = client.post("/_control/seed", json={"scale": 100}, timeout=60).json()
+    elapsed = time.perf_counter() - started
+    assert result["counts"]["harvest.time_entries"] == 100_000
+    assert elapsed < 15, f"seeding 100,000 time entries took {elapsed:.1f}s"
+    page = client.get(
+        "/harvest/v2/time_entries",
+        params={"per_page": 2000, "page": 50},
+        headers={"Authorization": "Bearer sandbox-harvest-token", "Harvest-Account-Id": "100001"},
+    ).json()
+    assert page["total_entries"] == 100_000 and len(page["time_entries"]) == 2000 and page["next_page"] is None
+
+
+def test_sandbox_never_imports_django() -> None:
+    code = "import sys, integrations.sandbox.app, integrations.sandbox.bench; assert not [m for m in sys.modules if m.startswith('django')]"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
