@@ -8,6 +8,7 @@ from integrations.models.connections import (
     OwnershipRule,
     Vendor,
 )
+from integrations.models.mapping import FieldMapping, MappingSet, ValueMap, ValueMapEntry
 from integrations.models.records import (
     ApprovalState,
     Assignment,
@@ -26,6 +27,14 @@ from integrations.models.records import (
     TaxRate,
     TimeEntry,
 )
+from integrations.models.sync import (
+    CircuitState,
+    ConnectionHealth,
+    InboundMessage,
+    OutboxMessage,
+    PollCursor,
+    SyncAttempt,
+)
 
 __all__ = [
     "VENDOR_ROLES",
@@ -34,23 +43,33 @@ __all__ = [
     "AuditEvent",
     "BillingEvent",
     "CanonicalRecord",
+    "CircuitState",
     "Connection",
+    "ConnectionHealth",
     "Contract",
     "CrossReference",
     "Customer",
     "ExchangeRate",
     "Expense",
+    "FieldMapping",
     "Heartbeat",
+    "InboundMessage",
     "Invoice",
     "LegalEntity",
+    "MappingSet",
     "Milestone",
+    "OutboxMessage",
     "OwnershipRule",
     "Payment",
+    "PollCursor",
     "Project",
     "RateCard",
     "Resource",
+    "SyncAttempt",
     "SystemRole",
     "TaxRate",
     "TimeEntry",
+    "ValueMap",
+    "ValueMapEntry",
     "Vendor",
 ]

@@ -1,0 +1,209 @@
+"""The sync engine's durable state: what came in, what must go out, and every call made.
+
+The database is the source of truth; the Celery broker only rings the bell. Every row here
+survives a lost message, a killed worker or a restarted Redis.
+"""
+
+from __future__ import annotations
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models
+from django.db.models import Q
+
+from integrations.models.connections import Connection
+
+
+class InboundMessage(models.Model):
+    """A raw change from a connected system (webhook delivery or polled record), kept verbatim."""
+
+    class Source(models.TextChoices):
+        WEBHOOK = "webhook", "Webhook"
+        POLL = "poll", "Poll"
+        REPLAY = "replay", "Replay"
+
+    class State(models.TextChoices):
+        RECEIVED = "received", "Received"
+        APPLIED = "applied", "Applied"
+        STALE = "stale", "Skipped: older than the applied version"
+        CONFLICT = "conflict", "Not applied: ownership conflict"
+        FAILED = "failed", "Failed"
+
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="inbound")
+    source = models.CharField(max_length=16, choices=Source.choices)
+    object_type = models.CharField(max_length=64, help_text="The vendor's object, e.g. Invoice.")
+    external_id = models.CharField(max_length=255, blank=True)
+    # The source's event id, or a hash of the content when it has none; one row per delivery.
+    dedupe_key = models.CharField(max_length=128)
+    source_version = models.BigIntegerField(default=0)
+    payload = models.JSONField()
+    state = models.CharField(max_length=16, choices=State.choices, default=State.RECEIVED)
+    error = models.TextField(blank=True)
+    received_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+    replay_of = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="replays"
+    )
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "dedupe_key"],
+                condition=Q(replay_of__isnull=True),
+                name="inbound_unique_delivery",
+            )
+        ]
+        indexes = [
+            models.Index(fields=["state", "received_at"]),
+            models.Index(fields=["connection", "object_type", "external_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.object_type}:{self.external_id} ({self.state})"
+
+
+class PollCursor(models.Model):
+    """How far polling has read one object type of one connection.
+
+    `position` is the last modification stamp read; `ids_at_position` are the records already
+    read that carry exactly that stamp, so the next poll can ask for `>= position` and skip only
+    those, never a record that shares the stamp but was not yet seen.
+    """
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
+    object_type = models.CharField(max_length=64)
+    position = models.CharField(max_length=64, blank=True)
+    ids_at_position = models.JSONField(default=list, blank=True)
+    last_polled_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "object_type"], name="pollcursor_unique_object"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}:{self.object_type} @ {self.position or 'start'}"
+
+
+class OutboxMessage(models.Model):
+    """One effect to make on an external system, written in the transaction that caused it."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        IN_FLIGHT = "in_flight", "In flight"
+        DONE = "done", "Done"
+        PARKED = "parked", "Parked"
+        SKIPPED = "skipped", "Skipped (stale version)"
+
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="outbox")
+    process = models.CharField(max_length=32, help_text="Business process, e.g. time_to_erp.")
+    step = models.CharField(max_length=64)
+    operation = models.CharField(max_length=64, help_text="Connector operation to call.")
+    content_type = models.ForeignKey(ContentType, on_delete=models.PROTECT)
+    object_id = models.BigIntegerField()
+    record_version = models.BigIntegerField(default=0)
+    payload = models.JSONField(default=dict)
+    # Messages with the same group_key may travel in one batch call (e.g. one Xero invoice).
+    group_key = models.CharField(max_length=200, blank=True)
+    # Derived from (process, step, record, version): the same effect always has the same key, so
+    # a re-run is recognised by the vendor (Idempotency-Key) or by a look-up before create.
+    idempotency_key = models.CharField(max_length=200, unique=True)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(db_index=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    last_error = models.TextField(blank=True)
+    error_class = models.CharField(max_length=16, blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="What the target returned.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    done_at = models.DateTimeField(null=True, blank=True)
+    replay_of = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="replays"
+    )
+    exception_case = models.ForeignKey(
+        "exceptions.ExceptionCase",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="outbox_messages",
+    )
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The dispatcher's claim: due rows of one target, oldest first.
+            models.Index(
+                fields=["connection", "next_attempt_at"],
+                condition=Q(state="pending"),
+                name="outbox_due_idx",
+            ),
+            # The sweeper's look for rows whose worker vanished.
+            models.Index(
+                fields=["claimed_at"], condition=Q(state="in_flight"), name="outbox_inflight_idx"
+            ),
+            models.Index(fields=["content_type", "object_id", "record_version"]),
+            models.Index(fields=["process", "state"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.process}/{self.step} {self.operation} #{self.pk} ({self.state})"
+
+
+class SyncAttempt(models.Model):
+    """One call to an external system: what was asked, how long it took, how it ended."""
+
+    class Outcome(models.TextChoices):
+        SUCCESS = "success", "Success"
+        TRANSIENT = "transient", "Transient failure"
+        PERMANENT = "permanent", "Permanent failure"
+        BUSINESS = "business", "Business rule failure"
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="attempts")
+    operation = models.CharField(max_length=64)
+    started_at = models.DateTimeField(db_index=True)
+    latency_ms = models.PositiveIntegerField()
+    status_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    outcome = models.CharField(max_length=16, choices=Outcome.choices)
+    error = models.TextField(blank=True)
+    vendor_response = models.TextField(blank=True, help_text="Truncated to 4 KB.")
+    messages = models.ManyToManyField(OutboxMessage, related_name="sync_attempts", blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        indexes = [models.Index(fields=["connection", "-started_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.operation} {self.outcome} {self.latency_ms} ms"
+
+
+class CircuitState(models.TextChoices):
+    CLOSED = "closed", "Closed"
+    OPEN = "open", "Open"
+    HALF_OPEN = "half_open", "Half-open (probing)"
+
+
+class ConnectionHealth(models.Model):
+    """Last known state of a connection's circuit breaker and calls, for pages to show.
+
+    The live breaker state lives in Redis (shared by all workers); this row is written on every
+    state change and on a success after a failure, not on every call.
+    """
+
+    connection = models.OneToOneField(Connection, on_delete=models.CASCADE, related_name="health")
+    circuit_state = models.CharField(
+        max_length=16, choices=CircuitState.choices, default=CircuitState.CLOSED
+    )
+    consecutive_failures = models.PositiveIntegerField(default=0)
+    opened_at = models.DateTimeField(null=True, blank=True)
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.connection_id}: {self.circuit_state}"
