@@ -27,9 +27,13 @@ class _QuietDrops(logging.Filter):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m integrations.sandbox", description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
-    parser.add_argument("--host", default="127.0.0.1", help="loopback only: 127.0.0.1, localhost or ::1")
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="loopback only: 127.0.0.1, localhost or ::1"
+    )
     parser.add_argument("--seed", choices=("demo", "none"), default="demo")
-    parser.add_argument("--scale", type=int, default=1, help="seed scale: about 1,000 time entries per unit")
+    parser.add_argument(
+        "--scale", type=int, default=1, help="seed scale: about 1,000 time entries per unit"
+    )
     parser.add_argument("--anchor", help="seed anchor date YYYY-MM-DD (default: today)")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)

@@ -41,7 +41,8 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 def _per_system(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Accept ``{"system": "xero", ...settings}``, ``{"system": "*", ...}`` or ``{"xero": {...}}``."""
+    """Accept ``{"system": "xero", ...settings}``, ``{"system": "*", ...}``
+    or ``{"xero": {...}}``."""
     if "system" in body:
         settings = {k: v for k, v in body.items() if k != "system"}
         targets = SYSTEMS if body["system"] in ("*", "all") else (body["system"],)
@@ -50,7 +51,9 @@ def _per_system(body: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 class Control:
-    def __init__(self, sandbox: Sandbox, sf: salesforce.Salesforce, hv: harvest.Harvest, xr: xero.Xero) -> None:
+    def __init__(
+        self, sandbox: Sandbox, sf: salesforce.Salesforce, hv: harvest.Harvest, xr: xero.Xero
+    ) -> None:
         self.sandbox, self.sf, self.hv, self.xero = sandbox, sf, hv, xr
         self.started = time.time()
 
@@ -71,7 +74,13 @@ class Control:
         ]
 
     async def health(self, request: Request) -> Response:
-        return JSON({"status": "ok", "uptime_s": round(time.time() - self.started, 3), "base_url": self.sandbox.base_url})
+        return JSON(
+            {
+                "status": "ok",
+                "uptime_s": round(time.time() - self.started, 3),
+                "base_url": self.sandbox.base_url,
+            }
+        )
 
     async def credentials(self, request: Request) -> Response:
         base = self.sandbox.base_url
@@ -113,7 +122,11 @@ class Control:
             return _error(f"scale must be between 1 and {MAX_SCALE}")
         # Seeding replaces whatever was there, so the same request always gives the same firm.
         # Fault and limit settings are kept (they "survive until reset"), as are subscriptions.
-        faults, limits, subs = self.sandbox.faults, self.sandbox.limits.config, dict(self.sandbox.webhooks.subscriptions)
+        faults, limits, subs = (
+            self.sandbox.faults,
+            self.sandbox.limits.config,
+            dict(self.sandbox.webhooks.subscriptions),
+        )
         self.sandbox.reset()
         self.sandbox.faults, self.sandbox.limits.config = faults, limits
         self.sandbox.webhooks.subscriptions.update(subs)
@@ -129,7 +142,9 @@ class Control:
                         return _error(f"unknown system {system!r}")
                     if not isinstance(settings, dict):
                         return _error("settings must be an object")
-                    self.sandbox.faults[system] = apply_settings(self.sandbox.faults[system], settings)
+                    self.sandbox.faults[system] = apply_settings(
+                        self.sandbox.faults[system], settings
+                    )
             except (ValueError, TypeError, FaultConfigError) as exc:
                 return _error(str(exc))
         return JSON({system: f.as_dict() for system, f in self.sandbox.faults.items()})
@@ -164,7 +179,10 @@ class Control:
 
     async def tables(self, request: Request) -> Response:
         return JSON(
-            [{"system": s, "object": o, "scope": sc, "count": n} for s, o, sc, n in self.sandbox.store.objects()]
+            [
+                {"system": s, "object": o, "scope": sc, "count": n}
+                for s, o, sc, n in self.sandbox.store.objects()
+            ]
         )
 
     def _scopes(self, system: str, obj: str, request: Request) -> list[str]:
@@ -175,7 +193,13 @@ class Control:
 
     @staticmethod
     def _raw(row: Any, scope: str) -> dict[str, Any]:
-        out = {"id": row.key, "version": row.version, "created": row.created, "updated": row.updated, "data": row.data}
+        out = {
+            "id": row.key,
+            "version": row.version,
+            "created": row.created,
+            "updated": row.updated,
+            "data": row.data,
+        }
         if scope:
             out["tenant"] = scope
         return out
@@ -187,7 +211,11 @@ class Control:
             offset = int(request.query_params.get("offset", "0"))
         except ValueError:
             return _error("limit and offset must be integers")
-        rows = [(scope, row) for scope in self._scopes(system, obj, request) for row in self.sandbox.store.rows(system, obj, scope)]
+        rows = [
+            (scope, row)
+            for scope in self._scopes(system, obj, request)
+            for row in self.sandbox.store.rows(system, obj, scope)
+        ]
         return JSON(
             {
                 "system": system,
@@ -226,7 +254,12 @@ class Control:
             except ValueError as exc:
                 return _error(str(exc))
             system, url, secret = body.get("system"), body.get("url"), body.get("secret")
-            if system not in SYSTEMS or not isinstance(url, str) or not isinstance(secret, str) or not secret:
+            if (
+                system not in SYSTEMS
+                or not isinstance(url, str)
+                or not isinstance(secret, str)
+                or not secret
+            ):
                 return _error("need system (salesforce|harvest|xero), url and a non-empty secret")
             return JSON(hooks.subscribe(system, url, secret).as_dict(), 201)
         return JSON(

@@ -52,7 +52,9 @@ class JSON(Response):
 async def form_fields(request: Request) -> dict[str, str]:
     """An ``application/x-www-form-urlencoded`` body (the OAuth token requests), parsed without
     Starlette's form support, which would need the python-multipart package for no gain here."""
-    return {k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+    return {
+        k: v[-1] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()
+    }
 
 
 def refuse(request: Request, reason: str) -> None:
@@ -113,7 +115,10 @@ class Vendor:
         raise NotImplementedError
 
     def object_of(self, path: str) -> str:
-        """The object a path is about, for the counters (``/v2/time_entries/5`` -> ``time_entries``)."""
+        """The object a path is about, for the counters.
+
+        ``/v2/time_entries/5`` -> ``time_entries``.
+        """
         raise NotImplementedError
 
     def authenticate(self, request: Request) -> str | Response:
@@ -189,7 +194,9 @@ class VendorGate:
                 return
             if faults.roll(faults.timeout_rate):
                 await asyncio.sleep(faults.timeout_s)
-                await reply(self.vendor.error(504, "Gateway timeout (sandbox fault)"), "fault_timeout")
+                await reply(
+                    self.vendor.error(504, "Gateway timeout (sandbox fault)"), "fault_timeout"
+                )
                 return
             delay = faults.latency_s()
             if delay:

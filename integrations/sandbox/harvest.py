@@ -131,7 +131,14 @@ KINDS: dict[str, Kind] = {
                 "fax": "str",
             },
             ("client_id", "first_name"),
-            {"title": None, "last_name": None, "email": None, "phone_office": "", "phone_mobile": "", "fax": ""},
+            {
+                "title": None,
+                "last_name": None,
+                "email": None,
+                "phone_office": "",
+                "phone_mobile": "",
+                "fax": "",
+            },
             ("client_id",),
         ),
         Kind(
@@ -177,7 +184,12 @@ KINDS: dict[str, Kind] = {
                 "is_active": "bool",
             },
             ("name",),
-            {"billable_by_default": True, "default_hourly_rate": None, "is_default": False, "is_active": True},
+            {
+                "billable_by_default": True,
+                "default_hourly_rate": None,
+                "is_default": False,
+                "is_active": True,
+            },
             ("is_active",),
         ),
         Kind(
@@ -226,7 +238,14 @@ KINDS: dict[str, Kind] = {
         ),
         Kind(
             "task_assignments",
-            {"project_id": "int", "task_id": "int", "is_active": "bool", "billable": "bool", "hourly_rate": "float", "budget": "float"},
+            {
+                "project_id": "int",
+                "task_id": "int",
+                "is_active": "bool",
+                "billable": "bool",
+                "hourly_rate": "float",
+                "budget": "float",
+            },
             ("project_id", "task_id"),
             {"is_active": True, "billable": None, "hourly_rate": None, "budget": None},
             ("project_id", "is_active"),
@@ -243,7 +262,13 @@ KINDS: dict[str, Kind] = {
                 "budget": "float",
             },
             ("project_id", "user_id"),
-            {"is_active": True, "is_project_manager": False, "use_default_rates": True, "hourly_rate": None, "budget": None},
+            {
+                "is_active": True,
+                "is_project_manager": False,
+                "use_default_rates": True,
+                "hourly_rate": None,
+                "budget": None,
+            },
             ("project_id", "user_id", "is_active"),
         ),
         Kind(
@@ -271,7 +296,16 @@ KINDS: dict[str, Kind] = {
             },
             ("project_id", "task_id", "spent_date"),
             {"notes": None, "external_reference": None, "started_time": None, "ended_time": None},
-            ("user_id", "project_id", "task_id", "client_id", "is_billed", "is_running", "approval_status", "is_closed"),
+            (
+                "user_id",
+                "project_id",
+                "task_id",
+                "client_id",
+                "is_billed",
+                "is_running",
+                "approval_status",
+                "is_closed",
+            ),
             "spent_date",
         ),
         Kind(
@@ -349,13 +383,25 @@ KINDS: dict[str, Kind] = {
                 "external_reference": "str",
             },
             ("project_id", "name", "amount"),
-            {"currency": None, "due_on": None, "status": "open", "notes": None, "external_reference": None},
+            {
+                "currency": None,
+                "due_on": None,
+                "status": "open",
+                "notes": None,
+                "external_reference": None,
+            },
             ("project_id", "status"),
             "due_on",
         ),
         Kind(
             "x_rate_cards",
-            {"role": "str", "currency": "str", "hourly_rate": "float", "starts_on": "date", "ends_on": "date"},
+            {
+                "role": "str",
+                "currency": "str",
+                "hourly_rate": "float",
+                "starts_on": "date",
+                "ends_on": "date",
+            },
             ("role", "currency", "hourly_rate"),
             {"starts_on": None, "ends_on": None},
             ("role", "currency"),
@@ -376,7 +422,11 @@ class Harvest(Vendor):
 
     def object_of(self, path: str) -> str:
         parts = path.strip("/").split("/")
-        if len(parts) >= 4 and parts[1] == "projects" and parts[3] in ("task_assignments", "user_assignments"):
+        if (
+            len(parts) >= 4
+            and parts[1] == "projects"
+            and parts[3] in ("task_assignments", "user_assignments")
+        ):
             return parts[3]
         return parts[1] if len(parts) > 1 else "other"
 
@@ -387,23 +437,34 @@ class Harvest(Vendor):
             return JSON(
                 {
                     "error": "invalid_token",
-                    "error_description": "The access token provided is expired, revoked, malformed or invalid for other reasons.",
+                    "error_description": "The access token provided is expired, revoked, malformed "
+                    "or invalid for other reasons.",
                 },
                 401,
             )
         if request.headers.get("harvest-account-id") != TOKENS[token]:
             return JSON(
-                {"error": "invalid_token", "error_description": "Missing or invalid Harvest-Account-Id header."}, 401
+                {
+                    "error": "invalid_token",
+                    "error_description": "Missing or invalid Harvest-Account-Id header.",
+                },
+                401,
             )
         if not request.headers.get("user-agent"):
-            return JSON({"code": 403, "message": "A User-Agent header is required. Please include one."}, 403)
+            return JSON(
+                {"code": 403, "message": "A User-Agent header is required. Please include one."},
+                403,
+            )
         return token
 
     def error(self, status: int, message: str) -> Response:
         return JSON({"code": status, "message": message}, status)
 
     def throttled(self, denied: Denied) -> Response:
-        body = {"code": 429, "message": f"Rate limit exceeded. Retry in {denied.retry_after} seconds."}
+        body = {
+            "code": 429,
+            "message": f"Rate limit exceeded. Retry in {denied.retry_after} seconds.",
+        }
         return JSON(body, 429, headers={"Retry-After": str(denied.retry_after)})
 
     def event(self, change: Change) -> dict[str, Any] | None:
@@ -428,7 +489,11 @@ class Harvest(Vendor):
                 route
                 for kind in ("task_assignments", "user_assignments")
                 for route in (
-                    Route(f"/v2/projects/{{project_id:int}}/{kind}", self.nested, methods=["GET", "POST"]),
+                    Route(
+                        f"/v2/projects/{{project_id:int}}/{kind}",
+                        self.nested,
+                        methods=["GET", "POST"],
+                    ),
                     Route(
                         f"/v2/projects/{{project_id:int}}/{kind}/{{id:int}}",
                         self.nested_one,
@@ -441,7 +506,8 @@ class Harvest(Vendor):
         ]
 
     def ensure_admin(self) -> None:
-        """The token's own user, so ``/users/me`` and default time entry users exist after a reset."""
+        """The token's own user, so ``/users/me`` and default time entry users exist
+        after a reset."""
         if self.store.count(SYSTEM, "users"):
             return
         self.insert(
@@ -521,7 +587,9 @@ class Harvest(Vendor):
 
     async def nested_one(self, request: Request) -> Response:
         kind, project_id = self._nested_kind(request), int(request.path_params["project_id"])
-        return await self.single(request, kind, int(request.path_params["id"]), {"project_id": project_id})
+        return await self.single(
+            request, kind, int(request.path_params["id"]), {"project_id": project_id}
+        )
 
     # -- generic handlers --------------------------------------------------------------------
 
@@ -541,17 +609,25 @@ class Harvest(Vendor):
         except ValueError:
             return self.unprocessable(request, Invalid("page and per_page must be integers"))
         if page < 1 or not 1 <= per_page <= MAX_PER_PAGE:
-            return self.unprocessable(request, Invalid(f"per_page must be between 1 and {MAX_PER_PAGE}"))
+            return self.unprocessable(
+                request, Invalid(f"per_page must be between 1 and {MAX_PER_PAGE}")
+            )
         since: float | None = None
         if "updated_since" in params:
             since = parse_time(params["updated_since"])
             if since is None:
-                return self.unprocessable(request, Invalid("updated_since is not a valid ISO 8601 date-time"))
+                return self.unprocessable(
+                    request, Invalid("updated_since is not a valid ISO 8601 date-time")
+                )
         wanted = dict(fixed)
         for name in spec.filters:
             if name in params:
                 raw = params[name]
-                wanted[name] = raw == "true" if raw in ("true", "false") else (int(raw) if raw.isdigit() else raw)
+                wanted[name] = (
+                    raw == "true"
+                    if raw in ("true", "false")
+                    else (int(raw) if raw.isdigit() else raw)
+                )
         date_from, date_to = params.get("from"), params.get("to")
         rows: list[Row] = []
         for row in self.store.rows(SYSTEM, kind):
@@ -603,7 +679,9 @@ class Harvest(Vendor):
             return bool(data.get("is_running"))
         return data.get(name)
 
-    async def single(self, request: Request, kind: str, key: int, fixed: dict[str, Any]) -> Response:
+    async def single(
+        self, request: Request, kind: str, key: int, fixed: dict[str, Any]
+    ) -> Response:
         row = self.store.get(SYSTEM, kind, key)
         if row is None or any(row.data.get(k) != v for k, v in fixed.items()):
             return self.not_found(request)
@@ -611,7 +689,9 @@ class Harvest(Vendor):
             return JSON(self.render(kind, row))
         if request.method == "DELETE":
             if kind == "time_entries" and row.data.get("approval_status") == "approved":
-                return self.unprocessable(request, Invalid("Time entry is locked: it has been approved", "locked"))
+                return self.unprocessable(
+                    request, Invalid("Time entry is locked: it has been approved", "locked")
+                )
             self.store.table(SYSTEM, kind).rows.pop(key, None)
             return Response(status_code=200)
         body = await self._json(request)
@@ -634,7 +714,9 @@ class Harvest(Vendor):
         if isinstance(body, Response):
             return body
         if kind == "time_entries" and "user_id" not in body:
-            body["user_id"] = self.admin_id()  # Harvest: "Defaults to the currently authenticated user"
+            body["user_id"] = (
+                self.admin_id()
+            )  # Harvest: "Defaults to the currently authenticated user"
         try:
             data = {**KINDS[kind].defaults, **self._clean(kind, {**body, **fixed}, partial=False)}
             self.validate(kind, data, None, data)
@@ -664,10 +746,14 @@ class Harvest(Vendor):
         if not partial:
             missing = [name for name in spec.required if clean.get(name) in (None, "")]
             if missing:
-                raise Invalid(f"{missing[0].replace('_id', '').replace('_', ' ').capitalize()} can't be blank")
+                raise Invalid(
+                    f"{missing[0].replace('_id', '').replace('_', ' ').capitalize()} can't be blank"
+                )
         return clean
 
-    def insert(self, kind: str, data: dict[str, Any], *, at: float | None = None, seeded: bool = False) -> Row:
+    def insert(
+        self, kind: str, data: dict[str, Any], *, at: float | None = None, seeded: bool = False
+    ) -> Row:
         key = self.store.next_id(SYSTEM, kind, ID_START)
         row = self.store.insert(SYSTEM, kind, key, data, at=at, seeded=seeded)
         self._index(kind, row)
@@ -705,7 +791,9 @@ class Harvest(Vendor):
             raise Invalid(f"{label} is invalid")
         return row
 
-    def validate(self, kind: str, data: dict[str, Any], existing: Row | None, changes: dict[str, Any]) -> None:
+    def validate(
+        self, kind: str, data: dict[str, Any], existing: Row | None, changes: dict[str, Any]
+    ) -> None:
         stats = self.store.stats.of(SYSTEM, kind)
         table = self.store.table(SYSTEM, kind)
         if kind == "clients" and "name" in changes:
@@ -727,9 +815,15 @@ class Harvest(Vendor):
             other_kind, index = ("tasks", "pt") if kind == "task_assignments" else ("users", "pu")
             other_key = data["task_id" if kind == "task_assignments" else "user_id"]
             self._need(other_kind, other_key, other_kind[:-1].capitalize())
-            if existing is None and table.index_get(index, (data["project_id"], other_key)) is not None:
+            if (
+                existing is None
+                and table.index_get(index, (data["project_id"], other_key)) is not None
+            ):
                 stats.duplicates_detected += 1
-                raise Invalid(f"{other_kind[:-1].capitalize()} has already been assigned to this project", "duplicate")
+                raise Invalid(
+                    f"{other_kind[:-1].capitalize()} has already been assigned to this project",
+                    "duplicate",
+                )
         elif kind in ("time_entries", "expenses"):
             self._validate_work(kind, data, existing, changes)
         elif kind == "invoices":
@@ -749,20 +843,34 @@ class Harvest(Vendor):
             for user_id in data.get("user_ids") or []:
                 self._need("users", user_id, "User")
 
-    def _validate_work(self, kind: str, data: dict[str, Any], existing: Row | None, changes: dict[str, Any]) -> None:
-        if existing is not None and existing.data.get("approval_status") == "approved":
-            # Approved work is locked in Harvest; only un-approving (a sandbox extension) is allowed.
-            if set(changes) - {"approval_status", "is_billed", "external_reference"}:
-                raise Invalid(f"{'Time entry' if kind == 'time_entries' else 'Expense'} is locked: it has been approved", "locked")
+    def _validate_work(
+        self, kind: str, data: dict[str, Any], existing: Row | None, changes: dict[str, Any]
+    ) -> None:
+        # Approved work is locked in Harvest; only un-approving (an extension) is allowed.
+        unlocking_fields = {"approval_status", "is_billed", "external_reference"}
+        if (
+            existing is not None
+            and existing.data.get("approval_status") == "approved"
+            and set(changes) - unlocking_fields
+        ):
+            raise Invalid(
+                f"{'Time entry' if kind == 'time_entries' else 'Expense'} is locked: "
+                "it has been approved",
+                "locked",
+            )
         project = self._need("projects", data["project_id"], "Project")
         if data.get("approval_status", "unsubmitted") not in APPROVAL_STATES:
             raise Invalid(f"Approval status must be one of {', '.join(APPROVAL_STATES)}")
         if existing is None and not project.data.get("is_active"):
-            raise Invalid("Project is archived: time and expenses cannot be added", "archived_project")
+            raise Invalid(
+                "Project is archived: time and expenses cannot be added", "archived_project"
+            )
         self._need("users", data.get("user_id"), "User")
         if kind == "time_entries":
             if "project_id" in changes or "task_id" in changes:
-                assignment = self.store.table(SYSTEM, "task_assignments").index_get("pt", (data["project_id"], data["task_id"]))
+                assignment = self.store.table(SYSTEM, "task_assignments").index_get(
+                    "pt", (data["project_id"], data["task_id"])
+                )
                 if assignment is None:
                     raise Invalid("Task is not assigned to this project", "unassigned_task")
             if data.get("hours") is not None and not 0 <= data["hours"] <= 24:
@@ -809,15 +917,28 @@ class Harvest(Vendor):
             data.setdefault("completed_at", None)
             if data.get("currency") is None:
                 project = self.store.get(SYSTEM, "projects", data["project_id"])
-                client = self.store.get(SYSTEM, "clients", project.data["client_id"]) if project else None
+                client = (
+                    self.store.get(SYSTEM, "clients", project.data["client_id"])
+                    if project
+                    else None
+                )
                 data["currency"] = client.data.get("currency") if client else None
 
     def _rates(self, data: dict[str, Any]) -> tuple[bool, float | None, float | None]:
         project = self.store.get(SYSTEM, "projects", data["project_id"])
         user = self.store.get(SYSTEM, "users", data.get("user_id"))
-        ta = self.store.table(SYSTEM, "task_assignments").index_get("pt", (data["project_id"], data["task_id"]))
-        ua = self.store.table(SYSTEM, "user_assignments").index_get("pu", (data["project_id"], data.get("user_id")))
-        billable = bool(project and project.data.get("is_billable") and ta and ta.data.get("billable") is not False)
+        ta = self.store.table(SYSTEM, "task_assignments").index_get(
+            "pt", (data["project_id"], data["task_id"])
+        )
+        ua = self.store.table(SYSTEM, "user_assignments").index_get(
+            "pu", (data["project_id"], data.get("user_id"))
+        )
+        billable = bool(
+            project
+            and project.data.get("is_billable")
+            and ta
+            and ta.data.get("billable") is not False
+        )
         rate: float | None = None
         if billable and project is not None:
             bill_by = project.data.get("bill_by")
@@ -843,14 +964,28 @@ class Harvest(Vendor):
             quantity = float(item.get("quantity") or 1)
             unit_price = float(item.get("unit_price") or 0)
             amount = round(quantity * unit_price, 2)
-            items.append({**item, "id": item.get("id") or n, "quantity": quantity, "unit_price": unit_price, "amount": amount})
+            items.append(
+                {
+                    **item,
+                    "id": item.get("id") or n,
+                    "quantity": quantity,
+                    "unit_price": unit_price,
+                    "amount": amount,
+                }
+            )
             subtotal += amount
             taxed += amount if item.get("taxed") else 0.0
             taxed2 += amount if item.get("taxed2") else 0.0
         data["line_items"] = items
         discount_amount = round(subtotal * (data.get("discount") or 0) / 100, 2)
-        tax_amount = round(taxed * (data.get("tax") or 0) / 100, 2) if data.get("tax") is not None else None
-        tax2_amount = round(taxed2 * (data.get("tax2") or 0) / 100, 2) if data.get("tax2") is not None else None
+        tax_amount = (
+            round(taxed * (data.get("tax") or 0) / 100, 2) if data.get("tax") is not None else None
+        )
+        tax2_amount = (
+            round(taxed2 * (data.get("tax2") or 0) / 100, 2)
+            if data.get("tax2") is not None
+            else None
+        )
         total = round(subtotal - discount_amount + (tax_amount or 0) + (tax2_amount or 0), 2)
         data.update(
             amount=total,
@@ -877,7 +1012,11 @@ class Harvest(Vendor):
         renderer = RENDERERS.get(kind)
         data = row.data
         out: dict[str, Any] = {"id": row.key}
-        out.update(renderer(self, data) if renderer else {k: v for k, v in data.items() if not k.endswith("_id")})
+        out.update(
+            renderer(self, data)
+            if renderer
+            else {k: v for k, v in data.items() if not k.endswith("_id")}
+        )
         out["created_at"] = iso(row.created)
         out["updated_at"] = iso(row.updated)
         return out
@@ -887,10 +1026,17 @@ class Harvest(Vendor):
 
     def _client_of(self, project_id: Any) -> dict[str, Any] | None:
         project = self.store.get(SYSTEM, "projects", project_id)
-        return None if project is None else self._ref("clients", project.data["client_id"], "name", "currency")
+        return (
+            None
+            if project is None
+            else self._ref("clients", project.data["client_id"], "name", "currency")
+        )
 
     def _render_contact(self, d: dict[str, Any]) -> dict[str, Any]:
-        return {"client": self._ref("clients", d["client_id"], "name"), **{k: v for k, v in d.items() if k != "client_id"}}
+        return {
+            "client": self._ref("clients", d["client_id"], "name"),
+            **{k: v for k, v in d.items() if k != "client_id"},
+        }
 
     def _render_project(self, d: dict[str, Any]) -> dict[str, Any]:
         out = {k: v for k, v in d.items() if k != "client_id"}
@@ -901,13 +1047,19 @@ class Harvest(Vendor):
     def _render_assignment(self, d: dict[str, Any], other: str) -> dict[str, Any]:
         out = {k: v for k, v in d.items() if not k.endswith("_id")}
         out["project"] = self._project_ref(d["project_id"])
-        out[other] = self._ref(f"{other}s", d[f"{other}_id"], *(("name",) if other == "task" else ()))
+        out[other] = self._ref(
+            f"{other}s", d[f"{other}_id"], *(("name",) if other == "task" else ())
+        )
         return out
 
     def _render_entry(self, d: dict[str, Any]) -> dict[str, Any]:
         approved = d.get("approval_status") == "approved"
-        ta = self.store.table(SYSTEM, "task_assignments").index_get("pt", (d["project_id"], d["task_id"]))
-        ua = self.store.table(SYSTEM, "user_assignments").index_get("pu", (d["project_id"], d.get("user_id")))
+        ta = self.store.table(SYSTEM, "task_assignments").index_get(
+            "pt", (d["project_id"], d["task_id"])
+        )
+        ua = self.store.table(SYSTEM, "user_assignments").index_get(
+            "pu", (d["project_id"], d.get("user_id"))
+        )
         project = self.store.get(SYSTEM, "projects", d["project_id"])
         locked_reason = None
         if approved:
@@ -949,7 +1101,9 @@ class Harvest(Vendor):
     def _render_expense(self, d: dict[str, Any]) -> dict[str, Any]:
         approved = d.get("approval_status") == "approved"
         category = self.store.get(SYSTEM, "expense_categories", d["expense_category_id"])
-        ua = self.store.table(SYSTEM, "user_assignments").index_get("pu", (d["project_id"], d.get("user_id")))
+        ua = self.store.table(SYSTEM, "user_assignments").index_get(
+            "pu", (d["project_id"], d.get("user_id"))
+        )
         return {
             "client": self._client_of(d["project_id"]),
             "project": self._project_ref(d["project_id"]),
@@ -958,7 +1112,9 @@ class Harvest(Vendor):
             else {
                 "id": category.key,
                 "name": category.data["name"],
-                "unit_price": None if category.data.get("unit_price") is None else str(category.data["unit_price"]),
+                "unit_price": None
+                if category.data.get("unit_price") is None
+                else str(category.data["unit_price"]),
                 "unit_name": category.data.get("unit_name"),
             },
             "user": self._ref("users", d.get("user_id")),
@@ -982,7 +1138,10 @@ class Harvest(Vendor):
         out["client"] = self._ref("clients", d["client_id"], "name")
         out["creator"] = self._ref("users", d.get("creator_id") or self.admin_id())
         out["line_items"] = [
-            {**{k: v for k, v in item.items() if k != "project_id"}, "project": self._project_ref(item.get("project_id"))}
+            {
+                **{k: v for k, v in item.items() if k != "project_id"},
+                "project": self._project_ref(item.get("project_id")),
+            }
             for item in d.get("line_items") or []
         ]
         out.setdefault("client_key", None)

@@ -33,13 +33,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .gate import JSON, form_fields, Sandbox, Vendor, refuse
+from .gate import JSON, Sandbox, Vendor, form_fields, refuse
 from .ratelimit import Denied, Lease
 from .store import Change, Row
 
 SYSTEM = "salesforce"
 CLIENT_ID = "concord-salesforce"
-CLIENT_SECRET = "sandbox-salesforce-secret"
+CLIENT_SECRET = "sandbox-salesforce-secret"  # noqa: S105 - a documented sandbox credential
 ORG_ID = "00D5g000004SandbX"
 API_VERSION = "v60.0"
 DATA = f"/services/data/{API_VERSION}"
@@ -128,7 +128,11 @@ FIELDS: dict[str, dict[str, str]] = {
         "Budget__c": "double",
     },
 }
-REQUIRED = {"Account": ("Name",), "Opportunity": ("Name", "StageName", "CloseDate"), "Contract": ("AccountId",)}
+REQUIRED = {
+    "Account": ("Name",),
+    "Opportunity": ("Name", "StageName", "CloseDate"),
+    "Contract": ("AccountId",),
+}
 DEFAULTS: dict[str, dict[str, Any]] = {
     "Account": {"CurrencyIsoCode": "USD"},
     "Opportunity": {"CurrencyIsoCode": "USD"},
@@ -162,7 +166,9 @@ def sf_datetime(ts: float) -> str:
 
 
 class SfError(Exception):
-    def __init__(self, code: str, message: str, fields: list[str] | None = None, status: int = 400) -> None:
+    def __init__(
+        self, code: str, message: str, fields: list[str] | None = None, status: int = 400
+    ) -> None:
         super().__init__(message)
         self.code, self.message, self.fields, self.status = code, message, fields or [], status
 
@@ -205,7 +211,9 @@ class Salesforce(Vendor):
         return ORG_ID
 
     def error(self, status: int, message: str) -> Response:
-        code = {503: "SERVER_UNAVAILABLE", 504: "REQUEST_RUNNING_TOO_LONG"}.get(status, "UNKNOWN_EXCEPTION")
+        code = {503: "SERVER_UNAVAILABLE", 504: "REQUEST_RUNNING_TOO_LONG"}.get(
+            status, "UNKNOWN_EXCEPTION"
+        )
         return JSON(SfError(code, message).body(), status)
 
     def throttled(self, denied: Denied) -> Response:
@@ -233,7 +241,9 @@ class Salesforce(Vendor):
             "type": change.kind,
             "version": change.row.version,
             "occurred_at": sf_datetime(change.row.updated),
-            "resource_url": f"{self.sandbox.base_url}/salesforce{DATA}/sobjects/{change.obj}/{change.row.key}",
+            "resource_url": (
+                f"{self.sandbox.base_url}/salesforce{DATA}/sobjects/{change.obj}/{change.row.key}"
+            ),
         }
 
     # -- routes ------------------------------------------------------------------------------
@@ -259,10 +269,18 @@ class Salesforce(Vendor):
         form = await form_fields(request)
         if form.get("grant_type") != "client_credentials":
             refuse(request, "auth")
-            return JSON({"error": "unsupported_grant_type", "error_description": "grant type not supported"}, 400)
+            return JSON(
+                {
+                    "error": "unsupported_grant_type",
+                    "error_description": "grant type not supported",
+                },
+                400,
+            )
         if form.get("client_id") != CLIENT_ID or form.get("client_secret") != CLIENT_SECRET:
             refuse(request, "auth")
-            return JSON({"error": "invalid_client", "error_description": "invalid client credentials"}, 400)
+            return JSON(
+                {"error": "invalid_client", "error_description": "invalid client credentials"}, 400
+            )
         token = f"{ORG_ID}!{secrets.token_urlsafe(32)}"
         self.sandbox.tokens[token] = {"system": SYSTEM, "expires": float("inf")}
         issued = str(int(time.time() * 1000))
@@ -274,7 +292,9 @@ class Salesforce(Vendor):
                 "id": f"{instance}/id/{ORG_ID}/0055g00000SandbxAAA",
                 "token_type": "Bearer",
                 "issued_at": issued,
-                "signature": base64.b64encode(hashlib.sha256((instance + issued).encode()).digest()).decode(),
+                "signature": base64.b64encode(
+                    hashlib.sha256((instance + issued).encode()).digest()
+                ).decode(),
             }
         )
 
@@ -284,7 +304,9 @@ class Salesforce(Vendor):
     # -- records -----------------------------------------------------------------------------
 
     def render(self, obj: str, row: Row, fields: list[str] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"attributes": {"type": obj, "url": f"{DATA}/sobjects/{obj}/{row.key}"}}
+        out: dict[str, Any] = {
+            "attributes": {"type": obj, "url": f"{DATA}/sobjects/{obj}/{row.key}"}
+        }
         for name in fields or list(FIELDS[obj]):
             out[name] = self.value(obj, row, name)
         return out
@@ -302,22 +324,36 @@ class Salesforce(Vendor):
 
     def clean(self, obj: str, body: dict[str, Any], creating: bool) -> dict[str, Any]:
         if obj not in FIELDS:
-            raise SfError("NOT_FOUND", f"The requested resource does not exist: sObject type '{obj}' is not supported.", status=404)
+            raise SfError(
+                "NOT_FOUND",
+                f"The requested resource does not exist: sObject type '{obj}' is not supported.",
+                status=404,
+            )
         spec, clean = FIELDS[obj], {}
         for name, value in body.items():
             if name == "attributes":
                 continue
             kind = spec.get(name)
             if kind is None:
-                raise SfError("INVALID_FIELD", f"No such column '{name}' on sobject of type {obj}", [name])
+                raise SfError(
+                    "INVALID_FIELD", f"No such column '{name}' on sobject of type {obj}", [name]
+                )
             if kind.startswith("ro:"):
-                raise SfError("INVALID_FIELD_FOR_INSERT_UPDATE", f"Unable to create/update fields: {name}.", [name])
+                raise SfError(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    f"Unable to create/update fields: {name}.",
+                    [name],
+                )
             clean[name] = self._typed(obj, name, kind, value)
         if creating:
             clean = {**DEFAULTS[obj], **clean}
             missing = [f for f in REQUIRED[obj] if clean.get(f) in (None, "")]
             if missing:
-                raise SfError("REQUIRED_FIELD_MISSING", f"Required fields are missing: [{', '.join(missing)}]", missing)
+                raise SfError(
+                    "REQUIRED_FIELD_MISSING",
+                    f"Required fields are missing: [{', '.join(missing)}]",
+                    missing,
+                )
         return clean
 
     def _typed(self, obj: str, name: str, kind: str, value: Any) -> Any:
@@ -327,7 +363,11 @@ class Salesforce(Vendor):
         if kind == "string":
             ok = isinstance(value, str)
         elif kind in ("double", "int"):
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and (kind == "double" or float(value).is_integer())
+            ok = (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and (kind == "double" or float(value).is_integer())
+            )
             value = (float(value) if kind == "double" else int(value)) if ok else value
         elif kind == "date":
             try:
@@ -336,16 +376,30 @@ class Salesforce(Vendor):
                 ok = False
         elif kind.startswith("pick:"):
             if value not in kind[5:].split("|"):
-                raise SfError("INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST", f"bad value for restricted picklist field: {value}", [name])
+                raise SfError(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    f"bad value for restricted picklist field: {value}",
+                    [name],
+                )
         elif kind.startswith("ref:"):
             target = kind[4:]
             if not isinstance(value, str) or len(value) not in (15, 18):
-                raise SfError("MALFORMED_ID", f"{name}: id value of incorrect type: {value}", [name])
+                raise SfError(
+                    "MALFORMED_ID", f"{name}: id value of incorrect type: {value}", [name]
+                )
             if self.store.get(SYSTEM, target, self._full_id(value)) is None:
-                raise SfError("FIELD_INTEGRITY_EXCEPTION", f"{name}: id value of incorrect type: {value}", [name])
+                raise SfError(
+                    "FIELD_INTEGRITY_EXCEPTION",
+                    f"{name}: id value of incorrect type: {value}",
+                    [name],
+                )
             value = self._full_id(value)
         if not ok:
-            raise SfError("JSON_PARSER_ERROR", f"Cannot deserialize instance of {kind} from value {value!r} for field {name}", [name])
+            raise SfError(
+                "JSON_PARSER_ERROR",
+                f"Cannot deserialize instance of {kind} from value {value!r} for field {name}",
+                [name],
+            )
         return value
 
     def _full_id(self, value: str) -> str:
@@ -373,17 +427,24 @@ class Salesforce(Vendor):
             else:
                 data["EndDate"] = None
 
-    def insert(self, obj: str, data: dict[str, Any], *, at: float | None = None, seeded: bool = False) -> Row:
+    def insert(
+        self, obj: str, data: dict[str, Any], *, at: float | None = None, seeded: bool = False
+    ) -> Row:
         table = self.store.table(SYSTEM, obj)
         ext = data.get("External_Id__c")
         if ext and table.index_get("External_Id__c", ext) is not None:
             self.store.stats.of(SYSTEM, obj).duplicates_detected += 1
             raise SfError(
                 "DUPLICATE_VALUE",
-                f"duplicate value found: External_Id__c duplicates value on record with id: {table.indexes['External_Id__c'][ext]}",
+                "duplicate value found: External_Id__c duplicates value on record with id: "
+                f"{table.indexes['External_Id__c'][ext]}",
                 ["External_Id__c"],
             )
-        if obj == "Account" and not seeded and table.index_get("Name", str(data.get("Name", "")).casefold()) is not None:
+        if (
+            obj == "Account"
+            and not seeded
+            and table.index_get("Name", str(data.get("Name", "")).casefold()) is not None
+        ):
             # Salesforce's standard duplicate rule only alerts; the sandbox counts it.
             self.store.stats.of(SYSTEM, obj).duplicates_detected += 1
         self.derive(obj, data)
@@ -407,7 +468,9 @@ class Salesforce(Vendor):
             other = self.store.table(SYSTEM, obj).index_get("External_Id__c", ext)
             if other is not None and other is not row:
                 self.store.stats.of(SYSTEM, obj).duplicates_detected += 1
-                raise SfError("DUPLICATE_VALUE", "duplicate value found: External_Id__c", ["External_Id__c"])
+                raise SfError(
+                    "DUPLICATE_VALUE", "duplicate value found: External_Id__c", ["External_Id__c"]
+                )
         row.data.update(changes)
         self.derive(obj, row.data)
         self._index(obj, row)
@@ -444,10 +507,16 @@ class Salesforce(Vendor):
         try:
             row = self._get(obj, request.path_params["id"])
             if request.method == "GET":
-                fields = [f.strip() for f in request.query_params.get("fields", "").split(",") if f.strip()]
+                fields = [
+                    f.strip()
+                    for f in request.query_params.get("fields", "").split(",")
+                    if f.strip()
+                ]
                 unknown = [f for f in fields if f not in FIELDS[obj]]
                 if unknown:
-                    raise SfError("INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'", unknown)
+                    raise SfError(
+                        "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'", unknown
+                    )
                 return JSON(self.render(obj, row, fields or None))
             self.update(obj, row, self.clean(obj, await self._body(request), creating=False))
         except SfError as exc:
@@ -455,12 +524,20 @@ class Salesforce(Vendor):
         return Response(status_code=204)
 
     async def upsert(self, request: Request) -> Response:
-        obj, field, value = request.path_params["obj"], request.path_params["field"], request.path_params["value"]
+        obj, field, value = (
+            request.path_params["obj"],
+            request.path_params["field"],
+            request.path_params["value"],
+        )
         try:
             if obj not in FIELDS:
                 raise SfError("NOT_FOUND", f"sObject type '{obj}' is not supported.", status=404)
             if field != "External_Id__c":
-                raise SfError("NOT_FOUND", f"Provided external ID field does not exist or is not accessible: {field}", status=404)
+                raise SfError(
+                    "NOT_FOUND",
+                    f"Provided external ID field does not exist or is not accessible: {field}",
+                    status=404,
+                )
             body = await self._body(request)
             existing = self.store.table(SYSTEM, obj).index_get(field, value)
             if existing is None:
@@ -480,7 +557,10 @@ class Salesforce(Vendor):
             if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
                 raise SfError("JSON_PARSER_ERROR", "records must be a list of objects")
             if len(records) > MAX_COLLECTION:
-                raise SfError("EXCEEDED_ID_LIMIT", f"record limit exceeded: at most {MAX_COLLECTION} records per request")
+                raise SfError(
+                    "EXCEEDED_ID_LIMIT",
+                    f"record limit exceeded: at most {MAX_COLLECTION} records per request",
+                )
         except SfError as exc:
             return self.fail(request, exc)
         all_or_none = bool(body.get("allOrNone"))
@@ -493,19 +573,30 @@ class Salesforce(Vendor):
                 fields = {k: v for k, v in record.items() if k not in ("attributes", "id", "Id")}
                 if creating:
                     if record.get("id") or record.get("Id"):
-                        raise SfError("INVALID_FIELD", "cannot specify Id in an insert call", ["Id"])
+                        raise SfError(
+                            "INVALID_FIELD", "cannot specify Id in an insert call", ["Id"]
+                        )
                     data = self.clean(obj, fields, creating=True)
                     ext = data.get("External_Id__c")
-                    if ext and ((obj, ext) in ext_in_batch or self.store.table(SYSTEM, obj).index_get("External_Id__c", ext)):
+                    if ext and (
+                        (obj, ext) in ext_in_batch
+                        or self.store.table(SYSTEM, obj).index_get("External_Id__c", ext)
+                    ):
                         self.store.stats.of(SYSTEM, obj).duplicates_detected += 1
-                        raise SfError("DUPLICATE_VALUE", "duplicate value found: External_Id__c", ["External_Id__c"])
+                        raise SfError(
+                            "DUPLICATE_VALUE",
+                            "duplicate value found: External_Id__c",
+                            ["External_Id__c"],
+                        )
                     if ext:
                         ext_in_batch.add((obj, ext))
                     planned.append((obj, None, data))
                 else:
                     ident = str(record.get("id") or record.get("Id") or "")
                     if not ident:
-                        raise SfError("MISSING_ARGUMENT", "Id not specified in an update call", ["Id"])
+                        raise SfError(
+                            "MISSING_ARGUMENT", "Id not specified in an update call", ["Id"]
+                        )
                     row = self._get(obj, ident)
                     planned.append((obj, row, self.clean(obj, fields, creating=False)))
             except SfError as exc:
@@ -516,7 +607,18 @@ class Salesforce(Vendor):
             if isinstance(plan, SfError):
                 refuse(request, "validation")
                 self.store.stats.refused(SYSTEM, "composite", 200, plan.code.lower())
-                results.append({"success": False, "errors": [{"statusCode": plan.code, "message": plan.message, "fields": plan.fields}]})
+                results.append(
+                    {
+                        "success": False,
+                        "errors": [
+                            {
+                                "statusCode": plan.code,
+                                "message": plan.message,
+                                "fields": plan.fields,
+                            }
+                        ],
+                    }
+                )
             elif failed and all_or_none:
                 results.append(
                     {
@@ -525,23 +627,35 @@ class Salesforce(Vendor):
                         "errors": [
                             {
                                 "statusCode": "ALL_OR_NONE_OPERATION_ROLLED_BACK",
-                                "message": "Record rolled back because not all records were valid and the request was using AllOrNone header",
+                                "message": "Record rolled back because not all records were valid "
+                                "and the request was using AllOrNone header",
                                 "fields": [],
                             }
                         ],
                     }
                 )
             else:
-                obj, row, data = plan
+                obj, target, data = plan
                 try:
-                    if row is None:
-                        row = self.insert(obj, data)
+                    if target is None:
+                        target = self.insert(obj, data)
                     else:
-                        self.update(obj, row, data)
+                        self.update(obj, target, data)
                 except SfError as exc:
-                    results.append({"success": False, "errors": [{"statusCode": exc.code, "message": exc.message, "fields": exc.fields}]})
+                    results.append(
+                        {
+                            "success": False,
+                            "errors": [
+                                {
+                                    "statusCode": exc.code,
+                                    "message": exc.message,
+                                    "fields": exc.fields,
+                                }
+                            ],
+                        }
+                    )
                     continue
-                results.append({"id": row.key, "success": True, "errors": []})
+                results.append({"id": target.key, "success": True, "errors": []})
         return JSON(results)
 
     async def collection_read(self, request: Request) -> Response:
@@ -557,7 +671,9 @@ class Salesforce(Vendor):
                 raise SfError("EXCEEDED_ID_LIMIT", f"at most {MAX_COLLECTION_GET} ids per request")
             unknown = [f for f in fields if f not in FIELDS[obj]]
             if unknown:
-                raise SfError("INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'", unknown)
+                raise SfError(
+                    "INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'", unknown
+                )
         except SfError as exc:
             return self.fail(request, exc)
         out: list[dict[str, Any] | None] = []
@@ -580,14 +696,26 @@ class Salesforce(Vendor):
             obj = parsed.obj
             if obj not in FIELDS:
                 raise SfError("INVALID_TYPE", f"sObject type '{obj}' is not supported.")
-            unknown = [f for f in parsed.fields + [c[0] for c in parsed.where] + [o[0] for o in parsed.order] if f not in FIELDS[obj]]
+            unknown = [
+                f
+                for f in parsed.fields + [c[0] for c in parsed.where] + [o[0] for o in parsed.order]
+                if f not in FIELDS[obj]
+            ]
             if unknown:
                 raise SfError("INVALID_FIELD", f"No such column '{unknown[0]}' on entity '{obj}'.")
-            rows = [r for r in self.store.rows(SYSTEM, obj) if all(self._match(obj, r, c) for c in parsed.where)]
+            rows = [
+                r
+                for r in self.store.rows(SYSTEM, obj)
+                if all(self._match(obj, r, c) for c in parsed.where)
+            ]
         except SfError as exc:
             return self.fail(request, exc)
-        for name, descending in reversed(parsed.order):
-            rows.sort(key=lambda r, n=name: _order_key(self._raw(obj, r, n)), reverse=descending)
+        for name, descending in reversed(parsed.order):  # stable sorts: last key first
+
+            def sort_key(row: Row, field: str = name) -> tuple[int, Any]:
+                return _order_key(self._raw(obj, row, field))
+
+            rows.sort(key=sort_key, reverse=descending)
         if parsed.offset:
             rows = rows[parsed.offset :]
         if parsed.limit is not None:
@@ -601,7 +729,9 @@ class Salesforce(Vendor):
         locator, _, offset = request.path_params["cursor"].rpartition("-")
         cursor = self.cursors.get(locator)
         if cursor is None or not offset.isdigit():
-            return self.fail(request, SfError("INVALID_QUERY_LOCATOR", "invalid query locator", status=400))
+            return self.fail(
+                request, SfError("INVALID_QUERY_LOCATOR", "invalid query locator", status=400)
+            )
         return self._page(cursor, locator, int(offset))
 
     def _page(self, cursor: Cursor, locator: str, offset: int) -> Response:
@@ -635,7 +765,11 @@ class Salesforce(Vendor):
         value = self._raw(obj, row, name)
         if isinstance(expected, _DateTime):
             if not isinstance(value, int | float):
-                raise SfError("INVALID_FIELD", f"value of filter criterion for field '{name}' must be of type date and should not be enclosed in quotes")
+                raise SfError(
+                    "INVALID_FIELD",
+                    f"value of filter criterion for field '{name}' must be of type date "
+                    "and should not be enclosed in quotes",
+                )
             expected = expected.ts
         if op == "IN":
             return value in expected
@@ -725,7 +859,9 @@ def parse_soql(soql: str) -> Soql:
     raw_fields = [f.strip() for f in match["fields"].split(",")]
     count = [f.upper() for f in raw_fields] == ["COUNT()"]
     if not count and any(not re.match(r"^\w+$", f) for f in raw_fields):
-        raise SfError("MALFORMED_QUERY", "only plain field names (or COUNT()) are supported in SELECT")
+        raise SfError(
+            "MALFORMED_QUERY", "only plain field names (or COUNT()) are supported in SELECT"
+        )
     where: list[tuple[str, str, Any]] = []
     if match["where"]:
         tokens = [m for m in _TOKEN.finditer(match["where"]) if m.group(0).strip()]
@@ -770,7 +906,10 @@ def parse_soql(soql: str) -> Soql:
             if pos < len(values):
                 kind, joiner = take()
                 if joiner.upper() != "AND":
-                    raise SfError("MALFORMED_QUERY", f"only AND is supported between conditions, got '{joiner}'")
+                    raise SfError(
+                        "MALFORMED_QUERY",
+                        f"only AND is supported between conditions, got '{joiner}'",
+                    )
     order: list[tuple[str, bool]] = []
     if match["order"]:
         for part in match["order"].split(","):

@@ -49,7 +49,15 @@ class Entity:
 
 ENTITIES = (
     Entity("US01", "Concord Consulting Inc.", "United States", "USD", LEGACY.id, "NONE", "NONE"),
-    Entity("UK01", "Concord Consulting Ltd", "United Kingdom", "GBP", NEW.id, "OUTPUT2", "ECZROUTPUTSERVICES"),
+    Entity(
+        "UK01",
+        "Concord Consulting Ltd",
+        "United Kingdom",
+        "GBP",
+        NEW.id,
+        "OUTPUT2",
+        "ECZROUTPUTSERVICES",
+    ),
     Entity("DE01", "Concord Beratung GmbH", "Germany", "EUR", LEGACY.id, "OUTPUT", "TAX002"),
 )
 ENTITY_WEIGHTS = (40, 35, 25)
@@ -61,15 +69,85 @@ ROLES = {  # role -> (USD, GBP, EUR) bill rate, cost share of the bill rate
     "Engineer": ((190.0, 150.0, 170.0), 0.42),
     "Designer": ((160.0, 125.0, 145.0), 0.40),
 }
+PROJECT_KINDS = ("Platform", "Migration", "Analytics", "Redesign")
+MILESTONES = ("Discovery", "Design sign-off", "Build complete", "Go-live")
+ACTIVITIES = ("Workshop", "Build", "Review", "Planning", "Support")
 UNRATED_ROLE = "Data Scientist"  # deliberately missing from the rate card
-TASKS = (("Development", True), ("Design", True), ("Project Management", True), ("Consulting", True), ("Internal", False))
-CATEGORIES = (("Travel", None, None), ("Accommodation", None, None), ("Meals", None, None), ("Mileage", "miles", 0.58))
-FIRST = ("Ava", "Ben", "Chloe", "Daniel", "Elena", "Felix", "Grace", "Hugo", "Isla", "Jonas", "Kira", "Liam", "Mia", "Noah")
-LAST = ("Adler", "Brooks", "Costa", "Dietrich", "Evans", "Fischer", "Garcia", "Hughes", "Ivanova", "Jensen", "Keller", "Lopez")
-NAME_A = ("North", "Blue", "Silver", "Summit", "Harbor", "Granite", "Cedar", "Bright", "Iron", "Maple", "Polar", "Crown")
-NAME_B = ("Logistics", "Health", "Analytics", "Foods", "Energy", "Retail", "Media", "Robotics", "Finance", "Motors")
+TASKS = (
+    ("Development", True),
+    ("Design", True),
+    ("Project Management", True),
+    ("Consulting", True),
+    ("Internal", False),
+)
+CATEGORIES = (
+    ("Travel", None, None),
+    ("Accommodation", None, None),
+    ("Meals", None, None),
+    ("Mileage", "miles", 0.58),
+)
+FIRST = (
+    "Ava",
+    "Ben",
+    "Chloe",
+    "Daniel",
+    "Elena",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Isla",
+    "Jonas",
+    "Kira",
+    "Liam",
+    "Mia",
+    "Noah",
+)
+LAST = (
+    "Adler",
+    "Brooks",
+    "Costa",
+    "Dietrich",
+    "Evans",
+    "Fischer",
+    "Garcia",
+    "Hughes",
+    "Ivanova",
+    "Jensen",
+    "Keller",
+    "Lopez",
+)
+NAME_A = (
+    "North",
+    "Blue",
+    "Silver",
+    "Summit",
+    "Harbor",
+    "Granite",
+    "Cedar",
+    "Bright",
+    "Iron",
+    "Maple",
+    "Polar",
+    "Crown",
+)
+NAME_B = (
+    "Logistics",
+    "Health",
+    "Analytics",
+    "Foods",
+    "Energy",
+    "Retail",
+    "Media",
+    "Robotics",
+    "Finance",
+    "Motors",
+)
 SUFFIX = {"US01": "Inc.", "UK01": "Ltd", "DE01": "GmbH"}
-CITIES = {"US01": ("New York", "NY", "10001"), "UK01": ("London", "", "EC1A 1BB"), "DE01": ("Berlin", "", "10115")}
+CITIES = {
+    "US01": ("New York", "NY", "10001"),
+    "UK01": ("London", "", "EC1A 1BB"),
+    "DE01": ("Berlin", "", "10115"),
+}
 
 
 def _ts(day: date, hour: int = 17, second: int = 0) -> float:
@@ -77,19 +155,29 @@ def _ts(day: date, hour: int = 17, second: int = 0) -> float:
 
 
 class Seeder:
-    def __init__(self, salesforce: Salesforce, harvest: Harvest, xero: Xero, scale: int, seed: int, anchor: date) -> None:
+    def __init__(
+        self,
+        salesforce: Salesforce,
+        harvest: Harvest,
+        xero: Xero,
+        scale: int,
+        seed: int,
+        anchor: date,
+    ) -> None:
         self.sf, self.hv, self.xero = salesforce, harvest, xero
-        self.scale, self.rng, self.anchor = scale, random.Random(seed), anchor
+        self.scale, self.rng, self.anchor = scale, random.Random(seed), anchor  # noqa: S311 - reproducible data, not secrets
         self.start = anchor - timedelta(weeks=WEEKS)
         self.flawed: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
-        self._uuid_rng = random.Random(seed + 1)
+        self._uuid_rng = random.Random(seed + 1)  # noqa: S311 - reproducible ids
         self._vat_flaw_done = False
 
     def uuid(self) -> str:
         return str(uuid.UUID(int=self._uuid_rng.getrandbits(128), version=4))
 
-    def flaw(self, system: str, obj: str, key: Any, problem: str, tenant: str | None = None) -> None:
+    def flaw(
+        self, system: str, obj: str, key: Any, problem: str, tenant: str | None = None
+    ) -> None:
         entry: dict[str, Any] = {"system": system, "object": obj, "id": key, "flaw": problem}
         if tenant:
             entry["tenant"] = tenant
@@ -125,7 +213,13 @@ class Seeder:
         for name, billable in TASKS:
             row = self.hv.insert(
                 "tasks",
-                {"name": name, "billable_by_default": billable, "default_hourly_rate": None, "is_default": True, "is_active": True},
+                {
+                    "name": name,
+                    "billable_by_default": billable,
+                    "default_hourly_rate": None,
+                    "is_default": True,
+                    "is_active": True,
+                },
                 at=at,
                 seeded=True,
             )
@@ -137,7 +231,10 @@ class Seeder:
         out = []
         for name, unit_name, unit_price in CATEGORIES:
             row = self.hv.insert(
-                "expense_categories", {"name": name, "unit_name": unit_name, "unit_price": unit_price, "is_active": True}, at=at, seeded=True
+                "expense_categories",
+                {"name": name, "unit_name": unit_name, "unit_price": unit_price, "is_active": True},
+                at=at,
+                seeded=True,
             )
             out.append(int(row.key))
         self.count("harvest.expense_categories", len(out))
@@ -148,14 +245,20 @@ class Seeder:
             for currency, rate in zip(("USD", "GBP", "EUR"), rates, strict=True):
                 self.hv.insert(
                     "x_rate_cards",
-                    {"role": role, "currency": currency, "hourly_rate": rate, "starts_on": self.start.replace(month=1, day=1).isoformat(), "ends_on": None},
+                    {
+                        "role": role,
+                        "currency": currency,
+                        "hourly_rate": rate,
+                        "starts_on": self.start.replace(month=1, day=1).isoformat(),
+                        "ends_on": None,
+                    },
                     at=at,
                     seeded=True,
                 )
                 self.count("harvest.x_rate_cards")
 
     def people(self, at: float) -> list[dict[str, Any]]:
-        people = []
+        people: list[dict[str, Any]] = []
         roles = list(ROLES)
         for n in range(10 * self.scale):
             entity = self.rng.choices(ENTITIES, ENTITY_WEIGHTS)[0]
@@ -170,7 +273,11 @@ class Seeder:
                 "last_name": f"{last}{'' if n < len(FIRST) * len(LAST) else n}",
                 "email": f"{first.lower()}.{last.lower()}{n}@concord.example",
                 "telephone": "",
-                "timezone": {"US01": "America/New_York", "UK01": "Europe/London", "DE01": "Europe/Berlin"}[entity.code],
+                "timezone": {
+                    "US01": "America/New_York",
+                    "UK01": "Europe/London",
+                    "DE01": "Europe/Berlin",
+                }[entity.code],
                 "is_contractor": n % 9 == 8,
                 "is_active": True,
                 "weekly_capacity": 144000,
@@ -182,8 +289,21 @@ class Seeder:
             }
             row = self.hv.insert("users", data, at=at, seeded=True)
             if role == UNRATED_ROLE:
-                self.flaw("harvest", "users", row.key, f"role '{UNRATED_ROLE}' has no rate card entry (x_rate_cards)")
-            people.append({"id": int(row.key), "entity": entity, "role": role, "bill": bill, "cost": data["cost_rate"]})
+                self.flaw(
+                    "harvest",
+                    "users",
+                    row.key,
+                    f"role '{UNRATED_ROLE}' has no rate card entry (x_rate_cards)",
+                )
+            people.append(
+                {
+                    "id": int(row.key),
+                    "entity": entity,
+                    "role": role,
+                    "bill": bill,
+                    "cost": data["cost_rate"],
+                }
+            )
         by_role: dict[str, list[int]] = {}
         for person in people:
             by_role.setdefault(person["role"], []).append(person["id"])
@@ -196,7 +316,13 @@ class Seeder:
         out = {}
         for tenant in (LEGACY.id, NEW.id):
             row = self.xero.store.insert(
-                "xero", "TrackingCategories", self.uuid(), {"Name": "Project", "Status": "ACTIVE", "Options": []}, tenant, at=at, seeded=True
+                "xero",
+                "TrackingCategories",
+                self.uuid(),
+                {"Name": "Project", "Status": "ACTIVE", "Options": []},
+                tenant,
+                at=at,
+                seeded=True,
             )
             out[tenant] = row
         return out
@@ -208,7 +334,14 @@ class Seeder:
             name = f"{NAME_A[n % len(NAME_A)]} {NAME_B[(n // len(NAME_A) + n) % len(NAME_B)]}"
             if n >= len(NAME_A) * len(NAME_B):
                 name += f" {n}"
-            customers.append({"n": n, "name": f"{name} {SUFFIX[entity.code]}", "entity": entity, "currency": entity.currency})
+            customers.append(
+                {
+                    "n": n,
+                    "name": f"{name} {SUFFIX[entity.code]}",
+                    "entity": entity,
+                    "currency": entity.currency,
+                }
+            )
         # Flaw: a Swiss customer billed in CHF, which neither Xero tenant is subscribed to.
         if customers:
             chf = customers[min(3, len(customers) - 1)]
@@ -217,7 +350,13 @@ class Seeder:
         return customers
 
     def engagement(
-        self, n: int, c: dict[str, Any], tasks: dict[str, int], people: list[dict[str, Any]], tracking: dict[str, Any], at: float
+        self,
+        n: int,
+        c: dict[str, Any],
+        tasks: dict[str, int],
+        people: list[dict[str, Any]],
+        tracking: dict[str, Any],
+        at: float,
     ) -> None:
         rng, entity = self.rng, c["entity"]
         created = at + n * 60
@@ -249,9 +388,16 @@ class Seeder:
             seeded=True,
         )
         if n == 5:
-            self.flaw("salesforce", "Account", account.key, "account has no legal entity (Legal_Entity__c is empty)")
+            self.flaw(
+                "salesforce",
+                "Account",
+                account.key,
+                "account has no legal entity (Legal_Entity__c is empty)",
+            )
         self.count("salesforce.Account")
-        model = ("Time and Materials", "Fixed Fee", "Retainer")[0 if n % 4 in (0, 1) else (1 if n % 4 == 2 else 2)]
+        model = ("Time and Materials", "Fixed Fee", "Retainer")[
+            0 if n % 4 in (0, 1) else (1 if n % 4 == 2 else 2)
+        ]
         budget = float(rng.randrange(40, 400) * 1000)
         close = self.start - timedelta(days=rng.randrange(5, 60))
         won = self.sf.insert(
@@ -276,7 +422,12 @@ class Seeder:
             {
                 "Name": f"{c['name']} - Expansion",
                 "AccountId": account.key,
-                "StageName": ("Prospecting", "Qualification", "Proposal/Price Quote", "Negotiation/Review")[n % 4],
+                "StageName": (
+                    "Prospecting",
+                    "Qualification",
+                    "Proposal/Price Quote",
+                    "Negotiation/Review",
+                )[n % 4],
                 "CloseDate": (self.anchor + timedelta(days=rng.randrange(10, 90))).isoformat(),
                 "Amount": float(rng.randrange(20, 200) * 1000),
                 "Probability": 30.0,
@@ -289,9 +440,13 @@ class Seeder:
             seeded=True,
         )
         self.count("salesforce.Opportunity", 2)
-        no_terms = model == "Fixed Fee" and not any(f["flaw"].startswith("contract has no payment terms") for f in self.flawed)
+        no_terms = model == "Fixed Fee" and not any(
+            f["flaw"].startswith("contract has no payment terms") for f in self.flawed
+        )
         if n == 6:
-            self.flaw("salesforce", "Opportunity", won.key, "closed-won opportunity has no contract")
+            self.flaw(
+                "salesforce", "Opportunity", won.key, "closed-won opportunity has no contract"
+            )
         else:
             contract = self.sf.insert(
                 "Contract",
@@ -304,7 +459,9 @@ class Seeder:
                     "CurrencyIsoCode": c["currency"],
                     "Billing_Model__c": model,
                     "Payment_Terms__c": None if no_terms else "Net 30",
-                    "Tax_Profile__c": "reverse-charge" if entity.code != "US01" and n % 3 == 1 else "standard",
+                    "Tax_Profile__c": "reverse-charge"
+                    if entity.code != "US01" and n % 3 == 1
+                    else "standard",
                     "Budget__c": budget,
                     "Legal_Entity__c": entity.code,
                     "External_Id__c": f"CTR-{n + 1:05d}",
@@ -314,23 +471,39 @@ class Seeder:
             )
             self.count("salesforce.Contract")
             if no_terms:
-                self.flaw("salesforce", "Contract", contract.key, "contract has no payment terms (its completed milestone cannot be invoiced)")
+                self.flaw(
+                    "salesforce",
+                    "Contract",
+                    contract.key,
+                    "contract has no payment terms (its completed milestone cannot be invoiced)",
+                )
         # PSA: client, project, assignments, milestones.
         client = self.hv.insert(
             "clients",
-            {"name": c["name"], "is_active": True, "address": f"{city}\n{entity.country}", "currency": c["currency"], "statement_key": f"{n:032x}"},
+            {
+                "name": c["name"],
+                "is_active": True,
+                "address": f"{city}\n{entity.country}",
+                "currency": c["currency"],
+                "statement_key": f"{n:032x}",
+            },
             at=created + 40,
             seeded=True,
         )
         if c.get("flaw_currency"):
-            self.flaw("harvest", "clients", client.key, "client bills in CHF; no Xero tenant is subscribed to CHF")
+            self.flaw(
+                "harvest",
+                "clients",
+                client.key,
+                "client bills in CHF; no Xero tenant is subscribed to CHF",
+            )
         code = f"P{entity.code[:2]}-{n + 1:04d}"
         archived = n == 4
         project = self.hv.insert(
             "projects",
             {
                 "client_id": client.key,
-                "name": f"{c['name'].split(' ')[0]} {('Platform', 'Migration', 'Analytics', 'Redesign')[n % 4]}",
+                "name": f"{c['name'].split(' ')[0]} {PROJECT_KINDS[n % 4]}",
                 "code": code,
                 "is_active": not archived,
                 "is_billable": True,
@@ -357,7 +530,14 @@ class Seeder:
         for name, task_id in tasks.items():
             self.hv.insert(
                 "task_assignments",
-                {"project_id": project.key, "task_id": task_id, "is_active": True, "billable": dict(TASKS)[name], "hourly_rate": None, "budget": None},
+                {
+                    "project_id": project.key,
+                    "task_id": task_id,
+                    "is_active": True,
+                    "billable": dict(TASKS)[name],
+                    "hourly_rate": None,
+                    "budget": None,
+                },
                 at=created + 51,
                 seeded=True,
             )
@@ -381,17 +561,23 @@ class Seeder:
         if model == "Fixed Fee":
             for m in range(4):
                 due = self.start + timedelta(weeks=2 * m + 1)
-                status = "invoiced" if m == 0 else ("complete" if due < self.anchor and m == 1 else "open")
+                status = (
+                    "invoiced"
+                    if m == 0
+                    else ("complete" if due < self.anchor and m == 1 else "open")
+                )
                 milestone = self.hv.insert(
                     "x_milestones",
                     {
                         "project_id": project.key,
-                        "name": f"Milestone {m + 1}: {('Discovery', 'Design sign-off', 'Build complete', 'Go-live')[m]}",
+                        "name": f"Milestone {m + 1}: {MILESTONES[m]}",
                         "amount": round(budget / 4, 2),
                         "currency": c["currency"],
                         "due_on": due.isoformat(),
                         "status": status,
-                        "completed_at": None if status == "open" else f"{due.isoformat()}T16:00:00Z",
+                        "completed_at": None
+                        if status == "open"
+                        else f"{due.isoformat()}T16:00:00Z",
                         "notes": None,
                         "external_reference": None,
                     },
@@ -400,7 +586,12 @@ class Seeder:
                 )
                 self.count("harvest.x_milestones")
                 if no_terms and status == "complete":
-                    self.flaw("harvest", "x_milestones", milestone.key, "milestone complete but its contract has no payment terms")
+                    self.flaw(
+                        "harvest",
+                        "x_milestones",
+                        milestone.key,
+                        "milestone complete but its contract has no payment terms",
+                    )
         # ERP: the customer's contact and the project's tracking option in its tenant.
         tenant = entity.tenant
         contact_data: dict[str, Any] = {
@@ -409,7 +600,13 @@ class Seeder:
             "ContactStatus": "ACTIVE",
             "EmailAddress": f"billing@{c['name'].split(' ')[0].lower()}{n}.example",
             "Addresses": [
-                {"AddressType": "STREET", "AddressLine1": f"{rng.randrange(1, 200)} Main Street", "City": city, "PostalCode": postcode, "Country": entity.country}
+                {
+                    "AddressType": "STREET",
+                    "AddressLine1": f"{rng.randrange(1, 200)} Main Street",
+                    "City": city,
+                    "PostalCode": postcode,
+                    "Country": entity.country,
+                }
             ],
             "Phones": [],
             "DefaultCurrency": c["currency"] if c["currency"] != "CHF" else None,
@@ -417,7 +614,9 @@ class Seeder:
         }
         if vat:
             contact_data["TaxNumber"] = vat
-        contact = self.xero.store.insert("xero", "Contacts", self.uuid(), contact_data, tenant, at=created + 60, seeded=True)
+        contact = self.xero.store.insert(
+            "xero", "Contacts", self.uuid(), contact_data, tenant, at=created + 60, seeded=True
+        )
         self.xero.index_contact(contact, tenant)
         self.count("xero.Contacts")
         if missing_vat:
@@ -425,16 +624,27 @@ class Seeder:
                 "xero",
                 "Contacts",
                 contact.key,
-                f"no VAT number (TaxNumber): invoices under reverse charge ({entity.reverse_charge}) are refused",
+                f"no VAT number (TaxNumber): invoices under reverse charge "
+                f"({entity.reverse_charge}) are refused",
                 tenant,
             )
         self.xero.add_option(tracking[tenant], code, tenant, seeded=True, option_id=self.uuid())
-        c.update(project=project, client=client, team=team, contact=contact, code=code, archived=archived, model=model)
+        c.update(
+            project=project,
+            client=client,
+            team=team,
+            contact=contact,
+            code=code,
+            archived=archived,
+            model=model,
+        )
 
     def work(self, tasks: dict[str, int], categories: list[int]) -> None:
         """Time entries and expenses over the 8 weeks before the anchor, then a few invoices."""
         projects = [
-            (p.key, p.data) for p in self.hv.store.rows("harvest", "projects") if p.data.get("is_billable") is not None
+            (p.key, p.data)
+            for p in self.hv.store.rows("harvest", "projects")
+            if p.data.get("is_billable") is not None
         ]
         if not projects:
             return
@@ -443,10 +653,16 @@ class Seeder:
         users = {u.key: u.data for u in self.hv.store.rows("harvest", "users")}
         for ua in self.hv.store.rows("harvest", "user_assignments"):
             user = users[ua.data["user_id"]]
-            team_of.setdefault(ua.data["project_id"], []).append((ua.data["user_id"], user["default_hourly_rate"], user["cost_rate"]))
+            team_of.setdefault(ua.data["project_id"], []).append(
+                (ua.data["user_id"], user["default_hourly_rate"], user["cost_rate"])
+            )
         task_ids = list(tasks.values())
         billable_task = {tid: dict(TASKS)[name] for name, tid in tasks.items()}
-        workdays = [self.start + timedelta(days=d) for d in range(WEEKS * 7) if (self.start + timedelta(days=d)).weekday() < 5]
+        workdays = [
+            self.start + timedelta(days=d)
+            for d in range(WEEKS * 7)
+            if (self.start + timedelta(days=d)).weekday() < 5
+        ]
         last_week = self.anchor - timedelta(days=7)
         archived_key = next((k for k, d in projects if not d["is_active"]), None)
         archived_end = next((d["ends_on"] for k, d in projects if not d["is_active"]), None)
@@ -464,18 +680,22 @@ class Seeder:
                 user_id, bill, cost = team[i % len(team)]
                 task_id = task_ids[i % 4] if i % 17 else task_ids[4]
                 approved = day < last_week
-                billable = billable_task[task_id] and data["bill_by"] != "none" or (billable_task[task_id] and data["is_fixed_fee"])
+                billable = (billable_task[task_id] and data["bill_by"] != "none") or (
+                    billable_task[task_id] and data["is_fixed_fee"]
+                )
                 entry = {
                     "user_id": user_id,
                     "project_id": project_id,
                     "task_id": task_id,
                     "spent_date": day.isoformat(),
                     "hours": rng.choice((1.0, 2.0, 2.5, 3.0, 4.0, 6.0, 7.5, 8.0)),
-                    "notes": f"{('Workshop', 'Build', 'Review', 'Planning', 'Support')[i % 5]} ({data['code']})",
+                    "notes": f"{ACTIVITIES[i % 5]} ({data['code']})",
                     "billable": billable,
                     "billable_rate": bill if billable and data["bill_by"] == "People" else None,
                     "cost_rate": cost,
-                    "approval_status": "approved" if approved else ("submitted" if i % 3 else "unsubmitted"),
+                    "approval_status": "approved"
+                    if approved
+                    else ("submitted" if i % 3 else "unsubmitted"),
                     "is_billed": False,
                     "is_running": False,
                     "timer_started_at": None,
@@ -485,11 +705,23 @@ class Seeder:
                     "invoice": None,
                 }
                 stamp = _ts(day + timedelta(days=7 if approved else 0), 18, i % 3600)
-                row = self.hv.insert("time_entries", entry, at=min(stamp, time.time() - 1), seeded=True)
+                row = self.hv.insert(
+                    "time_entries", entry, at=min(stamp, time.time() - 1), seeded=True
+                )
                 made += 1
-                if project_id == archived_key and archived_end and day.isoformat() > archived_end and not flagged_archived:
+                if (
+                    project_id == archived_key
+                    and archived_end
+                    and day.isoformat() > archived_end
+                    and not flagged_archived
+                ):
                     flagged_archived = True
-                    self.flaw("harvest", "time_entries", row.key, "time entry on an archived (closed) project, after its end date")
+                    self.flaw(
+                        "harvest",
+                        "time_entries",
+                        row.key,
+                        "time entry on an archived (closed) project, after its end date",
+                    )
                 if i % 20 == 0:
                     category = categories[(i // 20) % len(categories)]
                     expense = {
@@ -497,16 +729,22 @@ class Seeder:
                         "project_id": project_id,
                         "expense_category_id": category,
                         "spent_date": day.isoformat(),
-                        "notes": "Client visit" if category == categories[0] else "Engagement expense",
+                        "notes": "Client visit"
+                        if category == categories[0]
+                        else "Engagement expense",
                         "units": 120 if category == categories[3] else None,
-                        "total_cost": round(120 * 0.58, 2) if category == categories[3] else float(rng.randrange(20, 600)),
+                        "total_cost": round(120 * 0.58, 2)
+                        if category == categories[3]
+                        else float(rng.randrange(20, 600)),
                         "billable": True,
                         "approval_status": "approved" if approved else "submitted",
                         "is_billed": False,
                         "receipt": None,
                         "invoice": None,
                     }
-                    self.hv.insert("expenses", expense, at=min(stamp + 1, time.time() - 1), seeded=True)
+                    self.hv.insert(
+                        "expenses", expense, at=min(stamp + 1, time.time() - 1), seeded=True
+                    )
                     self.count("harvest.expenses")
         if archived_key is not None and not flagged_archived:
             # Guarantee the flaw exists even at tiny scales.
@@ -537,7 +775,12 @@ class Seeder:
                 seeded=True,
             )
             made += 1
-            self.flaw("harvest", "time_entries", row.key, "time entry on an archived (closed) project, after its end date")
+            self.flaw(
+                "harvest",
+                "time_entries",
+                row.key,
+                "time entry on an archived (closed) project, after its end date",
+            )
         self.count("harvest.time_entries", made)
         self.invoices()
 
@@ -548,25 +791,32 @@ class Seeder:
             currency = row.data.get("DefaultCurrency")
             if not currency:
                 continue
-            entity = next(e for e in ENTITIES if e.currency == currency) if currency in ("USD", "GBP", "EUR") else None
+            entity = (
+                next(e for e in ENTITIES if e.currency == currency)
+                if currency in ("USD", "GBP", "EUR")
+                else None
+            )
             if entity is None:
                 continue
-            tax_type = entity.tax_type if row.data.get("TaxNumber") or entity.code == "US01" else "NONE"
+            tax_type = (
+                entity.tax_type if row.data.get("TaxNumber") or entity.code == "US01" else "NONE"
+            )
             day = self.start + timedelta(days=3)
             amount = float(self.rng.randrange(5, 60) * 500)
             line = {
-                "Description": f"Professional services {self.start.isoformat()} to {(self.start + timedelta(days=27)).isoformat()}",
+                "Description": f"Services {self.start} to {self.start + timedelta(days=27)}",
                 "Quantity": 1.0,
                 "UnitAmount": amount,
                 "AccountCode": "200",
                 "TaxType": tax_type,
             }
             tenant_obj = LEGACY if tenant == LEGACY.id else NEW
+            number_seq = "InvoiceNumber:" + tenant
             data: dict[str, Any] = {
                 "TenantID": tenant,
                 "Type": "ACCREC",
                 "ContactID": row.key,
-                "InvoiceNumber": f"INV-{self.xero.store.next_id('xero', 'InvoiceNumber:' + tenant, 1):05d}",
+                "InvoiceNumber": f"INV-{self.xero.store.next_id('xero', number_seq, 1):05d}",
                 "Reference": f"SEED-{row.data['ContactNumber']}-M1",
                 "CurrencyCode": currency,
                 "LineAmountTypes": "Exclusive",
@@ -578,7 +828,9 @@ class Seeder:
                 "LineItems": [self.xero._line(line, "Exclusive", tenant_obj)],
             }
             data.update(self.xero.totals(data["LineItems"]))
-            invoice = self.xero.store.insert("xero", "Invoices", self.uuid(), data, tenant, at=_ts(day, 12), seeded=True)
+            invoice = self.xero.store.insert(
+                "xero", "Invoices", self.uuid(), data, tenant, at=_ts(day, 12), seeded=True
+            )
             self.xero.index_invoice(invoice, tenant)
             self.count("xero.Invoices")
             if n % 2 == 0:
@@ -593,13 +845,26 @@ class Seeder:
                     "Status": "AUTHORISED",
                     "TenantID": tenant,
                 }
-                p = self.xero.store.insert("xero", "Payments", self.uuid(), payment, tenant, at=day_to_ts(paid_on.isoformat()), seeded=True)
-                invoice.data.update(Status="PAID", AmountPaid=data["Total"], PaymentIDs=[p.key], FullyPaidOnDate=paid_on.isoformat())
+                p = self.xero.store.insert(
+                    "xero",
+                    "Payments",
+                    self.uuid(),
+                    payment,
+                    tenant,
+                    at=day_to_ts(paid_on.isoformat()),
+                    seeded=True,
+                )
+                invoice.data.update(
+                    Status="PAID",
+                    AmountPaid=data["Total"],
+                    PaymentIDs=[p.key],
+                    FullyPaidOnDate=paid_on.isoformat(),
+                )
                 invoice.updated = p.updated
                 self.count("xero.Payments")
 
     def _contacts(self) -> list[tuple[str, Any]]:
-        out = []
+        out: list[tuple[str, Any]] = []
         for tenant in (LEGACY.id, NEW.id):
             out.extend((tenant, row) for row in self.xero.store.rows("xero", "Contacts", tenant))
         return out

@@ -16,7 +16,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-Key = Hashable
+Key = int | str  # Harvest ids are ints; Xero and Salesforce ids are strings
 ChangeListener = Callable[["Change"], None]
 
 
@@ -212,7 +212,7 @@ class Store:
 
     # -- reads -------------------------------------------------------------------------------
 
-    def get(self, system: str, obj: str, key: Key, scope: str = "") -> Row | None:
+    def get(self, system: str, obj: str, key: Any, scope: str = "") -> Row | None:
         table = self._tables.get((system, obj, scope))
         return None if table is None else table.rows.get(key)
 

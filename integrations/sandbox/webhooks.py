@@ -25,7 +25,7 @@ import hashlib
 import hmac
 import json
 import logging
-import random
+import secrets
 import string
 import time
 import uuid
@@ -158,7 +158,11 @@ class WebhookDispatcher:
         for sub in [s for s in self.subscriptions.values() if s.system == system]:
             body, headers = self._render(sub, events)
             delivery = Delivery(
-                id=uuid.uuid4().hex, subscription_id=sub.id, system=system, url=sub.url, events=len(events)
+                id=uuid.uuid4().hex,
+                subscription_id=sub.id,
+                system=system,
+                url=sub.url,
+                events=len(events),
             )
             if system != "xero":
                 headers["X-Sandbox-Event-Id"] = delivery.id
@@ -167,7 +171,9 @@ class WebhookDispatcher:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    def _render(self, sub: Subscription, events: list[dict[str, Any]]) -> tuple[bytes, dict[str, str]]:
+    def _render(
+        self, sub: Subscription, events: list[dict[str, Any]]
+    ) -> tuple[bytes, dict[str, str]]:
         headers = {"Content-Type": "application/json", "User-Agent": "Concord-Sandbox-Webhooks/1.0"}
         if sub.system == "xero":
             first = sub.next_sequence
@@ -176,7 +182,7 @@ class WebhookDispatcher:
                 "events": events,
                 "firstEventSequence": first,
                 "lastEventSequence": first + len(events) - 1,
-                "entropy": "".join(random.choices(string.ascii_uppercase, k=20)),
+                "entropy": "".join(secrets.choice(string.ascii_uppercase) for _ in range(20)),
             }
             body = json.dumps(payload, separators=(",", ":")).encode()
             headers["x-xero-signature"] = xero_signature(sub.secret, body)
@@ -189,7 +195,8 @@ class WebhookDispatcher:
         return body, headers
 
     async def _deliver(self, delivery: Delivery, body: bytes, headers: dict[str, str]) -> None:
-        assert self._client is not None
+        if self._client is None:  # run() not started (no lifespan): nothing can be sent
+            return
         for attempt, delay in enumerate((0.0, *RETRY_DELAYS_S)):
             if delay:
                 await asyncio.sleep(delay)
@@ -205,4 +212,6 @@ class WebhookDispatcher:
                 delivery.last_error = None
                 return
             delivery.last_error = f"HTTP {response.status_code}"
-        log.warning("webhook delivery %s to %s failed: %s", delivery.id, delivery.url, delivery.last_error)
+        log.warning(
+            "webhook delivery %s to %s failed: %s", delivery.id, delivery.url, delivery.last_error
+        )

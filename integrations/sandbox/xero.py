@@ -30,13 +30,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from .gate import JSON, form_fields, IdempotentResult, Sandbox, Vendor, refuse
+from .gate import JSON, IdempotentResult, Sandbox, Vendor, form_fields, refuse
 from .ratelimit import Denied, Lease
 from .store import Change, Row
 
 SYSTEM = "xero"
 CLIENT_ID = "concord-xero"
-CLIENT_SECRET = "sandbox-xero-secret"
+CLIENT_SECRET = "sandbox-xero-secret"  # noqa: S105 - a documented sandbox credential
 TOKEN_TTL_S = 1800  # Xero access tokens live 30 minutes
 MAX_BATCH = 50  # Xero's guidance for elements per PUT/POST; the sandbox enforces it
 DEFAULT_PAGE_SIZE = 100
@@ -86,7 +86,11 @@ NEW = Tenant(
     ),
 )
 TENANTS = {t.id: t for t in (LEGACY, NEW)}
-ACCOUNTS = (("090", "Business Bank Account", "BANK"), ("200", "Sales", "REVENUE"), ("260", "Other Revenue", "REVENUE"))
+ACCOUNTS = (
+    ("090", "Business Bank Account", "BANK"),
+    ("200", "Sales", "REVENUE"),
+    ("260", "Other Revenue", "REVENUE"),
+)
 INVOICE_STATUSES = ("DRAFT", "SUBMITTED", "AUTHORISED", "PAID", "VOIDED", "DELETED")
 # Status changes a client may request (PAID only ever comes from payments).
 TRANSITIONS = {
@@ -144,7 +148,14 @@ class Invalid(Exception):
 
 
 def _problem(status: int, title: str, detail: str) -> dict[str, Any]:
-    return {"Type": None, "Title": title, "Status": status, "Detail": detail, "Instance": str(uuid.uuid4()), "Extensions": {}}
+    return {
+        "Type": None,
+        "Title": title,
+        "Status": status,
+        "Detail": detail,
+        "Instance": str(uuid.uuid4()),
+        "Extensions": {},
+    }
 
 
 class Xero(Vendor):
@@ -177,17 +188,31 @@ class Xero(Vendor):
         return tenant
 
     def error(self, status: int, message: str) -> Response:
-        return JSON(_problem(status, {500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error"), message), status)
+        return JSON(
+            _problem(
+                status,
+                {500: "Internal Server Error", 503: "Service Unavailable"}.get(status, "Error"),
+                message,
+            ),
+            status,
+        )
 
     def throttled(self, denied: Denied) -> Response:
         return JSON(
             _problem(429, "Too Many Requests", f"Rate limit exceeded ({denied.problem})"),
             429,
-            headers={"Retry-After": str(denied.retry_after), "X-Rate-Limit-Problem": denied.problem},
+            headers={
+                "Retry-After": str(denied.retry_after),
+                "X-Rate-Limit-Problem": denied.problem,
+            },
         )
 
     def limit_headers(self, lease: Lease) -> list[tuple[bytes, bytes]]:
-        names = {"minute": b"x-minlimit-remaining", "day": b"x-daylimit-remaining", "appminute": b"x-appminlimit-remaining"}
+        names = {
+            "minute": b"x-minlimit-remaining",
+            "day": b"x-daylimit-remaining",
+            "appminute": b"x-appminlimit-remaining",
+        }
         return [(names[k], str(v).encode()) for k, v in lease.remaining.items() if k in names]
 
     def event(self, change: Change) -> dict[str, Any] | None:
@@ -203,7 +228,8 @@ class Xero(Vendor):
             "eventCategory": category,
             "eventType": "CREATE" if change.kind == "created" else "UPDATE",
             # Xero writes this without a zone (it is UTC), milliseconds included.
-            "eventDateUtc": stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}",
+            "eventDateUtc": stamp.strftime("%Y-%m-%dT%H:%M:%S.")
+            + f"{stamp.microsecond // 1000:03d}",
         }
 
     # -- routes ------------------------------------------------------------------------------
@@ -218,16 +244,32 @@ class Xero(Vendor):
             Route(f"{API}/Accounts", self.accounts, methods=["GET"]),
             Route(f"{API}/TaxRates", self.tax_rates, methods=["GET"]),
             Route(f"{API}/Currencies", self.currencies, methods=["GET"]),
-            Route(f"{API}/Contacts", w(self.list_or_write_contacts), methods=["GET", "PUT", "POST"]),
+            Route(
+                f"{API}/Contacts", w(self.list_or_write_contacts), methods=["GET", "PUT", "POST"]
+            ),
             Route(f"{API}/Contacts/{{id}}", w(self.one_contact), methods=["GET", "POST"]),
-            Route(f"{API}/Invoices", w(self.list_or_write_invoices), methods=["GET", "PUT", "POST"]),
+            Route(
+                f"{API}/Invoices", w(self.list_or_write_invoices), methods=["GET", "PUT", "POST"]
+            ),
             Route(f"{API}/Invoices/{{id}}", w(self.one_invoice), methods=["GET", "POST"]),
             Route(f"{API}/Payments", w(self.list_or_write_payments), methods=["GET", "PUT"]),
             Route(f"{API}/Payments/{{id}}", w(self.one_payment), methods=["GET", "POST"]),
             Route(f"{API}/TrackingCategories", w(self.tracking_categories), methods=["GET", "PUT"]),
-            Route(f"{API}/TrackingCategories/{{id}}", w(self.tracking_category), methods=["GET", "POST"]),
-            Route(f"{API}/TrackingCategories/{{id}}/Options", w(self.tracking_options), methods=["PUT"]),
-            Route(f"{API}/TrackingCategories/{{id}}/Options/{{option}}", w(self.tracking_option), methods=["POST"]),
+            Route(
+                f"{API}/TrackingCategories/{{id}}",
+                w(self.tracking_category),
+                methods=["GET", "POST"],
+            ),
+            Route(
+                f"{API}/TrackingCategories/{{id}}/Options",
+                w(self.tracking_options),
+                methods=["PUT"],
+            ),
+            Route(
+                f"{API}/TrackingCategories/{{id}}/Options/{{option}}",
+                w(self.tracking_option),
+                methods=["POST"],
+            ),
         ]
 
     # -- identity ----------------------------------------------------------------------------
@@ -249,8 +291,17 @@ class Xero(Vendor):
             return JSON({"error": "invalid_client"}, 400)
         token = secrets.token_urlsafe(32)
         self.sandbox.tokens[token] = {"system": SYSTEM, "expires": time.time() + TOKEN_TTL_S}
-        scope = str(form.get("scope") or "accounting.transactions accounting.contacts accounting.settings")
-        return JSON({"access_token": token, "expires_in": TOKEN_TTL_S, "token_type": "Bearer", "scope": scope})
+        scope = str(
+            form.get("scope") or "accounting.transactions accounting.contacts accounting.settings"
+        )
+        return JSON(
+            {
+                "access_token": token,
+                "expires_in": TOKEN_TTL_S,
+                "token_type": "Bearer",
+                "scope": scope,
+            }
+        )
 
     async def connections(self, request: Request) -> Response:
         created = "2024-01-02T09:00:00.0000000Z"
@@ -271,7 +322,9 @@ class Xero(Vendor):
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def envelope(self, name: str, items: list[dict[str, Any]], pagination: dict[str, int] | None = None) -> JSON:
+    def envelope(
+        self, name: str, items: list[dict[str, Any]], pagination: dict[str, int] | None = None
+    ) -> JSON:
         body: dict[str, Any] = {
             "Id": str(uuid.uuid4()),
             "Status": "OK",
@@ -285,19 +338,32 @@ class Xero(Vendor):
 
     def not_found(self, request: Request) -> Response:
         refuse(request, "not_found")
-        return JSON(_problem(404, "Not Found", "The resource you're looking for cannot be found"), 404)
+        return JSON(
+            _problem(404, "Not Found", "The resource you're looking for cannot be found"), 404
+        )
 
-    def validation_error(self, request: Request, elements: list[dict[str, Any]], reason: str) -> Response:
+    def validation_error(
+        self, request: Request, elements: list[dict[str, Any]], reason: str
+    ) -> Response:
         refuse(request, reason)
         return JSON(
-            {"ErrorNumber": 10, "Type": "ValidationException", "Message": "A validation exception occurred", "Elements": elements},
+            {
+                "ErrorNumber": 10,
+                "Type": "ValidationException",
+                "Message": "A validation exception occurred",
+                "Elements": elements,
+            },
             400,
         )
 
     def bad_request(self, request: Request, message: str, reason: str = "malformed") -> Response:
-        return self.validation_error(request, [{"ValidationErrors": [{"Message": message}]}], reason)
+        return self.validation_error(
+            request, [{"ValidationErrors": [{"Message": message}]}], reason
+        )
 
-    def writes(self, handler: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def writes(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """Wrap a handler with Xero's ``Idempotency-Key`` semantics for PUT/POST."""
 
         async def endpoint(request: Request) -> Response:
@@ -321,7 +387,11 @@ class Xero(Vendor):
                         "idempotency_conflict",
                     )
                 self.store.stats.of(SYSTEM, obj).idempotent_replays += 1
-                return Response(seen.body, seen.status, headers=dict((k.decode(), v.decode()) for k, v in seen.headers))
+                return Response(
+                    seen.body,
+                    seen.status,
+                    headers=dict((k.decode(), v.decode()) for k, v in seen.headers),
+                )
             response = await handler(request)
             if response.status_code < 500:
                 headers = [(k, v) for k, v in response.raw_headers if k == b"content-type"]
@@ -347,13 +417,23 @@ class Xero(Vendor):
         if not all(isinstance(item, dict) for item in items):
             return self.bad_request(request, f"Each element of '{name}' must be an object")
         if len(items) > MAX_BATCH:
-            return self.bad_request(request, f"No more than {MAX_BATCH} {name} can be submitted in one request", "batch_too_large")
+            return self.bad_request(
+                request,
+                f"No more than {MAX_BATCH} {name} can be submitted in one request",
+                "batch_too_large",
+            )
         return items
 
     def tenant(self, request: Request) -> Tenant:
         return TENANTS[request.headers["xero-tenant-id"]]
 
-    def select(self, request: Request, obj: str, render: Callable[[Row, Tenant], dict[str, Any]], id_field: str) -> Response:
+    def select(
+        self,
+        request: Request,
+        obj: str,
+        render: Callable[[Row, Tenant], dict[str, Any]],
+        id_field: str,
+    ) -> Response:
         """GET list: If-Modified-Since, IDs, where, order, page/pageSize, common filters."""
         tenant, params = self.tenant(request), request.query_params
         since: float | None = None
@@ -361,7 +441,11 @@ class Xero(Vendor):
             since = parse_since(request.headers["if-modified-since"])
             if since is None:
                 return self.bad_request(request, "If-Modified-Since is not a valid date")
-        rows = [r for r in self.store.rows(SYSTEM, obj, tenant.id) if since is None or r.updated >= since]
+        rows = [
+            r
+            for r in self.store.rows(SYSTEM, obj, tenant.id)
+            if since is None or r.updated >= since
+        ]
         ids = {i.strip().lower() for i in params.get("IDs", "").split(",") if i.strip()}
         if ids:
             rows = [r for r in rows if str(r.key) in ids]
@@ -373,7 +457,9 @@ class Xero(Vendor):
                 test = compile_where(where)
             except ValueError as exc:
                 refuse(request, "malformed")
-                return JSON({"ErrorNumber": 16, "Type": "QueryParseException", "Message": str(exc)}, 400)
+                return JSON(
+                    {"ErrorNumber": 16, "Type": "QueryParseException", "Message": str(exc)}, 400
+                )
             items = [item for item in items if test(item)]
         order = params.get("order", "")
         if order:
@@ -388,7 +474,12 @@ class Xero(Vendor):
         except ValueError:
             return self.bad_request(request, "page and pageSize must be integers")
         chunk = items[(page - 1) * size : page * size]
-        pagination = {"page": page, "pageSize": size, "pageCount": -(-len(items) // size), "itemCount": len(items)}
+        pagination = {
+            "page": page,
+            "pageSize": size,
+            "pageCount": -(-len(items) // size),
+            "itemCount": len(items),
+        }
         return self.envelope(obj, chunk, pagination)
 
     def _filter(self, obj: str, items: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
@@ -406,7 +497,15 @@ class Xero(Vendor):
                 items = [i for i in items if i["Contact"]["ContactID"] in contacts]
         term = params.get("searchTerm", "").casefold()
         if term:
-            keys = ("Name", "FirstName", "LastName", "ContactNumber", "EmailAddress", "InvoiceNumber", "Reference")
+            keys = (
+                "Name",
+                "FirstName",
+                "LastName",
+                "ContactNumber",
+                "EmailAddress",
+                "InvoiceNumber",
+                "Reference",
+            )
             items = [i for i in items if any(term in str(i.get(k) or "").casefold() for k in keys)]
         return items
 
@@ -422,16 +521,30 @@ class Xero(Vendor):
                     SYSTEM,
                     "TaxRates",
                     tax_type,
-                    {"Name": name, "Rate": rate, "ReportTaxType": report, "RequiresTaxNumber": needs_number},
+                    {
+                        "Name": name,
+                        "Rate": rate,
+                        "ReportTaxType": report,
+                        "RequiresTaxNumber": needs_number,
+                    },
                     tenant.id,
                     at=day_to_ts("2024-01-01"),
                     seeded=True,
                 )
             for code, description in tenant.currencies:
-                self.store.insert(SYSTEM, "Currencies", code, {"Description": description}, tenant.id, seeded=True)
+                self.store.insert(
+                    SYSTEM, "Currencies", code, {"Description": description}, tenant.id, seeded=True
+                )
             for code, name, kind in ACCOUNTS:
                 account_id = str(uuid.uuid5(uuid.UUID(tenant.id), code))
-                self.store.insert(SYSTEM, "Accounts", code, {"AccountID": account_id, "Name": name, "Type": kind}, tenant.id, seeded=True)
+                self.store.insert(
+                    SYSTEM,
+                    "Accounts",
+                    code,
+                    {"AccountID": account_id, "Name": name, "Type": kind},
+                    tenant.id,
+                    seeded=True,
+                )
 
     async def organisation(self, request: Request) -> Response:
         tenant = self.tenant(request)
@@ -470,7 +583,10 @@ class Xero(Vendor):
 
     async def tax_rates(self, request: Request) -> Response:
         tenant = self.tenant(request)
-        return self.envelope("TaxRates", [self.render_tax_rate(r) for r in self.store.rows(SYSTEM, "TaxRates", tenant.id)])
+        return self.envelope(
+            "TaxRates",
+            [self.render_tax_rate(r) for r in self.store.rows(SYSTEM, "TaxRates", tenant.id)],
+        )
 
     @staticmethod
     def render_tax_rate(row: Row) -> dict[str, Any]:
@@ -480,7 +596,14 @@ class Xero(Vendor):
             "TaxType": row.key,
             "ReportTaxType": d["ReportTaxType"],
             "Status": "ACTIVE",
-            "TaxComponents": [{"Name": d["Name"], "Rate": d["Rate"], "IsCompound": False, "IsNonRecoverable": False}],
+            "TaxComponents": [
+                {
+                    "Name": d["Name"],
+                    "Rate": d["Rate"],
+                    "IsCompound": False,
+                    "IsNonRecoverable": False,
+                }
+            ],
             "CanApplyToAssets": True,
             "CanApplyToEquity": True,
             "CanApplyToExpenses": True,
@@ -493,7 +616,9 @@ class Xero(Vendor):
     async def currencies(self, request: Request) -> Response:
         tenant = self.tenant(request)
         rows = self.store.rows(SYSTEM, "Currencies", tenant.id)
-        return self.envelope("Currencies", [{"Code": r.key, "Description": r.data["Description"]} for r in rows])
+        return self.envelope(
+            "Currencies", [{"Code": r.key, "Description": r.data["Description"]} for r in rows]
+        )
 
     # -- contacts ----------------------------------------------------------------------------
 
@@ -546,9 +671,15 @@ class Xero(Vendor):
         key = request.path_params["id"].lower()
         row = self.store.get(SYSTEM, "Contacts", key, tenant.id)
         if row is None:
-            row = self.store.table(SYSTEM, "Contacts", tenant.id).index_get("number", request.path_params["id"])
+            row = self.store.table(SYSTEM, "Contacts", tenant.id).index_get(
+                "number", request.path_params["id"]
+            )
         if request.method == "GET":
-            return self.not_found(request) if row is None else self.envelope("Contacts", [self.render_contact(row)])
+            return (
+                self.not_found(request)
+                if row is None
+                else self.envelope("Contacts", [self.render_contact(row)])
+            )
         if row is None:
             return self.not_found(request)
         return await self.write_contacts(request, row)
@@ -565,7 +696,9 @@ class Xero(Vendor):
             row = target
             if row is None and request.method == "POST":
                 if item.get("ContactID"):
-                    row = self.store.get(SYSTEM, "Contacts", str(item["ContactID"]).lower(), tenant.id)
+                    row = self.store.get(
+                        SYSTEM, "Contacts", str(item["ContactID"]).lower(), tenant.id
+                    )
                     if row is None:
                         plans.append((item, None, ["Contact not found"]))
                         continue
@@ -575,25 +708,36 @@ class Xero(Vendor):
             if item.get("Name"):
                 names_in_batch.add(str(item["Name"]).casefold())
             plans.append((item, row, errors))
-        return self._commit(request, "Contacts", plans, self._apply_contact, self.render_contact, tenant)
+        return self._commit(
+            request, "Contacts", plans, self._apply_contact, self.render_contact, tenant
+        )
 
-    def _contact_errors(self, item: dict[str, Any], row: Row | None, tenant: Tenant, batch: set[str]) -> list[str]:
+    def _contact_errors(
+        self, item: dict[str, Any], row: Row | None, tenant: Tenant, batch: set[str]
+    ) -> list[str]:
         errors: list[str] = []
         name = item.get("Name", row.data.get("Name") if row else None)
         if not name:
             errors.append("The contact name must be specified.")
         elif "Name" in item:
-            other = self.store.table(SYSTEM, "Contacts", tenant.id).index_get("name", str(name).casefold())
-            if (other is not None and other is not row and other.data.get("ContactStatus", "ACTIVE") == "ACTIVE") or str(
-                name
-            ).casefold() in batch:
+            other = self.store.table(SYSTEM, "Contacts", tenant.id).index_get(
+                "name", str(name).casefold()
+            )
+            if (
+                other is not None
+                and other is not row
+                and other.data.get("ContactStatus", "ACTIVE") == "ACTIVE"
+            ) or str(name).casefold() in batch:
                 self.store.stats.of(SYSTEM, "Contacts").duplicates_detected += 1
                 errors.append(
                     f"The contact name {name} is already assigned to another contact. "
                     "The contact name must be unique across all active contacts."
                 )
         for address in item.get("Addresses") or []:
-            if not isinstance(address, dict) or address.get("AddressType") not in ("POBOX", "STREET"):
+            if not isinstance(address, dict) or address.get("AddressType") not in (
+                "POBOX",
+                "STREET",
+            ):
                 errors.append("AddressType must be POBOX or STREET.")
         if item.get("TaxNumber") is not None and len(str(item["TaxNumber"])) > 50:
             errors.append("The TaxNumber must be at most 50 characters long.")
@@ -641,7 +785,9 @@ class Xero(Vendor):
         summarize = request.query_params.get("summarizeErrors", "true").lower() != "false"
         failed = [(item, row, errors) for item, row, errors in plans if errors]
         if failed and summarize:
-            elements = [self._echo(name, item, row, errors, tenant, render) for item, row, errors in failed]
+            elements = [
+                self._echo(name, item, row, errors, tenant, render) for item, row, errors in failed
+            ]
             return self.validation_error(request, elements, "validation")
         out: list[dict[str, Any]] = []
         for item, row, errors in plans:
@@ -668,7 +814,11 @@ class Xero(Vendor):
     ) -> dict[str, Any]:
         """An invalid element as Xero returns it: what was sent, plus its errors."""
         id_field = {"Contacts": "ContactID", "Invoices": "InvoiceID", "Payments": "PaymentID"}[name]
-        echo: dict[str, Any] = render(row, tenant) if row is not None else {id_field: "00000000-0000-0000-0000-000000000000"}
+        echo: dict[str, Any] = (
+            render(row, tenant)
+            if row is not None
+            else {id_field: "00000000-0000-0000-0000-000000000000"}
+        )
         for key in ("Name", "Reference", "InvoiceNumber", "Type", "Status", "Amount"):
             if key in item and isinstance(item[key], str | int | float):
                 echo[key] = item[key]
@@ -685,7 +835,9 @@ class Xero(Vendor):
             "TrackingCategoryID": row.key,
             "Name": row.data["Name"],
             "Status": row.data.get("Status", "ACTIVE"),
-            "Options": [self.render_option(options[o]) for o in row.data["Options"] if o in options],
+            "Options": [
+                self.render_option(options[o]) for o in row.data["Options"] if o in options
+            ],
         }
 
     @staticmethod
@@ -702,28 +854,50 @@ class Xero(Vendor):
         if request.method == "GET":
             include_archived = request.query_params.get("includeArchived") == "true"
             rows = [
-                r for r in self.store.rows(SYSTEM, "TrackingCategories", tenant.id) if include_archived or r.data.get("Status") != "ARCHIVED"
+                r
+                for r in self.store.rows(SYSTEM, "TrackingCategories", tenant.id)
+                if include_archived or r.data.get("Status") != "ARCHIVED"
             ]
-            return self.envelope("TrackingCategories", [self.render_category(r, tenant) for r in rows])
+            return self.envelope(
+                "TrackingCategories", [self.render_category(r, tenant) for r in rows]
+            )
         try:
             body = await request.json()
         except ValueError:
             return self.bad_request(request, "The request body is not valid JSON")
         name = body.get("Name") if isinstance(body, dict) else None
         if not name:
-            return self.bad_request(request, "Tracking Category Name must be specified", "validation")
-        existing = [r for r in self.store.rows(SYSTEM, "TrackingCategories", tenant.id) if r.data.get("Status", "ACTIVE") == "ACTIVE"]
+            return self.bad_request(
+                request, "Tracking Category Name must be specified", "validation"
+            )
+        existing = [
+            r
+            for r in self.store.rows(SYSTEM, "TrackingCategories", tenant.id)
+            if r.data.get("Status", "ACTIVE") == "ACTIVE"
+        ]
         if any(r.data["Name"].casefold() == str(name).casefold() for r in existing):
             self.store.stats.of(SYSTEM, "TrackingCategories").duplicates_detected += 1
-            return self.bad_request(request, "For each specified tracking category, name must be unique.", "duplicate")
+            return self.bad_request(
+                request, "For each specified tracking category, name must be unique.", "duplicate"
+            )
         if len(existing) >= 2:
-            return self.bad_request(request, "You can only have 2 active tracking categories", "validation")
-        row = self.store.insert(SYSTEM, "TrackingCategories", str(uuid.uuid4()), {"Name": name, "Status": "ACTIVE", "Options": []}, tenant.id)
+            return self.bad_request(
+                request, "You can only have 2 active tracking categories", "validation"
+            )
+        row = self.store.insert(
+            SYSTEM,
+            "TrackingCategories",
+            str(uuid.uuid4()),
+            {"Name": name, "Status": "ACTIVE", "Options": []},
+            tenant.id,
+        )
         return self.envelope("TrackingCategories", [self.render_category(row, tenant)])
 
     async def tracking_category(self, request: Request) -> Response:
         tenant = self.tenant(request)
-        row = self.store.get(SYSTEM, "TrackingCategories", request.path_params["id"].lower(), tenant.id)
+        row = self.store.get(
+            SYSTEM, "TrackingCategories", request.path_params["id"].lower(), tenant.id
+        )
         if row is None:
             return self.not_found(request)
         if request.method == "POST":
@@ -741,26 +915,42 @@ class Xero(Vendor):
 
     async def tracking_options(self, request: Request) -> Response:
         tenant = self.tenant(request)
-        category = self.store.get(SYSTEM, "TrackingCategories", request.path_params["id"].lower(), tenant.id)
+        category = self.store.get(
+            SYSTEM, "TrackingCategories", request.path_params["id"].lower(), tenant.id
+        )
         if category is None:
             return self.not_found(request)
         items = await self.elements(request, "Options")
         if isinstance(items, Response):
             return items
         options = self.store.table(SYSTEM, "TrackingOptions", tenant.id).rows
-        taken = {options[o].data["Name"].casefold() for o in category.data["Options"] if o in options}
+        taken = {
+            options[o].data["Name"].casefold() for o in category.data["Options"] if o in options
+        }
         for item in items:
             name = str(item.get("Name") or "")
             if not name or len(name) > 100:
-                return self.bad_request(request, "Tracking option name must be 1 to 100 characters", "validation")
+                return self.bad_request(
+                    request, "Tracking option name must be 1 to 100 characters", "validation"
+                )
             if name.casefold() in taken:
                 self.store.stats.of(SYSTEM, "TrackingOptions").duplicates_detected += 1
-                return self.bad_request(request, "For each specified tracking option, name must be unique.", "duplicate")
+                return self.bad_request(
+                    request, "For each specified tracking option, name must be unique.", "duplicate"
+                )
             taken.add(name.casefold())
         created = [self.add_option(category, str(item["Name"]), tenant.id) for item in items]
         return self.envelope("Options", [self.render_option(r) for r in created])
 
-    def add_option(self, category: Row, name: str, tenant_id: str, *, seeded: bool = False, option_id: str | None = None) -> Row:
+    def add_option(
+        self,
+        category: Row,
+        name: str,
+        tenant_id: str,
+        *,
+        seeded: bool = False,
+        option_id: str | None = None,
+    ) -> Row:
         row = self.store.insert(
             SYSTEM,
             "TrackingOptions",
@@ -777,7 +967,9 @@ class Xero(Vendor):
 
     async def tracking_option(self, request: Request) -> Response:
         tenant = self.tenant(request)
-        option = self.store.get(SYSTEM, "TrackingOptions", request.path_params["option"].lower(), tenant.id)
+        option = self.store.get(
+            SYSTEM, "TrackingOptions", request.path_params["option"].lower(), tenant.id
+        )
         if option is None or option.data["TrackingCategoryID"] != request.path_params["id"].lower():
             return self.not_found(request)
         try:
@@ -815,7 +1007,9 @@ class Xero(Vendor):
             "TotalTax": d["TotalTax"],
             "Total": d["Total"],
             "TotalDiscount": d["TotalDiscount"],
-            "AmountDue": money(d["Total"] - d["AmountPaid"]) if d["Status"] not in ("VOIDED", "DELETED") else 0.0,
+            "AmountDue": money(d["Total"] - d["AmountPaid"])
+            if d["Status"] not in ("VOIDED", "DELETED")
+            else 0.0,
             "AmountPaid": d["AmountPaid"],
             "AmountCredited": 0.0,
             "CurrencyCode": d["CurrencyCode"],
@@ -872,7 +1066,9 @@ class Xero(Vendor):
             if item.get("InvoiceNumber"):
                 numbers_in_batch.add(str(item["InvoiceNumber"]))
             plans.append((item, row, errors))
-        return self._commit(request, "Invoices", plans, self._apply_invoice, self.render_invoice, tenant)
+        return self._commit(
+            request, "Invoices", plans, self._apply_invoice, self.render_invoice, tenant
+        )
 
     def _resolve_contact(self, item: dict[str, Any], tenant: Tenant) -> Row | None:
         contact = item.get("Contact") or {}
@@ -881,21 +1077,33 @@ class Xero(Vendor):
         if contact.get("ContactID"):
             return self.store.get(SYSTEM, "Contacts", str(contact["ContactID"]).lower(), tenant.id)
         if contact.get("ContactNumber"):
-            return self.store.table(SYSTEM, "Contacts", tenant.id).index_get("number", contact["ContactNumber"])
+            return self.store.table(SYSTEM, "Contacts", tenant.id).index_get(
+                "number", contact["ContactNumber"]
+            )
         if contact.get("Name"):
-            return self.store.table(SYSTEM, "Contacts", tenant.id).index_get("name", str(contact["Name"]).casefold())
+            return self.store.table(SYSTEM, "Contacts", tenant.id).index_get(
+                "name", str(contact["Name"]).casefold()
+            )
         return None
 
-    def _invoice_errors(self, item: dict[str, Any], row: Row | None, tenant: Tenant, batch: set[str]) -> list[str]:
+    def _invoice_errors(
+        self, item: dict[str, Any], row: Row | None, tenant: Tenant, batch: set[str]
+    ) -> list[str]:
         errors: list[str] = []
         current = row.data if row else {}
         status = str(item.get("Status") or current.get("Status") or "DRAFT").upper()
         if row is not None:
             allowed = TRANSITIONS.get(current["Status"], set())
             if status not in allowed:
-                return [f"Invoice not of valid status for modification. Current status: {current['Status']}"]
+                return [
+                    "Invoice not of valid status for modification. "
+                    f"Current status: {current['Status']}"
+                ]
             if current["Status"] == "AUTHORISED" and current.get("PaymentIDs"):
-                return ["This document cannot be edited as it has a payment or credit note allocated to it."]
+                return [
+                    "This document cannot be edited as it has a payment or credit note "
+                    "allocated to it."
+                ]
         elif status not in ("DRAFT", "SUBMITTED", "AUTHORISED"):
             errors.append(f"Invoice Status '{status}' cannot be set on a new invoice.")
         invoice_type = item.get("Type", current.get("Type"))
@@ -925,7 +1133,9 @@ class Xero(Vendor):
         if not isinstance(lines, list):
             return [*errors, "LineItems must be a list"]
         if status in ("SUBMITTED", "AUTHORISED") and not lines:
-            errors.append("An invoice must have at least one line item to be submitted or authorised.")
+            errors.append(
+                "An invoice must have at least one line item to be submitted or authorised."
+            )
         for line in lines:
             if not isinstance(line, dict):
                 errors.append("Each line item must be an object")
@@ -933,24 +1143,38 @@ class Xero(Vendor):
             errors.extend(self._line_errors(line, status, tenant, contact))
         return errors
 
-    def _line_errors(self, line: dict[str, Any], status: str, tenant: Tenant, contact: Row | None) -> list[str]:
+    def _line_errors(
+        self, line: dict[str, Any], status: str, tenant: Tenant, contact: Row | None
+    ) -> list[str]:
         errors: list[str] = []
         if not str(line.get("Description") or "").strip() and not line.get("ItemCode"):
             errors.append("Description needs to be at least 1 char long")
         for key in ("Quantity", "UnitAmount", "LineAmount", "DiscountRate"):
-            if key in line and (not isinstance(line[key], int | float) or isinstance(line[key], bool)):
+            if key in line and (
+                not isinstance(line[key], int | float) or isinstance(line[key], bool)
+            ):
                 errors.append(f"{key} must be a number")
         code = line.get("AccountCode")
         if code and self.store.get(SYSTEM, "Accounts", str(code), tenant.id) is None:
             errors.append(f"Account code '{code}' is not a valid code for this document.")
         elif not code and status in ("SUBMITTED", "AUTHORISED"):
-            errors.append("Account code must be specified for line items on a submitted or authorised invoice.")
+            errors.append(
+                "Account code must be specified for line items on a submitted or "
+                "authorised invoice."
+            )
         tax_type = line.get("TaxType")
         if tax_type:
             rate = self.store.get(SYSTEM, "TaxRates", str(tax_type), tenant.id)
             if rate is None:
-                errors.append(f"The TaxType code '{tax_type}' does not exist or cannot be used for this type of transaction.")
-            elif rate.data["RequiresTaxNumber"] and contact is not None and not contact.data.get("TaxNumber"):
+                errors.append(
+                    f"The TaxType code '{tax_type}' does not exist or cannot be used for this "
+                    "type of transaction."
+                )
+            elif (
+                rate.data["RequiresTaxNumber"]
+                and contact is not None
+                and not contact.data.get("TaxNumber")
+            ):
                 errors.append(
                     f"The tax rate '{rate.data['Name']}' requires the contact to have a tax number "
                     f"(VAT number); contact '{contact.data.get('Name')}' has none."
@@ -958,7 +1182,8 @@ class Xero(Vendor):
         for tracking in line.get("Tracking") or []:
             if self._tracking(tracking, tenant) is None:
                 errors.append(
-                    f"Tracking category '{tracking.get('Name')}' option '{tracking.get('Option')}' does not exist or is not active."
+                    f"Tracking category '{tracking.get('Name')}' option "
+                    f"'{tracking.get('Option')}' does not exist or is not active."
                 )
         return errors
 
@@ -970,7 +1195,10 @@ class Xero(Vendor):
             if category.data.get("Status", "ACTIVE") != "ACTIVE":
                 continue
             wanted_id = str(tracking.get("TrackingCategoryID") or "").lower()
-            if wanted_id != category.key and str(tracking.get("Name") or "").casefold() != category.data["Name"].casefold():
+            if (
+                wanted_id != category.key
+                and str(tracking.get("Name") or "").casefold() != category.data["Name"].casefold()
+            ):
                 continue
             for option_id in category.data["Options"]:
                 option = options.rows.get(option_id)
@@ -988,21 +1216,30 @@ class Xero(Vendor):
         return None
 
     def _apply_invoice(self, item: dict[str, Any], row: Row | None, tenant: Tenant) -> Row:
-        data: dict[str, Any] = dict(row.data) if row else {"AmountPaid": 0.0, "PaymentIDs": [], "TenantID": tenant.id}
+        data: dict[str, Any] = (
+            dict(row.data) if row else {"AmountPaid": 0.0, "PaymentIDs": [], "TenantID": tenant.id}
+        )
         contact = self._resolve_contact(item, tenant) if "Contact" in item else None
         if "Contact" in item and contact is None:
             # Xero creates a contact when an unknown name is given on an invoice.
             contact = self._apply_contact({"Name": item["Contact"]["Name"]}, None, tenant)
         if contact is not None:
             data["ContactID"] = contact.key
-            if not contact.data.get("IsCustomer") and item.get("Type", data.get("Type")) == "ACCREC":
+            if (
+                not contact.data.get("IsCustomer")
+                and item.get("Type", data.get("Type")) == "ACCREC"
+            ):
                 contact.data["IsCustomer"] = True
         for key in ("Type", "InvoiceNumber", "Reference", "CurrencyRate", "SentToContact", "Url"):
             if key in item:
                 data[key] = item[key]
         data["Status"] = str(item.get("Status") or data.get("Status") or "DRAFT").upper()
-        data["CurrencyCode"] = item.get("CurrencyCode") or data.get("CurrencyCode") or tenant.base_currency
-        data["LineAmountTypes"] = item.get("LineAmountTypes") or data.get("LineAmountTypes") or "Exclusive"
+        data["CurrencyCode"] = (
+            item.get("CurrencyCode") or data.get("CurrencyCode") or tenant.base_currency
+        )
+        data["LineAmountTypes"] = (
+            item.get("LineAmountTypes") or data.get("LineAmountTypes") or "Exclusive"
+        )
         today = datetime.now(UTC).date()
         data["Date"] = parse_day(item.get("Date")) or data.get("Date") or today.isoformat()
         data["DueDate"] = (
@@ -1011,7 +1248,10 @@ class Xero(Vendor):
             or (date.fromisoformat(data["Date"]) + timedelta(days=30)).isoformat()
         )
         if "LineItems" in item or row is None:
-            data["LineItems"] = [self._line(line, data["LineAmountTypes"], tenant) for line in item.get("LineItems") or []]
+            data["LineItems"] = [
+                self._line(line, data["LineAmountTypes"], tenant)
+                for line in item.get("LineItems") or []
+            ]
         data.update(self.totals(data["LineItems"]))
         table = self.store.table(SYSTEM, "Invoices", tenant.id)
         while not data.get("InvoiceNumber") and data["Type"] == "ACCREC":
@@ -1041,7 +1281,11 @@ class Xero(Vendor):
         quantity = float(line.get("Quantity", 1.0))
         unit = float(line.get("UnitAmount", 0.0))
         discount = float(line.get("DiscountRate") or 0.0)
-        amount = money(float(line["LineAmount"]) if "LineAmount" in line else quantity * unit * (100 - discount) / 100)
+        amount = money(
+            float(line["LineAmount"])
+            if "LineAmount" in line
+            else quantity * unit * (100 - discount) / 100
+        )
         rate_row = self.store.get(SYSTEM, "TaxRates", str(line.get("TaxType") or ""), tenant.id)
         rate = rate_row.data["Rate"] if rate_row else 0.0
         if amount_types == "NoTax":
@@ -1057,7 +1301,9 @@ class Xero(Vendor):
             "UnitAmount": unit,
             "TaxAmount": tax,
             "LineAmount": amount,
-            "Tracking": [t for t in (self._tracking(t, tenant) for t in line.get("Tracking") or []) if t],
+            "Tracking": [
+                t for t in (self._tracking(t, tenant) for t in line.get("Tracking") or []) if t
+            ],
         }
         for key in ("AccountCode", "TaxType", "ItemCode"):
             if line.get(key):
@@ -1070,8 +1316,19 @@ class Xero(Vendor):
     def totals(lines: list[dict[str, Any]]) -> dict[str, float]:
         subtotal = money(sum(line["LineAmount"] for line in lines))
         tax = money(sum(line["TaxAmount"] for line in lines))
-        discount = money(sum(line["Quantity"] * line["UnitAmount"] - line["LineAmount"] for line in lines if line.get("DiscountRate")))
-        return {"SubTotal": subtotal, "TotalTax": tax, "Total": money(subtotal + tax), "TotalDiscount": discount}
+        discount = money(
+            sum(
+                line["Quantity"] * line["UnitAmount"] - line["LineAmount"]
+                for line in lines
+                if line.get("DiscountRate")
+            )
+        )
+        return {
+            "SubTotal": subtotal,
+            "TotalTax": tax,
+            "Total": money(subtotal + tax),
+            "TotalDiscount": discount,
+        }
 
     # -- payments ----------------------------------------------------------------------------
 
@@ -1093,7 +1350,11 @@ class Xero(Vendor):
         d = row.data
         invoice = self.store.get(SYSTEM, "Invoices", d["InvoiceID"], d["TenantID"])
         account = self.store.get(SYSTEM, "Accounts", d["AccountCode"], d["TenantID"])
-        contact = self.store.get(SYSTEM, "Contacts", invoice.data["ContactID"], d["TenantID"]) if invoice else None
+        contact = (
+            self.store.get(SYSTEM, "Contacts", invoice.data["ContactID"], d["TenantID"])
+            if invoice
+            else None
+        )
         return {
             "PaymentID": row.key,
             "Date": ms_date(day_to_ts(d["Date"])),
@@ -1107,13 +1368,18 @@ class Xero(Vendor):
             "UpdatedDateUTC": ms_date(row.updated),
             "HasAccount": True,
             "HasValidationErrors": False,
-            "Account": {"AccountID": account.data["AccountID"] if account else None, "Code": d["AccountCode"]},
+            "Account": {
+                "AccountID": account.data["AccountID"] if account else None,
+                "Code": d["AccountCode"],
+            },
             "Invoice": {
                 "InvoiceID": d["InvoiceID"],
                 "InvoiceNumber": invoice.data.get("InvoiceNumber", "") if invoice else "",
                 "Type": invoice.data["Type"] if invoice else "ACCREC",
                 "CurrencyCode": invoice.data["CurrencyCode"] if invoice else "USD",
-                "Contact": {"ContactID": contact.key, "Name": contact.data["Name"]} if contact else {},
+                "Contact": {"ContactID": contact.key, "Name": contact.data["Name"]}
+                if contact
+                else {},
             },
         }
 
@@ -1125,13 +1391,15 @@ class Xero(Vendor):
         if isinstance(items, Response):
             return items
         plans: list[tuple[dict[str, Any], Row | None, list[str]]] = []
-        owed: dict[str, float] = {}
+        owed: dict[Any, float] = {}
         for item in items:
             plans.append((item, None, self._payment_errors(item, tenant, owed)))
-        return self._commit(request, "Payments", plans, self._apply_payment, self.render_payment, tenant)
+        return self._commit(
+            request, "Payments", plans, self._apply_payment, self.render_payment, tenant
+        )
 
     def _payment_invoice(self, item: dict[str, Any], tenant: Tenant) -> Row | None:
-        ref = item.get("Invoice") if isinstance(item.get("Invoice"), dict) else {}
+        ref: dict[str, Any] = item["Invoice"] if isinstance(item.get("Invoice"), dict) else {}
         table = self.store.table(SYSTEM, "Invoices", tenant.id)
         if ref.get("InvoiceID"):
             return table.rows.get(str(ref["InvoiceID"]).lower())
@@ -1139,17 +1407,26 @@ class Xero(Vendor):
             return table.index_get("number", str(ref["InvoiceNumber"]))
         return None
 
-    def _payment_errors(self, item: dict[str, Any], tenant: Tenant, owed: dict[str, float]) -> list[str]:
+    def _payment_errors(
+        self, item: dict[str, Any], tenant: Tenant, owed: dict[Any, float]
+    ) -> list[str]:
         invoice = self._payment_invoice(item, tenant)
         if invoice is None:
             return ["Invoice could not be found"]
         errors: list[str] = []
         if invoice.data["Status"] != "AUTHORISED":
             errors.append("Payments can only be made against Authorised documents")
-        account = item.get("Account") if isinstance(item.get("Account"), dict) else {}
+        account: dict[str, Any] = item["Account"] if isinstance(item.get("Account"), dict) else {}
         code = account.get("Code")
         if not code and account.get("AccountID"):
-            code = next((r.key for r in self.store.rows(SYSTEM, "Accounts", tenant.id) if r.data["AccountID"] == account["AccountID"]), None)
+            code = next(
+                (
+                    r.key
+                    for r in self.store.rows(SYSTEM, "Accounts", tenant.id)
+                    if r.data["AccountID"] == account["AccountID"]
+                ),
+                None,
+            )
         acct = self.store.get(SYSTEM, "Accounts", str(code), tenant.id) if code else None
         if acct is None or acct.data["Type"] != "BANK":
             errors.append("Account must be a bank account or have payments enabled")
@@ -1167,10 +1444,13 @@ class Xero(Vendor):
 
     def _apply_payment(self, item: dict[str, Any], row: Row | None, tenant: Tenant) -> Row:
         invoice = self._payment_invoice(item, tenant)
-        assert invoice is not None
+        if invoice is None:  # checked by _payment_errors before any apply
+            raise LookupError("payment without an invoice")
         account = item.get("Account") or {}
         code = account.get("Code") or next(
-            r.key for r in self.store.rows(SYSTEM, "Accounts", tenant.id) if r.data["AccountID"] == account.get("AccountID")
+            r.key
+            for r in self.store.rows(SYSTEM, "Accounts", tenant.id)
+            if r.data["AccountID"] == account.get("AccountID")
         )
         day = parse_day(item.get("Date")) or datetime.now(UTC).date().isoformat()
         amount = money(float(item["Amount"]))
@@ -1195,7 +1475,11 @@ class Xero(Vendor):
         return payment
 
     def _settle(self, invoice: Row, tenant_id: str, day: str | None = None) -> None:
-        live = [p for p in self.store.rows(SYSTEM, "Payments", tenant_id) if p.data["InvoiceID"] == invoice.key and p.data["Status"] == "AUTHORISED"]
+        live = [
+            p
+            for p in self.store.rows(SYSTEM, "Payments", tenant_id)
+            if p.data["InvoiceID"] == invoice.key and p.data["Status"] == "AUTHORISED"
+        ]
         invoice.data["PaymentIDs"] = [p.key for p in live]
         invoice.data["AmountPaid"] = money(sum(p.data["Amount"] for p in live))
         if invoice.data["AmountPaid"] >= invoice.data["Total"] - 0.005 and live:
@@ -1216,9 +1500,13 @@ class Xero(Vendor):
                 body = await request.json()
             except ValueError:
                 return self.bad_request(request, "The request body is not valid JSON")
-            items = body.get("Payments") if isinstance(body, dict) and "Payments" in body else [body]
+            items = (
+                body.get("Payments") if isinstance(body, dict) and "Payments" in body else [body]
+            )
             if not items or not isinstance(items[0], dict) or items[0].get("Status") != "DELETED":
-                return self.bad_request(request, "A payment can only be deleted (Status DELETED)", "validation")
+                return self.bad_request(
+                    request, "A payment can only be deleted (Status DELETED)", "validation"
+                )
             row.data["Status"] = "DELETED"
             self.store.touch(SYSTEM, "Payments", row, tenant.id)
             invoice = self.store.get(SYSTEM, "Invoices", row.data["InvoiceID"], tenant.id)
@@ -1272,7 +1560,9 @@ def compile_where(where: str) -> Callable[[dict[str, Any]], bool]:
     return lambda item: all(test(item) for test in tests)
 
 
-def _comparison(path: str, op: str, expected: Any, is_guid: bool) -> Callable[[dict[str, Any]], bool]:
+def _comparison(
+    path: str, op: str, expected: Any, is_guid: bool
+) -> Callable[[dict[str, Any]], bool]:
     def test(item: dict[str, Any]) -> bool:
         value = _lookup(item, path)
         if is_guid and isinstance(value, str):

@@ -83,7 +83,11 @@ def harvest(client: httpx.Client) -> httpx.Client:
 def xero_token(client: httpx.Client) -> str:
     response = client.post(
         "/xero/connect/token",
-        data={"grant_type": "client_credentials", "client_id": "concord-xero", "client_secret": "sandbox-xero-secret"},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "concord-xero",
+            "client_secret": "sandbox-xero-secret",
+        },
     )
     assert response.status_code == 200, response.text
     return str(response.json()["access_token"])
@@ -91,7 +95,9 @@ def xero_token(client: httpx.Client) -> str:
 
 @pytest.fixture
 def xero(client: httpx.Client) -> httpx.Client:
-    client.headers.update({"Authorization": f"Bearer {xero_token(client)}", "Xero-Tenant-Id": NEW_TENANT})
+    client.headers.update(
+        {"Authorization": f"Bearer {xero_token(client)}", "Xero-Tenant-Id": NEW_TENANT}
+    )
     return client
 
 
@@ -99,7 +105,11 @@ def xero(client: httpx.Client) -> httpx.Client:
 def salesforce(client: httpx.Client) -> httpx.Client:
     response = client.post(
         "/salesforce/services/oauth2/token",
-        data={"grant_type": "client_credentials", "client_id": "concord-salesforce", "client_secret": "sandbox-salesforce-secret"},
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "concord-salesforce",
+            "client_secret": "sandbox-salesforce-secret",
+        },
     )
     assert response.status_code == 200, response.text
     client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
@@ -143,7 +153,13 @@ class Contract:
     host. The request is re-addressed to the vendor host and path before validation.
     """
 
-    def __init__(self, spec: dict[str, Any], sandbox_prefix: str, host_url: str, rename: dict[str, str] | None = None):
+    def __init__(
+        self,
+        spec: dict[str, Any],
+        sandbox_prefix: str,
+        host_url: str,
+        rename: dict[str, str] | None = None,
+    ):
         # The spec files are published and already validated; skipping openapi-core's own spec
         # check saves seconds per session.
         self.api = OpenAPI.from_dict(spec, config=Config(spec_validator_cls=None))
@@ -187,7 +203,10 @@ def xero_contract() -> Contract:
 @pytest.fixture(scope="session")
 def xero_identity_contract() -> Contract:
     return Contract(
-        load_yaml("xero-identity.yaml"), "/xero", "https://api.xero.com", rename={"/connections": "/Connections"}
+        load_yaml("xero-identity.yaml"),
+        "/xero",
+        "https://api.xero.com",
+        rename={"/connections": "/Connections"},
     )
 
 
