@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("the sandbox binds loopback only (its control API has no authentication)")
 
     from .app import create_app
+    from .control import settle_heap
     from .seed import Seeder, default_anchor
 
     host_in_url = f"[{args.host}]" if ":" in args.host else args.host
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         control = app.state.control
         anchor = date.fromisoformat(args.anchor) if args.anchor else default_anchor()
         result = Seeder(control.sf, control.hv, control.xero, args.scale, 42, anchor).run()
+        settle_heap()
         print(f"sandbox seeded: {result['counts']} in {result['seconds']}s", file=sys.stderr)
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=False)

@@ -6,6 +6,7 @@ and is never subject to faults or rate limits.
 
 from __future__ import annotations
 
+import gc
 import time
 from datetime import date
 from typing import Any
@@ -21,6 +22,17 @@ from .ratelimit import LimitConfigError
 from .seed import Seeder, default_anchor
 
 MAX_SCALE = 100  # 100,000 time entries
+
+
+def settle_heap() -> None:
+    """Move the freshly seeded records out of the garbage collector's sight.
+
+    A 100,000-entry seed is ~2 million long-lived objects; every full collection would walk
+    them all, which cut read throughput here from ~2,500 to ~1,500 req/s. They are never
+    cyclic garbage, so freezing them after one collection is safe.
+    """
+    gc.collect()
+    gc.freeze()
 
 
 def _error(message: str, status: int = 400) -> JSON:
@@ -132,6 +144,7 @@ class Control:
         self.sandbox.webhooks.subscriptions.update(subs)
         result = Seeder(self.sf, self.hv, self.xero, scale, seed_value, anchor).run()
         result["seed"] = seed_value
+        settle_heap()
         return JSON(result)
 
     async def faults(self, request: Request) -> Response:
