@@ -1,0 +1,213 @@
+"""Admin for mapping configuration: MappingSet versions with their fields, and value maps.
+
+A draft is edited freely; publishing goes through `mapping_set_publish` (checks, retires the
+previous version, reloads workers). Published and retired versions are read-only: to change one,
+use "New draft from selected", edit, preview, publish. The change page previews the version on the
+latest stored inbound payloads of its connection and object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+
+from integrations.mapping.selectors import mapping_cache_bump
+from integrations.mapping.services import (
+    mapping_preview,
+    mapping_set_create_draft,
+    mapping_set_problems,
+    mapping_set_publish,
+)
+from integrations.models import (
+    FieldMapping,
+    InboundMessage,
+    MappingSet,
+    ValueMap,
+    ValueMapEntry,
+)
+
+PREVIEW_PAYLOADS = 5  # enough to spot a pattern; each is mapped on every page view
+
+
+def _editable(obj: MappingSet | None) -> bool:
+    return obj is None or obj.status == MappingSet.Status.DRAFT
+
+
+class FieldMappingInline(admin.TabularInline[FieldMapping, MappingSet]):
+    model = FieldMapping
+    extra = 0
+    fields = [
+        "position",
+        "canonical_field",
+        "vendor_path",
+        "direction",
+        "transform",
+        "options",
+        "required",
+    ]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _editable(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _editable(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _editable(obj) and super().has_delete_permission(request, obj)
+
+
+class MappingSetForm(forms.ModelForm[MappingSet]):
+    class Meta:
+        model = MappingSet
+        fields = [
+            "connection",
+            "object_type",
+            "canonical_model",
+            "external_id_path",
+            "version_path",
+            "notes",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if self.instance.pk is None and data.get("connection") and data.get("object_type"):
+            exists = MappingSet.objects.filter(
+                connection=data["connection"], object_type=data["object_type"]
+            ).exists()
+            if exists:
+                raise ValidationError(
+                    "This object already has versions: select one in the list and use "
+                    "“New draft from selected”."
+                )
+        return data
+
+
+@admin.register(MappingSet)
+class MappingSetAdmin(admin.ModelAdmin[MappingSet]):
+    form = MappingSetForm
+    inlines = [FieldMappingInline]
+    list_display = [
+        "object_type",
+        "canonical_model",
+        "connection",
+        "version",
+        "status",
+        "published_at",
+        "published_by",
+    ]
+    list_filter = ["status", "connection", "canonical_model"]
+    search_fields = ["object_type", "canonical_model"]
+    list_select_related = ["connection", "published_by"]
+    readonly_fields = ["version", "status", "published_at", "published_by", "problems", "preview"]
+    actions = ["publish_selected", "new_draft_from_selected"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _editable(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return _editable(obj) and super().has_delete_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: MappingSet, form: Any, change: bool) -> None:
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        created = mapping_set_create_draft(
+            connection=form.cleaned_data["connection"],
+            object_type=form.cleaned_data["object_type"],
+            canonical_model=form.cleaned_data["canonical_model"],
+            external_id_path=form.cleaned_data["external_id_path"],
+            version_path=form.cleaned_data["version_path"],
+            actor=request.user,
+        )
+        created.notes = form.cleaned_data["notes"]
+        created.save(update_fields=["notes"])
+        obj.pk, obj.version, obj.status = created.pk, created.version, created.status
+
+    @admin.display(description="Problems that block publishing")
+    def problems(self, obj: MappingSet) -> SafeString | str:
+        if obj.pk is None or obj.status != MappingSet.Status.DRAFT:
+            return "—"
+        found = mapping_set_problems(obj)
+        if not found:
+            return "None: ready to publish."
+        return format_html(
+            "<ul>{}</ul>", format_html_join("", "<li>{}</li>", ((p,) for p in found))
+        )
+
+    @admin.display(description="Preview on stored payloads")
+    def preview(self, obj: MappingSet) -> SafeString | str:
+        if obj.pk is None:
+            return "—"
+        payloads = list(
+            InboundMessage.objects.filter(
+                connection_id=obj.connection_id, object_type=obj.object_type
+            ).values_list("payload", flat=True)[:PREVIEW_PAYLOADS]
+        )
+        if not payloads:
+            return "No stored inbound payloads for this connection and object yet."
+        rows = []
+        for record in mapping_preview(mapping_set=obj, payloads=payloads):
+            fields = "; ".join(f"{k}={v!r}" for k, v in record.fields.items())
+            errors = "; ".join(str(e) for e in record.errors) or "none"
+            rows.append((record.external_id or "?", record.source_version, fields, errors))
+        return format_html(
+            "<table><tr><th>external id</th><th>source version</th><th>fields</th>"
+            "<th>errors</th></tr>{}</table>",
+            format_html_join("", "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", rows),
+        )
+
+    @admin.action(description="Publish selected drafts", permissions=["change"])
+    def publish_selected(self, request: HttpRequest, queryset: QuerySet[MappingSet]) -> None:
+        for mapping_set in queryset.select_related("connection"):
+            try:
+                mapping_set_publish(mapping_set=mapping_set, actor=request.user)
+            except ValidationError as exc:
+                self.message_user(
+                    request,
+                    f"{mapping_set} not published: {'; '.join(exc.messages)}",
+                    messages.ERROR,
+                )
+            else:
+                self.message_user(request, f"{mapping_set} published.", messages.SUCCESS)
+
+    @admin.action(description="New draft from selected", permissions=["add"])
+    def new_draft_from_selected(self, request: HttpRequest, queryset: QuerySet[MappingSet]) -> None:
+        for mapping_set in queryset.select_related("connection"):
+            try:
+                draft = mapping_set_create_draft(
+                    connection=mapping_set.connection,
+                    object_type=mapping_set.object_type,
+                    canonical_model=mapping_set.canonical_model,
+                    from_version=mapping_set.version,
+                    actor=request.user,
+                )
+            except ValidationError as exc:
+                self.message_user(request, "; ".join(exc.messages), messages.ERROR)
+            else:
+                self.message_user(request, f"Draft {draft} created.", messages.SUCCESS)
+
+
+class ValueMapEntryInline(admin.TabularInline[ValueMapEntry, ValueMap]):
+    model = ValueMapEntry
+    extra = 1
+    fields = ["vendor_value", "canonical_value"]
+
+
+@admin.register(ValueMap)
+class ValueMapAdmin(admin.ModelAdmin[ValueMap]):
+    inlines = [ValueMapEntryInline]
+    list_display = ["name", "description", "default"]
+    search_fields = ["name", "description", "entries__vendor_value"]
+
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        super().save_related(request, form, formsets, change)
+        # Published mappings read value maps: workers must reload them.
+        transaction.on_commit(mapping_cache_bump)

@@ -1,0 +1,346 @@
+"""Writes to mapping configuration: drafts, publishing, value maps, and the vendor defaults.
+
+A MappingSet version is edited as a draft, checked, then published; publishing retires the
+version that was published before (the database allows one published version per connection
+and object) and tells every worker to reload (`mapping_cache_bump`, after the commit). Published
+and retired versions are never edited: a change is a new draft.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from integrations.mapping.apply import FieldSpec, MappedRecord, field_spec_problems, map_inbound
+from integrations.mapping.canonical import canonical_field_problem, canonical_model_problem
+from integrations.mapping.defaults import DEFAULT_MAPPINGS, default_value_maps_used
+from integrations.mapping.errors import PathError
+from integrations.mapping.paths import compile_path
+from integrations.mapping.selectors import (
+    field_specs,
+    mapping_cache_bump,
+    mapping_set_compile,
+    value_map_tables,
+)
+from integrations.models import (
+    AuditEvent,
+    Connection,
+    FieldMapping,
+    MappingSet,
+    ValueMap,
+    ValueMapEntry,
+)
+from integrations.services.audit import audit_record
+
+logger = logging.getLogger(__name__)
+
+Actor = AbstractBaseUser | AnonymousUser | None
+
+
+def _user(actor: Actor) -> Any:
+    return actor if isinstance(actor, get_user_model()) else None
+
+
+# -- drafts ------------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def mapping_set_create_draft(
+    *,
+    connection: Connection,
+    object_type: str,
+    canonical_model: str,
+    from_version: int | None = None,
+    actor: Actor,
+    external_id_path: str = "id",
+    version_path: str = "",
+) -> MappingSet:
+    """A new draft version: a copy of `from_version`, else of the published version, else empty
+    (then with the given paths). One draft per connection and object at a time."""
+    # Lock the connection so two admins cannot allocate the same version number.
+    Connection.objects.select_for_update().get(pk=connection.pk)
+    versions = MappingSet.objects.filter(connection=connection, object_type=object_type)
+    draft = versions.filter(status=MappingSet.Status.DRAFT).first()
+    if draft is not None:
+        raise ValidationError(
+            f"{object_type} on {connection.name} already has a draft (v{draft.version}): "
+            "edit or delete it first."
+        )
+    if from_version is not None:
+        source = versions.filter(version=from_version).first()
+        if source is None:
+            raise ValidationError(f"{object_type} has no version {from_version} to copy.")
+    else:
+        source = versions.filter(status=MappingSet.Status.PUBLISHED).first()
+    version = (versions.aggregate(top=Max("version"))["top"] or 0) + 1
+    mapping_set = MappingSet.objects.create(
+        connection=connection,
+        object_type=object_type,
+        canonical_model=canonical_model,
+        version=version,
+        status=MappingSet.Status.DRAFT,
+        external_id_path=source.external_id_path if source else external_id_path,
+        version_path=source.version_path if source else version_path,
+        notes=source.notes if source else "",
+    )
+    if source is not None:
+        FieldMapping.objects.bulk_create(
+            FieldMapping(
+                mapping_set=mapping_set,
+                canonical_field=f.canonical_field,
+                vendor_path=f.vendor_path,
+                direction=f.direction,
+                transform=f.transform,
+                options=f.options,
+                required=f.required,
+                position=f.position,
+            )
+            for f in source.fields.all()
+        )
+    audit_record(
+        actor=actor,
+        action=AuditEvent.Action.CREATE,
+        instance=mapping_set,
+        changes={"version": [None, version], "copied_from": [None, source and source.version]},
+    )
+    return mapping_set
+
+
+def _fields_add(mapping_set: MappingSet, specs: list[FieldSpec]) -> None:
+    FieldMapping.objects.bulk_create(
+        FieldMapping(
+            mapping_set=mapping_set,
+            canonical_field=s.canonical_field,
+            vendor_path=s.vendor_path,
+            direction=s.direction,
+            transform=s.transform,
+            options=dict(s.options),
+            required=s.required,
+            position=position,
+        )
+        for position, s in enumerate(specs)
+    )
+
+
+# -- validation and publishing -----------------------------------------------------------------
+
+
+def mapping_set_problems(mapping_set: MappingSet) -> list[str]:
+    """Everything that stops this version from being published (empty when it can be)."""
+    problems: list[str] = []
+    model = mapping_set.canonical_model
+    for label, path in (
+        ("external id path", mapping_set.external_id_path),
+        ("version path", mapping_set.version_path),
+    ):
+        if not path and label == "version path":
+            continue
+        try:
+            compile_path(path)
+        except PathError as exc:
+            problems.append(f"{label}: {exc.message}")
+    specs = field_specs(mapping_set.fields.all())
+    if not specs:
+        problems.append("the mapping has no fields")
+    maps = value_map_tables(
+        str(s.options.get("value_map", "")) for s in specs if isinstance(s.options, Mapping)
+    )
+    model_problem = canonical_model_problem(model)
+    if model_problem:
+        return [*problems, model_problem]
+    inbound: dict[str, str] = {}
+    outbound: dict[str, str] = {}
+    for spec in specs:
+        field_problem = canonical_field_problem(model, spec.canonical_field)
+        if field_problem:
+            problems.append(field_problem)
+        problems.extend(field_spec_problems(spec, maps))
+        if spec.transform == "concat" and spec.direction == "out":
+            problems.append(
+                f"{spec.canonical_field}: a concatenation has no reverse; map it inbound only"
+            )
+        for wanted, seen in ((spec.inbound, inbound), (spec.outbound, outbound)):
+            if not wanted:
+                continue
+            if spec.canonical_field in seen:
+                problems.append(
+                    f"{spec.canonical_field} is mapped twice in one direction "
+                    f"({seen[spec.canonical_field]} and {spec.vendor_path})"
+                )
+            seen[spec.canonical_field] = spec.vendor_path
+    return problems
+
+
+@transaction.atomic
+def mapping_set_publish(*, mapping_set: MappingSet, actor: Actor) -> MappingSet:
+    """Check the draft, retire the published version, publish this one, reload workers."""
+    Connection.objects.select_for_update().get(pk=mapping_set.connection_id)
+    locked = MappingSet.objects.select_for_update().get(pk=mapping_set.pk)
+    if locked.status != MappingSet.Status.DRAFT:
+        raise ValidationError(
+            f"Only a draft can be published; {locked.object_type} v{locked.version} is "
+            f"{locked.status}."
+        )
+    problems = mapping_set_problems(locked)
+    if problems:
+        raise ValidationError(problems)
+    previous = MappingSet.objects.filter(
+        connection_id=locked.connection_id,
+        object_type=locked.object_type,
+        status=MappingSet.Status.PUBLISHED,
+    )
+    retired = list(previous.values_list("version", flat=True))
+    previous.update(status=MappingSet.Status.RETIRED)
+    locked.status = MappingSet.Status.PUBLISHED
+    locked.published_at = timezone.now()
+    locked.published_by = _user(actor)
+    locked.save(update_fields=["status", "published_at", "published_by"])
+    audit_record(
+        actor=actor,
+        action=AuditEvent.Action.UPDATE,
+        instance=locked,
+        changes={"status": ["draft", "published"], "retired_versions": [None, retired]},
+    )
+    transaction.on_commit(mapping_cache_bump)
+    logger.info(
+        "mapping %s %s v%s published (retired %s)",
+        locked.connection_id,
+        locked.object_type,
+        locked.version,
+        retired,
+    )
+    mapping_set.status = locked.status
+    mapping_set.published_at = locked.published_at
+    mapping_set.published_by = locked.published_by
+    return locked
+
+
+# -- value maps --------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def value_map_create(
+    *,
+    name: str,
+    entries: Mapping[str, str],
+    default: str = "",
+    description: str = "",
+    actor: Actor,
+) -> ValueMap:
+    value_map = ValueMap(name=name, description=description, default=default)
+    value_map.full_clean()
+    value_map.save()
+    ValueMapEntry.objects.bulk_create(
+        ValueMapEntry(value_map=value_map, vendor_value=k, canonical_value=v)
+        for k, v in entries.items()
+    )
+    audit_record(
+        actor=actor,
+        action=AuditEvent.Action.CREATE,
+        instance=value_map,
+        changes={"entries": [None, dict(entries)], "default": [None, default]},
+    )
+    transaction.on_commit(mapping_cache_bump)
+    return value_map
+
+
+@transaction.atomic
+def value_map_set_entries(
+    *,
+    value_map: ValueMap,
+    entries: Mapping[str, str],
+    default: str | None = None,
+    actor: Actor,
+) -> ValueMap:
+    """Replace a value map's entries (and its default when given). Published mappings that use
+    the map see the change as soon as workers reload (the cache is bumped after commit)."""
+    locked = ValueMap.objects.select_for_update().get(pk=value_map.pk)
+    before = {e.vendor_value: e.canonical_value for e in locked.entries.all()}
+    after = {str(k): str(v) for k, v in entries.items()}
+    changes: dict[str, Any] = {}
+    if before != after:
+        locked.entries.exclude(vendor_value__in=list(after)).delete()
+        for vendor_value, canonical_value in after.items():
+            if before.get(vendor_value) != canonical_value:
+                ValueMapEntry.objects.update_or_create(
+                    value_map=locked,
+                    vendor_value=vendor_value,
+                    defaults={"canonical_value": canonical_value},
+                )
+        changes["entries"] = [before, after]
+    if default is not None and default != locked.default:
+        changes["default"] = [locked.default, default]
+        locked.default = default
+        locked.save(update_fields=["default"])
+    if changes:
+        audit_record(actor=actor, action=AuditEvent.Action.UPDATE, instance=locked, changes=changes)
+        transaction.on_commit(mapping_cache_bump)
+    value_map.default = locked.default
+    return locked
+
+
+# -- defaults ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> list[MappingSet]:
+    """Publish the default mappings for the connection's vendor (see mapping/defaults.py).
+
+    Idempotent and polite: a value map that exists is left as the admins edited it, and an
+    object that already has a published version or an open draft is skipped.
+    """
+    for vm in default_value_maps_used(connection.vendor):
+        if not ValueMap.objects.filter(name=vm.name).exists():
+            value_map_create(
+                name=vm.name,
+                entries=vm.entries,
+                default=vm.default,
+                description=vm.description,
+                actor=actor,
+            )
+    installed: list[MappingSet] = []
+    for default in DEFAULT_MAPPINGS.get(connection.vendor, ()):
+        taken = MappingSet.objects.filter(
+            connection=connection,
+            object_type=default.object_type,
+            status__in=[MappingSet.Status.PUBLISHED, MappingSet.Status.DRAFT],
+        ).exists()
+        if taken:
+            logger.info("default mapping %s skipped: one exists", default.object_type)
+            continue
+        draft = mapping_set_create_draft(
+            connection=connection,
+            object_type=default.object_type,
+            canonical_model=default.canonical_model,
+            external_id_path=default.external_id_path,
+            version_path=default.version_path,
+            actor=actor,
+        )
+        draft.notes = default.notes
+        draft.save(update_fields=["notes"])
+        _fields_add(draft, list(default.fields))
+        installed.append(mapping_set_publish(mapping_set=draft, actor=actor))
+    return installed
+
+
+# -- preview -----------------------------------------------------------------------------------
+
+
+def mapping_preview(
+    *, mapping_set: MappingSet, payloads: list[dict[str, Any]]
+) -> list[MappedRecord]:
+    """Map payloads through any version (typically a draft) without publishing or caching it.
+
+    Configuration problems show up as field errors on every record, so an admin sees both a bad
+    setting and a bad payload in one place.
+    """
+    compiled = mapping_set_compile(mapping_set)
+    return [map_inbound(compiled, payload) for payload in payloads]
