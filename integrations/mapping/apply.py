@@ -14,8 +14,9 @@ Null and missing: a path that leads nowhere leaves the field out of `fields` (th
 nothing about it); an explicit null maps to None. With a ``default`` option both become the
 default. A required field that is missing or null is an error.
 
-Outbound: only fields whose canonical key is present in the given dict are written, so a partial
-update builds a partial payload. A concatenation has no reverse and is inbound only.
+Outbound: only fields whose canonical key is present in the given dict are written; a missing
+required key is an error unless ``partial=True`` (an update carrying only what changed). A
+concatenation has no reverse and is inbound only.
 """
 
 from __future__ import annotations
@@ -126,7 +127,7 @@ class MappedRecord:
 
 def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTable]) -> list[str]:
     """What is wrong with one field mapping's configuration (empty when nothing is)."""
-    label = f"{spec.canonical_field or '?'} ({spec.vendor_path or '?'})"
+    label = _label(spec)
     problems: list[str] = []
     if not spec.canonical_field:
         problems.append(f"{label}: no canonical field")
@@ -185,6 +186,10 @@ def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
         except MappingError as exc:
             problems.append(f"{label}: default {exc.message}")
     return problems
+
+
+def _label(spec: FieldSpec) -> str:
+    return f"{spec.canonical_field or '?'} ({spec.vendor_path or '?'})"
 
 
 def _failing(message: str) -> Converter:
@@ -302,7 +307,7 @@ def compile_mapping(
             broken = CompiledField(
                 name=spec.canonical_field,
                 path=path,
-                convert=_failing(spec_problems[0]),
+                convert=_failing(spec_problems[0].removeprefix(f"{_label(spec)}: ")),
                 required=spec.required,
                 has_default=False,
                 default=None,
@@ -408,15 +413,18 @@ def _missing_error(
     return MappingError(f"required path '{path.text}' is null", field=name, path=path.text)
 
 
-def map_outbound(mapping: CompiledMapping, canonical: Mapping[str, Any]) -> dict[str, Any]:
+def map_outbound(
+    mapping: CompiledMapping, canonical: Mapping[str, Any], *, partial: bool = False
+) -> dict[str, Any]:
     """Canonical fields -> vendor payload. Raises `OutboundMappingError` listing every field
-    that failed; canonical keys that are absent are left out of the payload."""
+    that failed. Canonical keys that are absent are left out of the payload; a required one is
+    an error unless `partial` (an update that sends only what changed)."""
     payload: dict[str, Any] = {}
     errors: list[MappingError] = []
     for f in mapping.outbound:
         value = canonical.get(f.name, MISSING)
         if value is MISSING:
-            if f.required:
+            if f.required and not partial:
                 errors.append(
                     MappingError("required canonical value missing", field=f.name, path=f.path.text)
                 )
