@@ -1,0 +1,206 @@
+"""The interface every vendor connector offers, and ``connector_for`` to get one.
+
+The sync engine only ever calls these four methods; operation names are a contract with the
+``OutboxMessage.operation`` values the workflows write:
+
+========== ======================================================================================
+vendor     operations (``write`` / ``find_existing``)        objects (``read_changed``)
+========== ======================================================================================
+xero       put_invoices (50), put_contacts (50),              Invoices, Contacts, Payments
+           post_invoice (1), put_tracking_options (50)        (incremental); TaxRates,
+                                                              Currencies, TrackingCategories
+harvest    create_client, update_client, create_project,      time_entries, expenses,
+           update_project (1 each: Harvest has no batch)      projects, clients, users
+salesforce create_account|opportunity|contract (200),         Account, Opportunity, Contract
+           update_account|opportunity|contract (200)
+========== ======================================================================================
+
+``since`` for ``read_changed`` is an ISO-8601 timestamp (``2024-05-01T10:00:00.123Z``; no
+zone means UTC) or None for everything; each connector turns it into the vendor's filter.
+``version_of`` gives the modstamp as microseconds since the epoch, the unit of
+``InboundMessage.source_version``; ``micros_to_iso`` turns one back into a ``since``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar, Protocol
+
+from integrations.connectors.errors import ConnectorError, PermanentError
+from integrations.connectors.http import VendorHTTP
+
+
+@dataclass
+class ItemResult:
+    """One per item of a batch write, same order as the items."""
+
+    ok: bool
+    external_id: str = ""
+    external_version: str = ""  # vendor's modstamp/UpdatedDateUTC as a string
+    error: ConnectorError | None = None
+    data: dict[str, Any] = field(default_factory=dict)  # the vendor's record as returned
+
+
+@dataclass
+class Page:
+    records: list[dict[str, Any]]
+    next_cursor: str | None  # opaque, for paging within one read
+
+
+class Connector(Protocol):
+    vendor: ClassVar[str]
+    ordered_reads: ClassVar[bool]
+    # Per operation, the vendor's batch size (Xero invoices 50, Salesforce collections 200).
+    batch_size: dict[str, int]
+
+    def write(
+        self,
+        operation: str,
+        items: list[dict[str, Any]],
+        *,
+        idempotency_key: str,
+        message_ids: list[int] | None = None,
+    ) -> list[ItemResult]:
+        """Batch write. Raises TransientError/PermanentError when the WHOLE call failed;
+        per-item errors come back as ItemResult(ok=False, error=BusinessError(...))."""
+        ...
+
+    def find_existing(self, operation: str, items: list[dict[str, Any]]) -> list[ItemResult | None]:
+        """Look-up-before-create: for each item, the record already created for it (by the
+        item's idempotency reference) or None."""
+        ...
+
+    def read_changed(self, object_type: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
+        """Records changed since ``since`` (inclusive), page by page, to the end."""
+        ...
+
+    def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
+        """One page of ``read_changed``; ``next_cursor`` None means the end."""
+        ...
+
+    def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
+        """(external id, source version: the modstamp in microseconds since the epoch)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class BaseConnector:
+    """Shared plumbing: one ``VendorHTTP``, operation dispatch, paging loop."""
+
+    vendor: ClassVar[str] = ""
+    batch_size: dict[str, int] = {}
+    # Whether ``read_changed`` yields records in modstamp order across pages. A poller may
+    # advance its cursor page by page only when this is True; otherwise only at the end.
+    ordered_reads: ClassVar[bool] = True
+
+    # Records per page of a read; the vendor's maximum unless a subclass says why not.
+    page_size: int = 1000
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        http: VendorHTTP | None = None,
+        page_size: int | None = None,
+        **http_options: Any,
+    ) -> None:
+        """``http_options`` go to ``VendorHTTP``: ``timeout``, ``acquire_timeout``,
+        ``limits``, ``transport``."""
+        self.connection = connection
+        self.credentials: dict[str, Any] = dict(connection.credentials or {})
+        if page_size is not None:
+            self.page_size = page_size
+        self.http = http if http is not None else self.make_http(**http_options)
+
+    def make_http(self, **http_options: Any) -> VendorHTTP:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> BaseConnector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def credential(self, name: str) -> str:
+        value = self.credentials.get(name)
+        if not value:
+            raise PermanentError(
+                f"connection credentials incomplete: {name} missing",
+                vendor_message=f"Set '{name}' in the connection's credentials.",
+            )
+        return str(value)
+
+    def unknown(self, what: str, name: str) -> PermanentError:
+        return PermanentError(f"unknown {self.vendor} {what}: {name}")
+
+    def read_changed(self, object_type: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
+        cursor: str | None = None
+        while True:
+            page = self.read_page(object_type, since, cursor)
+            if page.records:
+                yield page.records
+            if not page.next_cursor:
+                return
+            cursor = page.next_cursor
+
+    def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
+        raise NotImplementedError
+
+
+def connector_for(connection: Any, **options: Any) -> Connector:
+    """The connector for a ``Connection``. Options (tests, benchmarks): ``timeout``,
+    ``acquire_timeout``, ``limits``, ``page_size``, ``transport``."""
+    from integrations.connectors.harvest import HarvestConnector
+    from integrations.connectors.salesforce import SalesforceConnector
+    from integrations.connectors.xero import XeroConnector
+
+    classes: dict[str, Callable[..., Connector]] = {
+        "xero": XeroConnector,
+        "harvest": HarvestConnector,
+        "salesforce": SalesforceConnector,
+    }
+    cls = classes.get(str(connection.vendor))
+    if cls is None:
+        raise PermanentError(f"no connector for vendor {connection.vendor}")
+    return cls(connection, **options)
+
+
+# --- Time helpers -----------------------------------------------------------------------------
+
+_MS_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_timestamp(value: str) -> datetime:
+    """ISO 8601 (``Z``, ``+00:00`` or ``+0000``; naive = UTC) or Xero's ``/Date(ms+0000)/``."""
+    text = value.strip()
+    match = _MS_DATE.match(text)
+    if match:
+        return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
+    text = text.replace("Z", "+00:00")
+    if re.search(r"[+-]\d{4}$", text):
+        text = text[:-2] + ":" + text[-2:]
+    parsed = datetime.fromisoformat(text)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def to_micros(value: datetime) -> int:
+    delta = value.astimezone(UTC) - EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def micros_of(value: str | None) -> int:
+    return to_micros(parse_timestamp(value)) if value else 0
+
+
+def micros_to_iso(micros: int) -> str:
+    """A version back to a ``since`` (``2024-05-01T10:00:00.123456Z``)."""
+    stamp = EPOCH + timedelta(microseconds=micros)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

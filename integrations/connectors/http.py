@@ -1,0 +1,636 @@
+"""The one HTTP layer every connector uses: httpx with timeouts, limits, classification, records.
+
+A ``VendorHTTP`` wraps one ``httpx.Client`` for one connection. Its ``call`` does, every time:
+
+1. refuse to run inside a database transaction (see below);
+2. acquire the connection's limits (circuit breaker, vendor pause, concurrency slot, rate);
+3. add the vendor's auth headers (an OAuth token fetched and cached, or a static token);
+4. send, with explicit timeouts;
+5. classify the outcome (transient / permanent / business, see ``errors.py``): the vendor
+   module's classifier reads the vendor's error body, the defaults here cover the rest;
+   a 401 refreshes the token once and retries;
+6. feed the breaker and the pause (429/503 Retry-After pauses every worker);
+7. write a ``SyncAttempt`` row (latency, status, outcome, error, vendor response truncated to
+   4 KB) and link the outbox rows the call carried; then return or raise.
+
+**Transactions.** The SyncAttempt row must survive whatever the caller does next, and a
+transaction must never be held open across a call to a slow vendor (it would pin a database
+connection and row locks for up to the read timeout). So callers must not hold a transaction
+around a call: ``call`` raises ``RuntimeError`` before sending if one is open (the test case's
+own wrapping transaction excepted, as for ``transaction.atomic(durable=True)``) and writes its
+row in a durable atomic block of its own.
+
+**Secrets.** Authorization headers are never logged or stored; response bodies and error
+texts pass through ``Redactor``, which masks the connection's credential values, the current
+tokens and anything shaped like ``"access_token": "..."`` or ``Bearer ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Protocol
+
+import httpx
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
+
+from integrations.connectors.errors import (
+    ConnectorError,
+    PermanentError,
+    TransientError,
+    truncate,
+)
+from integrations.connectors.limits import Limits, limits_for
+
+logger = logging.getLogger(__name__)
+
+# connect 5 s: a TCP + TLS handshake to a vendor takes well under 0.5 s; 5 s tolerates a slow
+# DNS answer without tying a worker up when the vendor is unreachable.
+# read 30 s: the slowest calls we make (a page of 1,000 Xero invoices, a 200-record Salesforce
+# collection) answer in 1-5 s; 30 s is several times that, and the same order as the vendors'
+# own gateway timeouts, after which they answer 504 anyway.
+# write 30 s: bodies are at most 50 invoices / 200 records (~1 MB). pool 5 s: waiting for a free
+# pooled connection means our own concurrency is misconfigured; fail fast.
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=30.0, write=30.0, pool=5.0)
+# How long a call may wait for its limits (rate, slot, vendor pause) before giving up as a
+# transient failure. At Xero's 60/min one call waits at most ~1 s per queued call ahead of it;
+# 20 s keeps a worker busy (and the outbox row leased) no longer than one dispatch round, and a
+# longer Retry-After (Xero's minute limit says up to 60 s) goes back to the outbox's backoff.
+ACQUIRE_TIMEOUT_S = 20.0
+# Statuses that mean "slow down", not "down": 429, and Salesforce's 403 REQUEST_LIMIT_EXCEEDED
+# (a 403 only ever comes back as a TransientError for that reason).
+THROTTLE_STATUSES = (429, 403)
+USER_AGENT = "Concord integration portal (integrations@concord.example)"
+
+Classifier = Callable[[httpx.Response], ConnectorError | None]
+
+
+@dataclass
+class CallResult:
+    response: httpx.Response
+    attempt_id: int | None
+
+    @property
+    def status_code(self) -> int:
+        return self.response.status_code
+
+    def json(self) -> Any:
+        try:
+            return self.response.json()
+        except ValueError as exc:
+            raise PermanentError(
+                "vendor response is not JSON",
+                status_code=self.response.status_code,
+                response_text=self.response.text,
+                attempt_id=self.attempt_id,
+            ) from exc
+
+
+# --- Redaction --------------------------------------------------------------------------------
+
+_SECRET_SHAPES = [
+    re.compile(
+        r'("(?:access_token|refresh_token|id_token|client_secret|password|signature)"\s*:\s*")'
+        r'[^"]*(")',
+        re.IGNORECASE,
+    ),
+    re.compile(r"((?:access_token|client_secret|refresh_token)=)[^&\s]+", re.IGNORECASE),
+    re.compile(r"((?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=!-]+()", re.IGNORECASE),
+]
+REDACTED = "[redacted]"
+
+
+class Redactor:
+    """Masks known secret values and secret-shaped text in anything we log or store."""
+
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._secrets: set[str] = set()
+        self.add(*secrets)
+
+    def add(self, *secrets: str) -> None:
+        # Values shorter than 6 characters (an account id like "42") would mask ordinary text.
+        self._secrets.update(s for s in secrets if isinstance(s, str) and len(s) >= 6)
+
+    def __call__(self, text: str) -> str:
+        if not text:
+            return text
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        for shape in _SECRET_SHAPES:
+            text = shape.sub(lambda m: f"{m.group(1)}{REDACTED}{m.group(2) or ''}", text)
+        return text
+
+
+# --- Auth -------------------------------------------------------------------------------------
+
+
+class Auth(Protocol):
+    refreshable: bool
+
+    def headers(self, http: VendorHTTP) -> dict[str, str]: ...
+
+    def invalidate(self) -> None: ...
+
+
+class StaticAuth:
+    """Fixed headers (Harvest's personal access token and account id)."""
+
+    refreshable = False
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self._headers = dict(headers)
+
+    def headers(self, http: VendorHTTP) -> dict[str, str]:
+        return dict(self._headers)
+
+    def invalidate(self) -> None:
+        return None
+
+
+# Access tokens per process: (token url, client id) -> (token, expires at monotonic). Tokens are
+# not shared through Redis on purpose: that would store a live secret in plain text there, and
+# fetching one per worker process costs one call per ~30 minutes.
+_tokens: dict[tuple[str, str], tuple[str, float]] = {}
+_tokens_lock = threading.Lock()
+# Refresh this long before the vendor's expiry, so a token never expires mid-call (Xero tokens
+# live 30 min; a call plus its limit wait stays well under a minute).
+TOKEN_EARLY_REFRESH_S = 60.0
+# Salesforce does not say how long a token lives (sessions time out after inactivity, 2 h by
+# default); refresh after this long, or on the first 401.
+TOKEN_DEFAULT_TTL_S = 3600.0
+
+
+class OAuthClientCredentials:
+    """OAuth 2.0 client-credentials grant, token cached per process until shortly before expiry."""
+
+    refreshable = True
+
+    def __init__(
+        self,
+        *,
+        token_url: str,
+        client_id: str,
+        client_secret: str,
+        basic_auth: bool,
+        scope: str | None = None,
+        on_token: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.token_url = token_url
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.basic_auth = basic_auth
+        self.scope = scope
+        self.on_token = on_token
+        self._cache_key = (token_url, client_id)
+
+    def token(self, http: VendorHTTP) -> str:
+        with _tokens_lock:
+            cached = _tokens.get(self._cache_key)
+        if cached is not None and cached[1] > time.monotonic():
+            http.redact.add(cached[0])
+            return cached[0]
+        form = {"grant_type": "client_credentials"}
+        if self.scope:
+            form["scope"] = self.scope
+        auth: httpx.BasicAuth | None = None
+        if self.basic_auth:
+            auth = httpx.BasicAuth(self.client_id, self.client_secret)
+        else:
+            form.update(client_id=self.client_id, client_secret=self.client_secret)
+        result = http.call(
+            "POST",
+            self.token_url,
+            operation="oauth_token",
+            data=form,
+            send_auth=False,
+            use_limits=False,
+            httpx_auth=auth,
+            classify=_classify_token_error,
+        )
+        body = result.json()
+        token = str(body.get("access_token") or "")
+        if not token:
+            raise PermanentError(
+                "token response without access_token", attempt_id=result.attempt_id
+            )
+        http.redact.add(token)
+        ttl = float(body.get("expires_in") or TOKEN_DEFAULT_TTL_S)
+        with _tokens_lock:
+            _tokens[self._cache_key] = (
+                token,
+                time.monotonic() + max(ttl - TOKEN_EARLY_REFRESH_S, ttl / 2),
+            )
+        if self.on_token is not None:
+            self.on_token(body)
+        return token
+
+    def headers(self, http: VendorHTTP) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token(http)}"}
+
+    def invalidate(self) -> None:
+        with _tokens_lock:
+            _tokens.pop(self._cache_key, None)
+
+
+def _classify_token_error(response: httpx.Response) -> ConnectorError | None:
+    if response.status_code in (400, 401, 403):
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        code = str(body.get("error") or response.status_code) if isinstance(body, dict) else ""
+        return PermanentError(
+            f"OAuth token refused: {code}",
+            status_code=response.status_code,
+            vendor_message=str(body.get("error_description") or code)
+            if isinstance(body, dict)
+            else "",
+        )
+    return None
+
+
+def forget_tokens() -> None:
+    """Drop every cached access token of this process (tests)."""
+    with _tokens_lock:
+        _tokens.clear()
+
+
+# --- Classification defaults ------------------------------------------------------------------
+
+
+def retry_after_seconds(response: httpx.Response) -> float | None:
+    """``Retry-After`` as seconds: delta-seconds or an HTTP date (RFC 9110)."""
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def default_error(response: httpx.Response, vendor_message: str = "") -> ConnectorError:
+    """The class of an HTTP error when the vendor module has nothing more specific to say."""
+    status = response.status_code
+    text = response.text
+    retry_after = retry_after_seconds(response)
+    reason = response.reason_phrase or "error"
+    if status == 429:
+        return TransientError(
+            "throttled by vendor (429)",
+            status_code=status,
+            vendor_message=vendor_message,
+            retry_after=retry_after if retry_after is not None else 1.0,
+            response_text=text,
+        )
+    if status >= 500 or status == 408:
+        return TransientError(
+            f"vendor error {status} {reason}",
+            status_code=status,
+            vendor_message=vendor_message,
+            retry_after=retry_after,
+            response_text=text,
+        )
+    return PermanentError(
+        f"vendor refused the request {status} {reason}",
+        status_code=status,
+        vendor_message=vendor_message,
+        response_text=text,
+    )
+
+
+def _transport_error(exc: httpx.TransportError, method: str) -> TransientError:
+    if isinstance(exc, httpx.TimeoutException):
+        kind = {
+            httpx.ConnectTimeout: "connect timeout",
+            httpx.ReadTimeout: "read timeout",
+            httpx.WriteTimeout: "write timeout",
+            httpx.PoolTimeout: "connection pool timeout",
+        }.get(type(exc), "timeout")
+        message = f"{kind}: no response from vendor"
+    elif isinstance(exc, httpx.ConnectError):
+        message = "connection error: vendor unreachable"
+    else:
+        message = "connection lost: response dropped"
+    if method in ("POST", "PUT", "PATCH", "DELETE") and not isinstance(exc, httpx.ConnectError):
+        # The request may have reached the vendor and been applied; only the answer is lost.
+        message += " (the write may have been applied; retry with the same idempotency key)"
+    return TransientError(message, vendor_message=type(exc).__name__)
+
+
+def _in_callers_transaction(using: str = DEFAULT_DB_ALIAS) -> bool:
+    conn = connections[using]
+    if not conn.in_atomic_block:
+        return False
+    # The test case's own wrapping transaction is fine, as for atomic(durable=True).
+    return not all(getattr(block, "_from_testcase", False) for block in conn.atomic_blocks)
+
+
+# --- The client -------------------------------------------------------------------------------
+
+
+class VendorHTTP:
+    """One connection's HTTP client. Not for use across threads at the same time."""
+
+    def __init__(
+        self,
+        connection: Any,
+        *,
+        auth: Auth | None = None,
+        classify: Classifier | None = None,
+        limits: Limits | None = None,
+        timeout: httpx.Timeout | float | None = None,
+        acquire_timeout: float = ACQUIRE_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+        vendor: str = "",
+    ) -> None:
+        self.connection = connection
+        self.vendor = vendor or str(connection.vendor)
+        self.auth = auth
+        self.classify = classify
+        self.limits = limits if limits is not None else limits_for(connection)
+        self.acquire_timeout = acquire_timeout
+        credentials = connection.credentials or {}
+        self.redact = Redactor(str(v) for v in credentials.values() if isinstance(v, str))
+        self.client = httpx.Client(
+            base_url=str(connection.base_url).rstrip("/"),
+            timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
+            headers={"Accept": "application/json", "User-Agent": USER_AGENT},
+            transport=transport,
+            # Vendors answer API calls directly; a redirect would re-send our token elsewhere.
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+    def url(self, path: str) -> str:
+        """The base URL plus the vendor's path exactly as its spec writes it."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.client.base_url}".rstrip("/") + "/" + path.lstrip("/")
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        data: Mapping[str, Any] | None = None,
+        headers: Mapping[str, str] | None = None,
+        message_ids: Sequence[int] = (),
+        classify: Classifier | None = None,
+        send_auth: bool = True,
+        use_limits: bool = True,
+        httpx_auth: httpx.Auth | None = None,
+    ) -> CallResult:
+        """Send one request; return the 2xx response or raise a ``ConnectorError``."""
+        if _in_callers_transaction():
+            raise RuntimeError(
+                "a vendor call must not run inside a database transaction: commit first "
+                "(the SyncAttempt row and the caller's locks must not wait on the vendor)"
+            )
+        for try_number in (1, 2):
+            result, error, retry_auth = self._once(
+                method,
+                path,
+                operation=operation,
+                params=params,
+                json_body=json_body,
+                data=data,
+                headers=headers,
+                message_ids=message_ids,
+                classify=classify,
+                send_auth=send_auth,
+                use_limits=use_limits,
+                httpx_auth=httpx_auth,
+                may_refresh=try_number == 1,
+            )
+            if retry_auth:
+                continue
+            if error is not None:
+                raise error
+            if result is not None:
+                return result
+        raise PermanentError("authentication failed twice")  # pragma: no cover - loop exits above
+
+    def _once(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        data: Mapping[str, Any] | None,
+        headers: Mapping[str, str] | None,
+        message_ids: Sequence[int],
+        classify: Classifier | None,
+        send_auth: bool,
+        use_limits: bool,
+        httpx_auth: httpx.Auth | None,
+        may_refresh: bool,
+    ) -> tuple[CallResult | None, ConnectorError | None, bool]:
+        started = datetime.now(UTC)
+        permit = None
+        try:
+            if use_limits:
+                permit = self.limits.acquire(self.acquire_timeout)
+        except ConnectorError as exc:
+            exc.attempt_id = self._record(operation, started, 0, None, exc, "", message_ids)
+            logger.info("%s %s not sent: %s", self.vendor, operation, exc)
+            return None, exc, False
+        response: httpx.Response | None = None
+        error: ConnectorError | None = None
+        retry_auth = False
+        latency_ms = 0
+        try:
+            request_headers = dict(headers or {})
+            if send_auth and self.auth is not None:
+                request_headers.update(self.auth.headers(self))
+            begin = time.monotonic()
+            try:
+                response = self.client.request(
+                    method,
+                    self.url(path),
+                    params=_clean_params(params),
+                    json=json_body,
+                    data=data,
+                    headers=request_headers,
+                    auth=httpx_auth if httpx_auth is not None else httpx.USE_CLIENT_DEFAULT,
+                )
+            except httpx.TransportError as exc:
+                error = _transport_error(exc, method)
+            latency_ms = int((time.monotonic() - begin) * 1000)
+            if response is not None and not response.is_success:
+                error = self._classify(response, classify)
+                if (
+                    response.status_code == 401
+                    and send_auth
+                    and may_refresh
+                    and self.auth is not None
+                    and self.auth.refreshable
+                ):
+                    # An expired or revoked token: fetch a new one and try once more.
+                    self.auth.invalidate()
+                    retry_auth = True
+                    error = TransientError(
+                        "token rejected (401): refreshing it once",
+                        status_code=401,
+                        vendor_message=error.vendor_message,
+                        response_text=error.response_text,
+                    )
+        except ConnectorError as exc:  # e.g. the token fetch failed
+            error = exc
+        finally:
+            if permit is not None:
+                self.limits.release(permit)
+        if use_limits:
+            self._feed_limits(error)
+        if error is not None:
+            error.message = self.redact(error.message)
+            error.vendor_message = self.redact(error.vendor_message)
+            error.response_text = self.redact(error.response_text)
+        body_text = response.text if response is not None else ""
+        attempt_id = self._record(
+            operation, started, latency_ms, response, error, body_text, message_ids
+        )
+        self._log(method, path, operation, response, error, latency_ms)
+        if error is not None:
+            if error.attempt_id is None:
+                error.attempt_id = attempt_id
+            return None, error, retry_auth
+        assert response is not None  # noqa: S101 - no error means a response arrived
+        return CallResult(response, attempt_id), None, False
+
+    def _classify(self, response: httpx.Response, classify: Classifier | None) -> ConnectorError:
+        for classifier in (classify, self.classify):
+            if classifier is not None:
+                error = classifier(response)
+                if error is not None:
+                    if not error.response_text:
+                        error.response_text = truncate(response.text)
+                    if error.status_code is None:
+                        error.status_code = response.status_code
+                    return error
+        return default_error(response)
+
+    def _feed_limits(self, error: ConnectorError | None) -> None:
+        if error is None or error.kind != "transient":
+            # The vendor answered (a business or permanent refusal is still an answer).
+            self.limits.record_success()
+            return
+        if error.retry_after and error.status_code is not None:
+            # A 429, a 503 with Retry-After, Salesforce's 403 REQUEST_LIMIT_EXCEEDED: every
+            # worker holds off, instead of each collecting its own refusal.
+            self.limits.pause(error.retry_after)
+        if error.status_code in THROTTLE_STATUSES or error.status_code == 401:
+            # Throttling is handled by the pause, a stale token by the refresh: neither means
+            # the vendor is down.
+            return
+        self.limits.record_failure(self.redact(str(error)))
+
+    def _record(
+        self,
+        operation: str,
+        started: datetime,
+        latency_ms: int,
+        response: httpx.Response | None,
+        error: ConnectorError | None,
+        body_text: str,
+        message_ids: Sequence[int],
+    ) -> int | None:
+        from integrations.models import SyncAttempt
+
+        pk = getattr(self.connection, "pk", None)
+        if pk is None:
+            return None
+        error_text = ""
+        if error is not None:
+            error_text = str(error)
+            if error.vendor_message:
+                error_text += f" | vendor: {error.vendor_message}"
+        with transaction.atomic(durable=True):
+            attempt = SyncAttempt.objects.create(
+                connection_id=pk,
+                operation=operation[:64],
+                started_at=started,
+                latency_ms=max(0, latency_ms),
+                status_code=response.status_code if response is not None else None,
+                outcome=error.kind if error is not None else SyncAttempt.Outcome.SUCCESS,
+                error=self.redact(error_text)[:4000],
+                vendor_response=truncate(self.redact(body_text)),
+            )
+            if message_ids:
+                attempt.messages.add(*message_ids)
+        return attempt.pk
+
+    def note_outcome(self, attempt_id: int | None, *, outcome: str, error: str) -> None:
+        """Overwrite a recorded attempt's outcome (a 200 whose items the vendor refused)."""
+        from integrations.models import SyncAttempt
+
+        if attempt_id is None:
+            return
+        SyncAttempt.objects.filter(pk=attempt_id).update(
+            outcome=outcome, error=self.redact(error)[:4000]
+        )
+
+    def _log(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        response: httpx.Response | None,
+        error: ConnectorError | None,
+        latency_ms: int,
+    ) -> None:
+        # Never the headers, never the query (SOQL and filters carry customer data), and the
+        # path only up to a query string.
+        where = path.split("?", 1)[0]
+        if where.startswith(("http://", "https://")):
+            where = httpx.URL(where).path
+        status = response.status_code if response is not None else "-"
+        if error is None:
+            logger.debug(
+                "%s %s %s %s -> %s in %d ms",
+                self.vendor,
+                operation,
+                method,
+                where,
+                status,
+                latency_ms,
+            )
+        else:
+            logger.warning(
+                "%s %s %s %s -> %s in %d ms: %s (%s)",
+                self.vendor,
+                operation,
+                method,
+                where,
+                status,
+                latency_ms,
+                self.redact(str(error)),
+                error.kind,
+            )
+
+
+def _clean_params(params: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not params:
+        return None
+    return {k: v for k, v in params.items() if v is not None}
