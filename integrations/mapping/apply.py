@@ -6,9 +6,9 @@ each field's converter chosen once). `selectors.load_published` builds and cache
 published version, so a worker mapping thousands of records a second queries nothing per record.
 
 Foreign keys are mapped as the vendor's identifier into a field named ``<relation>__<attr>``
-(``project__external_id``, ``legal_entity__code``). Turning those into canonical ids is the
-upsert step's job (through the cross-reference table), not the mapping's: a mapping sees one
-payload and has no business knowing what exists in the database.
+(``project__external_id``, always as text; ``legal_entity__code``). Turning those into canonical
+ids is the upsert step's job (through the cross-reference table), not the mapping's: a mapping
+sees one payload and has no business knowing what exists in the database.
 
 Null and missing: a path that leads nowhere leaves the field out of `fields` (the vendor said
 nothing about it); an explicit null maps to None. With a ``default`` option both become the
@@ -35,7 +35,7 @@ TRANSFORMS = ("copy", "value_map", "date", "datetime", "money", "default", "conc
 
 # Options each transform understands; anything else is a typo the publish check refuses.
 ALLOWED_OPTIONS: dict[str, frozenset[str]] = {
-    "copy": frozenset({"default"}),
+    "copy": frozenset({"default", "vendor_type"}),
     "value_map": frozenset({"value_map", "default", "canonical_type", "vendor_type", "reverse"}),
     "date": frozenset({"default", "format"}),
     "datetime": frozenset({"default", "format"}),
@@ -45,6 +45,7 @@ ALLOWED_OPTIONS: dict[str, frozenset[str]] = {
 }
 
 Converter = Callable[[Any], Any]
+EXTERNAL_ID_SUFFIX = "__external_id"
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,8 @@ def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
             problems.append(f"{label}: {exc.message}")
     if spec.transform == "default" and "default" not in options:
         problems.append(f"{label}: the default transform needs a 'default' option")
+    if spec.transform == "copy" and options.get("vendor_type", "str") not in t.VALUE_TYPES:
+        problems.append(f"{label}: 'vendor_type' must be one of {', '.join(t.VALUE_TYPES)}")
     if spec.transform == "value_map":
         name = options.get("value_map")
         if not name:
@@ -203,7 +206,9 @@ def _inbound_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTable
     options = spec.options
     kind = spec.transform
     if kind in ("copy", "default", "concat"):
-        return _identity
+        # Identifiers are text everywhere (cross-references store text): Harvest's integer ids
+        # become "1000011", so a batch keyed by external id never mixes 1000011 and "1000011".
+        return _text if spec.canonical_field.endswith(EXTERNAL_ID_SUFFIX) else _identity
     if kind == "date":
         return t.parse_date
     if kind == "datetime":
@@ -226,6 +231,9 @@ def _outbound_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
     options = spec.options
     kind = spec.transform
     if kind in ("copy", "default"):
+        vendor_type = options.get("vendor_type", "")
+        if vendor_type in ("int", "bool"):
+            return lambda value: t.coerce(t.vendor_key(value), vendor_type)
         return _identity
     if kind == "date":
         fmt = options.get("format", "iso")
@@ -247,6 +255,10 @@ def _outbound_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
 
 def _identity(value: Any) -> Any:
     return value
+
+
+def _text(value: Any) -> str:
+    return value if isinstance(value, str) else t.vendor_key(value)
 
 
 def _compile_field(

@@ -217,9 +217,9 @@ HARVEST: tuple[MappingDefault, ...] = (
             F("notes", "notes", default=""),
             F("task", "task.name", "in", default=""),
             F("project__external_id", "project.id", "in", required=True),
-            F("project__external_id", "project_id", "out", required=True),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
             F("resource__external_id", "user.id", "in", required=True),
-            F("resource__external_id", "user_id", "out"),
+            F("resource__external_id", "user_id", "out", vendor_type="int"),
         ),
     ),
     MappingDefault(
@@ -244,7 +244,7 @@ HARVEST: tuple[MappingDefault, ...] = (
             F("end_date", "ends_on", transform="date"),
             F("currency", "client.currency", "in"),
             F("customer__external_id", "client.id", "in", required=True),
-            F("customer__external_id", "client_id", "out"),
+            F("customer__external_id", "client_id", "out", vendor_type="int"),
         ),
     ),
     MappingDefault(
@@ -288,9 +288,9 @@ HARVEST: tuple[MappingDefault, ...] = (
             F("notes", "notes", default=""),
             F("receipt_url", "receipt.url", "in", default=""),
             F("project__external_id", "project.id", "in", required=True),
-            F("project__external_id", "project_id", "out", required=True),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
             F("resource__external_id", "user.id", "in", required=True),
-            F("resource__external_id", "user_id", "out"),
+            F("resource__external_id", "user_id", "out", vendor_type="int"),
         ),
     ),
 )

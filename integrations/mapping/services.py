@@ -15,7 +15,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
@@ -298,14 +298,20 @@ def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> 
     object that already has a published version or an open draft is skipped.
     """
     for vm in default_value_maps_used(connection.vendor):
-        if not ValueMap.objects.filter(name=vm.name).exists():
-            value_map_create(
-                name=vm.name,
-                entries=vm.entries,
-                default=vm.default,
-                description=vm.description,
-                actor=actor,
-            )
+        if ValueMap.objects.filter(name=vm.name).exists():
+            continue
+        try:
+            # A savepoint: two connections installed at once may both try to create the map.
+            with transaction.atomic():
+                value_map_create(
+                    name=vm.name,
+                    entries=vm.entries,
+                    default=vm.default,
+                    description=vm.description,
+                    actor=actor,
+                )
+        except IntegrityError:
+            logger.info("value map %s created concurrently; keeping that one", vm.name)
     installed: list[MappingSet] = []
     for default in DEFAULT_MAPPINGS.get(connection.vendor, ()):
         taken = MappingSet.objects.filter(

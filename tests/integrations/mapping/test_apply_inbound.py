@@ -80,8 +80,8 @@ def test_harvest_time_entry_to_timeentry(payload: Payload) -> None:
         "billable": True,
         "notes": "Build (PUK-0012)",
         "task": "Project Management",
-        "project__external_id": 1000011,
-        "resource__external_id": 1000009,
+        "project__external_id": "1000011",
+        "resource__external_id": "1000009",
     }
 
 
@@ -97,7 +97,7 @@ def test_harvest_project_to_project(payload: Payload) -> None:
         "start_date": date(2026, 8, 21),
         "end_date": None,  # explicit null: no end date
         "currency": "GBP",
-        "customer__external_id": 1000011,
+        "customer__external_id": "1000011",
     }
     project["is_active"] = False
     assert (
@@ -127,7 +127,7 @@ def test_harvest_client_user_and_expense(payload: Payload) -> None:
     assert expense.fields["category"] == "Travel"
     assert expense.fields["approval_state"] == "approved"
     assert expense.fields["receipt_url"] == ""  # receipt is null
-    assert expense.fields["project__external_id"] == 1000011
+    assert expense.fields["project__external_id"] == "1000011"
 
 
 def test_salesforce_opportunity(payload: Payload) -> None:
@@ -209,7 +209,7 @@ def test_all_field_errors_are_collected(payload: Payload) -> None:
         "the payload has no 'project'"
     )
     # The fields that could be mapped still are.
-    assert record.fields["resource__external_id"] == 1000009
+    assert record.fields["resource__external_id"] == "1000009"
     assert record.fields["notes"] == ""
 
 

@@ -74,8 +74,8 @@ def test_harvest_time_entry_outbound_uses_flat_ids() -> None:
             "hours": Decimal("7.50"),
             "billable": True,
             "notes": None,
-            "project__external_id": 1000011,
-            "resource__external_id": 1000009,
+            "project__external_id": "1000011",
+            "resource__external_id": "1000009",
             "approval_state": "approved",  # inbound only: Harvest approves in its own UI
         },
     )
