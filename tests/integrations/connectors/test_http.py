@@ -34,6 +34,7 @@ def test_5xx_is_transient_and_recorded(sandbox: Sandbox, harvest_connection: Con
     assert error.value.kind == "transient"
     assert error.value.status_code == 500
     assert "sandbox fault" in error.value.vendor_message
+    assert error.value.attempt_id is not None
     attempt = SyncAttempt.objects.get(pk=error.value.attempt_id)
     assert attempt.outcome == "transient"
     assert attempt.status_code == 500
@@ -71,6 +72,7 @@ def test_retry_after_longer_than_the_wait_budget_is_not_waited_for(
     assert error.value.retry_after is not None
     assert 29 < error.value.retry_after <= 30
     assert sandbox.stats("xero", "Currencies") == {}
+    assert error.value.attempt_id is not None
     assert SyncAttempt.objects.get(pk=error.value.attempt_id).status_code is None
 
 
@@ -179,7 +181,7 @@ def test_no_secret_reaches_logs_or_sync_attempts(
     sandbox.faults("xero", error_rate=0.0)
     list(connector_for(harvest_connection).read_changed("clients", None))
     list(connector_for(salesforce_connection).read_changed("Account", None))
-    sf_token = [t for t, _ in http_module._tokens.values() if t != token][0]
+    sf_token = next(t for t, _ in http_module._tokens.values() if t != token)
     wrong = make_connection(
         "xero",
         credentials={**xero_connection.credentials, "client_secret": "wrong-secret-value"},

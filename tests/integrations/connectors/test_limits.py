@@ -1,0 +1,234 @@
+"""Shared limits: the sliding window across processes, the concurrency cap and its leases, the
+circuit breaker and its mirror in ConnectionHealth, and Xero's rate used to the full."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from django.conf import settings
+
+from integrations.connectors.base import connector_for
+from integrations.connectors.errors import CircuitOpenError, LimitWaitExceeded, TransientError
+from integrations.connectors.limits import (
+    CircuitChange,
+    Limits,
+    LimitSettings,
+    LimitStore,
+    MemoryLimitStore,
+    get_store,
+    limits_for,
+)
+from integrations.models import Connection, ConnectionHealth
+from tests.integrations.connectors.conftest import REPO, Sandbox
+
+# One worker process: takes permits for `duration` seconds from `start_at` (epoch) and prints
+# the admission time of each (read back from the rate log itself, to the millisecond).
+WORKER = """
+import json, sys, threading, time
+from integrations.connectors.limits import LimitSettings, Limits, get_store
+url, prefix, limit, window, start_at, duration, threads = sys.argv[1:8]
+store = get_store(url)
+limits = Limits(1, LimitSettings(int(limit), 100, window_s=float(window), window_margin_s=0),
+                store=store, prefix=prefix)
+times = []
+def run():
+    time.sleep(max(0, float(start_at) - time.time()))
+    end = float(start_at) + float(duration)
+    while time.time() < end:
+        try:
+            permit = limits.acquire(timeout=max(0.01, end - time.time()))
+        except Exception:
+            break
+        score = store.client.zscore(limits.key("rate"), permit.slot_token)
+        times.append(score / 1000)
+        limits.release(permit)
+workers = [threading.Thread(target=run) for _ in range(int(threads))]
+[w.start() for w in workers]
+[w.join() for w in workers]
+print(json.dumps(times))
+"""
+
+HOLDER = """
+import sys, time
+from integrations.connectors.limits import LimitSettings, Limits, get_store
+url, prefix, lease = sys.argv[1:4]
+limits = Limits(1, LimitSettings(100, 1, lease_s=float(lease)), store=get_store(url), prefix=prefix)
+limits.acquire(timeout=2)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def python(script: str, *args: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", script, *map(str, args)],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+
+@pytest.fixture(params=["redis", "memory"])
+def store(request: pytest.FixtureRequest) -> LimitStore:
+    return get_store() if request.param == "redis" else MemoryLimitStore()
+
+
+def test_sliding_window_admits_exactly_n_per_window_across_processes(isolated_state: str) -> None:
+    limit, window, duration = 8, 1.0, 2.5
+    start_at = time.time() + 1.5  # the processes start within that
+    procs = [
+        python(WORKER, settings.REDIS_URL, isolated_state, limit, window, start_at, duration, 3)
+        for _ in range(2)
+    ]
+    admitted = sorted(t for p in procs for t in json.loads(p.communicate(timeout=20)[0]))
+
+    busiest = max(sum(1 for t in admitted if s <= t < s + window) for s in admitted)
+    assert busiest == limit
+    # 2.5 s from a cold start holds three windows' worth: full use, nothing over.
+    assert len(admitted) == limit * 3
+
+
+def test_concurrency_cap_holds_across_threads(store: LimitStore) -> None:
+    limits = Limits(7, LimitSettings(10_000, 3), store=store, prefix=f"t{uuid.uuid4().hex}")
+    lock, in_flight, peak = threading.Lock(), [0], [0]
+
+    def work() -> None:
+        for _ in range(5):
+            permit = limits.acquire(timeout=10)
+            with lock:
+                in_flight[0] += 1
+                peak[0] = max(peak[0], in_flight[0])
+            time.sleep(0.02)
+            with lock:
+                in_flight[0] -= 1
+            limits.release(permit)
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert peak[0] == 3
+
+
+def test_a_killed_holder_s_slot_comes_back_when_its_lease_expires(isolated_state: str) -> None:
+    holder = python(HOLDER, settings.REDIS_URL, isolated_state, 1.0)
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "held"
+    held_at = time.monotonic()
+    os.kill(holder.pid, signal.SIGKILL)
+    holder.wait()
+    limits = Limits(1, LimitSettings(100, 1, lease_s=1.0), prefix=isolated_state)
+
+    with pytest.raises(LimitWaitExceeded, match="concurrency slots busy"):
+        limits.acquire(timeout=0.1)
+    permit = limits.acquire(timeout=3)
+
+    assert 0.5 < time.monotonic() - held_at < 1.6
+    limits.release(permit)
+
+
+def test_circuit_opens_rejects_half_opens_one_probe_and_closes(store: LimitStore) -> None:
+    changes: list[tuple[str, str | None]] = []
+
+    def sink(change: CircuitChange, event: str, error: str | None) -> None:
+        changes.append((change.state, change.transition))
+
+    limits = Limits(
+        3,
+        LimitSettings(10_000, 10, failure_threshold=3, cooldown_s=0.3),
+        store=store,
+        on_change=sink,
+        prefix=f"t{uuid.uuid4().hex}",
+    )
+    for _ in range(2):
+        limits.release(limits.acquire(timeout=1))
+        limits.record_failure("500")
+    assert limits.circuit().state == "closed"
+    limits.record_failure("500")
+    assert limits.circuit().state == "open"
+    with pytest.raises(CircuitOpenError, match="circuit open") as refused:
+        limits.acquire(timeout=1)
+    assert 0 < (refused.value.retry_after or 0) <= 0.3
+
+    time.sleep(0.35)
+    probe = limits.acquire(timeout=1)
+    assert probe.probe
+    with pytest.raises(CircuitOpenError, match="probe running"):
+        limits.acquire(timeout=1)  # only ONE probe while half-open
+    limits.release(probe)
+    limits.record_failure("500 again")
+    assert limits.circuit().state == "open"  # the probe failed: open again
+
+    time.sleep(0.35)
+    limits.release(limits.acquire(timeout=1))
+    limits.record_success()
+    assert limits.circuit().state == "closed"
+    assert limits.circuit().failures == 0
+    transitions = [t for _, t in changes if t]
+    assert transitions == ["open", "half_open", "open", "half_open", "closed"]
+
+
+def test_circuit_through_the_connector_is_mirrored_in_connection_health(
+    sandbox: Sandbox, xero_connection: Connection, db: None
+) -> None:
+    limits = limits_for(xero_connection, failure_threshold=3, cooldown_s=0.5)
+    connector = connector_for(xero_connection, limits=limits)
+    list(connector.read_changed("Currencies", None))
+    sandbox.faults("xero", error_rate=1.0)
+
+    for _ in range(3):
+        with pytest.raises(TransientError, match="vendor error 500"):
+            list(connector.read_changed("Currencies", None))
+    health = ConnectionHealth.objects.get(connection=xero_connection)
+    assert health.circuit_state == "open"
+    assert health.consecutive_failures == 3
+    assert health.opened_at is not None
+    assert health.last_failure_at is not None
+    assert "vendor error 500" in health.last_error
+    sent = sandbox.stats("xero", "Currencies")["requests"]
+
+    with pytest.raises(CircuitOpenError):
+        list(connector.read_changed("Currencies", None))
+    assert sandbox.stats("xero", "Currencies")["requests"] == sent  # rejected without calling
+
+    sandbox.faults("xero", error_rate=0.0)
+    time.sleep(0.55)
+    assert list(connector.read_changed("Currencies", None))  # the probe
+    health.refresh_from_db()
+    assert health.circuit_state == "closed"
+    assert health.consecutive_failures == 0
+    assert health.opened_at is None
+    assert health.last_success_at is not None
+    assert health.last_success_at > health.last_failure_at
+
+
+def test_xero_rate_is_used_to_the_full_without_a_429(
+    sandbox: Sandbox, make_connection: Any
+) -> None:
+    # Xero's 60 per minute, scaled to 20 per 2 s so the test takes seconds, not minutes.
+    sandbox.limits("xero", windows={"minute": {"limit": 20, "seconds": 2}})
+    connection = make_connection("xero", rate_limit_per_minute=20)
+    limits = limits_for(connection, window_s=2.0, window_margin_s=0.1)
+    connector = connector_for(connection, limits=limits)
+    list(connector.read_changed("Currencies", None))  # token and first call
+
+    calls, started = 1, time.monotonic()
+    while time.monotonic() - started < 4.0:
+        list(connector.read_changed("Currencies", None))
+        calls += 1
+
+    # Within 4 s of the first call the vendor allows at most 20 + 20 (+20 at 4.0 s).
+    stats = sandbox.stats("xero", "Currencies")
+    assert stats["throttled"] == 0
+    assert calls >= 0.95 * 40
