@@ -667,8 +667,19 @@ def health_mirror(connection_id: int) -> HealthSink:
 
 
 def limits_for(connection: Any, **overrides: Any) -> Limits:
-    """The limits of a ``Connection`` (overrides: any ``LimitSettings`` field, or ``store``)."""
+    """The limits of a ``Connection`` (overrides: any ``LimitSettings`` field, or ``store``).
+
+    The breaker's threshold and cool-down can be tuned per deployment with the optional
+    settings ``CONCORD_CIRCUIT_FAILURES`` and ``CONCORD_CIRCUIT_COOLDOWN_S``."""
+    from django.conf import settings as django_settings
+
     store = overrides.pop("store", None)
+    overrides.setdefault(
+        "failure_threshold", int(getattr(django_settings, "CONCORD_CIRCUIT_FAILURES", 5))
+    )
+    overrides.setdefault(
+        "cooldown_s", float(getattr(django_settings, "CONCORD_CIRCUIT_COOLDOWN_S", 30.0))
+    )
     settings = LimitSettings(
         rate_per_minute=int(connection.rate_limit_per_minute),
         max_concurrency=int(connection.max_concurrency),

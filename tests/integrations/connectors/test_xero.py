@@ -104,7 +104,7 @@ def test_idempotency_key_replay_returns_the_first_result_after_a_dropped_respons
     assert {r.external_id for r in results} == stored
 
 
-def test_find_existing_by_reference_one_by_one_when_where_has_no_or(
+def test_find_existing_by_reference_without_or_in_where(
     sandbox: Sandbox, xero_connection: Connection
 ) -> None:
     connector = xero(xero_connection)
@@ -116,11 +116,20 @@ def test_find_existing_by_reference_one_by_one_when_where_has_no_or(
         *(c.external_id for c in created),
         None,
     ]
-    # The sandbox refused "OR" once (400 QueryParseException); later look-ups go one by one.
-    assert sandbox.stats("xero", "Invoices")["refused"]["by_status"] == {"400": 1}
+    # The sandbox refused "OR" once (400 QueryParseException); the connector then scanned for
+    # the references' common prefix "concord-test-" in one call, and remembers.
+    stats = sandbox.stats("xero", "Invoices")
+    assert stats["refused"]["by_status"] == {"400": 1}
+    assert stats["requests"] == 1 + 2
     again = connector.find_existing("put_invoices", [invoice(0), invoice(1)])
     assert all(a is not None for a in again)
-    assert sandbox.stats("xero", "Invoices")["refused"]["by_status"] == {"400": 1}
+    stats = sandbox.stats("xero", "Invoices")
+    assert stats["refused"]["by_status"] == {"400": 1}
+    assert stats["requests"] == 1 + 2 + 1
+    # References with nothing in common are asked for one by one.
+    lone = connector.find_existing("put_invoices", [{"Reference": "a"}, {"Reference": "b"}])
+    assert lone == [None, None]
+    assert sandbox.stats("xero", "Invoices")["requests"] == 1 + 2 + 1 + 2
 
 
 def test_find_existing_contacts_by_name_and_account_number(
