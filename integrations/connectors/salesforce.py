@@ -269,7 +269,12 @@ class SalesforceConnector(BaseConnector):
                     if found is not None:
                         results[n] = found
             self._versions(obj, [r for r in results if r is not None and r.ok and not r.data])
-        return [r if r is not None else ItemResult(ok=False) for r in results]
+        return [
+            r
+            if r is not None
+            else ItemResult(ok=False, error=PermanentError("no answer for this item"))
+            for r in results
+        ]
 
     def _update(
         self, operation: str, obj: str, items: list[dict[str, Any]], ids: list[int]
@@ -298,7 +303,12 @@ class SalesforceConnector(BaseConnector):
             for n, outcome in zip(todo, outcomes, strict=True):
                 results[n] = outcome
             self._versions(obj, [r for r in results if r is not None and r.ok])
-        return [r if r is not None else ItemResult(ok=False) for r in results]
+        return [
+            r
+            if r is not None
+            else ItemResult(ok=False, error=PermanentError("no answer for this item"))
+            for r in results
+        ]
 
     def _collection(
         self, method: str, operation: str, records: list[dict[str, Any]], ids: list[int]

@@ -433,7 +433,12 @@ class XeroConnector(BaseConnector):
                 results[n] = ItemResult(
                     ok=False, error=PermanentError("Xero did not return the created option")
                 )
-        return [r if r is not None else ItemResult(ok=False) for r in results]
+        return [
+            r
+            if r is not None
+            else ItemResult(ok=False, error=PermanentError("no answer for this item"))
+            for r in results
+        ]
 
     # -- look-up-before-create ----------------------------------------------------------------
 

@@ -232,3 +232,14 @@ def test_xero_rate_is_used_to_the_full_without_a_429(
     stats = sandbox.stats("xero", "Currencies")
     assert stats["throttled"] == 0
     assert calls >= 0.95 * 40
+
+
+def test_without_redis_limits_live_in_the_process(
+    settings: Any, xero_connection: Connection
+) -> None:
+    settings.REDIS_URL = ""
+    limits = limits_for(xero_connection)
+    assert isinstance(limits.store, MemoryLimitStore)
+    assert limits.store is limits_for(xero_connection).store  # one store per process
+    permit = limits.acquire(timeout=1)
+    limits.release(permit)
