@@ -32,6 +32,29 @@ def _ensure_filesystem_broker_folders() -> None:
 
 _ensure_filesystem_broker_folders()
 
+# Periodic work, defined here and stored by django-celery-beat. Every entry expires within its
+# own period, so a worker that lags behind runs the latest tick instead of a pile of old ones.
+app.conf.beat_schedule = {
+    "sweep-outbox": {
+        "task": "integrations.sweep_outbox",
+        # 5 s: a lost dispatch message or a killed worker delays work by seconds, not minutes.
+        "schedule": 5.0,
+        "options": {"expires": 5},
+    },
+    "sweep-inbound": {
+        "task": "integrations.sweep_inbound",
+        # Messages are rung on commit; this only catches rings the broker lost.
+        "schedule": 30.0,
+        "options": {"expires": 30},
+    },
+    "billing-run": {
+        "task": "integrations.billing_run",
+        # Approved time becomes draft invoices within a minute; a run takes seconds.
+        "schedule": 60.0,
+        "options": {"expires": 60},
+    },
+}
+
 logger = logging.getLogger(__name__)
 
 

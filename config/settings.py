@@ -214,8 +214,16 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "config.beat.HeartbeatDatabaseScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 5
-# Periodic tasks are defined in code (integrations/schedule.py) and stored by django-celery-beat.
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+# Periodic tasks are defined in code (config/celery.py) and stored by django-celery-beat.
+# Queues: `celery` for general work, `outbox.<vendor>` per target system.
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CONCORD_WORKER_QUEUES = ["celery", "outbox.salesforce", "outbox.harvest", "outbox.xero"]
+# An in-flight outbox row whose worker has not renewed its claim for this long is handed back.
+# Longer than one vendor call (read timeout 30 s would be safer, but a killed worker's work must
+# resume within 30 s; a duplicate re-send is harmless thanks to idempotency keys).
+CONCORD_OUTBOX_LEASE_S = env_int("CONCORD_OUTBOX_LEASE_S", 20)
+CONCORD_MAX_LINES_PER_INVOICE = env_int("CONCORD_MAX_LINES_PER_INVOICE", 100)
+CONCORD_OUTBOX_BACKOFF_CAP_S = env_int("CONCORD_OUTBOX_BACKOFF_CAP_S", 60)
 
 # --- Health: how old a heartbeat may be before /healthz calls the component down. The worker
 # beats every 10 s and beat ticks at least every 5 s, so 45 s tolerates a few missed beats.
@@ -228,5 +236,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("CONCORD_LOG_LEVEL", "INFO")},
-    "loggers": {"django.db.backends": {"level": "WARNING"}},
+    # httpx logs every request URL at INFO (query strings included); SyncAttempt rows keep the
+    # record of each call instead.
+    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
 }

@@ -3,11 +3,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from dashboards.views import healthz
+from integrations.views import webhook
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("healthz", healthz, name="healthz"),
+    path("webhooks/<int:connection_id>/", webhook, name="webhook"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("integrations.api.urls")),
     path("", include("dashboards.urls")),

@@ -139,4 +139,6 @@ class AuditEventAdmin(admin.ModelAdmin[m.AuditEvent]):
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
 from integrations.mapping import admin as _mapping_admin  # noqa: F401,E402

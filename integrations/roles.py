@@ -56,7 +56,9 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
     | _edit("customer", "contract", "ratecard")
     | {"dashboards.view_sales_ops"},
     INTEGRATION_ADMIN: _view(*CANONICAL_MODELS)
-    | _edit("connection", "crossreference", "ownershiprule")
+    | _edit("connection", "crossreference", "ownershiprule", "routingrule")
+    | _edit("mappingset", "fieldmapping", "valuemap", "valuemapentry")
+    | _view("outboxmessage", "inboundmessage", "syncattempt", "connectionhealth", "pollcursor")
     | {
         "integrations.delete_crossreference",
         "integrations.view_auditevent",

@@ -85,6 +85,11 @@ class Connector(Protocol):
         """(external id, source version: the modstamp in microseconds since the epoch)."""
         ...
 
+    def fetch(self, object_type: str, external_id: str) -> dict[str, Any] | None:
+        """One record by its id, as the vendor holds it now; None when it does not exist.
+        Webhooks name what changed without the data: this reads it."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -151,6 +156,17 @@ class BaseConnector:
             cursor = page.next_cursor
 
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
+        raise NotImplementedError
+
+    def fetch(self, object_type: str, external_id: str) -> dict[str, Any] | None:
+        try:
+            return self.fetch_one(object_type, external_id)
+        except PermanentError as exc:
+            if exc.status_code == 404:
+                return None
+            raise
+
+    def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         raise NotImplementedError
 
 

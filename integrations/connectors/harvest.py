@@ -247,5 +247,14 @@ class HarvestConnector(BaseConnector):
         next_page = body.get("next_page")
         return Page(records, str(next_page) if next_page else None)
 
+    def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
+        if object_type not in READS:
+            raise self.unknown("object", object_type)
+        result = self.http.call(
+            "GET", f"/{object_type}/{external_id}", operation=f"fetch:{object_type}"
+        )
+        body = result.json()
+        return body if isinstance(body, dict) else None
+
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
         return str(record.get("id", "")), micros_of(record.get("updated_at"))

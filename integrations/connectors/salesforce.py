@@ -463,5 +463,16 @@ class SalesforceConnector(BaseConnector):
             ]
         return page
 
+    def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
+        if object_type not in FIELDS:
+            raise self.unknown("object", object_type)
+        result = self.http.call(
+            "GET",
+            f"{DATA}/sobjects/{object_type}/{external_id}",
+            operation=f"fetch:{object_type}",
+        )
+        body = result.json()
+        return body if isinstance(body, dict) else None
+
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
         return str(record.get("Id") or ""), micros_of(record.get("SystemModstamp"))

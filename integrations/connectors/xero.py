@@ -622,6 +622,18 @@ class XeroConnector(BaseConnector):
             state = {"since_us": state["since_us"], "page": state["page"] + 1, "seen": seen}
         return Page(fresh, json.dumps(state))
 
+    def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
+        if object_type not in PAGED_ID:
+            raise self.unknown("object", object_type)
+        result = self.http.call(
+            "GET",
+            f"/{object_type}/{external_id}",
+            operation=f"fetch:{object_type}",
+            headers=self._headers(),
+        )
+        records = (result.json() or {}).get(object_type) or []
+        return records[0] if records and isinstance(records[0], dict) else None
+
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
         id_field = PAGED_ID.get(object_type) or UNPAGED_ID.get(object_type)
         if id_field is None:

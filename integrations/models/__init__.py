@@ -6,6 +6,7 @@ from integrations.models.connections import (
     CrossReference,
     Heartbeat,
     OwnershipRule,
+    RoutingRule,
     Vendor,
 )
 from integrations.models.mapping import FieldMapping, MappingSet, ValueMap, ValueMapEntry
@@ -65,6 +66,7 @@ __all__ = [
     "Project",
     "RateCard",
     "Resource",
+    "RoutingRule",
     "SyncAttempt",
     "SystemRole",
     "TaxRate",

@@ -153,3 +153,37 @@ class Heartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.component}@{self.hostname} {self.seen_at:%H:%M:%S}"
+
+
+class RoutingRule(models.Model):
+    """Which connection of a role serves a legal entity (a legacy and a new ERP side by side).
+
+    A rule with no legal entity is the default for the role.
+    """
+
+    role = models.CharField(max_length=8, choices=SystemRole.choices)
+    legal_entity = models.ForeignKey(
+        "integrations.LegalEntity",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="routing_rules",
+    )
+    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="routes")
+
+    class Meta:
+        ordering = ["role", "legal_entity"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["role", "legal_entity"], name="routingrule_unique_role_entity"
+            ),
+            models.UniqueConstraint(
+                fields=["role"],
+                condition=Q(legal_entity__isnull=True),
+                name="routingrule_unique_role_default",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        entity = self.legal_entity.code if self.legal_entity else "default"
+        return f"{self.get_role_display()} for {entity}: {self.connection.name}"

@@ -105,7 +105,10 @@ class OutboxMessage(models.Model):
     content_type = models.ForeignKey(ContentType, on_delete=models.PROTECT)
     object_id = models.BigIntegerField()
     record_version = models.BigIntegerField(default=0)
-    payload = models.JSONField(default=dict)
+    payload = models.JSONField(default=dict, help_text="Exactly what the connector sends.")
+    # What a person needs to read a failure: record label, amount, currency, hours, subject
+    # (e.g. the customer) - used for the exception case's message and business impact.
+    context = models.JSONField(default=dict, blank=True)
     # Messages with the same group_key may travel in one batch call (e.g. one Xero invoice).
     group_key = models.CharField(max_length=200, blank=True)
     # Derived from (process, step, record, version): the same effect always has the same key, so
@@ -113,6 +116,11 @@ class OutboxMessage(models.Model):
     idempotency_key = models.CharField(max_length=200, unique=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # Set when an earlier attempt may have reached the vendor without us hearing back (a dropped
+    # response, a timeout, a 500, a vanished worker): the next attempt looks the record up at
+    # the vendor before creating it. Refusals the vendor made before writing (429, 503) and calls
+    # never sent leave it as it was.
+    needs_lookup = models.BooleanField(default=False)
     next_attempt_at = models.DateTimeField(db_index=True)
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)

@@ -1540,24 +1540,33 @@ def _lookup(item: dict[str, Any], path: str) -> Any:
 
 
 def compile_where(where: str) -> Callable[[dict[str, Any]], bool]:
-    """A small subset of Xero's ``where``: comparisons joined by AND (``&&``).
+    """A small subset of Xero's ``where``: comparisons joined by AND (``&&``), alternatives
+    joined by OR (``||``), AND binding tighter, optionally in one pair of parentheses each.
 
     ``Status=="AUTHORISED" AND Contact.ContactID==Guid("...")``, ``Reference!=null``,
-    ``Total>=100``. Anything else raises ValueError (a 400, as Xero's parser would).
+    ``Total>=100``, ``Reference=="A" OR Reference=="B"`` (how a client looks up a batch of its
+    own references in one call). Anything else raises ValueError (a 400, as Xero's parser would).
+    Quoted values must not themselves contain `` AND `` or `` OR ``.
     """
-    tests: list[Callable[[dict[str, Any]], bool]] = []
-    for part in re.split(r"\s+(?:AND|and)\s+|\s*&&\s*", where):
-        match = _CONDITION.match(part)
-        if match is None:
-            raise ValueError(f"Unsupported where clause: {part!r}")
-        path, op, text, guid, word, number = match.groups()
-        expected: Any = text if text is not None else guid.lower() if guid is not None else None
-        if word is not None:
-            expected = {"true": True, "false": False, "null": None}[word]
-        if number is not None:
-            expected = float(number)
-        tests.append(_comparison(path, op, expected, guid is not None))
-    return lambda item: all(test(item) for test in tests)
+    alternatives: list[list[Callable[[dict[str, Any]], bool]]] = []
+    for alternative in re.split(r"\s+(?:OR|or)\s+|\s*\|\|\s*", where.strip()):
+        alternative = alternative.strip()
+        if alternative.startswith("(") and alternative.endswith(")"):
+            alternative = alternative[1:-1]
+        tests: list[Callable[[dict[str, Any]], bool]] = []
+        for part in re.split(r"\s+(?:AND|and)\s+|\s*&&\s*", alternative):
+            match = _CONDITION.match(part)
+            if match is None:
+                raise ValueError(f"Unsupported where clause: {part!r}")
+            path, op, text, guid, word, number = match.groups()
+            expected: Any = text if text is not None else guid.lower() if guid is not None else None
+            if word is not None:
+                expected = {"true": True, "false": False, "null": None}[word]
+            if number is not None:
+                expected = float(number)
+            tests.append(_comparison(path, op, expected, guid is not None))
+        alternatives.append(tests)
+    return lambda item: any(all(test(item) for test in tests) for tests in alternatives)
 
 
 def _comparison(

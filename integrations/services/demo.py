@@ -63,14 +63,52 @@ def demo_users_reset() -> dict[str, str]:
     return passwords
 
 
+# The sandbox's published demo credentials (integrations/sandbox/README.md, "Credentials").
+SANDBOX_LEGACY_TENANT = "6b1f4c2e-3a5d-4e8f-9a7b-1c2d3e4f5a01"
+SANDBOX_NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
+
+
 def _demo_connections(sandbox_url: str) -> None:
+    xero = {
+        "client_id": "concord-xero",
+        "client_secret": "sandbox-xero-secret",
+        "token_url": f"{sandbox_url}/xero/connect/token",
+    }
     specs = [
-        ("CRM (Salesforce sandbox)", "crm", "salesforce", f"{sandbox_url}/salesforce"),
-        ("PSA (Harvest sandbox)", "psa", "harvest", f"{sandbox_url}/harvest/v2"),
-        ("ERP (Xero sandbox, new)", "erp", "xero", f"{sandbox_url}/xero/api.xro/2.0"),
-        ("ERP (Xero sandbox, legacy)", "erp", "xero", f"{sandbox_url}/xero/api.xro/2.0"),
+        (
+            "CRM (Salesforce sandbox)",
+            "crm",
+            "salesforce",
+            f"{sandbox_url}/salesforce",
+            {
+                "client_id": "concord-salesforce",
+                "client_secret": "sandbox-salesforce-secret",
+                "token_url": f"{sandbox_url}/salesforce/services/oauth2/token",
+            },
+        ),
+        (
+            "PSA (Harvest sandbox)",
+            "psa",
+            "harvest",
+            f"{sandbox_url}/harvest/v2",
+            {"access_token": "sandbox-harvest-token", "account_id": "100001"},
+        ),
+        (
+            "ERP (Xero sandbox, new)",
+            "erp",
+            "xero",
+            f"{sandbox_url}/xero/api.xro/2.0",
+            {**xero, "tenant_id": SANDBOX_NEW_TENANT},
+        ),
+        (
+            "ERP (Xero sandbox, legacy)",
+            "erp",
+            "xero",
+            f"{sandbox_url}/xero/api.xro/2.0",
+            {**xero, "tenant_id": SANDBOX_LEGACY_TENANT},
+        ),
     ]
-    for name, role, vendor, base_url in specs:
+    for name, role, vendor, base_url, credentials in specs:
         if m.Connection.objects.filter(name=name).exists():
             continue
         connection_create(
@@ -78,11 +116,7 @@ def _demo_connections(sandbox_url: str) -> None:
             role=role,
             vendor=vendor,
             base_url=base_url,
-            credentials={
-                "client_id": f"demo-{vendor}",
-                "client_secret": secrets.token_urlsafe(24),
-                "webhook_secret": secrets.token_urlsafe(24),
-            },
+            credentials={**credentials, "webhook_secret": secrets.token_urlsafe(24)},
         )
 
 

@@ -333,3 +333,18 @@ def test_idempotency_key_replay_and_conflict(
     assert stats["idempotent_replays"] == 1
     assert stats["refused"]["by_reason"]["idempotency_conflict"] == 1
     assert len(c.check(xero.get(f"{API}/Invoices"))["Invoices"]) == 1
+
+
+def test_where_with_or_finds_a_batch_of_references(
+    xero: httpx.Client, xero_contract: Contract
+) -> None:
+    c = xero_contract
+    contact = make_contact(xero, c)
+    batch = [invoice_body(contact["ContactID"], f"REF-{n}") for n in range(5)]
+    c.check(xero.put(f"{API}/Invoices", json={"Invoices": batch}))
+    where = " OR ".join(f'Reference=="REF-{n}"' for n in (1, 3, 9))
+    found = c.check(xero.get(f"{API}/Invoices", params={"where": where}))["Invoices"]
+    assert sorted(i["Reference"] for i in found) == ["REF-1", "REF-3"]
+    both = '(Reference=="REF-1" AND Status=="AUTHORISED") OR Reference=="REF-2"'
+    found = c.check(xero.get(f"{API}/Invoices", params={"where": both}))["Invoices"]
+    assert [i["Reference"] for i in found] == ["REF-2"]

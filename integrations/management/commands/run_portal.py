@@ -6,7 +6,6 @@ exactly as in production; their logs go to var/log/. Ctrl-C stops them all.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -82,19 +81,20 @@ class Command(BaseCommand):
                 "2",
                 "--hostname",
                 "worker@%h",
+                "--queues",
+                ",".join(settings.CONCORD_WORKER_QUEUES),
             ],
             "beat": [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"],
         }
-        if importlib.util.find_spec("integrations.sandbox.__main__") is not None:
-            commands["sandbox"] = [
-                python,
-                "-m",
-                "integrations.sandbox",
-                "--port",
-                str(sandbox_port),
-                "--seed",
-                "demo",
-            ]
+        commands["sandbox"] = [
+            python,
+            "-m",
+            "integrations.sandbox",
+            "--port",
+            str(sandbox_port),
+            "--seed",
+            "demo",
+        ]
 
         processes: dict[str, subprocess.Popen[bytes]] = {}
         logs: list[IO[bytes]] = []
@@ -174,7 +174,7 @@ class Command(BaseCommand):
             "",
             f"Concord is running: http://127.0.0.1:{port}   (health: /healthz, API: /api/v1/docs/)",
             f"Processes: {', '.join(names)}; logs in {log_dir}/",
-            f"Vendor sandbox: http://127.0.0.1:{sandbox_port}" if "sandbox" in names else None,
+            f"Vendor sandbox: http://127.0.0.1:{sandbox_port} (see integrations/sandbox/README.md)",
             f"Demo firm: {counts['projects']} projects, {counts['time_entries']} time entries",
             "Demo logins (new passwords on every start):",
             *[f"  {user:<18} {password}" for user, password in passwords.items()],

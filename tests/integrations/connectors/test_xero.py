@@ -104,7 +104,7 @@ def test_idempotency_key_replay_returns_the_first_result_after_a_dropped_respons
     assert {r.external_id for r in results} == stored
 
 
-def test_find_existing_by_reference_without_or_in_where(
+def test_find_existing_by_reference_in_one_call(
     sandbox: Sandbox, xero_connection: Connection
 ) -> None:
     connector = xero(xero_connection)
@@ -116,20 +116,34 @@ def test_find_existing_by_reference_without_or_in_where(
         *(c.external_id for c in created),
         None,
     ]
-    # The sandbox refused "OR" once (400 QueryParseException); the connector then scanned for
-    # the references' common prefix "concord-test-" in one call, and remembers.
+    # One GET with the references joined by OR, as Xero's `where` allows.
     stats = sandbox.stats("xero", "Invoices")
-    assert stats["refused"]["by_status"] == {"400": 1}
-    assert stats["requests"] == 1 + 2
-    again = connector.find_existing("put_invoices", [invoice(0), invoice(1)])
-    assert all(a is not None for a in again)
+    assert stats["requests"] == 1 + 1
+    assert stats["refused"]["by_status"] == {}
+
+
+def test_find_existing_by_reference_where_or_is_refused(
+    sandbox: Sandbox, xero_connection: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose `where` has no OR: the connector scans for the references' common prefix
+    in one call, and asks one by one when they share none."""
+    from integrations.connectors import xero as xero_module
+
+    monkeypatch.setattr(xero_module, "_no_where_or", {str(xero_connection.base_url)})
+    connector = xero(xero_connection)
+    created = connector.write("put_invoices", [invoice(n) for n in range(3)], idempotency_key="f")
+
+    found = connector.find_existing("put_invoices", [invoice(n) for n in range(4)])
+
+    assert [f.external_id if f else None for f in found] == [
+        *(c.external_id for c in created),
+        None,
+    ]
     stats = sandbox.stats("xero", "Invoices")
-    assert stats["refused"]["by_status"] == {"400": 1}
-    assert stats["requests"] == 1 + 2 + 1
-    # References with nothing in common are asked for one by one.
+    assert stats["requests"] == 1 + 1
     lone = connector.find_existing("put_invoices", [{"Reference": "a"}, {"Reference": "b"}])
     assert lone == [None, None]
-    assert sandbox.stats("xero", "Invoices")["requests"] == 1 + 2 + 1 + 2
+    assert sandbox.stats("xero", "Invoices")["requests"] == 1 + 1 + 2
 
 
 def test_find_existing_contacts_by_name_and_account_number(

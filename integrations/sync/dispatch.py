@@ -1,0 +1,173 @@
+"""The dispatcher: claim due outbox rows of one connection, call its connector in the vendor's
+batch sizes, record what happened. It holds no transaction while a call is in flight."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from integrations.connectors.base import Connector, ItemResult, connector_for
+from integrations.connectors.errors import (
+    CircuitOpenError,
+    ConnectorError,
+    LimitWaitExceeded,
+    TransientError,
+)
+from integrations.models import Connection, OutboxMessage
+from integrations.sync.outbox import (
+    Outcome,
+    batch_idempotency_key,
+    outbox_claim,
+    outbox_record_outcomes,
+    outbox_renew_lease,
+)
+
+logger = logging.getLogger(__name__)
+
+# Rows claimed per round: enough for several vendor batches (Xero takes 50 invoices per call),
+# few enough that a worker killed mid-round strands little work until the lease runs out.
+CLAIM_LIMIT = 200
+# A dispatch task stops after this long and rings again if work is left, so one connection's
+# backlog never holds a worker (and its queue) for minutes.
+TIME_BUDGET_S = 20.0
+
+
+@dataclass
+class DispatchReport:
+    claimed: int = 0
+    done: int = 0
+    retry: int = 0
+    parked: int = 0
+    more: bool = False
+
+
+def outbox_dispatch(
+    *, connection_id: int, worker: str, time_budget_s: float = TIME_BUDGET_S
+) -> DispatchReport:
+    report = DispatchReport()
+    connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
+    if connection is None:
+        return report
+    connector = connector_for(connection)
+    try:
+        _dispatch_until(connector, connection_id, worker, time.monotonic() + time_budget_s, report)
+    finally:
+        connector.close()
+    return report
+
+
+def _dispatch_until(
+    connector: Connector, connection_id: int, worker: str, deadline: float, report: DispatchReport
+) -> None:
+    while time.monotonic() < deadline:
+        claimed = outbox_claim(connection_id=connection_id, limit=CLAIM_LIMIT, worker=worker)
+        if not claimed:
+            return
+        report.claimed += len(claimed)
+        by_operation: dict[str, list[OutboxMessage]] = defaultdict(list)
+        for message in claimed:
+            by_operation[message.operation].append(message)
+        for operation, messages in by_operation.items():
+            size = connector.batch_size.get(operation, 1)
+            for start in range(0, len(messages), size):
+                batch = messages[start : start + size]
+                counts = outbox_record_outcomes(_send(connector, operation, batch))
+                report.done += counts["done"]
+                report.retry += counts["retry"]
+                report.parked += counts["parked"]
+    report.more = True
+
+
+def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) -> list[Outcome]:
+    """One vendor call for the batch (after looking up rows that may have landed before)."""
+    outcomes: dict[int, Outcome] = {}
+    message_ids = [m.pk for m in batch]
+    writing = False
+    try:
+        # A row tried before may have been applied even though we never heard back (a dropped
+        # response, a killed worker): look it up first instead of creating it again.
+        retried = [m for m in batch if m.needs_lookup]
+        if retried:
+            outbox_renew_lease(retried)
+            found = connector.find_existing(operation, [m.payload for m in retried])
+            for message, existing in zip(retried, found, strict=True):
+                if existing is not None and existing.ok:
+                    outcomes[message.pk] = _outcome(message, existing)
+        to_write = [m for m in batch if m.pk not in outcomes]
+        if to_write:
+            outbox_renew_lease(to_write)
+            writing = True
+            results = connector.write(
+                operation,
+                [m.payload for m in to_write],
+                idempotency_key=batch_idempotency_key(to_write),
+                message_ids=message_ids,
+            )
+            for message, result in zip(to_write, results, strict=True):
+                outcomes[message.pk] = _outcome(message, result)
+    except ConnectorError as exc:
+        maybe_applied = writing and _may_have_reached_vendor(exc)
+        for message in batch:
+            outcomes.setdefault(message.pk, _failed(message, exc, maybe_applied=maybe_applied))
+    except Exception as exc:
+        # A defect here must not lose the rows: they go back with backoff like a transient
+        # fault, and park with a case once the attempts run out.
+        logger.exception("dispatch of %s failed unexpectedly", operation)
+        for message in batch:
+            outcomes.setdefault(
+                message.pk,
+                Outcome(
+                    message=message,
+                    ok=False,
+                    error_class="transient",
+                    error=repr(exc),
+                    maybe_applied=writing,
+                ),
+            )
+    return [outcomes[m.pk] for m in batch]
+
+
+def _outcome(message: OutboxMessage, result: ItemResult) -> Outcome:
+    if result.ok:
+        return Outcome(
+            message=message,
+            ok=True,
+            external_id=result.external_id,
+            external_version=result.external_version,
+            data=result.data,
+        )
+    assert result.error is not None  # noqa: S101 - a failed ItemResult always carries its error
+    return _failed(message, result.error)
+
+
+def _failed(
+    message: OutboxMessage, error: ConnectorError, *, maybe_applied: bool = False
+) -> Outcome:
+    return Outcome(
+        message=message,
+        ok=False,
+        error_class=error.kind,
+        error=str(error),
+        vendor_message=error.vendor_message,
+        retry_after=error.retry_after,
+        maybe_applied=maybe_applied,
+        not_sent=isinstance(error, CircuitOpenError | LimitWaitExceeded),
+    )
+
+
+# Refusals a vendor makes before it writes anything: throttled or unavailable.
+_REFUSED_BEFORE_WRITING = {429, 503}
+
+
+def _may_have_reached_vendor(error: ConnectorError) -> bool:
+    """Whether a failed write could have been applied although we never got the answer."""
+    if isinstance(error, CircuitOpenError | LimitWaitExceeded):
+        return False  # never sent
+    if not isinstance(error, TransientError):
+        return False  # the vendor answered: a refusal writes nothing
+    if error.status_code in _REFUSED_BEFORE_WRITING:
+        return False
+    return not str(error).startswith("connection error")  # unreachable: never arrived

@@ -1,0 +1,160 @@
+"""Processing inbound messages: read the record if the message only names it, map it through
+the published mapping, apply ownership and the version check, upsert the canonical record."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from django.db import transaction
+from django.utils import timezone
+
+from exceptions.models import Queue
+from exceptions.services import blocked_record, case_fingerprint, exception_case_open_or_join
+from integrations.connectors.base import connector_for
+from integrations.connectors.errors import ConnectorError, TransientError
+from integrations.mapping.apply import map_inbound
+from integrations.mapping.ownership import load_ownership_rules
+from integrations.mapping.selectors import mapping_load_published
+from integrations.models import InboundMessage
+from integrations.sync.upsert import canonical_upsert
+
+logger = logging.getLogger(__name__)
+
+State = InboundMessage.State
+
+
+class InboundRetry(Exception):
+    """The record could not be read for a transient reason: the task retries later."""
+
+    def __init__(self, message: str, retry_after: float | None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def inbound_process(*, message_id: int) -> str:
+    """Apply one inbound message. Returns its final state; raises InboundRetry on a transient
+    failure to read the record (the message stays RECEIVED, so nothing is lost)."""
+    message = InboundMessage.objects.select_related("connection").filter(pk=message_id).first()
+    if message is None:
+        return "gone"
+    if message.state != State.RECEIVED:
+        return str(message.state)
+    connection = message.connection
+    mapping = mapping_load_published(connection_id=connection.pk, object_type=message.object_type)
+    if mapping is None:
+        return _finish(
+            message,
+            State.FAILED,
+            f"No published mapping for {message.object_type} on this "
+            "connection: publish one, then replay the message.",
+        )
+
+    record = message.payload
+    if message.source != InboundMessage.Source.POLL:
+        # Webhooks name what changed; the record itself is read now, so the newest state wins.
+        connector = connector_for(connection)
+        try:
+            fetched = connector.fetch(message.object_type, message.external_id)
+        except TransientError as exc:
+            raise InboundRetry(str(exc), exc.retry_after) from exc
+        except ConnectorError as exc:
+            return _finish(message, State.FAILED, f"Reading the record failed: {exc}")
+        finally:
+            connector.close()
+        if fetched is None:
+            return _finish(message, State.FAILED, "The record no longer exists at the vendor.")
+        record = fetched
+
+    mapped = map_inbound(mapping, record)
+    if not mapped.ok:
+        errors = "; ".join(str(e) for e in mapped.errors)
+        _mapping_case(message, errors)
+        return _finish(message, State.FAILED, f"Mapping failed: {errors}")
+    if mapped.source_version and message.source_version < mapped.source_version:
+        message.source_version = mapped.source_version
+
+    result = canonical_upsert(connection=connection, mapped=mapped, rules=load_ownership_rules())
+    if result.state == "stale":
+        return _finish(message, State.STALE, "An equal or newer version was already applied.")
+    if result.state == "failed":
+        return _finish(message, State.FAILED, result.error)
+    if result.conflicts:
+        fields = ", ".join(sorted(result.conflicts))
+        return _finish(message, State.CONFLICT, f"Not applied (owned elsewhere): {fields}")
+    return _finish(message, State.APPLIED, "")
+
+
+def _finish(message: InboundMessage, state: str, error: str) -> str:
+    with transaction.atomic():
+        InboundMessage.objects.filter(pk=message.pk).update(
+            state=state,
+            error=error[:4000],
+            source_version=message.source_version,
+            processed_at=timezone.now(),
+        )
+    if state == State.FAILED:
+        logger.warning("inbound message %s failed: %s", message.pk, error)
+    return str(state)
+
+
+def _mapping_case(message: InboundMessage, errors: str) -> None:
+    exception_case_open_or_join(
+        fingerprint=case_fingerprint(
+            "inbound", "mapping", message.connection_id, message.object_type, errors[:200]
+        ),
+        process="inbound",
+        step="mapping",
+        case_type="mapping_error",
+        queue=Queue.INTEGRATION_ADMIN,
+        message=(
+            f"{message.object_type} records from {message.connection.name} cannot be mapped: "
+            f"{errors}. Fix the mapping (or the value map) and replay the messages."
+        ),
+        connection_id=message.connection_id,
+        record=blocked_record(
+            record_type="inboundmessage",
+            record_id=message.pk,
+            label=f"{message.object_type} {message.external_id}",
+        ),
+    )
+
+
+def inbound_replay(*, messages: list[InboundMessage]) -> list[InboundMessage]:
+    """Process stored messages again as new rows linked to the originals."""
+    replays = [
+        InboundMessage(
+            connection_id=m.connection_id,
+            source=InboundMessage.Source.REPLAY,
+            object_type=m.object_type,
+            external_id=m.external_id,
+            dedupe_key=m.dedupe_key,
+            source_version=m.source_version,
+            payload=m.payload,
+            replay_of=m,
+        )
+        for m in messages
+    ]
+    with transaction.atomic():
+        InboundMessage.objects.bulk_create(replays)
+        ids = [r.pk for r in replays]
+        transaction.on_commit(lambda: _ring(ids), robust=True)
+    return replays
+
+
+def inbound_sweep() -> int:
+    """Ring again for messages received but not processed (a lost broker message)."""
+    stuck = list(
+        InboundMessage.objects.filter(
+            state=State.RECEIVED, received_at__lt=timezone.now() - timedelta(seconds=30)
+        ).values_list("pk", flat=True)[:1000]
+    )
+    _ring(stuck)
+    return len(stuck)
+
+
+def _ring(ids: list[int]) -> None:
+    from integrations.tasks import process_inbound
+
+    for message_id in ids:
+        process_inbound.delay(message_id)

@@ -1,0 +1,415 @@
+"""The outbox: every effect on an external system, durable, claimed in batches, exactly once.
+
+Life of a row: PENDING -> (claimed) IN_FLIGHT -> DONE | PENDING again (transient failure, with
+backoff) | PARKED (business or permanent failure, or retries exhausted: an exception case).
+A row whose worker vanished stays IN_FLIGHT until its lease runs out; the sweeper then puts it
+back to PENDING. Re-sending is safe because every call carries an idempotency key derived from
+(process, step, record, version) and a retried row is first looked up at the vendor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from integrations.models import Connection, CrossReference, OutboxMessage
+
+logger = logging.getLogger(__name__)
+
+# Retries: 1 s, 2 s, 4 s ... capped at 60 s (CONCORD_OUTBOX_BACKOFF_CAP_S), with jitter so that
+# workers retrying after the same outage do not hit the vendor in lockstep. 15 attempts span about
+# 10 minutes before a person is told: even at a 50% failure rate per call a row parks with odds
+# of 1 in 30,000. A longer outage opens the connection's circuit breaker, whose waits do not
+# count as attempts. No delay approaches the broker's visibility timeout (1 hour).
+MAX_ATTEMPTS = 15
+BACKOFF_BASE_S = 1.0
+
+
+def backoff_cap_s() -> float:
+    return float(getattr(settings, "CONCORD_OUTBOX_BACKOFF_CAP_S", 60))
+
+
+State = OutboxMessage.State
+
+
+def lease_seconds() -> int:
+    """How long a claim holds before the sweeper may hand the row to another worker."""
+    return int(getattr(settings, "CONCORD_OUTBOX_LEASE_S", 20))
+
+
+def idempotency_key(*, process: str, step: str, record: models.Model, version: int) -> str:
+    """The same effect always gets the same key: (process, step, record, version)."""
+    return f"{process}:{step}:{record._meta.model_name}:{record.pk}:v{version}"
+
+
+def batch_idempotency_key(messages: Sequence[OutboxMessage]) -> str:
+    """One key for a batch call: the same set of rows re-sent gets the vendor's first answer."""
+    joined = "\n".join(sorted(m.idempotency_key for m in messages))
+    return "concord-" + hashlib.sha256(joined.encode()).hexdigest()[:40]
+
+
+def backoff_delay(attempts: int, retry_after: float | None = None) -> float:
+    delay = min(backoff_cap_s(), BACKOFF_BASE_S * 2 ** max(0, attempts - 1))
+    delay *= random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not a secret
+    return max(delay, retry_after or 0.0)
+
+
+# --- Writing rows (always inside the transaction that caused them) --------------------------
+
+
+def outbox_message(
+    *,
+    connection: Connection,
+    process: str,
+    step: str,
+    operation: str,
+    record: models.Model,
+    version: int,
+    payload: dict[str, Any],
+    context: dict[str, Any] | None = None,
+    group_key: str = "",
+) -> OutboxMessage:
+    """An unsaved row; pass a list of them to outbox_enqueue."""
+    return OutboxMessage(
+        connection=connection,
+        process=process,
+        step=step,
+        operation=operation,
+        content_type=ContentType.objects.get_for_model(record),
+        object_id=record.pk,
+        record_version=version,
+        payload=payload,
+        context=context or {},
+        group_key=group_key,
+        idempotency_key=idempotency_key(process=process, step=step, record=record, version=version),
+        next_attempt_at=timezone.now(),
+    )
+
+
+def outbox_enqueue(messages: Sequence[OutboxMessage]) -> int:
+    """Store the rows with the caller's transaction and ring the dispatcher once it commits.
+
+    A row whose idempotency key exists already is the same effect asked twice: it is not added.
+    Returns how many rows were new.
+    """
+    if not messages:
+        return 0
+    keys = [m.idempotency_key for m in messages]
+    before = set(
+        OutboxMessage.objects.filter(idempotency_key__in=keys).values_list(
+            "idempotency_key", flat=True
+        )
+    )
+    OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+    connection_ids = {m.connection_id for m in messages}
+    # robust: a broker outage must not fail the caller's committed work; the sweeper rings later.
+    transaction.on_commit(lambda: _ring(connection_ids), robust=True)
+    return len(set(keys) - before)
+
+
+def _ring(connection_ids: Iterable[int], *, force: bool = False) -> None:
+    from integrations.tasks import dispatch_outbox_later
+
+    for connection_id in connection_ids:
+        dispatch_outbox_later(connection_id, force=force)
+
+
+# --- Claiming ---------------------------------------------------------------------------------
+
+
+def outbox_claim(*, connection_id: int, limit: int, worker: str) -> list[OutboxMessage]:
+    """Claim up to `limit` due rows of one connection, oldest first, skipping rows another
+    worker holds. Rows whose record still has an older version waiting are left for later, and
+    rows older than a version already delivered are skipped as stale."""
+    now = timezone.now()
+    with transaction.atomic():
+        candidates = list(
+            OutboxMessage.objects.select_for_update(skip_locked=True)
+            .filter(connection_id=connection_id, state=State.PENDING, next_attempt_at__lte=now)
+            .order_by("next_attempt_at", "id")[:limit]
+        )
+        if not candidates:
+            return []
+        ready, stale = _order_by_version(candidates)
+        if stale:
+            OutboxMessage.objects.filter(pk__in=[m.pk for m in stale]).update(
+                state=State.SKIPPED, last_error="A newer version was already delivered."
+            )
+        if ready:
+            OutboxMessage.objects.filter(pk__in=[m.pk for m in ready]).update(
+                state=State.IN_FLIGHT,
+                claimed_at=now,
+                claimed_by=worker,
+                attempts=models.F("attempts") + 1,
+            )
+            for message in ready:
+                message.state = State.IN_FLIGHT
+                message.claimed_at = now
+                message.claimed_by = worker
+                message.attempts += 1
+        return ready
+
+
+def _order_by_version(
+    candidates: list[OutboxMessage],
+) -> tuple[list[OutboxMessage], list[OutboxMessage]]:
+    """Split candidates into (ready, stale), holding back rows with an older version pending."""
+    by_record: dict[tuple[int, int, str], list[OutboxMessage]] = defaultdict(list)
+    for message in candidates:
+        by_record[(message.content_type_id, message.object_id, message.operation)].append(message)
+    siblings = Q()
+    for content_type_id, object_id, operation in by_record:
+        siblings |= Q(content_type_id=content_type_id, object_id=object_id, operation=operation)
+    candidate_ids = {m.pk for m in candidates}
+    others: dict[tuple[int, int, str], list[tuple[int, str]]] = defaultdict(list)
+    for row in (
+        OutboxMessage.objects.filter(siblings)
+        .filter(state__in=[State.PENDING, State.IN_FLIGHT, State.DONE])
+        .exclude(pk__in=candidate_ids)
+        .values_list("content_type_id", "object_id", "operation", "record_version", "state")
+    ):
+        others[(row[0], row[1], row[2])].append((row[3], row[4]))
+
+    ready: list[OutboxMessage] = []
+    stale: list[OutboxMessage] = []
+    for key, messages in by_record.items():
+        messages.sort(key=lambda m: (m.record_version, m.pk))
+        delivered = max((v for v, s in others[key] if s == State.DONE), default=None)
+        waiting = min((v for v, s in others[key] if s != State.DONE), default=None)
+        for index, message in enumerate(messages):
+            if delivered is not None and message.record_version < delivered:
+                stale.append(message)
+            elif (waiting is not None and waiting < message.record_version) or index > 0:
+                continue  # an older version goes first; this one stays pending
+            else:
+                ready.append(message)
+    return ready, stale
+
+
+def outbox_renew_lease(messages: Sequence[OutboxMessage]) -> None:
+    """Tell the sweeper these rows are still being worked on (called before each slow call)."""
+    OutboxMessage.objects.filter(pk__in=[m.pk for m in messages], state=State.IN_FLIGHT).update(
+        claimed_at=timezone.now()
+    )
+
+
+# --- Recording outcomes -----------------------------------------------------------------------
+
+
+@dataclass
+class Outcome:
+    """What happened to one claimed row."""
+
+    message: OutboxMessage
+    ok: bool
+    external_id: str = ""
+    external_version: str = ""
+    data: dict[str, Any] = field(default_factory=dict)
+    error_class: str = ""  # transient | permanent | business
+    error: str = ""
+    # The call may have reached the vendor (see OutboxMessage.needs_lookup).
+    maybe_applied: bool = False
+    # Never sent (our own rate limiter or circuit breaker held it back): not an attempt.
+    not_sent: bool = False
+    vendor_message: str = ""
+    retry_after: float | None = None
+
+
+def outbox_record_outcomes(outcomes: Sequence[Outcome]) -> dict[str, int]:
+    """Write the results of one batch call: done rows with their cross-references, retries with
+    backoff, parked rows with their exception cases, and cases closed by a later success."""
+    from integrations.sync.failures import close_cases_for, park_with_case
+    from integrations.workflows import on_delivered
+
+    now = timezone.now()
+    counts = {"done": 0, "retry": 0, "parked": 0}
+    succeeded = [o for o in outcomes if o.ok]
+    retry = [o for o in outcomes if not o.ok and o.error_class == "transient"]
+    retry_now = [o for o in retry if o.message.attempts < MAX_ATTEMPTS]
+    park = [o for o in outcomes if not o.ok and o not in retry_now]
+
+    with transaction.atomic():
+        for outcome in succeeded:
+            message = outcome.message
+            message.state = State.DONE
+            message.done_at = now
+            # The vendor record's scalar fields (its number, status, dates), not its line items.
+            message.result = {
+                **{
+                    k: v
+                    for k, v in outcome.data.items()
+                    if isinstance(v, str | int | float | bool) and len(str(v)) <= 200
+                },
+                "external_id": outcome.external_id,
+                "external_version": outcome.external_version,
+            }
+            message.last_error = ""
+            message.error_class = ""
+        OutboxMessage.objects.bulk_update(
+            [o.message for o in succeeded],
+            ["state", "done_at", "result", "last_error", "error_class", "updated_at"],
+            batch_size=500,
+        )
+        _write_cross_references(succeeded, now)
+        # A success supersedes older versions of the same record that were parked.
+        _supersede_parked(succeeded)
+        counts["done"] = len(succeeded)
+
+        for outcome in retry_now:
+            message = outcome.message
+            message.state = State.PENDING
+            if outcome.not_sent:
+                # Held back by our own limits: wait as long as they say, and give the attempt back.
+                message.attempts -= 1
+                delay = outcome.retry_after or BACKOFF_BASE_S
+            else:
+                delay = backoff_delay(message.attempts, outcome.retry_after)
+            message.next_attempt_at = now + timedelta(seconds=delay)
+            message.last_error = outcome.error[:2000]
+            message.error_class = outcome.error_class
+            message.needs_lookup = message.needs_lookup or outcome.maybe_applied
+        OutboxMessage.objects.bulk_update(
+            [o.message for o in retry_now],
+            [
+                "state",
+                "attempts",
+                "next_attempt_at",
+                "last_error",
+                "error_class",
+                "needs_lookup",
+                "updated_at",
+            ],
+            batch_size=500,
+        )
+        counts["retry"] = len(retry_now)
+
+        # The next workflow step, in the same transaction as the rows it follows from.
+        on_delivered([o.message for o in succeeded])
+
+    # Cases are written one root cause at a time, each in its own transaction, so a failure to
+    # open one never loses the state of the rows above.
+    for outcome in park:
+        park_with_case(outcome, exhausted=outcome.error_class == "transient")
+    counts["parked"] = len(park)
+    if succeeded:
+        close_cases_for([o.message for o in succeeded])
+    return counts
+
+
+def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None:
+    rows = [
+        CrossReference(
+            content_type_id=o.message.content_type_id,
+            object_id=o.message.object_id,
+            connection_id=o.message.connection_id,
+            external_id=o.external_id,
+            external_version=o.external_version[:64],
+            last_synced_at=now,
+        )
+        for o in succeeded
+        if o.external_id
+    ]
+    CrossReference.objects.bulk_create(
+        rows,
+        batch_size=500,
+        update_conflicts=True,
+        unique_fields=["connection", "content_type", "object_id"],
+        update_fields=["external_id", "external_version", "last_synced_at"],
+    )
+
+
+def _supersede_parked(succeeded: Sequence[Outcome]) -> None:
+    newer = Q()
+    for outcome in succeeded:
+        m = outcome.message
+        newer |= Q(
+            content_type_id=m.content_type_id,
+            object_id=m.object_id,
+            operation=m.operation,
+            record_version__lt=m.record_version,
+        )
+    if succeeded:
+        OutboxMessage.objects.filter(newer, state=State.PARKED).update(
+            state=State.SKIPPED, last_error="Superseded by a newer version that was delivered."
+        )
+
+
+# --- Sweeping ---------------------------------------------------------------------------------
+
+
+def outbox_sweep() -> dict[str, Any]:
+    """Hand back rows whose worker vanished, and ring the dispatcher for every connection with
+    due rows, so a lost broker message or a killed worker costs seconds, never a record."""
+    now = timezone.now()
+    expired = now - timedelta(seconds=lease_seconds())
+    released = OutboxMessage.objects.filter(state=State.IN_FLIGHT, claimed_at__lt=expired).update(
+        state=State.PENDING,
+        next_attempt_at=now,
+        needs_lookup=True,  # the vanished worker may have sent it
+        last_error="Released by the sweeper: the worker holding it stopped answering.",
+    )
+    due = list(
+        OutboxMessage.objects.filter(state=State.PENDING, next_attempt_at__lte=now)
+        .values_list("connection_id", flat=True)
+        .distinct()
+    )
+    _ring(due, force=True)
+    if released:
+        logger.warning("sweeper released %d in-flight outbox rows", released)
+    return {"released": released, "connections_rung": len(due)}
+
+
+# --- Replay -----------------------------------------------------------------------------------
+
+
+def outbox_replay(*, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
+    """Send parked rows again as new rows linked to the originals (their attempts stay on record).
+
+    The payload is the original's; fixing data and retrying is the workflow's job, which writes
+    a new version. The replay keeps the look-up-before-create guard, so a row whose first attempt
+    landed after all is not posted twice.
+    """
+    replays: list[OutboxMessage] = []
+    with transaction.atomic():
+        for original in messages:
+            if original.state != State.PARKED:
+                continue
+            count = original.replays.count()
+            replays.append(
+                OutboxMessage(
+                    connection_id=original.connection_id,
+                    process=original.process,
+                    step=original.step,
+                    operation=original.operation,
+                    content_type_id=original.content_type_id,
+                    object_id=original.object_id,
+                    record_version=original.record_version,
+                    payload=original.payload,
+                    context=original.context,
+                    group_key=original.group_key,
+                    idempotency_key=f"{original.idempotency_key}:replay{count + 1}",
+                    next_attempt_at=timezone.now(),
+                    # The original may have landed after all: look it up before creating it.
+                    needs_lookup=True,
+                    replay_of=original,
+                    exception_case_id=original.exception_case_id,
+                )
+            )
+        OutboxMessage.objects.bulk_create(replays)
+        OutboxMessage.objects.filter(pk__in=[m.pk for m in messages]).filter(
+            state=State.PARKED
+        ).update(state=State.SKIPPED, last_error="Replayed; see the replay row.")
+        transaction.on_commit(lambda: _ring({m.connection_id for m in replays}), robust=True)
+    return replays

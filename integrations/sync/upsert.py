@@ -1,0 +1,199 @@
+"""Applying a mapped vendor record to its canonical record: version check, ownership, upsert.
+
+One record per call, in one transaction that locks the cross-reference row, so two deliveries
+of changes to the same record apply one after the other, never interleaved. A version older than
+(or equal to) the one already applied from that system is recorded as stale and skipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from exceptions.models import Queue
+from exceptions.services import blocked_record, case_fingerprint, exception_case_open_or_join
+from integrations.mapping.apply import MappedRecord
+from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
+from integrations.mapping.ownership import OwnershipRules, split_by_owner
+from integrations.models import Connection, CrossReference
+
+
+@dataclass
+class UpsertResult:
+    state: str  # applied | stale | failed | skipped
+    record: models.Model | None = None
+    created: bool = False
+    conflicts: dict[str, str] = field(default_factory=dict)
+    error: str = ""
+
+
+class UnresolvedReference(Exception):
+    pass
+
+
+def canonical_upsert(
+    *, connection: Connection, mapped: MappedRecord, rules: OwnershipRules
+) -> UpsertResult:
+    if mapped.canonical_model in VIRTUAL_MODELS:
+        # No table (e.g. the CRM opportunity): the workflow that needs it reads the mapped fields.
+        return UpsertResult(state="skipped", error=f"{mapped.canonical_model} has no table")
+    model = canonical_models()[mapped.canonical_model]
+    content_type = ContentType.objects.get_for_model(model)
+    try:
+        with transaction.atomic():
+            return _upsert(connection, mapped, rules, model, content_type)
+    except UnresolvedReference as exc:
+        return UpsertResult(state="failed", error=str(exc))
+    except (ValidationError, IntegrityError) as exc:
+        detail = (
+            exc.message_dict
+            if isinstance(exc, ValidationError) and hasattr(exc, "error_dict")
+            else str(exc)
+        )
+        return UpsertResult(
+            state="failed", error=f"{mapped.canonical_model} {mapped.external_id}: {detail}"
+        )
+
+
+def _upsert(
+    connection: Connection,
+    mapped: MappedRecord,
+    rules: OwnershipRules,
+    model: type[models.Model],
+    content_type: ContentType,
+) -> UpsertResult:
+    xref = (
+        CrossReference.objects.select_for_update()
+        .filter(connection=connection, content_type=content_type, external_id=mapped.external_id)
+        .first()
+    )
+    record: Any = None
+    if xref is not None:
+        applied_version = int(xref.external_version or 0)
+        if mapped.source_version and mapped.source_version <= applied_version:
+            return UpsertResult(state="stale")
+        record = model._default_manager.select_for_update().filter(pk=xref.object_id).first()
+
+    fields = _resolve_relations(connection, model, mapped.fields)
+    object_type = str(model._meta.model_name)
+    current = {name: getattr(record, name) for name in fields} if record is not None else None
+    decision = split_by_owner(
+        rules,
+        object_type=object_type,
+        source_role=connection.role,
+        fields=fields,
+        current=current,
+    )
+    created = record is None
+    if created:
+        record = model(**decision.applied)
+    else:
+        for name, value in decision.applied.items():
+            setattr(record, name, value)
+    record.source_system = connection.role
+    record.source_version = mapped.source_version
+    stamp = {
+        "system": connection.role,
+        "connection": connection.pk,
+        "version": mapped.source_version,
+    }
+    record.field_sources = {
+        **(record.field_sources or {}),
+        **dict.fromkeys(decision.applied, stamp),
+    }
+    record.full_clean(validate_unique=False, validate_constraints=False)
+    record.save()
+
+    now = timezone.now()
+    if xref is None:
+        CrossReference.objects.create(
+            content_type=content_type,
+            object_id=record.pk,
+            connection=connection,
+            external_id=mapped.external_id,
+            external_version=str(mapped.source_version),
+            last_synced_at=now,
+        )
+    else:
+        xref.external_version = str(mapped.source_version)
+        xref.last_synced_at = now
+        xref.save(update_fields=["external_version", "last_synced_at"])
+    if decision.conflicts:
+        _ownership_case(connection, record, decision.conflicts, fields)
+    return UpsertResult(
+        state="applied", record=record, created=created, conflicts=dict(decision.conflicts)
+    )
+
+
+def _resolve_relations(
+    connection: Connection, model: type[models.Model], fields: dict[str, Any]
+) -> dict[str, Any]:
+    """`project__external_id` -> `project_id` through the cross-reference of this connection;
+    `legal_entity__code` -> `legal_entity_id` by the related model's unique field."""
+    resolved: dict[str, Any] = {}
+    for name, value in fields.items():
+        relation, _, attr = name.partition("__")
+        if not attr:
+            resolved[name] = value
+            continue
+        related = model._meta.get_field(relation).related_model
+        assert isinstance(related, type)  # noqa: S101 - a mapped relation is a ForeignKey
+        if value in (None, ""):
+            resolved[f"{relation}_id"] = None
+            continue
+        if attr == EXTERNAL_ID:
+            target = (
+                CrossReference.objects.filter(
+                    connection=connection,
+                    content_type=ContentType.objects.get_for_model(related),
+                    external_id=str(value),
+                )
+                .values_list("object_id", flat=True)
+                .first()
+            )
+        else:
+            target = (
+                related._default_manager.filter(**{attr: value})
+                .values_list("pk", flat=True)
+                .first()
+            )
+        if target is None:
+            raise UnresolvedReference(
+                f"{related._meta.verbose_name} {value} from {connection.name} is not known to "
+                "Concord yet, so the record that refers to it cannot be stored."
+            )
+        resolved[f"{relation}_id"] = target
+    return resolved
+
+
+def _ownership_case(
+    connection: Connection,
+    record: models.Model,
+    conflicts: dict[str, str],
+    fields: dict[str, Any],
+) -> None:
+    model_name = str(record._meta.model_name)
+    changes = ", ".join(
+        f"{name} to {fields[name]!r} (owned by the {owner.upper()})"
+        for name, owner in sorted(conflicts.items())
+    )
+    exception_case_open_or_join(
+        fingerprint=case_fingerprint(
+            "inbound", "ownership", model_name, record.pk, connection.pk, sorted(conflicts)
+        ),
+        process="inbound",
+        step="ownership",
+        case_type="ownership_conflict",
+        queue=Queue.INTEGRATION_ADMIN,
+        message=(
+            f"{connection.name} tried to change {record._meta.verbose_name} {record}: {changes}. "
+            "The change was not applied; the owning system's value stands until someone decides."
+        ),
+        connection_id=connection.pk,
+        record=blocked_record(record_type=model_name, record_id=record.pk, label=str(record)),
+    )

@@ -1,0 +1,83 @@
+"""Celery tasks: ids in, call one service, out. Names are a contract with queued messages and
+beat rows; do not rename them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from celery import shared_task
+from django.core.cache import cache
+
+from integrations.models import Connection
+from integrations.sync.dispatch import outbox_dispatch
+from integrations.sync.inbound import InboundRetry, inbound_process, inbound_sweep
+from integrations.sync.outbox import outbox_sweep
+
+# While a dispatch task for a connection waits in the queue, more rings for it add nothing: the
+# queued task will see every row committed before it starts. The flag is cleared when the task
+# starts; its expiry only matters if the task message is lost, and the sweeper rings regardless.
+RING_FLAG_TTL_S = 30
+
+
+def outbox_queue(vendor: str) -> str:
+    """One queue per target system, so a slow vendor never delays the others."""
+    return f"outbox.{vendor}"
+
+
+def dispatch_outbox_later(connection_id: int, *, force: bool = False) -> None:
+    flag = f"outbox:queued:{connection_id}"
+    if not force and not cache.add(flag, 1, timeout=RING_FLAG_TTL_S):
+        return
+    vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
+    if vendor is None:
+        return
+    dispatch_outbox.apply_async(
+        args=(connection_id,),
+        queue=outbox_queue(vendor),
+        # A ring older than the sweep cycle is redundant: the sweeper has rung again since.
+        expires=60,
+    )
+
+
+@shared_task(name="integrations.dispatch_outbox", bind=True)
+def dispatch_outbox(self: Any, connection_id: int) -> dict[str, Any]:
+    cache.delete(f"outbox:queued:{connection_id}")
+    report = outbox_dispatch(connection_id=connection_id, worker=str(self.request.hostname))
+    if report.more:
+        dispatch_outbox_later(connection_id, force=True)
+    return asdict(report)
+
+
+@shared_task(name="integrations.sweep_outbox")
+def sweep_outbox() -> dict[str, Any]:
+    return outbox_sweep()
+
+
+@shared_task(name="integrations.process_inbound", bind=True, max_retries=8)
+def process_inbound(self: Any, message_id: int) -> str:
+    try:
+        return inbound_process(message_id=message_id)
+    except InboundRetry as exc:
+        # Only a transient failure to read the record is retried; the message stays RECEIVED in
+        # the database, so if the retries run out the inbound sweeper rings for it again.
+        countdown = max(exc.retry_after or 0, min(60, 2**self.request.retries))
+        raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task(name="integrations.sweep_inbound")
+def sweep_inbound() -> int:
+    return inbound_sweep()
+
+
+@shared_task(name="integrations.billing_run")
+def billing_run_task() -> dict[str, Any]:
+    from integrations.workflows.time_to_erp import billing_run
+
+    report = billing_run()
+    return {
+        "considered": report.considered,
+        "billed": report.billed,
+        "invoices": report.invoices,
+        "blocked": report.blocked,
+    }

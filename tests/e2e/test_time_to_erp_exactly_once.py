@@ -1,0 +1,307 @@
+"""Approved time reaches the ERP exactly once, whatever the network, the workers and Redis do.
+
+Real parts only: the vendor sandbox as a process (with injected faults), Celery worker and beat
+processes, PostgreSQL, and Redis (a private instance where the test restarts it). Every time
+entry's id is on exactly one Xero invoice line at the end; the sandbox's own counters confirm no
+duplicate invoice was created.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from datetime import date, timedelta
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from integrations.models import (
+    ApprovalState,
+    Contract,
+    Customer,
+    LegalEntity,
+    OutboxMessage,
+    Project,
+    RateCard,
+    Resource,
+    RoutingRule,
+    TaxRate,
+    TimeEntry,
+)
+from integrations.services.connections import connection_create
+from tests.processes import (
+    Proc,
+    beat_proc,
+    free_port,
+    process_env,
+    redis_proc,
+    running,
+    sandbox_proc,
+    wait_for_redis,
+    wait_for_sandbox,
+    wait_until,
+    worker_proc,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
+FAULTS = {
+    "system": "xero",
+    "error_rate": 0.2,
+    "throttle_rate": 0.1,
+    "drop_response_rate": 0.05,
+    "latency_ms": 30,
+    "latency_jitter_ms": 30,
+    "seed": 11,
+}
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[str]:
+    port = free_port()
+    proc = sandbox_proc(port, tmp_path / "sandbox.log")
+    with running(proc):
+        url = f"http://127.0.0.1:{port}"
+        wait_for_sandbox(url)
+        yield url
+
+
+def _firm(sandbox_url: str, *, projects: int, entries_per_project: int) -> list[int]:
+    """A UK entity billing GBP through the sandbox's new Xero tenant, with approved time."""
+    entity = LegalEntity.objects.create(
+        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
+    )
+    vat = TaxRate.objects.create(
+        code="OUTPUT2", name="20% (VAT on Income)", country="GB", rate_percent=Decimal("20")
+    )
+    xero = connection_create(
+        name="Xero (new)",
+        role="erp",
+        vendor="xero",
+        base_url=f"{sandbox_url}/xero/api.xro/2.0",
+        credentials={
+            "client_id": "concord-xero",
+            "client_secret": "sandbox-xero-secret",
+            "token_url": f"{sandbox_url}/xero/connect/token",
+            "tenant_id": NEW_TENANT,
+        },
+        # The sandbox runs unthrottled here; Concord's own limiter must not be the bottleneck.
+        rate_limit_per_minute=6000,
+    )
+    RoutingRule.objects.create(role="erp", legal_entity=None, connection=xero)
+    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
+    worker = Resource.objects.create(
+        name="Ada Byron",
+        email="ada@example.invalid",
+        role="Consultant",
+        cost_rate=Decimal("60"),
+        cost_currency="GBP",
+    )
+    entries: list[TimeEntry] = []
+    start = date(2026, 10, 1)
+    for i in range(projects):
+        customer = Customer.objects.create(
+            name=f"Client {i:04d} Ltd",
+            legal_entity=entity,
+            country="GB",
+            tax_number=f"GB{i:09d}",
+            currency="GBP",
+        )
+        contract = Contract.objects.create(
+            number=f"C-{i:04d}",
+            customer=customer,
+            legal_entity=entity,
+            billing_model="tm",
+            currency="GBP",
+            tax_rate=vat,
+            status="active",
+        )
+        project = Project.objects.create(
+            code=f"P-{i:04d}",
+            name=f"Project {i}",
+            customer=customer,
+            contract=contract,
+            legal_entity=entity,
+            region="emea",
+            currency="GBP",
+            status="active",
+        )
+        entries.extend(
+            TimeEntry(
+                resource=worker,
+                project=project,
+                date=start + timedelta(days=d),
+                hours=Decimal("7.50"),
+                approval_state=ApprovalState.APPROVED,
+            )
+            for d in range(entries_per_project)
+        )
+    TimeEntry.objects.bulk_create(entries, batch_size=2000)
+    return [e.pk for e in entries]
+
+
+def _control(url: str, path: str, body: dict | None = None) -> dict:
+    response = httpx.post(f"{url}/_control/{path}", json=body or {}, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def _posted_lines(url: str) -> Counter[int]:
+    """How many times each time entry id appears on a Xero invoice line."""
+    counts: Counter[int] = Counter()
+    offset = 0
+    while True:
+        page = httpx.get(
+            f"{url}/_control/records/xero/Invoices",
+            params={"tenant": NEW_TENANT, "limit": 500, "offset": offset},
+            timeout=30,
+        ).json()
+        rows = page.get("records", page.get("rows", []))
+        for row in rows:
+            for line in row["data"].get("LineItems", []):
+                description = line.get("Description", "")
+                if description.startswith("TE-"):
+                    counts[int(description.split()[0][3:])] += 1
+        if len(rows) < 500:
+            return counts
+        offset += 500
+
+
+def _xero_stats(url: str) -> dict:
+    stats = httpx.get(f"{url}/_control/stats", params={"system": "xero"}, timeout=10).json()
+    return stats["systems"]["xero"]
+
+
+def _assert_exactly_once(url: str, entry_ids: list[int]) -> None:
+    lines = _posted_lines(url)
+    missing, unexpected = set(entry_ids) - set(lines), set(lines) - set(entry_ids)
+    assert not missing, f"{len(missing)} entries never reached the ERP"
+    assert not unexpected, f"{len(unexpected)} unknown entries on ERP lines"
+    twice = [i for i, n in lines.items() if n > 1]
+    assert not twice, f"{len(twice)} entries posted more than once, e.g. {twice[:5]}"
+    invoices = _xero_stats(url)["Invoices"]
+    assert invoices["duplicates_detected"] == 0
+    assert invoices["created"] == OutboxMessage.objects.filter(operation="put_invoices").count()
+
+
+def _outbox_done() -> bool:
+    open_rows = OutboxMessage.objects.exclude(state__in=["done", "skipped"]).count()
+    return OutboxMessage.objects.exists() and open_rows == 0
+
+
+def _billing_run(env: dict[str, str], log: Path) -> None:
+    proc = Proc([sys.executable, "manage.py", "billing_run"], env, log).start()
+    assert proc.popen is not None
+    assert proc.popen.wait(timeout=120) == 0, proc.output()
+
+
+def _purge_queues(env: dict[str, str], log: Path) -> None:
+    """Start from empty queues: messages other tests left in the shared Redis are not ours."""
+    from django.conf import settings
+
+    queues = ",".join(settings.CONCORD_WORKER_QUEUES)
+    proc = Proc(
+        [sys.executable, "-m", "celery", "-A", "config", "purge", "-f", "-Q", queues], env, log
+    ).start()
+    assert proc.popen is not None
+    assert proc.popen.wait(timeout=60) == 0, proc.output()
+
+
+def test_5000_entries_reach_the_erp_exactly_once_through_faults(
+    sandbox: str, tmp_path: Path
+) -> None:
+    entry_ids = _firm(sandbox, projects=250, entries_per_project=20)
+    assert len(entry_ids) == 5000
+    _control(sandbox, "limits", {"system": "xero", "enabled": False})
+    _control(sandbox, "faults", FAULTS)
+    # One line per invoice: 5,000 invoices in 100 batch calls, so that the 5% of dropped
+    # responses surely hits some of them (grouping has its own tests).
+    # A 5 s backoff cap keeps the retry tail of a 35%-failure network short; it changes when
+    # rows are retried, not whether.
+    env = process_env(
+        CONCORD_OUTBOX_LEASE_S="20",
+        CONCORD_MAX_LINES_PER_INVOICE="1",
+        CONCORD_OUTBOX_BACKOFF_CAP_S="5",
+    )
+    worker = worker_proc(env, tmp_path / "worker.log", concurrency=2)
+    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    _purge_queues(env, tmp_path / "purge.log")
+    with running(worker, beat):
+        _billing_run(env, tmp_path / "billing.log")
+        try:
+            wait_until(_outbox_done, timeout=240, what="every invoice delivered", interval=1)
+        except AssertionError:
+            states = Counter(OutboxMessage.objects.values_list("state", flat=True))
+            pytest.fail(f"outbox not drained: {dict(states)}\n{worker.output()}")
+    assert not OutboxMessage.objects.filter(state="parked").exists()
+    _assert_exactly_once(sandbox, entry_ids)
+    stats = _xero_stats(sandbox)["Invoices"]
+    # The faults really happened: otherwise this test would prove nothing.
+    assert stats["refused"]["by_status"].get("500", 0) > 0
+    assert stats["throttled"] > 0
+    assert stats["dropped_responses"] > 0
+
+
+def test_killed_worker_and_restarted_redis_lose_nothing(sandbox: str, tmp_path: Path) -> None:
+    entry_ids = _firm(sandbox, projects=250, entries_per_project=20)
+    _control(sandbox, "limits", {"system": "xero", "enabled": False})
+    # Slow calls, so the kill lands while batches are in flight.
+    _control(
+        sandbox,
+        "faults",
+        {
+            "system": "xero",
+            "latency_ms": 400,
+            "error_rate": 0.1,
+            "drop_response_rate": 0.05,
+            "seed": 3,
+        },
+    )
+    redis_port = free_port()
+    redis = redis_proc(redis_port, tmp_path / "redis", tmp_path / "redis.log")
+    env = process_env(
+        REDIS_URL=f"redis://127.0.0.1:{redis_port}/0",
+        CONCORD_OUTBOX_LEASE_S="15",
+        CONCORD_OUTBOX_BACKOFF_CAP_S="5",
+    )
+    first = worker_proc(env, tmp_path / "worker1.log", name="first", concurrency=2)
+    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    redis.start()
+    try:
+        wait_for_redis(redis_port)
+        with running(beat):
+            first.start()
+            _billing_run(env, tmp_path / "billing.log")
+            total = OutboxMessage.objects.count()
+            wait_until(
+                lambda: OutboxMessage.objects.filter(state="done").count() >= total // 5,
+                timeout=120,
+                what="a fifth of the invoices delivered",
+                interval=0.5,
+            )
+            in_flight = OutboxMessage.objects.filter(state="in_flight").count()
+            first.kill()  # SIGKILL, mid-batch: rows stay in flight with nobody holding them
+            redis.stop()
+            redis.start()
+            wait_for_redis(redis_port)
+            done_at_restart = OutboxMessage.objects.filter(state="done").count()
+            restarted = time.monotonic()
+            second = worker_proc(env, tmp_path / "worker2.log", name="second", concurrency=2)
+            with running(second):
+                wait_until(
+                    lambda: OutboxMessage.objects.filter(state="done").count() > done_at_restart,
+                    timeout=30,
+                    what="work resuming after the kill and the restart",
+                )
+                resumed_after = time.monotonic() - restarted
+                wait_until(_outbox_done, timeout=240, what="every invoice delivered", interval=1)
+    finally:
+        redis.stop()
+    assert in_flight > 0 or done_at_restart < total, "the kill should interrupt work"
+    assert resumed_after < 30
+    _assert_exactly_once(sandbox, entry_ids)
