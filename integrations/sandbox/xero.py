@@ -1117,6 +1117,9 @@ class Xero(Vendor):
                 errors.append("The Contact could not be found")
         if contact is None and row is not None:
             contact = self.store.get(SYSTEM, "Contacts", current["ContactID"], tenant.id)
+        new_contact = (
+            item["Contact"] if contact is None and isinstance(item.get("Contact"), dict) else None
+        )
         currency = item.get("CurrencyCode", current.get("CurrencyCode")) or tenant.base_currency
         if self.store.get(SYSTEM, "Currencies", currency, tenant.id) is None:
             errors.append(f"Organisation is not subscribed to currency {currency}")
@@ -1140,12 +1143,19 @@ class Xero(Vendor):
             if not isinstance(line, dict):
                 errors.append("Each line item must be an object")
                 continue
-            errors.extend(self._line_errors(line, status, tenant, contact))
+            errors.extend(self._line_errors(line, status, tenant, contact, new_contact))
         return errors
 
     def _line_errors(
-        self, line: dict[str, Any], status: str, tenant: Tenant, contact: Row | None
+        self,
+        line: dict[str, Any],
+        status: str,
+        tenant: Tenant,
+        contact: Row | None,
+        new_contact: dict[str, Any] | None = None,
     ) -> list[str]:
+        """`new_contact`: the invoice's Contact object when it names a contact that does not
+        exist yet (Xero creates it from the invoice), so its TaxNumber is what counts."""
         errors: list[str] = []
         if not str(line.get("Description") or "").strip() and not line.get("ItemCode"):
             errors.append("Description needs to be at least 1 char long")
@@ -1170,15 +1180,13 @@ class Xero(Vendor):
                     f"The TaxType code '{tax_type}' does not exist or cannot be used for this "
                     "type of transaction."
                 )
-            elif (
-                rate.data["RequiresTaxNumber"]
-                and contact is not None
-                and not contact.data.get("TaxNumber")
-            ):
-                errors.append(
-                    f"The tax rate '{rate.data['Name']}' requires the contact to have a tax number "
-                    f"(VAT number); contact '{contact.data.get('Name')}' has none."
-                )
+            elif rate.data["RequiresTaxNumber"]:
+                named = contact.data if contact is not None else new_contact
+                if named is not None and not named.get("TaxNumber"):
+                    errors.append(
+                        f"The tax rate '{rate.data['Name']}' requires the contact to have a tax "
+                        f"number (VAT number); contact '{named.get('Name')}' has none."
+                    )
         for tracking in line.get("Tracking") or []:
             if self._tracking(tracking, tenant) is None:
                 errors.append(

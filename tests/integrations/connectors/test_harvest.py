@@ -12,7 +12,7 @@ from integrations.connectors.base import connector_for
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
 from integrations.connectors.harvest import HarvestConnector
 from integrations.models import Connection
-from tests.integrations.connectors.conftest import Sandbox
+from tests.integrations.conftest import Sandbox
 
 pytestmark = pytest.mark.django_db
 

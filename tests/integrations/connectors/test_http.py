@@ -17,7 +17,7 @@ from integrations.connectors import http as http_module
 from integrations.connectors.base import connector_for
 from integrations.connectors.errors import PermanentError, TransientError
 from integrations.models import Connection, OutboxMessage, SyncAttempt
-from tests.integrations.connectors.conftest import (
+from tests.integrations.conftest import (
     HARVEST_TOKEN,
     SALESFORCE_SECRET,
     XERO_SECRET,

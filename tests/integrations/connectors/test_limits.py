@@ -28,7 +28,7 @@ from integrations.connectors.limits import (
     limits_for,
 )
 from integrations.models import Connection, ConnectionHealth
-from tests.integrations.connectors.conftest import REPO, Sandbox
+from tests.integrations.conftest import REPO, Sandbox
 
 # One worker process: takes permits for `duration` seconds from `start_at` (epoch) and prints
 # the admission time of each (read back from the rate log itself, to the millisecond).

@@ -10,7 +10,7 @@ from integrations.connectors.base import connector_for, micros_to_iso
 from integrations.connectors.errors import BusinessError
 from integrations.connectors.salesforce import SalesforceConnector
 from integrations.models import Connection, SyncAttempt
-from tests.integrations.connectors.conftest import Sandbox
+from tests.integrations.conftest import Sandbox
 
 pytestmark = pytest.mark.django_db
 

@@ -11,7 +11,7 @@ from integrations.connectors.base import connector_for
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
 from integrations.connectors.xero import XeroConnector
 from integrations.models import Connection, SyncAttempt
-from tests.integrations.connectors.conftest import NEW_TENANT, Sandbox
+from tests.integrations.conftest import NEW_TENANT, Sandbox
 
 pytestmark = pytest.mark.django_db
 

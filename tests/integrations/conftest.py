@@ -1,4 +1,4 @@
-"""Fixtures for the connector tests: a real sandbox subprocess, real Redis, real PostgreSQL.
+"""Fixtures for the connector and sync tests: a real sandbox subprocess, real Redis, real PostgreSQL.
 
 The sandbox runs once per session (``python -m integrations.sandbox --seed none``) on a free
 loopback port and is reset through its control API before each test that uses it. Redis keys
@@ -25,7 +25,7 @@ from integrations.connectors import xero as xero_module
 from integrations.connectors.http import forget_tokens
 from integrations.models import Connection
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
 XERO_SECRET = "sandbox-xero-secret"
 HARVEST_TOKEN = "sandbox-harvest-token"
