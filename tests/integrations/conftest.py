@@ -1,4 +1,4 @@
-"""Fixtures for the connector and sync tests: a real sandbox subprocess, real Redis, real PostgreSQL.
+"""Fixtures for the connector and sync tests: real sandbox subprocess, Redis and PostgreSQL.
 
 The sandbox runs once per session (``python -m integrations.sandbox --seed none``) on a free
 loopback port and is reset through its control API before each test that uses it. Redis keys
