@@ -47,6 +47,12 @@ app.conf.beat_schedule = {
         "schedule": 30.0,
         "options": {"expires": 30},
     },
+    "poll-all": {
+        "task": "integrations.poll_all",
+        # Matches integrations.tasks.POLL_INTERVAL_S; webhooks carry the urgent changes.
+        "schedule": 120.0,
+        "options": {"expires": 120},
+    },
     "billing-run": {
         "task": "integrations.billing_run",
         # Approved time becomes draft invoices within a minute; a run takes seconds.

@@ -18,6 +18,9 @@ from integrations.sync.outbox import outbox_sweep
 # queued task will see every row committed before it starts. The flag is cleared when the task
 # starts; its expiry only matters if the task message is lost, and the sweeper rings regardless.
 RING_FLAG_TTL_S = 30
+# Polling complements webhooks (which may be lost or not offered): every 2 minutes, each
+# connection's changes since its cursor.
+POLL_INTERVAL_S = 120
 
 
 def outbox_queue(vendor: str) -> str:
@@ -81,3 +84,20 @@ def billing_run_task() -> dict[str, Any]:
         "invoices": report.invoices,
         "blocked": report.blocked,
     }
+
+
+@shared_task(name="integrations.poll_all")
+def poll_all() -> int:
+    """Kick-off: one polling task per enabled connection, each expiring before the next kick."""
+    ids = list(Connection.objects.filter(enabled=True).values_list("pk", flat=True))
+    for connection_id in ids:
+        poll_connection_task.apply_async(args=(connection_id,), expires=POLL_INTERVAL_S)
+    return len(ids)
+
+
+@shared_task(name="integrations.poll_connection")
+def poll_connection_task(connection_id: int) -> dict[str, Any]:
+    from integrations.sync.polling import poll_connection
+
+    reports = poll_connection(connection_id=connection_id)
+    return {object_type: asdict(report) for object_type, report in reports.items()}

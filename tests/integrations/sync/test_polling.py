@@ -1,0 +1,76 @@
+"""Polling against the real sandbox: the seeded firm's Harvest data arrives in dependency order,
+the cursor never skips a record that shares its stamp, and a second poll reads nothing new."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from integrations.mapping.services import mapping_defaults_install
+from integrations.models import (
+    Connection,
+    CrossReference,
+    InboundMessage,
+    PollCursor,
+    Project,
+    Resource,
+    TimeEntry,
+)
+from integrations.sync.polling import poll_connection, poll_object
+from tests.integrations.conftest import Sandbox
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def harvest(make_connection: Callable[..., Connection], sandbox: Sandbox) -> Connection:
+    sandbox.limits("*", enabled=False)
+    sandbox.post("/seed", {"scale": 1, "seed": 7})
+    connection = make_connection("harvest", rate_limit_per_minute=100_000)
+    mapping_defaults_install(connection=connection)
+    return connection
+
+
+def test_poll_brings_the_firm_in_dependency_order_and_only_once(
+    harvest: Connection, sandbox: Sandbox
+) -> None:
+    reports = poll_connection(connection_id=harvest.pk)
+    entries = sandbox.records("harvest", "time_entries")
+    assert reports["time_entries"].read == len(entries)
+    # Every time entry found its project and worker, because those were polled first.
+    assert TimeEntry.objects.count() + reports["time_entries"].failed == len(entries)
+    assert Project.objects.count() == len(sandbox.records("harvest", "projects"))
+    assert Resource.objects.exists()
+    assert CrossReference.objects.filter(
+        connection=harvest, content_type__model="timeentry"
+    ).count() == (TimeEntry.objects.count())
+    cursor = PollCursor.objects.get(connection=harvest, object_type="time_entries")
+    assert cursor.position
+    assert cursor.ids_at_position
+
+    again = poll_object(connection_id=harvest.pk, object_type="time_entries")
+    assert again.read == 0
+    assert again.applied == 0
+
+
+def test_a_record_changed_at_the_cursor_stamp_is_read_and_applied(
+    harvest: Connection, sandbox: Sandbox
+) -> None:
+    poll_connection(connection_id=harvest.pk)
+    entry = TimeEntry.objects.order_by("pk").first()
+    assert entry is not None
+    xref = CrossReference.objects.get(
+        connection=harvest, content_type__model="timeentry", object_id=entry.pk
+    )
+    sandbox.patch("harvest", "time_entries", int(xref.external_id), {"notes": "Changed later"})
+
+    report = poll_object(connection_id=harvest.pk, object_type="time_entries")
+    assert report.read == 1
+    assert report.applied == 1
+    entry.refresh_from_db()
+    assert entry.notes == "Changed later"
+    kept = InboundMessage.objects.filter(
+        connection=harvest, object_type="time_entries", external_id=xref.external_id
+    )
+    assert kept.count() == 2  # both versions are kept as they were read
