@@ -11,6 +11,8 @@ from django.http import HttpRequest
 from integrations import models as m
 from integrations.api.filters import RECORD_FILTERS
 from integrations.services.connections import connection_create, connection_update
+from integrations.sync.inbound import inbound_replay
+from integrations.sync.outbox import outbox_replay
 
 # Admins type URLs without a scheme; https is the right guess (and Django 6's default).
 URL_FORMFIELD: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
@@ -141,4 +143,75 @@ class AuditEventAdmin(admin.ModelAdmin[m.AuditEvent]):
         return False
 
 
+@admin.register(m.RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin[m.RoutingRule]):
+    list_display = ["role", "legal_entity", "connection"]
+    list_filter = ["role"]
+
+
+class _ReadOnly(admin.ModelAdmin[Any]):
+    """Rows written by the sync engine: shown, never edited by hand."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
+        return False
+
+
+@admin.register(m.OutboxMessage)
+class OutboxMessageAdmin(_ReadOnly):
+    list_display = ["id", "connection", "process", "step", "state", "attempts", "next_attempt_at"]
+    list_filter = ["state", "process", "connection"]
+    search_fields = ["idempotency_key", "last_error"]
+    list_select_related = ["connection"]
+    show_full_result_count = False
+    actions = ["replay"]
+
+    @admin.action(description="Replay selected parked messages", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: Any) -> None:
+        parked = list(queryset.filter(state=m.OutboxMessage.State.PARKED))
+        replays = outbox_replay(messages=parked)
+        self.message_user(request, f"{len(replays)} parked message(s) queued again.")
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_outboxmessage")
+
+
+@admin.register(m.InboundMessage)
+class InboundMessageAdmin(_ReadOnly):
+    list_display = ["id", "connection", "source", "object_type", "external_id", "state"]
+    list_filter = ["state", "source", "connection", "object_type"]
+    search_fields = ["external_id", "dedupe_key", "error"]
+    list_select_related = ["connection"]
+    show_full_result_count = False
+    actions = ["replay"]
+
+    @admin.action(description="Replay selected messages", permissions=["replay"])
+    def replay(self, request: HttpRequest, queryset: Any) -> None:
+        replays = inbound_replay(messages=list(queryset))
+        self.message_user(request, f"{len(replays)} message(s) queued for processing again.")
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_inboundmessage")
+
+
+@admin.register(m.SyncAttempt)
+class SyncAttemptAdmin(_ReadOnly):
+    list_display = ["started_at", "connection", "operation", "outcome", "status_code", "latency_ms"]
+    list_filter = ["outcome", "connection", "operation"]
+    show_full_result_count = False
+
+
+@admin.register(m.ConnectionHealth)
+class ConnectionHealthAdmin(_ReadOnly):
+    list_display = ["connection", "circuit_state", "consecutive_failures", "last_success_at"]
+
+
+@admin.register(m.PollCursor)
+class PollCursorAdmin(_ReadOnly):
+    list_display = ["connection", "object_type", "position", "last_polled_at", "last_success_at"]
+
+
+# The mapping admin lives with the mapping code.
 from integrations.mapping import admin as _mapping_admin  # noqa: F401,E402

@@ -58,7 +58,8 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
     INTEGRATION_ADMIN: _view(*CANONICAL_MODELS)
     | _edit("connection", "crossreference", "ownershiprule", "routingrule")
     | _edit("mappingset", "fieldmapping", "valuemap", "valuemapentry")
-    | _view("outboxmessage", "inboundmessage", "syncattempt", "connectionhealth", "pollcursor")
+    | _edit("outboxmessage", "inboundmessage")  # change = replay
+    | _view("syncattempt", "connectionhealth", "pollcursor")
     | {
         "integrations.delete_crossreference",
         "integrations.view_auditevent",

@@ -3,7 +3,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
-from integrations.api import views
+from integrations.api import sync, views
 
 router = DefaultRouter()
 for prefix, model in views.RECORD_ENDPOINTS.items():
@@ -11,6 +11,9 @@ for prefix, model in views.RECORD_ENDPOINTS.items():
 router.register("connections", views.ConnectionViewSet, basename="connection")
 router.register("cross-references", views.CrossReferenceViewSet, basename="crossreference")
 router.register("audit-events", views.AuditEventViewSet, basename="auditevent")
+router.register("outbox", sync.OutboxMessageViewSet, basename="outboxmessage")
+router.register("inbound", sync.InboundMessageViewSet, basename="inboundmessage")
+router.register("sync-attempts", sync.SyncAttemptViewSet, basename="syncattempt")
 router.register("ownership-rules", views.OwnershipRuleViewSet, basename="ownershiprule")
 
 urlpatterns = [

@@ -1,0 +1,109 @@
+"""Replay from the API: parked outbox rows (one, or a whole exception case's group) and inbound
+messages, each replay linked to its original; only integration admins may replay."""
+
+from __future__ import annotations
+
+import pytest
+from rest_framework.test import APIClient
+
+from exceptions.models import ExceptionCase
+from integrations.models import InboundMessage, OutboxMessage
+from integrations.roles import FINANCE, INTEGRATION_ADMIN
+from integrations.sync.outbox import outbox_enqueue, outbox_message
+from tests.factories import CustomerFactory, UserFactory, make_connection
+
+pytestmark = pytest.mark.django_db
+
+
+def _client(role: str) -> APIClient:
+    client = APIClient()
+    client.force_authenticate(UserFactory.create(role=role))
+    return client
+
+
+def _parked(count: int) -> tuple[list[OutboxMessage], ExceptionCase]:
+    connection = make_connection()
+    now = "2026-11-20T10:00:00Z"
+    case = ExceptionCase.objects.create(
+        fingerprint="f" * 64,
+        process="time_to_erp",
+        step="post_invoice",
+        case_type="x",
+        queue="finance",
+        message="m",
+        first_seen_at=now,
+        last_seen_at=now,
+    )
+    rows = [
+        outbox_message(
+            connection=connection,
+            process="time_to_erp",
+            step="post_invoice",
+            operation="put_invoices",
+            record=CustomerFactory.create(),
+            version=1,
+            payload={"Reference": f"R{i}"},
+        )
+        for i in range(count)
+    ]
+    outbox_enqueue(rows)
+    OutboxMessage.objects.update(state="parked", exception_case=case)
+    return list(OutboxMessage.objects.order_by("id")), case
+
+
+def test_admin_replays_one_parked_message() -> None:
+    (row, *_), _case = _parked(2)
+    response = _client(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
+    assert response.status_code == 202
+    (pair,) = response.json()["replayed"]
+    replay = OutboxMessage.objects.get(pk=pair["replay"])
+    assert replay.replay_of_id == row.pk
+    assert replay.state == "pending"
+    assert replay.needs_lookup  # the original may have landed after all
+    assert replay.payload == row.payload
+    row.refresh_from_db()
+    assert row.state == "skipped"
+    again = _client(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
+    assert again.status_code == 409
+    assert "Only parked messages" in again.json()["detail"]
+
+
+def test_admin_replays_the_whole_group_of_a_case() -> None:
+    rows, case = _parked(3)
+    response = _client(INTEGRATION_ADMIN).post(
+        "/api/v1/outbox/replay/", {"exception_case": case.pk}, format="json"
+    )
+    assert response.status_code == 202
+    assert {p["original"] for p in response.json()["replayed"]} == {r.pk for r in rows}
+    bad = _client(INTEGRATION_ADMIN).post("/api/v1/outbox/replay/", {}, format="json")
+    assert bad.status_code == 400
+
+
+def test_finance_may_not_replay_or_read_the_outbox() -> None:
+    (row, *_), _case = _parked(1)
+    client = _client(FINANCE)
+    assert client.post(f"/api/v1/outbox/{row.pk}/replay/").status_code == 403
+    assert client.get("/api/v1/outbox/").status_code == 403
+    assert OutboxMessage.objects.count() == 1
+
+
+def test_inbound_message_replay_links_the_original() -> None:
+    connection = make_connection()
+    original = InboundMessage.objects.create(
+        connection=connection,
+        source="webhook",
+        object_type="Contacts",
+        external_id="c-1",
+        dedupe_key="xero:abc",
+        payload={"resourceId": "c-1"},
+        state="failed",
+        error="boom",
+    )
+    response = _client(INTEGRATION_ADMIN).post(
+        "/api/v1/inbound/replay/", {"ids": [original.pk]}, format="json"
+    )
+    assert response.status_code == 202
+    replay = InboundMessage.objects.get(replay_of=original)
+    assert (replay.source, replay.state, replay.dedupe_key) == ("replay", "received", "xero:abc")
+    listed = _client(INTEGRATION_ADMIN).get("/api/v1/inbound/?state=failed").json()
+    assert [m["id"] for m in listed["results"]] == [original.pk]
