@@ -11,7 +11,12 @@ from django.core.cache import cache
 
 from integrations.models import Connection
 from integrations.sync.dispatch import outbox_dispatch
-from integrations.sync.inbound import InboundRetry, inbound_process, inbound_sweep
+from integrations.sync.inbound import (
+    InboundRetry,
+    inbound_process,
+    inbound_process_batch,
+    inbound_sweep,
+)
 from integrations.sync.outbox import outbox_sweep
 
 # While a dispatch task for a connection waits in the queue, more rings for it add nothing: the
@@ -66,6 +71,12 @@ def process_inbound(self: Any, message_id: int) -> str:
         # the database, so if the retries run out the inbound sweeper rings for it again.
         countdown = max(exc.retry_after or 0, min(60, 2**self.request.retries))
         raise self.retry(exc=exc, countdown=countdown) from exc
+
+
+@shared_task(name="integrations.process_inbound_batch")
+def process_inbound_batch(connection_id: int) -> dict[str, int]:
+    cache.delete(f"inbound:queued:{connection_id}")
+    return inbound_process_batch(connection_id=connection_id)
 
 
 @shared_task(name="integrations.sweep_inbound")

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_not_required
 from django.http import HttpRequest, JsonResponse
-from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from integrations.models import Connection
-from integrations.sync.webhooks import WebhookRefused, webhook_receive
+from integrations.sync.webhooks import WebhookRefused, webhook_connection, webhook_receive
 
 
 @csrf_exempt  # signed by the sender instead; there is no browser session here
 @login_not_required
 @require_POST
 def webhook(request: HttpRequest, connection_id: int) -> JsonResponse:
-    connection = get_object_or_404(Connection, pk=connection_id, enabled=True)
+    connection = webhook_connection(connection_id)
+    if connection is None:
+        return JsonResponse({"error": "No enabled connection with this id."}, status=404)
     try:
         receipt = webhook_receive(
             connection=connection, body=request.body, headers=dict(request.headers)

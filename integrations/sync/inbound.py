@@ -86,8 +86,9 @@ def inbound_process(*, message_id: int) -> str:
 
 
 def _finish(message: InboundMessage, state: str, error: str) -> str:
+    # Only from RECEIVED: when two workers process one message, the first outcome stands.
     with transaction.atomic():
-        InboundMessage.objects.filter(pk=message.pk).update(
+        InboundMessage.objects.filter(pk=message.pk, state=State.RECEIVED).update(
             state=state,
             error=error[:4000],
             source_version=message.source_version,
@@ -120,6 +121,31 @@ def _mapping_case(message: InboundMessage, errors: str) -> None:
     )
 
 
+# Messages processed per batch task: a task ends within seconds and rings again for the rest.
+BATCH = 200
+
+
+def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
+    """Process this connection's received messages, oldest first."""
+    ids = list(
+        InboundMessage.objects.filter(connection_id=connection_id, state=State.RECEIVED)
+        .order_by("id")
+        .values_list("pk", flat=True)[:BATCH]
+    )
+    outcomes: dict[str, int] = {}
+    for message_id in ids:
+        try:
+            state = inbound_process(message_id=message_id)
+        except InboundRetry:
+            state = "retry"  # stays RECEIVED; the sweeper rings for it again
+        outcomes[state] = outcomes.get(state, 0) + 1
+    if len(ids) == BATCH:
+        from integrations.sync.webhooks import ring_inbound
+
+        ring_inbound(connection_id, force=True)
+    return outcomes
+
+
 def inbound_replay(*, messages: list[InboundMessage]) -> list[InboundMessage]:
     """Process stored messages again as new rows linked to the originals."""
     replays = [
@@ -137,24 +163,25 @@ def inbound_replay(*, messages: list[InboundMessage]) -> list[InboundMessage]:
     ]
     with transaction.atomic():
         InboundMessage.objects.bulk_create(replays)
-        ids = [r.pk for r in replays]
-        transaction.on_commit(lambda: _ring(ids), robust=True)
+        connection_ids = {r.connection_id for r in replays}
+        transaction.on_commit(lambda: _ring(connection_ids), robust=True)
     return replays
 
 
 def inbound_sweep() -> int:
-    """Ring again for messages received but not processed (a lost broker message)."""
-    stuck = list(
+    """Ring again for connections with messages received but not processed for 30 s (a lost
+    broker message, or retries that ran out)."""
+    stuck = set(
         InboundMessage.objects.filter(
             state=State.RECEIVED, received_at__lt=timezone.now() - timedelta(seconds=30)
-        ).values_list("pk", flat=True)[:1000]
+        ).values_list("connection_id", flat=True)
     )
-    _ring(stuck)
+    _ring(stuck, force=True)
     return len(stuck)
 
 
-def _ring(ids: list[int]) -> None:
-    from integrations.tasks import process_inbound
+def _ring(connection_ids: set[int], *, force: bool = False) -> None:
+    from integrations.sync.webhooks import ring_inbound
 
-    for message_id in ids:
-        process_inbound.delay(message_id)
+    for connection_id in connection_ids:
+        ring_inbound(connection_id, force=force)

@@ -8,6 +8,7 @@ moves only in the transaction that stored the records it covers: a crash re-read
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
+from django.db import connection as db
 from django.utils import timezone
 
 from integrations.connectors.base import Connector, connector_for, micros_to_iso
@@ -133,7 +135,7 @@ def _apply_page(
         )
         for external_id, version, record in fresh
     ]
-    InboundMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+    _keep_raw(messages)
     mapped = [map_inbound(mapping, record) for _, _, record in fresh]
     outcome = bulk_upsert(connection=connection, mapped=mapped, rules=rules)
     report.applied += outcome["applied"]
@@ -150,6 +152,52 @@ def _apply_page(
         ).filter(dedupe_key__startswith=f"poll:{object_type}:{external_id}:").update(
             state=State.FAILED, error=error[:4000]
         )
+
+
+def _keep_raw(messages: list[InboundMessage]) -> None:
+    """Store the raw polled records. On PostgreSQL with COPY (the payloads are most of the bytes:
+    COPY streams them without per-value quoting in Python, several times faster than INSERT);
+    a record read twice (a poll repeated after a crash) makes COPY fail on the unique key, and
+    the page then goes through INSERT ... ON CONFLICT DO NOTHING."""
+    if db.vendor == "postgresql" and messages:
+        columns = [
+            "connection_id",
+            "source",
+            "object_type",
+            "external_id",
+            "dedupe_key",
+            "source_version",
+            "payload",
+            "state",
+            "error",
+            "received_at",
+            "processed_at",
+        ]
+        now = timezone.now()
+        try:
+            with transaction.atomic(), db.cursor() as cursor:
+                copy_sql = f"COPY integrations_inboundmessage ({', '.join(columns)}) FROM STDIN"
+                with cursor.cursor.copy(copy_sql) as copy:
+                    for m in messages:
+                        copy.write_row(
+                            (
+                                m.connection_id,
+                                m.source,
+                                m.object_type,
+                                m.external_id,
+                                m.dedupe_key,
+                                m.source_version,
+                                json.dumps(m.payload),
+                                m.state,
+                                "",
+                                now,
+                                now,
+                            )
+                        )
+            return
+        except IntegrityError:
+            pass
+    InboundMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
 
 
 def bulk_upsert(
@@ -260,7 +308,7 @@ def _write(
     xrefs: dict[str, CrossReference],
 ) -> None:
     now = timezone.now()
-    model._default_manager.bulk_create([r for _, r in creates], batch_size=1000)
+    copy_insert(model, [r for _, r in creates])
     if updates:
         names = sorted({f for m, _ in updates for f in _field_names(model, m)})
         model._default_manager.bulk_update(
@@ -268,7 +316,8 @@ def _write(
             [*names, "source_system", "source_version", "field_sources", "updated_at"],
             batch_size=1000,
         )
-    CrossReference.objects.bulk_create(
+    copy_insert(
+        CrossReference,
         [
             CrossReference(
                 content_type=content_type,
@@ -277,10 +326,10 @@ def _write(
                 external_id=m.external_id,
                 external_version=str(m.source_version),
                 last_synced_at=now,
+                created_at=now,
             )
             for m, record in creates
         ],
-        batch_size=1000,
     )
     changed = []
     for m, _ in updates:
@@ -291,6 +340,49 @@ def _write(
     CrossReference.objects.bulk_update(
         changed, ["external_version", "last_synced_at"], batch_size=1000
     )
+
+
+def copy_insert(model: type[models.Model], objs: list[Any]) -> None:
+    """Insert new rows with COPY on PostgreSQL, their ids drawn from the table's sequence first
+    (so the caller's objects get their pk, as bulk_create would give them). For thousands of
+    rows this is several times faster than INSERT, whose parameters psycopg quotes in Python;
+    other databases use bulk_create."""
+    if not objs:
+        return
+    if db.vendor != "postgresql":
+        model._default_manager.bulk_create(objs, batch_size=1000)
+        return
+    meta = model._meta
+    now = timezone.now()
+    for field in meta.concrete_fields:  # what pre_save would fill (auto_now, auto_now_add)
+        if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
+            for obj in objs:
+                setattr(obj, field.attname, now)
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT nextval(pg_get_serial_sequence(%s, %s)) FROM generate_series(1, %s)",
+            [meta.db_table, meta.pk.column, len(objs)],
+        )
+        for obj, (pk,) in zip(objs, cursor.fetchall(), strict=True):
+            obj.pk = pk
+        fields = meta.concrete_fields
+        columns = ", ".join(db.ops.quote_name(str(f.column)) for f in fields)
+        with cursor.cursor.copy(
+            f"COPY {db.ops.quote_name(meta.db_table)} ({columns}) FROM STDIN"
+        ) as copy:
+            for obj in objs:
+                copy.write_row([_copy_value(f, getattr(obj, f.attname)) for f in fields])
+    for obj in objs:
+        obj._state.adding = False
+        obj._state.db = db.alias
+
+
+def _copy_value(field: models.Field[Any, Any], value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        return json.dumps(value, cls=field.encoder)
+    return field.get_db_prep_save(value, db)
 
 
 def _field_names(model: type[models.Model], mapped: MappedRecord) -> list[str]:

@@ -109,7 +109,12 @@ def test_change_feed_is_signed_and_retried(
     assert event["object"] == "clients"
     assert event["record_id"] == created["id"]
     assert event["type"] == "created"
+    # The receiver has the request; the sandbox records the delivery once the response is in.
+    deadline = time.monotonic() + 5
     deliveries = client.get("/_control/webhooks").json()["deliveries"]
+    while not deliveries[0]["delivered"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+        deliveries = client.get("/_control/webhooks").json()["deliveries"]
     assert deliveries[0]["delivered"] is True
     assert deliveries[0]["attempts"] == 2
     assert deliveries[0]["id"] == headers["x-sandbox-event-id"]

@@ -94,14 +94,19 @@ def _post(url: str, body: bytes, **headers: str):
 
 
 def test_signed_xero_delivery_is_stored_once_and_acknowledged(
-    xero, django_capture_on_commit_callbacks
+    xero, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from integrations.sync import webhooks
+
+    rung: list[int] = []
+    monkeypatch.setattr(
+        webhooks, "ring_inbound", lambda connection_id, **kw: rung.append(connection_id)
+    )
     body = _xero_body()
-    with django_capture_on_commit_callbacks() as callbacks:
-        response = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    response = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert response.status_code == 200
     assert response.json() == {"accepted": 1, "duplicates": 0}
-    assert len(callbacks) == 1  # processing is rung only after the commit
+    assert rung == [xero.pk]  # a worker is asked to process it
     message = InboundMessage.objects.get()
     assert message.object_type == "Invoices"
     assert message.external_id == "inv-1"
@@ -110,6 +115,7 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
     again = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert again.json() == {"accepted": 0, "duplicates": 1}
     assert InboundMessage.objects.count() == 1
+    assert rung == [xero.pk]  # nothing new, no new ring
 
 
 @pytest.mark.parametrize(
