@@ -56,5 +56,10 @@ test: lint typecheck chromium $(STAMP)
 	DJANGO_SETTINGS_MODULE=config.settings_test $(PY) manage.py spectacular --validate --fail-on-warn --file /dev/null
 	$(PY) -m pytest
 
+# Throughput figures (one JSON line each) on real PostgreSQL and Redis, with the sandbox; see
+# tests/benchmarks/__main__.py. Takes about 5 minutes.
+bench: $(STAMP)
+	$(PY) -m tests.benchmarks
+
 clean:
 	rm -rf var staticfiles .pytest_cache .mypy_cache .ruff_cache

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Group, User
 from django.db import transaction
 
 from integrations import models as m
+from integrations.mapping.services import mapping_defaults_install
 from integrations.roles import FINANCE, INTEGRATION_ADMIN, PMO, SALES_OPS, VIEWER
 from integrations.services.connections import connection_create
 
@@ -26,10 +27,10 @@ DEMO_USERS = {
 }
 
 ENTITIES = [
-    # code, name, country, currency, tax rate code, tax %, region
-    ("US01", "Concord Consulting Inc.", "US", "USD", "US-EXEMPT", Decimal("0"), "americas"),
-    ("UK01", "Concord Consulting Ltd", "GB", "GBP", "GB-VAT20", Decimal("20"), "emea"),
-    ("DE01", "Concord Beratung GmbH", "DE", "EUR", "DE-VAT19", Decimal("19"), "emea"),
+    # code, name, country, currency, tax type (as the ERP names it), tax %, region
+    ("US01", "Concord Consulting Inc.", "US", "USD", "NONE", Decimal("0"), "americas"),
+    ("UK01", "Concord Consulting Ltd", "GB", "GBP", "OUTPUT2", Decimal("20"), "emea"),
+    ("DE01", "Concord Beratung GmbH", "DE", "EUR", "OUTPUT", Decimal("19"), "emea"),
 ]
 CUSTOMERS = [
     ("Acme GmbH", "DE01", "DE", "DE811907980"),
@@ -111,13 +112,29 @@ def _demo_connections(sandbox_url: str) -> None:
     for name, role, vendor, base_url, credentials in specs:
         if m.Connection.objects.filter(name=name).exists():
             continue
-        connection_create(
+        connection = connection_create(
             name=name,
             role=role,
             vendor=vendor,
             base_url=base_url,
             credentials={**credentials, "webhook_secret": secrets.token_urlsafe(24)},
         )
+        # Published default mappings, so polling brings the sandbox's firm in from the start.
+        mapping_defaults_install(connection=connection)
+
+
+def _demo_routes(entities: dict[str, m.LegalEntity]) -> None:
+    """As in the sandbox: the UK entity posts to the new ERP, the US and German to the legacy."""
+    new = m.Connection.objects.filter(name="ERP (Xero sandbox, new)").first()
+    legacy = m.Connection.objects.filter(name="ERP (Xero sandbox, legacy)").first()
+    if new is None or legacy is None:
+        return
+    m.RoutingRule.objects.get_or_create(
+        role="erp", legal_entity=None, defaults={"connection": legacy}
+    )
+    m.RoutingRule.objects.get_or_create(
+        role="erp", legal_entity=entities["UK01"], defaults={"connection": new}
+    )
 
 
 @transaction.atomic
@@ -143,6 +160,7 @@ def demo_data_seed(*, sandbox_url: str, weeks: int = 6, seed: int = 7) -> dict[s
             requires_customer_tax_number=country == "DE",
             source_system="erp",
         )
+    _demo_routes(entities)
     for base, quote, fx in [
         ("EUR", "USD", "1.08"),
         ("GBP", "USD", "1.27"),
