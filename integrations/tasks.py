@@ -3,6 +3,7 @@ beat rows; do not rename them."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict
 from typing import Any
 
@@ -19,6 +20,8 @@ from integrations.sync.inbound import (
 )
 from integrations.sync.outbox import outbox_sweep
 
+logger = logging.getLogger(__name__)
+
 # While a dispatch task for a connection waits in the queue, more rings for it add nothing: the
 # queued task will see every row committed before it starts. The flag is cleared when the task
 # starts; its expiry only matters if the task message is lost, and the sweeper rings regardless.
@@ -26,6 +29,28 @@ RING_FLAG_TTL_S = 30
 # Polling complements webhooks (which may be lost or not offered): every 2 minutes, each
 # connection's changes since its cursor.
 POLL_INTERVAL_S = 120
+
+
+# A message redelivered after its worker died (acks_late + reject_on_worker_lost) runs again; a
+# message that kills its worker every time must not do so forever. After this many deliveries
+# it is dropped with an error in the log: the work it stood for is in the database, and the
+# sweepers ring for it again.
+MAX_DELIVERIES = 5
+
+
+def too_many_deliveries(task: Any) -> bool:
+    """Count this delivery of the task's message; True once it exceeds MAX_DELIVERIES."""
+    key = f"celery:deliveries:{task.request.id}"
+    try:
+        if cache.add(key, 1, timeout=3600):
+            return False
+        count = cache.incr(key)
+    except ValueError:  # expired between add and incr
+        return False
+    if count > MAX_DELIVERIES:
+        logger.error("task %s %s delivered %d times: dropped", task.name, task.request.id, count)
+        return True
+    return False
 
 
 def outbox_queue(vendor: str) -> str:
@@ -51,6 +76,8 @@ def dispatch_outbox_later(connection_id: int, *, force: bool = False) -> None:
 @shared_task(name="integrations.dispatch_outbox", bind=True)
 def dispatch_outbox(self: Any, connection_id: int) -> dict[str, Any]:
     cache.delete(f"outbox:queued:{connection_id}")
+    if too_many_deliveries(self):
+        return {}
     report = outbox_dispatch(connection_id=connection_id, worker=str(self.request.hostname))
     if report.more:
         dispatch_outbox_later(connection_id, force=True)
@@ -73,9 +100,11 @@ def process_inbound(self: Any, message_id: int) -> str:
         raise self.retry(exc=exc, countdown=countdown) from exc
 
 
-@shared_task(name="integrations.process_inbound_batch")
-def process_inbound_batch(connection_id: int) -> dict[str, int]:
+@shared_task(name="integrations.process_inbound_batch", bind=True)
+def process_inbound_batch(self: Any, connection_id: int) -> dict[str, int]:
     cache.delete(f"inbound:queued:{connection_id}")
+    if too_many_deliveries(self):
+        return {}
     return inbound_process_batch(connection_id=connection_id)
 
 
@@ -106,9 +135,11 @@ def poll_all() -> int:
     return len(ids)
 
 
-@shared_task(name="integrations.poll_connection")
-def poll_connection_task(connection_id: int) -> dict[str, Any]:
+@shared_task(name="integrations.poll_connection", bind=True)
+def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
     from integrations.sync.polling import poll_connection
 
+    if too_many_deliveries(self):
+        return {}
     reports = poll_connection(connection_id=connection_id)
     return {object_type: asdict(report) for object_type, report in reports.items()}

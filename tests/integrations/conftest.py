@@ -8,10 +8,6 @@ limiter or breaker state.
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,6 +20,7 @@ from integrations.connectors import limits as limits_module
 from integrations.connectors import xero as xero_module
 from integrations.connectors.http import forget_tokens
 from integrations.models import Connection
+from tests.processes import free_port, running, sandbox_proc, wait_for_sandbox
 
 REPO = Path(__file__).resolve().parents[2]
 NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
@@ -32,40 +29,17 @@ HARVEST_TOKEN = "sandbox-harvest-token"
 SALESFORCE_SECRET = "sandbox-salesforce-secret"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
-def sandbox_url() -> Iterator[str]:
-    port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "integrations.sandbox", "--port", str(port), "--seed", "none"],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
+def sandbox_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    proc = sandbox_proc(port, tmp_path_factory.mktemp("sandbox") / "sandbox.log")
+    with running(proc):
+        url = f"http://127.0.0.1:{port}"
         try:
-            if httpx.get(f"{url}/_control/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            output = proc.stdout.read().decode() if proc.stdout else ""
-            pytest.fail(f"sandbox did not start on port {port}:\n{output}")
-        time.sleep(0.05)
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+            wait_for_sandbox(url)
+        except AssertionError:
+            pytest.fail(f"sandbox did not start on port {port}:\n{proc.output()}")
+        yield url
 
 
 class Sandbox:

@@ -119,14 +119,24 @@ def salesforce(client: httpx.Client) -> httpx.Client:
 # -- vendor contracts --------------------------------------------------------------------------
 
 
+# Where the vendor contracts live: beside the checkout (../shared/specs), or in the workplace's
+# shared folder when the repository is cloned elsewhere (a CI clone). CONCORD_SPECS_DIR wins.
+SPEC_DIRS = (REPO.parent / "shared" / "specs", Path("/work/shared/specs"))
+
+
 def specs_dir() -> Path:
-    path = Path(os.environ.get("CONCORD_SPECS_DIR", REPO.parent / "shared" / "specs"))
-    if not (path / "harvest-v2.yaml").is_file():
-        pytest.fail(
-            f"vendor specs not found in {path}: set CONCORD_SPECS_DIR to the folder holding "
-            "harvest-v2.yaml and xero-*.yaml (they are read, never copied into the repo)"
-        )
-    return path
+    candidates = (
+        [Path(os.environ["CONCORD_SPECS_DIR"])]
+        if os.environ.get("CONCORD_SPECS_DIR")
+        else SPEC_DIRS
+    )
+    for path in candidates:
+        if (path / "harvest-v2.yaml").is_file():
+            return path
+    pytest.fail(
+        f"vendor specs not found in {', '.join(map(str, candidates))}: set CONCORD_SPECS_DIR to "
+        "the folder holding harvest-v2.yaml and xero-*.yaml (read, never copied into the repo)"
+    )
 
 
 def _string_keys(node: Any) -> Any:
