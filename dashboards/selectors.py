@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet, Sum
+from django.utils import timezone
 
 from integrations.models import (
     ApprovalState,
@@ -81,8 +83,24 @@ def commercial_data_gaps() -> dict[str, QuerySet[Any]]:
 
 
 def connections_overview() -> QuerySet[Connection]:
-    return Connection.objects.annotate(xref_count=Count("cross_references")).order_by(
-        "role", "name"
+    """Connections with their circuit state and the last hour's calls by outcome (one query)."""
+    hour_ago = timezone.now() - timedelta(hours=1)
+    recent = Q(attempts__started_at__gte=hour_ago)
+    return (
+        Connection.objects.select_related("health")
+        .annotate(
+            xref_count=Count("cross_references", distinct=True),
+            calls_ok=Count(
+                "attempts", filter=recent & Q(attempts__outcome="success"), distinct=True
+            ),
+            calls_failed=Count(
+                "attempts", filter=recent & ~Q(attempts__outcome="success"), distinct=True
+            ),
+            calls_throttled=Count(
+                "attempts", filter=recent & Q(attempts__status_code=429), distinct=True
+            ),
+        )
+        .order_by("role", "name")
     )
 
 

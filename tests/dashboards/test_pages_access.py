@@ -79,3 +79,33 @@ def test_pages_show_empty_states() -> None:
     client = Client()
     client.force_login(UserFactory.create(role=PMO))
     assert b"No projects yet." in client.get("/pmo/").content
+
+
+def test_integration_admin_page_shows_circuit_state_and_recent_calls(
+    django_assert_max_num_queries,
+) -> None:
+    from django.utils import timezone
+
+    from integrations.models import ConnectionHealth, SyncAttempt
+    from tests.factories import make_connection
+
+    xero = make_connection()
+    make_connection(name="Harvest", role="psa", vendor="harvest", base_url="http://127.0.0.1:1/")
+    ConnectionHealth.objects.create(connection=xero, circuit_state="open")
+    for outcome, status in [("success", 200), ("transient", 429), ("transient", 500)]:
+        SyncAttempt.objects.create(
+            connection=xero,
+            operation="put_invoices",
+            started_at=timezone.now(),
+            latency_ms=12,
+            status_code=status,
+            outcome=outcome,
+        )
+    client = Client()
+    client.force_login(UserFactory.create(role=INTEGRATION_ADMIN))
+    with django_assert_max_num_queries(12):
+        page = client.get("/integration-admin/")
+    text = page.content.decode()
+    assert "Open" in text
+    assert "1 / 2 / 1" in text  # ok / failed / throttled in the last hour
+    assert "no calls yet" in text  # the Harvest connection has never called out
