@@ -81,7 +81,39 @@ def dispatch_outbox(self: Any, connection_id: int) -> dict[str, Any]:
     report = outbox_dispatch(connection_id=connection_id, worker=str(self.request.hostname))
     if report.more:
         dispatch_outbox_later(connection_id, force=True)
+    else:
+        _ring_when_next_due(connection_id)
     return asdict(report)
+
+
+# Rows waiting for their backoff or for the rate limit are rung for when they fall due, rather
+# than at the sweeper's next 5-second tick; a minute-long limit window then loses no capacity.
+# Beyond this horizon the sweeper rings (and no countdown nears the broker's visibility timeout).
+NEXT_DUE_HORIZON_S = 120
+
+
+def _ring_when_next_due(connection_id: int) -> None:
+    from django.db.models import Min
+    from django.utils import timezone
+
+    from integrations.models import OutboxMessage
+
+    due = OutboxMessage.objects.filter(
+        connection_id=connection_id, state=OutboxMessage.State.PENDING
+    ).aggregate(at=Min("next_attempt_at"))["at"]
+    if due is None:
+        return
+    delay = max(0.0, (due - timezone.now()).total_seconds())
+    if delay > NEXT_DUE_HORIZON_S:
+        return
+    # One scheduled ring per connection at a time.
+    if not cache.add(f"outbox:scheduled:{connection_id}", 1, timeout=int(delay) + 1):
+        return
+    vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
+    if vendor is not None:
+        dispatch_outbox.apply_async(
+            args=(connection_id,), queue=outbox_queue(vendor), countdown=delay, expires=delay + 60
+        )
 
 
 @shared_task(name="integrations.sweep_outbox")
