@@ -8,13 +8,19 @@ import socket
 import threading
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import task_postrun, task_prerun, worker_ready
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 app = Celery("concord")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Celery's Django fixup closes the database connection before and after every task unless told
+# to reuse it; opening a PostgreSQL connection costs more than many of our tasks do. Reuse it, and
+# let Django's own rules decide when to close (CONN_MAX_AGE, health checks, errors), as for web
+# requests: see close_stale_connections below.
+app.conf["CELERY_DB_REUSE_MAX"] = 1_000_000_000
 
 
 def _ensure_filesystem_broker_folders() -> None:
@@ -62,6 +68,15 @@ app.conf.beat_schedule = {
 }
 
 logger = logging.getLogger(__name__)
+
+
+@task_prerun.connect
+@task_postrun.connect
+def close_stale_connections(**kwargs: object) -> None:
+    """Drop connections that are broken or older than CONN_MAX_AGE; keep the rest."""
+    from django.db import close_old_connections
+
+    close_old_connections()
 
 
 @worker_ready.connect

@@ -92,3 +92,64 @@ def test_worker_and_beat_heartbeats_drive_health(
     report = _wait_for(lambda r: r["checks"]["worker"]["status"] == "down", timeout=20)
     assert report["status"] == "degraded"
     assert report["checks"]["beat"]["status"] == "ok"  # beat keeps ticking on its own
+
+
+def _outbox_backends() -> dict[int, object]:
+    """Backends of other processes on this test database whose last query read the outbox."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
+            "AND query LIKE %s",
+            ["%integrations_outboxmessage%"],
+        )
+        return dict(cursor.fetchall())
+
+
+def test_worker_keeps_its_database_connection_between_tasks(tmp_path: Path) -> None:
+    """Opening a PostgreSQL connection per task would cost more than many tasks themselves;
+    CONN_MAX_AGE keeps it, and Celery's Django fixup honours that between tasks."""
+    from integrations.tasks import sweep_outbox
+
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "config.settings_test",
+        "DATABASE_URL": _database_url(),
+    }
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "config",
+            "worker",
+            "--concurrency",
+            "1",
+            "--hostname",
+            "conn-worker@%h",
+            "--queues",
+            "celery",
+            "--loglevel",
+            "INFO",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        sweep_outbox.delay()
+        deadline = time.monotonic() + 60
+        while not _outbox_backends():
+            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+            time.sleep(0.2)
+        first = _outbox_backends()
+        for _ in range(5):
+            sweep_outbox.delay()
+            time.sleep(0.5)
+        time.sleep(1)
+        assert _outbox_backends() == first  # same backend pid, same start time: never reopened
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
