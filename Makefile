@@ -12,17 +12,11 @@ $(STAMP): requirements.txt requirements-dev.txt
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $(STAMP)
 
-var/secret_key var/fernet_key: $(STAMP)
-	mkdir -p var
-	test -s var/secret_key || $(PY) -c "import secrets; print(secrets.token_urlsafe(50))" > var/secret_key
-	test -s var/fernet_key || $(PY) -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())" > var/fernet_key
-
 # The embedded default: SQLite (WAL) and kombu's filesystem transport, unless DATABASE_URL and
-# REDIS_URL are set. Plain HTTP on loopback, so the HTTPS-only protections are switched off here
-# by variables; production keeps their secure defaults.
-run: $(STAMP) var/secret_key var/fernet_key
-	DJANGO_SECRET_KEY="$${DJANGO_SECRET_KEY:-$$(cat var/secret_key)}" \
-	CONCORD_FERNET_KEYS="$${CONCORD_FERNET_KEYS:-$$(cat var/fernet_key)}" \
+# REDIS_URL are set. The secret key and the credentials key are generated into var/ on first use
+# unless DJANGO_SECRET_KEY / CONCORD_FERNET_KEYS are set. Plain HTTP on loopback, so the
+# HTTPS-only protections are switched off here by variables; production keeps their defaults.
+run: $(STAMP)
 	DJANGO_SECURE_SSL_REDIRECT=0 DJANGO_SECURE_COOKIES=0 DJANGO_HSTS_SECONDS=0 \
 	$(PY) manage.py run_portal
 

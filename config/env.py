@@ -6,6 +6,7 @@ Production differs from the embedded default only by environment variables, neve
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -83,3 +84,24 @@ def database_from_url(url: str | None, sqlite_path: Path) -> dict[str, Any]:
         "PORT": str(parsed.port or ""),
         "OPTIONS": options,
     }
+
+
+def env_secret(name: str, path: Path, generate: Callable[[], str]) -> str:
+    """A secret from the environment; failing that, from `path`, created with a fresh random value
+    on first use (readable by the owner only).
+
+    The file is the embedded default's convenience, so `make run` and management commands work on
+    a fresh clone. Production sets the variable: several web and worker instances must share one
+    value, which a per-machine file cannot guarantee.
+    """
+    value = os.environ.get(name)
+    if value:
+        return value
+    if path.is_file():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = generate()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(value + "\n")
+    return value

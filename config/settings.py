@@ -7,15 +7,18 @@ DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS and CONCORD_FERNET_KEYS; nothing else ch
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import django_stubs_ext
+from cryptography.fernet import Fernet
 
 from config.env import (
     database_from_url,
     env_bool,
     env_int,
     env_list,
+    env_secret,
     env_str,
 )
 
@@ -27,10 +30,10 @@ VAR_DIR = Path(env_str("CONCORD_VAR_DIR", str(BASE_DIR / "var")))
 
 DEBUG = env_bool("DJANGO_DEBUG", False)
 
-if DEBUG:
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY", "insecure-development-key-only-for-DEBUG")
-else:
-    SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+# From the environment in production; on the embedded default a random key kept in var/.
+SECRET_KEY = env_secret(
+    "DJANGO_SECRET_KEY", VAR_DIR / "secret_key", lambda: secrets.token_urlsafe(50)
+)
 
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -156,7 +159,11 @@ if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
 
 # Keys that encrypt connection credentials at rest (Fernet, urlsafe base64 of 32 bytes). The
 # first key encrypts; all of them decrypt, so a key can be rotated by prepending a new one.
-CONCORD_FERNET_KEYS = env_list("CONCORD_FERNET_KEYS", [])
+CONCORD_FERNET_KEYS = env_list("CONCORD_FERNET_KEYS", []) or [
+    env_secret(
+        "CONCORD_FERNET_KEYS", VAR_DIR / "fernet_key", lambda: Fernet.generate_key().decode()
+    )
+]
 
 # --- REST API
 REST_FRAMEWORK = {

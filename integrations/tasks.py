@@ -12,12 +12,7 @@ from django.core.cache import cache
 
 from integrations.models import Connection
 from integrations.sync.dispatch import outbox_dispatch
-from integrations.sync.inbound import (
-    InboundRetry,
-    inbound_process,
-    inbound_process_batch,
-    inbound_sweep,
-)
+from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
 
 logger = logging.getLogger(__name__)
@@ -119,17 +114,6 @@ def _ring_when_next_due(connection_id: int) -> None:
 @shared_task(name="integrations.sweep_outbox")
 def sweep_outbox() -> dict[str, Any]:
     return outbox_sweep()
-
-
-@shared_task(name="integrations.process_inbound", bind=True, max_retries=8)
-def process_inbound(self: Any, message_id: int) -> str:
-    try:
-        return inbound_process(message_id=message_id)
-    except InboundRetry as exc:
-        # Only a transient failure to read the record is retried; the message stays RECEIVED in
-        # the database, so if the retries run out the inbound sweeper rings for it again.
-        countdown = max(exc.retry_after or 0, min(60, 2**self.request.retries))
-        raise self.retry(exc=exc, countdown=countdown) from exc
 
 
 @shared_task(name="integrations.process_inbound_batch", bind=True)

@@ -25,7 +25,8 @@ State = InboundMessage.State
 
 
 class InboundRetry(Exception):
-    """The record could not be read for a transient reason: the task retries later."""
+    """The record could not be read for a transient reason: it stays RECEIVED and the inbound
+    sweeper rings for it again."""
 
     def __init__(self, message: str, retry_after: float | None) -> None:
         super().__init__(message)

@@ -12,8 +12,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
-from datetime import date, timedelta
-from decimal import Decimal
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,26 +21,16 @@ from django.db import connection as db
 
 from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
-    ApprovalState,
-    Connection,
-    Contract,
-    Customer,
     InboundMessage,
-    LegalEntity,
     OutboxMessage,
-    Project,
-    RateCard,
-    Resource,
-    RoutingRule,
     SyncAttempt,
-    TaxRate,
     TimeEntry,
 )
 from integrations.services.connections import connection_create
 from integrations.sync.dispatch import outbox_dispatch
+from tests.firms import NEW_TENANT, approved_time_firm
 from tests.processes import Proc, free_port, sandbox_proc, wait_for_sandbox, wait_until
 
-NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
 Figure = dict[str, Any]
 
 
@@ -113,92 +102,6 @@ def _reset_concord() -> None:
         )
 
 
-def _xero_connection(sandbox: Sandbox, **fields: Any) -> Connection:
-    return connection_create(
-        name=f"Xero bench {time.monotonic_ns()}",
-        role="erp",
-        vendor="xero",
-        base_url=f"{sandbox.url}/xero/api.xro/2.0",
-        credentials={
-            "client_id": "concord-xero",
-            "client_secret": "sandbox-xero-secret",
-            "token_url": f"{sandbox.url}/xero/connect/token",
-            "tenant_id": NEW_TENANT,
-        },
-        **fields,
-    )
-
-
-def _firm(sandbox: Sandbox, *, projects: int, entries_per_project: int, **xero: Any) -> Connection:
-    """A UK firm billing GBP to the new Xero tenant, with approved time, created in bulk."""
-    entity = LegalEntity.objects.create(
-        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
-    )
-    vat = TaxRate.objects.create(code="OUTPUT2", name="VAT 20%", country="GB", rate_percent=20)
-    connection = _xero_connection(sandbox, **xero)
-    RoutingRule.objects.create(role="erp", connection=connection)
-    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
-    worker = Resource.objects.create(
-        name="Ada Byron",
-        email="ada@example.invalid",
-        role="Consultant",
-        cost_rate=Decimal("60"),
-        cost_currency="GBP",
-    )
-    customers = Customer.objects.bulk_create(
-        Customer(
-            name=f"Client {i:05d} Ltd",
-            legal_entity=entity,
-            country="GB",
-            tax_number=f"GB{i:09d}",
-            currency="GBP",
-        )
-        for i in range(projects)
-    )
-    contracts = Contract.objects.bulk_create(
-        Contract(
-            number=f"C-{i:05d}",
-            customer=c,
-            legal_entity=entity,
-            billing_model="tm",
-            currency="GBP",
-            tax_rate=vat,
-            status="active",
-        )
-        for i, c in enumerate(customers)
-    )
-    rows = Project.objects.bulk_create(
-        Project(
-            code=f"P-{i:05d}",
-            name=f"Project {i}",
-            customer=c.customer,
-            contract=c,
-            legal_entity=entity,
-            region="emea",
-            currency="GBP",
-            status="active",
-        )
-        for i, c in enumerate(contracts)
-    )
-    start = date(2026, 1, 1)
-    TimeEntry.objects.bulk_create(
-        (
-            TimeEntry(
-                resource=worker,
-                project=p,
-                date=start + timedelta(days=d % 300),
-                hours=Decimal("7.50"),
-                approval_state=ApprovalState.APPROVED,
-                task=f"Task {d}",
-            )
-            for p in rows
-            for d in range(entries_per_project)
-        ),
-        batch_size=5000,
-    )
-    return connection
-
-
 # --- push_100k_time_entries_s ---------------------------------------------------------------
 
 
@@ -212,8 +115,8 @@ def push(sandbox: Sandbox, *, entries: int, **_: Any) -> Iterator[Figure]:
     sandbox.control("reset")
     sandbox.control("limits", {"system": "*", "enabled": False})
     per_project = 200
-    connection = _firm(
-        sandbox,
+    connection = approved_time_firm(
+        sandbox.url,
         projects=max(1, entries // per_project),
         entries_per_project=per_project,
         rate_limit_per_minute=1_000_000,
@@ -523,8 +426,8 @@ def rate(sandbox: Sandbox, **_: Any) -> Iterator[Figure]:
     _reset_concord()
     sandbox.control("reset")
     sandbox.control("limits", {"system": "xero", "defaults": True})
-    connection = _firm(
-        sandbox,
+    connection = approved_time_firm(
+        sandbox.url,
         projects=8000,
         entries_per_project=1,
         rate_limit_per_minute=60,

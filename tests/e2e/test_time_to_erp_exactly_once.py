@@ -12,27 +12,16 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import date, timedelta
-from decimal import Decimal
 from pathlib import Path
 
 import httpx
 import pytest
 
 from integrations.models import (
-    ApprovalState,
-    Contract,
-    Customer,
-    LegalEntity,
     OutboxMessage,
-    Project,
-    RateCard,
-    Resource,
-    RoutingRule,
-    TaxRate,
     TimeEntry,
 )
-from integrations.services.connections import connection_create
+from tests.firms import NEW_TENANT, approved_time_firm
 from tests.processes import (
     Proc,
     beat_proc,
@@ -49,7 +38,6 @@ from tests.processes import (
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
 FAULTS = {
     "system": "xero",
     "error_rate": 0.2,
@@ -73,76 +61,14 @@ def sandbox(tmp_path: Path) -> Iterator[str]:
 
 def _firm(sandbox_url: str, *, projects: int, entries_per_project: int) -> list[int]:
     """A UK entity billing GBP through the sandbox's new Xero tenant, with approved time."""
-    entity = LegalEntity.objects.create(
-        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
-    )
-    vat = TaxRate.objects.create(
-        code="OUTPUT2", name="20% (VAT on Income)", country="GB", rate_percent=Decimal("20")
-    )
-    xero = connection_create(
-        name="Xero (new)",
-        role="erp",
-        vendor="xero",
-        base_url=f"{sandbox_url}/xero/api.xro/2.0",
-        credentials={
-            "client_id": "concord-xero",
-            "client_secret": "sandbox-xero-secret",
-            "token_url": f"{sandbox_url}/xero/connect/token",
-            "tenant_id": NEW_TENANT,
-        },
-        # The sandbox runs unthrottled here; Concord's own limiter must not be the bottleneck.
+    # The sandbox runs unthrottled here; Concord's own limiter must not be the bottleneck.
+    approved_time_firm(
+        sandbox_url,
+        projects=projects,
+        entries_per_project=entries_per_project,
         rate_limit_per_minute=6000,
     )
-    RoutingRule.objects.create(role="erp", legal_entity=None, connection=xero)
-    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
-    worker = Resource.objects.create(
-        name="Ada Byron",
-        email="ada@example.invalid",
-        role="Consultant",
-        cost_rate=Decimal("60"),
-        cost_currency="GBP",
-    )
-    entries: list[TimeEntry] = []
-    start = date(2026, 10, 1)
-    for i in range(projects):
-        customer = Customer.objects.create(
-            name=f"Client {i:04d} Ltd",
-            legal_entity=entity,
-            country="GB",
-            tax_number=f"GB{i:09d}",
-            currency="GBP",
-        )
-        contract = Contract.objects.create(
-            number=f"C-{i:04d}",
-            customer=customer,
-            legal_entity=entity,
-            billing_model="tm",
-            currency="GBP",
-            tax_rate=vat,
-            status="active",
-        )
-        project = Project.objects.create(
-            code=f"P-{i:04d}",
-            name=f"Project {i}",
-            customer=customer,
-            contract=contract,
-            legal_entity=entity,
-            region="emea",
-            currency="GBP",
-            status="active",
-        )
-        entries.extend(
-            TimeEntry(
-                resource=worker,
-                project=project,
-                date=start + timedelta(days=d),
-                hours=Decimal("7.50"),
-                approval_state=ApprovalState.APPROVED,
-            )
-            for d in range(entries_per_project)
-        )
-    TimeEntry.objects.bulk_create(entries, batch_size=2000)
-    return [e.pk for e in entries]
+    return list(TimeEntry.objects.order_by("pk").values_list("pk", flat=True))
 
 
 def _control(url: str, path: str, body: dict | None = None) -> dict:
