@@ -15,6 +15,8 @@ class IntegrationsConfig(AppConfig):
     verbose_name = "Integrations"
 
     def ready(self) -> None:
+        from integrations import lookups  # noqa: F401 - registers field__any
+
         # Groups and their permissions follow integrations/roles.py after every migrate.
         # post_migrate fires once per app, after that app's permissions exist; the sync is
         # idempotent and cheap, so running it each time is simpler than guessing the last app.

@@ -26,6 +26,8 @@ Reads: ``time_entries``, ``expenses``, ``projects``, ``clients``, ``users`` (and
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -42,7 +44,14 @@ from integrations.connectors.errors import (
     ConnectorError,
     PermanentError,
 )
-from integrations.connectors.http import USER_AGENT, StaticAuth, VendorHTTP, default_error
+from integrations.connectors.http import (
+    USER_AGENT,
+    CallResult,
+    PendingRead,
+    StaticAuth,
+    VendorHTTP,
+    default_error,
+)
 
 # Harvest's maximum per_page: reads are page-count bound (100 requests per 15 s).
 PAGE_SIZE = 2000
@@ -227,23 +236,52 @@ class HarvestConnector(BaseConnector):
 
     # -- reads -------------------------------------------------------------------------------
 
+    def read_changed(self, object_type: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
+        """Page by page, with the next page already on its way while the caller stores this
+        one (Harvest's page numbers say what comes next as soon as a page arrives)."""
+        pending: PendingRead | None = self._start_page(object_type, since, 1)
+        try:
+            while pending is not None:
+                page = self._page_from(object_type, since, pending.result())
+                pending = None
+                if page.next_cursor:
+                    pending = self._start_page(object_type, since, int(page.next_cursor))
+                if page.records:
+                    yield page.records
+        finally:
+            if pending is not None:  # the caller stopped early: finish (and record) the call
+                with contextlib.suppress(ConnectorError):
+                    pending.result()
+
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
-        if object_type not in READS:
-            raise self.unknown("object", object_type)
-        params: dict[str, Any] = {"page": int(cursor or 1), "per_page": self.page_size}
-        floor_us = 0
-        if since:
-            stamp = parse_timestamp(since)
-            floor_us = micros_of(since) // 1_000_000 * 1_000_000  # Harvest has whole seconds
-            params["updated_since"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        params = self._page_params(object_type, since, int(cursor or 1))
         result = self.http.call(
             "GET", f"/{object_type}", operation=f"read:{object_type}", params=params
         )
+        return self._page_from(object_type, since, result)
+
+    def _start_page(self, object_type: str, since: str | None, page: int) -> PendingRead:
+        params = self._page_params(object_type, since, page)
+        return self.http.start(f"/{object_type}", operation=f"read:{object_type}", params=params)
+
+    def _page_params(self, object_type: str, since: str | None, page: int) -> dict[str, Any]:
+        if object_type not in READS:
+            raise self.unknown("object", object_type)
+        params: dict[str, Any] = {"page": page, "per_page": self.page_size}
+        if since:
+            stamp = parse_timestamp(since)
+            params["updated_since"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return params
+
+    def _page_from(self, object_type: str, since: str | None, result: CallResult) -> Page:
+        # Harvest compares whole seconds; records before the exact ``since`` are dropped here.
+        floor_us = micros_of(since) // 1_000_000 * 1_000_000 if since else 0
         body = result.json() or {}
         records = [r for r in body.get(object_type) or [] if isinstance(r, dict)]
         # Newest first within the page, as Harvest lists; reversed to oldest first.
         records.reverse()
-        records = [r for r in records if self.version_of(object_type, r)[1] >= floor_us]
+        if floor_us:
+            records = [r for r in records if self.version_of(object_type, r)[1] >= floor_us]
         next_page = body.get("next_page")
         return Page(records, str(next_page) if next_page else None)
 

@@ -262,7 +262,10 @@ class RateCard(CanonicalRecord):
 
 class TimeEntry(CanonicalRecord):
     resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="time_entries")
-    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="time_entries")
+    # Indexed by (project, date) below, which serves project lookups too.
+    project = models.ForeignKey(
+        Project, on_delete=models.PROTECT, related_name="time_entries", db_index=False
+    )
     task = models.CharField(max_length=120, blank=True)
     date = models.DateField()
     hours = models.DecimalField(max_digits=5, decimal_places=2)

@@ -28,7 +28,10 @@ class InboundMessage(models.Model):
         CONFLICT = "conflict", "Not applied: ownership conflict"
         FAILED = "failed", "Failed"
 
-    connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="inbound")
+    # Indexed by (connection, object type, external id) below, which serves these lookups too.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.PROTECT, related_name="inbound", db_index=False
+    )
     source = models.CharField(max_length=16, choices=Source.choices)
     object_type = models.CharField(max_length=64, help_text="The vendor's object, e.g. Invoice.")
     external_id = models.CharField(max_length=255, blank=True)
@@ -40,8 +43,14 @@ class InboundMessage(models.Model):
     error = models.TextField(blank=True)
     received_at = models.DateTimeField(auto_now_add=True)
     processed_at = models.DateTimeField(null=True, blank=True)
+    # Indexed below only where set: nearly every row is an original.
     replay_of = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="replays"
+        "self",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="replays",
+        db_index=False,
     )
 
     class Meta:
@@ -54,8 +63,19 @@ class InboundMessage(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["state", "received_at"]),
+            # The work queue and what needs a person, not the applied rows: a poll inserts thousands
+            # of rows already applied, which this index never needs to hold.
+            models.Index(
+                fields=["state", "received_at"],
+                condition=Q(state__in=["received", "failed", "conflict"]),
+                name="inbound_open_by_state",
+            ),
             models.Index(fields=["connection", "object_type", "external_id"]),
+            models.Index(
+                fields=["replay_of"],
+                condition=Q(replay_of__isnull=False),
+                name="inbound_replays",
+            ),
         ]
 
     def __str__(self) -> str:

@@ -417,6 +417,9 @@ class Harvest(Vendor):
         super().__init__(sandbox)
         sandbox.reset_hooks.append(self.ensure_admin)
         self.ensure_admin()
+        # While one list page renders (synchronous code, no await), the nested references it
+        # repeats (the same project, user, assignment on every entry) render once.
+        self._memo: dict[tuple[Any, ...], Any] | None = None
 
     # -- gate hooks --------------------------------------------------------------------------
 
@@ -651,9 +654,14 @@ class Harvest(Vendor):
             query.update(page=str(n), per_page=str(per_page))
             return f"{request.base_url}{request.url.path.lstrip('/')}?{urlencode(query)}"
 
+        self._memo = {}
+        try:
+            items = [self.render(kind, row) for row in chunk]
+        finally:
+            self._memo = None
         return JSON(
             {
-                kind: [self.render(kind, row) for row in chunk],
+                kind: items,
                 "per_page": per_page,
                 "total_pages": total_pages,
                 "total_entries": total,
@@ -998,6 +1006,24 @@ class Harvest(Vendor):
     # -- rendering ---------------------------------------------------------------------------
 
     def _ref(self, kind: str, key: Any, *fields: str) -> dict[str, Any] | None:
+        memo = self._memo
+        if memo is None:
+            return self._ref_now(kind, key, fields)
+        name = ("ref", kind, key, fields)
+        if name not in memo:
+            memo[name] = self._ref_now(kind, key, fields)
+        return memo[name]
+
+    def _nested(self, kind: str, row: Row) -> dict[str, Any]:
+        memo = self._memo
+        if memo is None:
+            return self.render(kind, row)
+        name = ("render", kind, row.key)
+        if name not in memo:
+            memo[name] = self.render(kind, row)
+        return memo[name]
+
+    def _ref_now(self, kind: str, key: Any, fields: tuple[str, ...]) -> dict[str, Any] | None:
         row = self.store.get(SYSTEM, kind, key)
         if row is None:
             return None
@@ -1072,11 +1098,11 @@ class Harvest(Vendor):
         return {
             "spent_date": d["spent_date"],
             "user": self._ref("users", d.get("user_id")),
-            "user_assignment": self.render("user_assignments", ua) if ua else None,
+            "user_assignment": self._nested("user_assignments", ua) if ua else None,
             "client": self._client_of(d["project_id"]),
             "project": self._ref("projects", d["project_id"], "name"),
             "task": self._ref("tasks", d["task_id"], "name"),
-            "task_assignment": self.render("task_assignments", ta) if ta else None,
+            "task_assignment": self._nested("task_assignments", ta) if ta else None,
             "external_reference": d.get("external_reference"),
             "invoice": d.get("invoice"),
             "hours": hours,
@@ -1118,7 +1144,7 @@ class Harvest(Vendor):
                 "unit_name": category.data.get("unit_name"),
             },
             "user": self._ref("users", d.get("user_id")),
-            "user_assignment": self.render("user_assignments", ua) if ua else None,
+            "user_assignment": self._nested("user_assignments", ua) if ua else None,
             "receipt": d.get("receipt"),
             "invoice": d.get("invoice"),
             "notes": d.get("notes"),

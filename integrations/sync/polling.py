@@ -8,11 +8,12 @@ moves only in the transaction that stored the records it covers: a crash re-read
 
 from __future__ import annotations
 
-import json
+import contextlib
+import gc
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
@@ -26,7 +27,9 @@ from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonica
 from integrations.mapping.ownership import OwnershipRules, load_ownership_rules, split_by_owner
 from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, CrossReference, InboundMessage, PollCursor
-from integrations.sync.bulk import copy_insert
+from integrations.models.base import FieldSource, with_sources
+from integrations.sync.bulk import copy_insert_values
+from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.upsert import canonical_upsert
 
 logger = logging.getLogger(__name__)
@@ -43,8 +46,11 @@ class PollReport:
     pages: int = 0
 
 
-def poll_object(*, connection_id: int, object_type: str) -> PollReport:
-    """Read every change of one object since the cursor and apply it."""
+def poll_object(
+    *, connection_id: int, object_type: str, page_size: int | None = None
+) -> PollReport:
+    """Read every change of one object since the cursor and apply it. ``page_size``: the
+    vendor's page size for this read (tests), else the connector's (the vendor's maximum)."""
     report = PollReport()
     connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
     if connection is None:
@@ -56,12 +62,30 @@ def poll_object(*, connection_id: int, object_type: str) -> PollReport:
     cursor, _ = PollCursor.objects.get_or_create(connection=connection, object_type=object_type)
     PollCursor.objects.filter(pk=cursor.pk).update(last_polled_at=timezone.now())
     rules = load_ownership_rules()
-    connector = connector_for(connection)
+    connector = connector_for(connection, **({"page_size": page_size} if page_size else {}))
+    writer = PageWriter()
     try:
-        _poll(connector, connection, mapping, cursor, rules, report)
+        with _cyclic_gc_paused():
+            _poll(connector, connection, mapping, cursor, rules, report, writer)
     finally:
+        writer.close()
         connector.close()
     return report
+
+
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pages of parsed JSON are hundreds of thousands of objects, none of them in a reference
+    cycle; each allocation burst would start the cyclic collector, which then walks them all
+    (a quarter of a poll's CPU time). Reference counting still frees everything; the collector
+    runs again as soon as the poll is over."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _poll(
@@ -71,165 +95,198 @@ def _poll(
     cursor: PollCursor,
     rules: OwnershipRules,
     report: PollReport,
+    writer: PageWriter,
 ) -> None:
     since = micros_to_iso(int(cursor.position)) if cursor.position else None
     seen_at_position = set(cursor.ids_at_position)
     position = int(cursor.position or 0)
+    stamp = int(cursor.position) if cursor.position else -1  # the stamp `seen_at_position` is at
     # Vendors that list newest first (Harvest) cannot move the cursor until the read is done.
     per_page = connector.ordered_reads
     pending: list[tuple[str, int]] = []
+    outcomes: list[dict[str, Any]] = []
     for records in connector.read_changed(cursor.object_type, since):
         report.pages += 1
         fresh = []
         for record in records:
             external_id, version = connector.version_of(cursor.object_type, record)
-            if version == int(cursor.position or -1) and external_id in seen_at_position:
+            if version == stamp and external_id in seen_at_position:
                 continue  # read at the cursor's stamp last time
             fresh.append((external_id, version, record))
         report.read += len(fresh)
-        with transaction.atomic():
-            _apply_page(connection, mapping, cursor.object_type, fresh, rules, report)
-            pending.extend((external_id, version) for external_id, version, _ in fresh)
-            if per_page:
-                position, seen_at_position = _advance(cursor, pending, position, seen_at_position)
-                pending = []
+        pending.extend((external_id, version) for external_id, version, _ in fresh)
+        advance = None
+        if per_page:
+            position, seen_at_position = _next_position(pending, position, seen_at_position)
+            stamp, advance, pending = position, (position, sorted(seen_at_position)), []
+        outcomes.append(_submit_page(writer, connection, mapping, cursor, fresh, rules, advance))
     if pending:
-        with transaction.atomic():
-            _advance(cursor, pending, position, seen_at_position)
+        position, seen_at_position = _next_position(pending, position, seen_at_position)
+        final = (position, sorted(seen_at_position))
+        # A final step: it runs once every page before it has committed.
+        writer.submit(PageJob(steps=[], final=lambda: _save_cursor(cursor, *final)))
+    writer.drain()
+    for outcome in outcomes:
+        report.applied += outcome["applied"]
+        report.stale += outcome["stale"]
+        report.conflicts += outcome["conflicts"]
+        report.failed += len(outcome["failed"])
     PollCursor.objects.filter(pk=cursor.pk).update(last_success_at=timezone.now())
 
 
-def _advance(
-    cursor: PollCursor, read: list[tuple[str, int]], position: int, seen: set[str]
+def _next_position(
+    read: list[tuple[str, int]], position: int, seen: set[str]
 ) -> tuple[int, set[str]]:
+    """The cursor after these (id, version) reads: the newest stamp and the ids read at it."""
     newest = max((version for _, version in read), default=position)
     if newest > position:
         position, seen = newest, set()
-    seen |= {external_id for external_id, version in read if version == position}
-    PollCursor.objects.filter(pk=cursor.pk).update(
-        position=str(position), ids_at_position=sorted(seen)
-    )
-    cursor.position, cursor.ids_at_position = str(position), sorted(seen)
-    return position, seen
+    return position, seen | {external_id for external_id, version in read if version == position}
 
 
-def _apply_page(
+def _save_cursor(cursor: PollCursor, position: int, seen: list[str]) -> None:
+    PollCursor.objects.filter(pk=cursor.pk).update(position=str(position), ids_at_position=seen)
+    cursor.position, cursor.ids_at_position = str(position), seen
+
+
+def _submit_page(
+    writer: PageWriter,
     connection: Connection,
     mapping: CompiledMapping,
-    object_type: str,
+    cursor: PollCursor,
     fresh: Sequence[tuple[str, int, dict[str, Any]]],
     rules: OwnershipRules,
-    report: PollReport,
-) -> None:
-    """Keep the raw records, then map and upsert them, in bulk where nothing is unusual."""
-    messages = [
-        InboundMessage(
-            connection=connection,
-            source=InboundMessage.Source.POLL,
-            object_type=object_type,
-            external_id=external_id,
-            dedupe_key=f"poll:{object_type}:{external_id}:{version}"[:128],
-            source_version=version,
-            payload=record,
-            state=State.APPLIED,
-            processed_at=timezone.now(),
-        )
+    advance: tuple[int, list[str]] | None,
+) -> dict[str, Any]:
+    """Map a page, prepare its writes from what is committed, and hand them to the writer.
+    Returns the page's outcome counts, complete once the writer has committed the page."""
+    object_type = cursor.object_type
+    mapped = [map_inbound(mapping, record) for _, _, record in fresh]
+    ids = frozenset(external_id for external_id, _, _ in fresh)
+    writer.wait_for(ids)  # the plan reads these records' cross-references: see them committed
+    plan = plan_upsert(connection=connection, mapped=mapped, rules=rules)
+    now = timezone.now()
+    raw = [
+        {
+            "connection_id": connection.pk,
+            "source": InboundMessage.Source.POLL,
+            "object_type": object_type,
+            "external_id": external_id,
+            "dedupe_key": f"poll:{object_type}:{external_id}:{version}"[:128],
+            "source_version": version,
+            "payload": record,
+            # A record whose mapping failed is kept as failed, with the reason, for replay.
+            "state": State.FAILED if external_id in plan.outcome["failed"] else State.APPLIED,
+            "error": plan.outcome["failed"].get(external_id, "")[:4000],
+            "received_at": now,
+            "processed_at": now,
+        }
         for external_id, version, record in fresh
     ]
-    _keep_raw(messages)
-    mapped = [map_inbound(mapping, record) for _, _, record in fresh]
-    outcome = bulk_upsert(connection=connection, mapped=mapped, rules=rules)
-    report.applied += outcome["applied"]
-    report.stale += outcome["stale"]
-    report.conflicts += outcome["conflicts"]
-    report.failed += len(outcome["failed"])
-    for external_id, error in outcome["failed"].items():
-        InboundMessage.objects.filter(
-            connection=connection,
-            object_type=object_type,
-            external_id=external_id,
-            state=State.APPLIED,
-            replay_of__isnull=True,
-        ).filter(dedupe_key__startswith=f"poll:{object_type}:{external_id}:").update(
-            state=State.FAILED, error=error[:4000]
+    mapping_failures = set(plan.outcome["failed"])
+
+    def finish() -> None:
+        # After both steps committed: the records that failed on the one-by-one path are
+        # relabelled on their (now committed) raw rows, and the cursor moves.
+        later = {k: v for k, v in plan.outcome["failed"].items() if k not in mapping_failures}
+        for external_id, error in later.items():
+            InboundMessage.objects.filter(
+                connection=connection,
+                object_type=object_type,
+                external_id=external_id,
+                state=State.APPLIED,
+                replay_of__isnull=True,
+            ).filter(dedupe_key__startswith=f"poll:{object_type}:{external_id}:").update(
+                state=State.FAILED, error=error[:4000]
+            )
+        if advance is not None:
+            _save_cursor(cursor, *advance)
+
+    writer.submit(
+        PageJob(
+            steps=[lambda: _keep_raw(raw), lambda: write_upsert(plan)],
+            final=finish,
+            external_ids=ids,
         )
+    )
+    return plan.outcome
 
 
-def _keep_raw(messages: list[InboundMessage]) -> None:
-    """Store the raw polled records. On PostgreSQL with COPY (the payloads are most of the bytes:
-    COPY streams them without per-value quoting in Python, several times faster than INSERT);
-    a record read twice (a poll repeated after a crash) makes COPY fail on the unique key, and
-    the page then goes through INSERT ... ON CONFLICT DO NOTHING."""
-    if db.vendor == "postgresql" and messages:
-        columns = [
-            "connection_id",
-            "source",
-            "object_type",
-            "external_id",
-            "dedupe_key",
-            "source_version",
-            "payload",
-            "state",
-            "error",
-            "received_at",
-            "processed_at",
-        ]
-        now = timezone.now()
+def _keep_raw(rows: list[dict[str, Any]]) -> None:
+    """Store the raw polled records. With COPY on PostgreSQL: the payloads are most of the
+    bytes, and COPY streams them without per-value quoting in Python. A record read twice (a
+    poll repeated after a crash) makes COPY fail on the unique key; the page then goes through
+    INSERT ... ON CONFLICT DO NOTHING."""
+    if db.vendor == "postgresql":
         try:
-            with transaction.atomic(), db.cursor() as cursor:
-                copy_sql = f"COPY integrations_inboundmessage ({', '.join(columns)}) FROM STDIN"
-                with cursor.cursor.copy(copy_sql) as copy:
-                    for m in messages:
-                        copy.write_row(
-                            (
-                                m.connection_id,
-                                m.source,
-                                m.object_type,
-                                m.external_id,
-                                m.dedupe_key,
-                                m.source_version,
-                                json.dumps(m.payload),
-                                m.state,
-                                "",
-                                now,
-                                now,
-                            )
-                        )
+            with transaction.atomic():
+                copy_insert_values(InboundMessage, rows)
             return
         except IntegrityError:
             pass
-    InboundMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+    InboundMessage.objects.bulk_create(
+        [InboundMessage(**row) for row in rows], batch_size=1000, ignore_conflicts=True
+    )
+
+
+@dataclass
+class UpsertPlan:
+    """One page's upserts, decided from what was committed when it was planned."""
+
+    connection: Connection
+    rules: OwnershipRules
+    model: type[models.Model] | None = None
+    content_type: ContentType | None = None
+    creates: list[tuple[MappedRecord, dict[str, Any]]] = field(default_factory=list)
+    updates: list[tuple[MappedRecord, Any]] = field(default_factory=list)
+    xrefs: dict[str, CrossReference] = field(default_factory=dict)
+    one_by_one: list[MappedRecord] = field(default_factory=list)
+    outcome: dict[str, Any] = field(
+        default_factory=lambda: {"applied": 0, "stale": 0, "conflicts": 0, "failed": {}}
+    )
 
 
 def bulk_upsert(
     *, connection: Connection, mapped: Sequence[MappedRecord], rules: OwnershipRules
 ) -> dict[str, Any]:
-    """Upsert many mapped records of one type. The common case (new records, or newer versions
-    of records whose fields this system owns) is a handful of queries for the whole page; a
-    record with a conflict, a mapping error or a database refusal takes the one-by-one path,
-    which explains itself."""
-    counts: dict[str, Any] = {"applied": 0, "stale": 0, "conflicts": 0, "failed": {}}
+    """Upsert many mapped records of one type; returns the counts (applied, stale, conflicts)
+    and the failures by external id."""
+    plan = plan_upsert(connection=connection, mapped=mapped, rules=rules)
+    with transaction.atomic():
+        write_upsert(plan)
+    return plan.outcome
+
+
+def plan_upsert(
+    *, connection: Connection, mapped: Sequence[MappedRecord], rules: OwnershipRules
+) -> UpsertPlan:
+    """Decide, with a handful of reads for the whole page, what each record needs. The common
+    case (new records, or newer versions of records whose fields this system owns) is written
+    in bulk; a record with a conflict or an unknown reference takes the one-by-one path, which
+    explains itself."""
+    plan = UpsertPlan(connection=connection, rules=rules)
+    counts = plan.outcome
     good = [m for m in mapped if m.ok]
     for m in mapped:
         if not m.ok:
             counts["failed"][m.external_id] = "; ".join(str(e) for e in m.errors)
     if not good:
-        return counts
+        return plan
     model_name = good[0].canonical_model
     if model_name in VIRTUAL_MODELS:
-        return counts
-    model = canonical_models()[model_name]
-    content_type = ContentType.objects.get_for_model(model)
+        return plan
+    model = plan.model = canonical_models()[model_name]
+    content_type = plan.content_type = ContentType.objects.get_for_model(model)
 
     # Newest version per record within the page.
     latest: dict[str, MappedRecord] = {}
     for m in good:
         if m.external_id not in latest or m.source_version > latest[m.external_id].source_version:
             latest[m.external_id] = m
-    xrefs = {
+    xrefs = plan.xrefs = {
         x.external_id: x
         for x in CrossReference.objects.filter(
-            connection=connection, content_type=content_type, external_id__in=list(latest)
+            connection=connection, content_type=content_type, external_id__any=list(latest)
         )
     }
     fresh = []
@@ -242,54 +299,65 @@ def bulk_upsert(
     counts["stale"] += len(good) - len(latest)
 
     relations = _relations(connection, model, fresh)
-    existing = model._default_manager.in_bulk(
-        [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
-    )
-    creates: list[tuple[MappedRecord, Any]] = []
-    updates: list[tuple[MappedRecord, Any]] = []
-    one_by_one: list[MappedRecord] = []
+    known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
+    existing = {r.pk: r for r in model._default_manager.filter(pk__any=known)} if known else {}
     stamp_role = connection.role
+    plans: dict[tuple[str, ...], list[tuple[str, str, dict[str, int] | None]]] = {}
     for m in fresh:
-        fields = _resolved(m, relations)
+        fields = _resolved(m, relations, plans)
         if fields is None:
-            one_by_one.append(m)  # an unknown reference: the slow path says which
+            plan.one_by_one.append(m)  # an unknown reference: the slow path says which
             continue
         xref = xrefs.get(m.external_id)
         record: Any = existing.get(xref.object_id) if xref is not None else None
-        current = {name: getattr(record, name) for name in fields} if record is not None else None
+        source = FieldSource(stamp_role, connection.pk, m.source_version)
+        if record is None:
+            # A new record: split_by_owner applies every field when nothing exists yet (the
+            # owner's next update replaces what a non-owner filled in), so no split is needed.
+            plan.creates.append(
+                (
+                    m,
+                    {
+                        **fields,
+                        "source_system": stamp_role,
+                        "source_version": m.source_version,
+                        "field_sources": {source.stamp: sorted(fields)},
+                    },
+                )
+            )
+            continue
+        current = {name: getattr(record, name) for name in fields}
         decision = split_by_owner(
             rules, object_type=model_name, source_role=stamp_role, fields=fields, current=current
         )
         if decision.conflicts:
-            one_by_one.append(m)
+            plan.one_by_one.append(m)
             continue
-        stamp = {"system": stamp_role, "connection": connection.pk, "version": m.source_version}
-        if record is None:
-            record = model(**decision.applied)
-            record.field_sources = dict.fromkeys(decision.applied, stamp)
-            creates.append((m, record))
-        else:
-            for name, value in decision.applied.items():
-                setattr(record, name, value)
-            record.field_sources = {
-                **(record.field_sources or {}),
-                **dict.fromkeys(decision.applied, stamp),
-            }
-            updates.append((m, record))
+        for name, value in decision.applied.items():
+            setattr(record, name, value)
+        record.field_sources = with_sources(record.field_sources, decision.applied, source)
         record.source_system = stamp_role
         record.source_version = m.source_version
+        plan.updates.append((m, record))
+    return plan
 
-    try:
-        with transaction.atomic():
-            _write(connection, content_type, model, creates, updates, xrefs)
-        counts["applied"] += len(creates) + len(updates)
-    except IntegrityError:
-        # One bad row spoils a bulk statement: redo this page one record at a time, so the good
-        # ones land and each bad one fails with its own reason.
-        one_by_one.extend(m for m, _ in creates + updates)
 
+def write_upsert(plan: UpsertPlan) -> None:
+    """Carry a plan out (inside the caller's transaction): the bulk writes in a savepoint, and
+    when one bad row spoils them, those records one at a time, so the good ones land and each
+    bad one fails with its own reason; then the one-by-one records."""
+    counts = plan.outcome
+    one_by_one = list(plan.one_by_one)
+    if plan.model is not None and (plan.creates or plan.updates):
+        try:
+            with transaction.atomic():
+                _write(plan)
+            counts["applied"] += len(plan.creates) + len(plan.updates)
+        except IntegrityError:
+            one_by_one.extend(m for m, _ in plan.creates)
+            one_by_one.extend(m for m, _ in plan.updates)
     for m in one_by_one:
-        result = canonical_upsert(connection=connection, mapped=m, rules=rules)
+        result = canonical_upsert(connection=plan.connection, mapped=m, rules=plan.rules)
         if result.state == "applied":
             counts["applied"] += 1
             counts["conflicts"] += bool(result.conflicts)
@@ -297,44 +365,38 @@ def bulk_upsert(
             counts["stale"] += 1
         elif result.state == "failed":
             counts["failed"][m.external_id] = result.error
-    return counts
 
 
-def _write(
-    connection: Connection,
-    content_type: ContentType,
-    model: type[models.Model],
-    creates: list[tuple[MappedRecord, Any]],
-    updates: list[tuple[MappedRecord, Any]],
-    xrefs: dict[str, CrossReference],
-) -> None:
+def _write(plan: UpsertPlan) -> None:
+    model, content_type, connection = plan.model, plan.content_type, plan.connection
+    assert model is not None  # noqa: S101 - a plan with writes has both
+    assert content_type is not None  # noqa: S101
     now = timezone.now()
-    copy_insert(model, [r for _, r in creates])
-    if updates:
-        names = sorted({f for m, _ in updates for f in _field_names(model, m)})
+    new_ids = copy_insert_values(model, [row for _, row in plan.creates])
+    if plan.updates:
+        names = sorted({f for m, _ in plan.updates for f in _field_names(model, m)})
         model._default_manager.bulk_update(
-            [r for _, r in updates],
+            [r for _, r in plan.updates],
             [*names, "source_system", "source_version", "field_sources", "updated_at"],
             batch_size=1000,
         )
-    copy_insert(
+    copy_insert_values(
         CrossReference,
         [
-            CrossReference(
-                content_type=content_type,
-                object_id=record.pk,
-                connection=connection,
-                external_id=m.external_id,
-                external_version=str(m.source_version),
-                last_synced_at=now,
-                created_at=now,
-            )
-            for m, record in creates
+            {
+                "content_type_id": content_type.pk,
+                "object_id": pk,
+                "connection_id": connection.pk,
+                "external_id": m.external_id,
+                "external_version": str(m.source_version),
+                "last_synced_at": now,
+            }
+            for (m, _), pk in zip(plan.creates, new_ids, strict=True)
         ],
     )
     changed = []
-    for m, _ in updates:
-        xref = xrefs[m.external_id]
+    for m, _ in plan.updates:
+        xref = plan.xrefs[m.external_id]
         xref.external_version = str(m.source_version)
         xref.last_synced_at = now
         changed.append(xref)
@@ -371,10 +433,10 @@ def _relations(
             rows = CrossReference.objects.filter(
                 connection=connection,
                 content_type=ContentType.objects.get_for_model(related),
-                external_id__in=values,
+                external_id__any=list(values),
             ).values_list("external_id", "object_id")
         else:
-            rows = related._default_manager.filter(**{f"{attr}__in": values}).values_list(
+            rows = related._default_manager.filter(**{f"{attr}__any": list(values)}).values_list(
                 attr, "pk"
             )
         found[(relation, attr)] = {str(v): pk for v, pk in rows}
@@ -382,20 +444,35 @@ def _relations(
 
 
 def _resolved(
-    mapped: MappedRecord, relations: dict[tuple[str, str], dict[str, int]]
+    mapped: MappedRecord,
+    relations: dict[tuple[str, str], dict[str, int]],
+    plans: dict[tuple[str, ...], list[tuple[str, str, dict[str, int] | None]]],
 ) -> dict[str, Any] | None:
+    """Mapped fields as model attnames, relations replaced by canonical ids; None when a
+    reference is unknown. `plans` caches, per set of field names, how each one resolves."""
+    names = tuple(mapped.fields)
+    plan = plans.get(names)
+    if plan is None:
+        plan = plans[names] = []
+        for name in names:
+            relation, _, attr = name.partition("__")
+            if attr:
+                plan.append((name, f"{relation}_id", relations.get((relation, attr), {})))
+            else:
+                plan.append((name, name, None))
     fields: dict[str, Any] = {}
-    for name, value in mapped.fields.items():
-        relation, _, attr = name.partition("__")
-        if not attr:
-            fields[name] = value
-        elif value in (None, ""):
-            fields[f"{relation}_id"] = None
+    values = mapped.fields
+    for name, target, ids in plan:
+        value = values[name]
+        if ids is None:
+            fields[target] = value
+        elif value is None or value == "":
+            fields[target] = None
         else:
-            target = relations[(relation, attr)].get(str(value))
-            if target is None:
+            found = ids.get(value if isinstance(value, str) else str(value))
+            if found is None:
                 return None
-            fields[f"{relation}_id"] = target
+            fields[target] = found
     return fields
 
 

@@ -21,6 +21,7 @@ from integrations.mapping.apply import MappedRecord
 from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
 from integrations.mapping.ownership import OwnershipRules, split_by_owner
 from integrations.models import Connection, CrossReference
+from integrations.models.base import FieldSource, with_sources
 
 
 @dataclass
@@ -97,15 +98,11 @@ def _upsert(
             setattr(record, name, value)
     record.source_system = connection.role
     record.source_version = mapped.source_version
-    stamp = {
-        "system": connection.role,
-        "connection": connection.pk,
-        "version": mapped.source_version,
-    }
-    record.field_sources = {
-        **(record.field_sources or {}),
-        **dict.fromkeys(decision.applied, stamp),
-    }
+    record.field_sources = with_sources(
+        record.field_sources,
+        decision.applied,
+        FieldSource(connection.role, connection.pk, mapped.source_version),
+    )
     record.full_clean(validate_unique=False, validate_constraints=False)
     record.save()
 

@@ -85,7 +85,9 @@ def test_webhook_creates_the_customer_then_ownership_decides_what_changes(
         "EUR",
     )
     assert customer.source_system == "erp"
-    assert customer.field_sources["tax_number"]["system"] == "erp"
+    source = customer.source_of("tax_number")
+    assert source is not None
+    assert source.system == "erp"
     xref = CrossReference.objects.get(connection=xero, object_id=customer.pk)
     assert xref.external_id == contact_id
 

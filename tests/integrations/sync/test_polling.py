@@ -15,6 +15,7 @@ from integrations.models import (
     PollCursor,
     Project,
     Resource,
+    SyncAttempt,
     TimeEntry,
 )
 from integrations.sync.polling import poll_connection, poll_object
@@ -74,3 +75,64 @@ def test_a_record_changed_at_the_cursor_stamp_is_read_and_applied(
         connection=harvest, object_type="time_entries", external_id=xref.external_id
     )
     assert kept.count() == 2  # both versions are kept as they were read
+
+
+@pytest.mark.django_db(transaction=True)
+def test_many_pages_commit_on_the_writer_threads_exactly_once(
+    harvest: Connection, sandbox: Sandbox
+) -> None:
+    """Outside a transaction (as in a worker) pages are written by the page writer's threads
+    while the next pages are read: every record arrives once, raw and canonical, and every page
+    read is a recorded call."""
+    for object_type in ("clients", "users", "projects"):
+        poll_object(connection_id=harvest.pk, object_type=object_type)
+    entries = sandbox.records("harvest", "time_entries")
+    report = poll_object(connection_id=harvest.pk, object_type="time_entries", page_size=7)
+    assert report.pages == -(-len(entries) // 7) > 3
+    assert report.read == len(entries)
+    assert TimeEntry.objects.count() + report.failed == len(entries)
+    raw = InboundMessage.objects.filter(connection=harvest, object_type="time_entries")
+    assert raw.count() == len(entries)
+    assert raw.filter(state="failed").count() == report.failed
+    reads = SyncAttempt.objects.filter(connection=harvest, operation="read:time_entries")
+    assert reads.count() == report.pages
+    assert PollCursor.objects.get(connection=harvest, object_type="time_entries").position
+
+    again = poll_object(connection_id=harvest.pk, object_type="time_entries", page_size=7)
+    assert (again.read, again.applied) == (0, 0)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_poll_that_dies_midway_loses_nothing_and_the_next_one_finishes_it(
+    harvest: Connection, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integrations.sync import polling
+
+    for object_type in ("clients", "users", "projects"):
+        poll_object(connection_id=harvest.pk, object_type=object_type)
+    entries = sandbox.records("harvest", "time_entries")
+    real = polling.write_upsert
+    calls = {"n": 0}
+
+    def dies_on_the_third_page(plan: polling.UpsertPlan) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise polling.IntegrityError("the database went away mid-poll")
+        real(plan)
+
+    monkeypatch.setattr(polling, "write_upsert", dies_on_the_third_page)
+    with pytest.raises(polling.IntegrityError):
+        poll_object(connection_id=harvest.pk, object_type="time_entries", page_size=7)
+    cursor = PollCursor.objects.get(connection=harvest, object_type="time_entries")
+    assert not cursor.position  # Harvest lists newest first: the cursor moves at the end only
+    assert TimeEntry.objects.count() < len(entries)
+
+    monkeypatch.setattr(polling, "write_upsert", real)
+    report = poll_object(connection_id=harvest.pk, object_type="time_entries", page_size=7)
+    assert TimeEntry.objects.count() + report.failed == len(entries)
+    xrefs = CrossReference.objects.filter(connection=harvest, content_type__model="timeentry")
+    assert xrefs.count() == TimeEntry.objects.count()
+    # Each record's raw row once, although some pages were read twice.
+    raw = InboundMessage.objects.filter(connection=harvest, object_type="time_entries")
+    assert raw.count() == len(entries)
+    assert raw.values("external_id").distinct().count() == len(entries)
