@@ -10,6 +10,7 @@ from typing import Any
 from celery import shared_task
 from django.core.cache import cache
 
+from integrations.flags import flag_clear, flag_set
 from integrations.models import Connection
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
@@ -55,7 +56,7 @@ def outbox_queue(vendor: str) -> str:
 
 def dispatch_outbox_later(connection_id: int, *, force: bool = False) -> None:
     flag = f"outbox:queued:{connection_id}"
-    if not force and not cache.add(flag, 1, timeout=RING_FLAG_TTL_S):
+    if not force and not flag_set(flag, RING_FLAG_TTL_S):
         return
     vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
     if vendor is None:
@@ -70,7 +71,7 @@ def dispatch_outbox_later(connection_id: int, *, force: bool = False) -> None:
 
 @shared_task(name="integrations.dispatch_outbox", bind=True)
 def dispatch_outbox(self: Any, connection_id: int) -> dict[str, Any]:
-    cache.delete(f"outbox:queued:{connection_id}")
+    flag_clear(f"outbox:queued:{connection_id}")
     if too_many_deliveries(self):
         return {}
     report = outbox_dispatch(connection_id=connection_id, worker=str(self.request.hostname))
@@ -102,7 +103,7 @@ def _ring_when_next_due(connection_id: int) -> None:
     if delay > NEXT_DUE_HORIZON_S:
         return
     # One scheduled ring per connection at a time.
-    if not cache.add(f"outbox:scheduled:{connection_id}", 1, timeout=int(delay) + 1):
+    if not flag_set(f"outbox:scheduled:{connection_id}", int(delay) + 1):
         return
     vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
     if vendor is not None:
@@ -118,7 +119,7 @@ def sweep_outbox() -> dict[str, Any]:
 
 @shared_task(name="integrations.process_inbound_batch", bind=True)
 def process_inbound_batch(self: Any, connection_id: int) -> dict[str, int]:
-    cache.delete(f"inbound:queued:{connection_id}")
+    flag_clear(f"inbound:queued:{connection_id}")
     if too_many_deliveries(self):
         return {}
     return inbound_process_batch(connection_id=connection_id)

@@ -118,6 +118,42 @@ def wait_for_sandbox(url: str, timeout: float = 20) -> None:
     wait_until(up, timeout, f"sandbox at {url}")
 
 
+def gunicorn_proc(
+    port: int, env: dict[str, str], log: Path, *, workers: int = 3, threads: int = 4
+) -> Proc:
+    """The portal's WSGI application (config.wsgi, webhook receiver included) under gunicorn."""
+    return Proc(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "config.wsgi:application",
+            "--bind",
+            f"127.0.0.1:{port}",
+            "--workers",
+            str(workers),
+            "--threads",
+            str(threads),
+            "--worker-class",
+            "gthread",
+            "--log-level",
+            "warning",
+        ],
+        env,
+        log,
+    )
+
+
+def wait_for_http(url: str, timeout: float = 30) -> None:
+    def up() -> bool:
+        try:
+            return httpx.get(url, timeout=2).status_code < 600
+        except httpx.TransportError:
+            return False
+
+    wait_until(up, timeout, f"a server at {url}")
+
+
 def worker_proc(env: dict[str, str], log: Path, *, name: str = "w1", concurrency: int = 2) -> Proc:
     return Proc(
         [

@@ -8,6 +8,8 @@ import hmac
 import json
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from django.test import Client
 
 from integrations.models import InboundMessage
 from tests.factories import make_connection
+from tests.integrations.sync.wsgi_client import wsgi_post
 
 SECRET = "whsec-test-0123456789"
 
@@ -89,12 +92,21 @@ def harvest(db: None):
     )
 
 
-def _post(url: str, body: bytes, **headers: str):
-    return Client().post(url, data=body, content_type="application/json", **headers)  # type: ignore[arg-type]
+@pytest.fixture(params=["production WSGI", "Django view"])
+def post(request: pytest.FixtureRequest) -> Callable[..., Any]:
+    """Every test here runs twice: through config.wsgi.application (what gunicorn serves: the
+    webhook receiver in front of Django) and through Django's own stack (the view)."""
+    if request.param == "Django view":
+
+        def through_django(url: str, body: bytes, **headers: str) -> Any:
+            return Client().post(url, data=body, content_type="application/json", **headers)  # type: ignore[arg-type]
+
+        return through_django
+    return wsgi_post
 
 
 def test_signed_xero_delivery_is_stored_once_and_acknowledged(
-    xero, monkeypatch: pytest.MonkeyPatch
+    xero, monkeypatch: pytest.MonkeyPatch, post: Callable[..., Any]
 ) -> None:
     from integrations.sync import webhooks
 
@@ -103,7 +115,7 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
         webhooks, "ring_inbound", lambda connection_id, **kw: rung.append(connection_id)
     )
     body = _xero_body()
-    response = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    response = post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert response.status_code == 200
     assert response.json() == {"accepted": 1, "duplicates": 0}
     assert rung == [xero.pk]  # a worker is asked to process it
@@ -112,7 +124,7 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
     assert message.external_id == "inv-1"
     assert message.payload["eventType"] == "UPDATE"
 
-    again = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    again = post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert again.json() == {"accepted": 0, "duplicates": 1}
     assert InboundMessage.objects.count() == 1
     assert rung == [xero.pk]  # nothing new, no new ring
@@ -126,25 +138,25 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
     ],
 )
 def test_unsigned_or_wrongly_signed_xero_delivery_is_refused(
-    xero, headers: dict[str, str], status: int, words: str
+    xero, headers: dict[str, str], status: int, words: str, post: Callable[..., Any]
 ) -> None:
-    response = _post(f"/webhooks/{xero.pk}/", _xero_body(), **headers)
+    response = post(f"/webhooks/{xero.pk}/", _xero_body(), **headers)
     assert response.status_code == status
     assert words in response.json()["error"]
     assert not InboundMessage.objects.exists()
 
 
-def test_tampered_body_is_refused(xero) -> None:
+def test_tampered_body_is_refused(xero, post: Callable[..., Any]) -> None:
     body = _xero_body()
     tampered = body.replace(b"inv-1", b"inv-2")
-    response = _post(f"/webhooks/{xero.pk}/", tampered, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    response = post(f"/webhooks/{xero.pk}/", tampered, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert response.status_code == 401
     assert not InboundMessage.objects.exists()
 
 
-def test_signed_feed_delivery_keeps_its_version(harvest) -> None:
+def test_signed_feed_delivery_keeps_its_version(harvest, post: Callable[..., Any]) -> None:
     body = _feed(version=7)
-    response = _post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body))
+    response = post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body))
     assert response.status_code == 200, response.content
     message = InboundMessage.objects.get()
     assert (message.object_type, message.external_id, message.source_version) == (
@@ -154,40 +166,38 @@ def test_signed_feed_delivery_keeps_its_version(harvest) -> None:
     )
 
 
-def test_stale_feed_delivery_is_refused_as_a_replay(harvest) -> None:
+def test_stale_feed_delivery_is_refused_as_a_replay(harvest, post: Callable[..., Any]) -> None:
     body = _feed()
-    response = _post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body, age_s=3600))
+    response = post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body, age_s=3600))
     assert response.status_code == 400
     assert "stale" in response.json()["error"]
     assert not InboundMessage.objects.exists()
 
 
-def test_feed_signed_with_another_secret_is_refused(harvest) -> None:
+def test_feed_signed_with_another_secret_is_refused(harvest, post: Callable[..., Any]) -> None:
     body = _feed()
-    response = _post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body, secret="other"))
+    response = post(f"/webhooks/{harvest.pk}/", body, **_feed_headers(body, secret="other"))
     assert response.status_code == 401
     assert not InboundMessage.objects.exists()
 
 
-def test_malformed_json_is_refused_with_a_reason(xero) -> None:
+def test_malformed_json_is_refused_with_a_reason(xero, post: Callable[..., Any]) -> None:
     body = b"{not json"
-    response = _post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    response = post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
     assert response.status_code == 400
     assert "not valid JSON" in response.json()["error"]
 
 
-def test_connection_without_secret_refuses_everything(db: None) -> None:
+def test_connection_without_secret_refuses_everything(db: None, post: Callable[..., Any]) -> None:
     connection = make_connection(credentials={"client_id": "x"})
     body = _xero_body()
-    response = _post(
-        f"/webhooks/{connection.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body, "")
-    )
+    response = post(f"/webhooks/{connection.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body, ""))
     assert response.status_code == 403
     assert "no webhook secret" in response.json()["error"]
 
 
-def test_unknown_connection_is_404(db: None) -> None:
-    assert _post("/webhooks/999999/", _xero_body()).status_code == 404
+def test_unknown_connection_is_404(db: None, post: Callable[..., Any]) -> None:
+    assert post("/webhooks/999999/", _xero_body()).status_code == 404
 
 
 @pytest.mark.django_db(transaction=True)

@@ -1,0 +1,43 @@
+"""Ring flags: short-lived "a wake-up for this is already queued" markers.
+
+`flag_set` is set-if-absent with a lifetime; it answers whether this caller set it (and so
+should send the wake-up). It runs on every webhook and every outbox write, so where the cache
+is Redis it is one ``SET NX EX`` on a client the process keeps, instead of Django's cache API,
+which builds a new Redis client object per call (a fifth of a webhook's CPU time). Keys are
+the cache's own (`cache.make_key`): a flag set here is the cache's key, and the other way round.
+Other cache backends go through `cache.add` / `cache.delete`.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+from django.core.cache import cache, caches
+from django.core.cache.backends.redis import RedisCache
+
+
+@functools.cache
+def _redis() -> redis.Redis | None:
+    if not isinstance(caches["default"], RedisCache):
+        return None
+    location = settings.CACHES["default"]["LOCATION"]
+    # redis-py's pool notices a fork and opens new connections in the child.
+    return redis.Redis.from_url(location if isinstance(location, str) else location[0])
+
+
+def flag_set(name: str, ttl_s: int) -> bool:
+    """Set the flag unless it is set; True when this call set it."""
+    client = _redis()
+    if client is None:
+        return bool(cache.add(name, 1, timeout=ttl_s))
+    return bool(client.set(cache.make_key(name), b"1", nx=True, ex=max(1, int(ttl_s))))
+
+
+def flag_clear(name: str) -> None:
+    client = _redis()
+    if client is None:
+        cache.delete(name)
+    else:
+        client.delete(cache.make_key(name))
