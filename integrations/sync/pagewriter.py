@@ -17,6 +17,8 @@ and moves the cursor in the final step. The order is strict:
   moves past a record that was not kept and applied: a crash between the steps leaves a page
   the next poll reads again (the raw records and the canonical rows are both idempotent: a
   record read twice is a duplicate raw row refused by its key, and a stale version skipped).
+  In that window a kept raw record can read "applied" while its canonical row is not written
+  yet; the next poll (within the polling interval) writes it.
 - Visibility: the poller prepares a page by reading what is committed. Before it reads records
   that a page still in flight writes, it calls ``wait_for``; everything else it reads (the
   related records a page points to) was committed by earlier polls.

@@ -175,21 +175,20 @@ def _submit_page(
             "dedupe_key": f"poll:{object_type}:{external_id}:{version}"[:128],
             "source_version": version,
             "payload": record,
-            # A record whose mapping failed is kept as failed, with the reason, for replay.
-            "state": State.FAILED if external_id in plan.outcome["failed"] else State.APPLIED,
-            "error": plan.outcome["failed"].get(external_id, "")[:4000],
+            # What the plan already knows (a mapping failure, a stale version) is the row's
+            # state from the start, with the reason; the rest is applied by the other step.
+            "state": plan.notes.get(i, (State.APPLIED, ""))[0],
+            "error": plan.notes.get(i, (State.APPLIED, ""))[1][:4000],
             "received_at": now,
             "processed_at": now,
         }
-        for external_id, version, record in fresh
+        for i, (external_id, version, record) in enumerate(fresh)
     ]
-    mapping_failures = set(plan.outcome["failed"])
 
     def finish() -> None:
-        # After both steps committed: the records that failed on the one-by-one path are
-        # relabelled on their (now committed) raw rows, and the cursor moves.
-        later = {k: v for k, v in plan.outcome["failed"].items() if k not in mapping_failures}
-        for external_id, error in later.items():
+        # After both steps committed: what the one-by-one path found out (a failure, a
+        # conflict, a version gone stale) goes on the (now committed) raw rows; the cursor moves.
+        for external_id, (state, reason) in plan.later.items():
             InboundMessage.objects.filter(
                 connection=connection,
                 object_type=object_type,
@@ -197,7 +196,7 @@ def _submit_page(
                 state=State.APPLIED,
                 replay_of__isnull=True,
             ).filter(dedupe_key__startswith=f"poll:{object_type}:{external_id}:").update(
-                state=State.FAILED, error=error[:4000]
+                state=state, error=reason[:4000]
             )
         if advance is not None:
             _save_cursor(cursor, *advance)
@@ -244,6 +243,10 @@ class UpsertPlan:
     outcome: dict[str, Any] = field(
         default_factory=lambda: {"applied": 0, "stale": 0, "conflicts": 0, "failed": {}}
     )
+    # By position in the page: the records not to be applied, known when planning (state, why).
+    notes: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # By external id: what the one-by-one path found, once written (state, why).
+    later: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def bulk_upsert(
@@ -266,10 +269,13 @@ def plan_upsert(
     explains itself."""
     plan = UpsertPlan(connection=connection, rules=rules)
     counts = plan.outcome
+    position = {id(m): i for i, m in enumerate(mapped)}
     good = [m for m in mapped if m.ok]
-    for m in mapped:
+    for i, m in enumerate(mapped):
         if not m.ok:
-            counts["failed"][m.external_id] = "; ".join(str(e) for e in m.errors)
+            reason = "; ".join(str(e) for e in m.errors)
+            counts["failed"][m.external_id] = reason
+            plan.notes[i] = (State.FAILED, f"Mapping failed: {reason}")
     if not good:
         return plan
     model_name = good[0].canonical_model
@@ -280,9 +286,15 @@ def plan_upsert(
 
     # Newest version per record within the page.
     latest: dict[str, MappedRecord] = {}
+    stale = (State.STALE, "An equal or newer version was already applied.")
     for m in good:
-        if m.external_id not in latest or m.source_version > latest[m.external_id].source_version:
+        before = latest.get(m.external_id)
+        if before is None or m.source_version > before.source_version:
             latest[m.external_id] = m
+            if before is not None:
+                plan.notes[position[id(before)]] = stale
+        else:
+            plan.notes[position[id(m)]] = stale
     xrefs = plan.xrefs = {
         x.external_id: x
         for x in CrossReference.objects.filter(
@@ -294,6 +306,7 @@ def plan_upsert(
         xref = xrefs.get(external_id)
         if xref is not None and m.source_version <= int(xref.external_version or 0):
             counts["stale"] += 1
+            plan.notes[position[id(m)]] = stale
         else:
             fresh.append(m)
     counts["stale"] += len(good) - len(latest)
@@ -361,10 +374,21 @@ def write_upsert(plan: UpsertPlan) -> None:
         if result.state == "applied":
             counts["applied"] += 1
             counts["conflicts"] += bool(result.conflicts)
+            if result.conflicts:
+                fields = ", ".join(sorted(result.conflicts))
+                plan.later[m.external_id] = (
+                    State.CONFLICT,
+                    f"Not applied (owned elsewhere): {fields}",
+                )
         elif result.state == "stale":
             counts["stale"] += 1
+            plan.later[m.external_id] = (
+                State.STALE,
+                "An equal or newer version was already applied.",
+            )
         elif result.state == "failed":
             counts["failed"][m.external_id] = result.error
+            plan.later[m.external_id] = (State.FAILED, result.error)
 
 
 def _write(plan: UpsertPlan) -> None:

@@ -68,7 +68,12 @@ class Sandbox:
 
 
 def _reset_concord() -> None:
-    """Empty the bench database's business tables between figures."""
+    """Empty the bench database's business tables and the bench Redis database between figures:
+    ids restart at 1, so a figure would otherwise inherit the last one's limiter windows and
+    ring flags for "its" connection."""
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     tables = [
         "integrations_billingevent",
         "integrations_outboxmessage_sync_attempts",

@@ -136,3 +136,45 @@ def test_a_poll_that_dies_midway_loses_nothing_and_the_next_one_finishes_it(
     raw = InboundMessage.objects.filter(connection=harvest, object_type="time_entries")
     assert raw.count() == len(entries)
     assert raw.values("external_id").distinct().count() == len(entries)
+
+
+def test_a_page_records_why_a_record_was_not_applied(db: None) -> None:
+    """The plan labels each raw record it will not apply: an older copy of a record in the
+    same page, a version older than the one applied, a payload that did not map."""
+    from django.contrib.contenttypes.models import ContentType
+
+    from integrations.mapping.apply import MappedRecord
+    from integrations.mapping.errors import MappingError
+    from integrations.mapping.ownership import OwnershipRules
+    from integrations.sync.polling import plan_upsert
+    from tests.factories import ResourceFactory, make_connection
+
+    connection = make_connection(name="Harvest", role="psa", vendor="harvest")
+    known = ResourceFactory.create()
+    CrossReference.objects.create(
+        content_type=ContentType.objects.get_for_model(Resource),
+        object_id=known.pk,
+        connection=connection,
+        external_id="u-known",
+        external_version="50",
+    )
+
+    def user(external_id: str, version: int, **fields: object) -> MappedRecord:
+        return MappedRecord("resource", external_id, version, {"name": "N", **fields}, [])
+
+    page = [
+        user("u-1", 10),
+        user("u-1", 12),  # the newer copy wins
+        user("u-known", 40),  # older than the applied 50
+        MappedRecord("resource", "u-bad", 5, {}, [MappingError("no email", field="email")]),
+        user("u-2", 7),
+    ]
+    plan = plan_upsert(connection=connection, mapped=page, rules=OwnershipRules())
+    assert {i: state for i, (state, _) in plan.notes.items()} == {
+        0: "stale",
+        2: "stale",
+        3: "failed",
+    }
+    assert "no email" in plan.notes[3][1]
+    assert sorted(m.external_id for m, _ in plan.creates) == ["u-1", "u-2"]
+    assert plan.outcome["stale"] == 2
