@@ -685,7 +685,14 @@ class VendorHTTP:
             error.message = self.redact(error.message)
             error.vendor_message = self.redact(error.vendor_message)
             error.response_text = self.redact(error.response_text)
-        body_text = response.text if response is not None else ""
+        # Only the head of the body is kept (see _record): decode that, not a whole page.
+        body_text = (
+            response.content[: 8 * RESPONSE_TEXT_LIMIT].decode(
+                response.encoding or "utf-8", errors="replace"
+            )
+            if response is not None
+            else ""
+        )
         attempt_id = self._record(
             operation, started, latency_ms, response, error, body_text, message_ids
         )
