@@ -121,27 +121,11 @@ def wait_for_sandbox(url: str, timeout: float = 20) -> None:
 def gunicorn_proc(
     port: int, env: dict[str, str], log: Path, *, workers: int = 3, threads: int = 4
 ) -> Proc:
-    """The portal's WSGI application (config.wsgi, webhook receiver included) under gunicorn."""
-    return Proc(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "config.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            str(workers),
-            "--threads",
-            str(threads),
-            "--worker-class",
-            "gthread",
-            "--log-level",
-            "warning",
-        ],
-        env,
-        log,
-    )
+    """The web process as `make run` starts it (config.wsgi under gunicorn), quiet."""
+    from integrations.management.commands.run_portal import web_command
+
+    command = web_command(port, workers=workers, threads=threads, access_log=False)
+    return Proc([*command, "--log-level", "warning"], env, log)
 
 
 def wait_for_http(url: str, timeout: float = 30) -> None:

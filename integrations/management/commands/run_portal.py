@@ -28,6 +28,28 @@ from integrations.services.demo import demo_data_seed, demo_users_reset
 READY_TIMEOUT_S = 90
 
 
+def web_command(
+    port: int, *, workers: int = 2, threads: int = 4, access_log: bool = True
+) -> list[str]:
+    """gunicorn serving config.wsgi (the webhook receiver in front of Django) on loopback.
+    2 processes x 4 threads covers a handful of users and bursts of webhooks on 2 cores."""
+    command = [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        "config.wsgi:application",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "--threads",
+        str(threads),
+        "--worker-class",
+        "gthread",
+    ]
+    return [*command, "--access-logfile", "-"] if access_log else command
+
+
 class Command(BaseCommand):
     help = "Run web, worker, beat and the sandbox with demo data until Ctrl-C."
 
@@ -53,21 +75,7 @@ class Command(BaseCommand):
 
         python = sys.executable
         commands: dict[str, list[str]] = {
-            "web": [
-                python,
-                "-m",
-                "gunicorn",
-                "config.wsgi:application",
-                "--bind",
-                f"127.0.0.1:{port}",
-                # 2 processes x 4 threads covers a handful of users on a 2-core machine.
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-                "--access-logfile",
-                "-",
-            ],
+            "web": web_command(port),
             "worker": [
                 python,
                 "-m",

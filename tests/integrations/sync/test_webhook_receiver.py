@@ -6,11 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import threading
 import time
 from pathlib import Path
 
-import httpx
 import psycopg
 import pytest
 from django.core.wsgi import get_wsgi_application
@@ -20,7 +18,7 @@ from django.test import override_settings
 from integrations.models import InboundMessage
 from integrations.wsgi import with_webhook_receiver
 from tests.factories import make_connection
-from tests.integrations.sync.wsgi_client import wsgi_call, wsgi_post
+from tests.integrations.sync.wsgi_client import post_at_once, wsgi_call, wsgi_post
 from tests.processes import (
     free_port,
     gunicorn_proc,
@@ -151,26 +149,9 @@ def test_under_gunicorn_the_same_delivery_eight_times_at_once_is_one_row(tmp_pat
     with running(server):
         wait_for_http(f"http://127.0.0.1:{port}/healthz")
         body, headers = _signed("evt-race")
-        barrier = threading.Barrier(8)
-        answers: list[dict[str, int]] = []
-
-        def deliver() -> None:
-            with httpx.Client(timeout=10) as client:
-                barrier.wait()
-                response = client.post(
-                    f"http://127.0.0.1:{port}/webhooks/{harvest.pk}/",
-                    content=body,
-                    headers={**headers, "content-type": "application/json"},
-                )
-                assert response.status_code == 200, response.text
-                answers.append(response.json())
-
-        threads = [threading.Thread(target=deliver) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert len(answers) == 8, server.output()
+        url = f"http://127.0.0.1:{port}/webhooks/{harvest.pk}/"
+        answers = post_at_once(url, body, headers)
+    assert len(answers) == 8
     assert sum(a["accepted"] for a in answers) == 1
     assert sum(a["duplicates"] for a in answers) == 7
     assert InboundMessage.objects.filter(dedupe_key="event:evt-race").count() == 1

@@ -6,18 +6,16 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
 from django.test import Client
 
 from integrations.models import InboundMessage
 from tests.factories import make_connection
-from tests.integrations.sync.wsgi_client import wsgi_post
+from tests.integrations.sync.wsgi_client import post_at_once, wsgi_post
 
 SECRET = "whsec-test-0123456789"
 
@@ -204,24 +202,8 @@ def test_unknown_connection_is_404(db: None, post: Callable[..., Any]) -> None:
 def test_same_delivery_twice_at_once_gives_one_record(live_server) -> None:
     connection = make_connection(credentials={"webhook_secret": SECRET})
     body = _xero_body("inv-race")
-    headers = {"x-xero-signature": _xero_sign(body), "content-type": "application/json"}
-    results: list[dict[str, int]] = []
-    barrier = threading.Barrier(8)
-
-    def deliver() -> None:
-        with httpx.Client(timeout=10) as client:
-            barrier.wait()
-            response = client.post(
-                f"{live_server.url}/webhooks/{connection.pk}/", content=body, headers=headers
-            )
-            assert response.status_code == 200
-            results.append(response.json())
-
-    threads = [threading.Thread(target=deliver) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    url = f"{live_server.url}/webhooks/{connection.pk}/"
+    results = post_at_once(url, body, {"x-xero-signature": _xero_sign(body)})
     assert len(results) == 8
     assert sum(r["accepted"] for r in results) == 1
     assert sum(r["duplicates"] for r in results) == 7

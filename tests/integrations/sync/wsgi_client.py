@@ -1,13 +1,16 @@
-"""Call the production WSGI application (config.wsgi) in-process, as gunicorn would."""
+"""Call the production WSGI application (config.wsgi) in-process, as gunicorn would; and send
+one delivery several times at once over real HTTP."""
 
 from __future__ import annotations
 
 import io
 import json
+import threading
 from dataclasses import dataclass
 from typing import Any
 from wsgiref.util import setup_testing_defaults
 
+import httpx
 from django.core import signals
 from django.db import close_old_connections
 
@@ -63,3 +66,25 @@ def wsgi_call(method: str, path: str, body: bytes = b"", app: Any = None, **head
 
 def wsgi_post(path: str, body: bytes, app: Any = None, **headers: str) -> Answer:
     return wsgi_call("POST", path, body, app, **headers)
+
+
+def post_at_once(url: str, body: bytes, headers: dict[str, str], times: int = 8) -> list[Any]:
+    """The same delivery `times` times at once over real HTTP; the answers' JSON bodies."""
+    barrier = threading.Barrier(times)
+    answers: list[Any] = []
+
+    def deliver() -> None:
+        with httpx.Client(timeout=10) as client:
+            barrier.wait()
+            response = client.post(
+                url, content=body, headers={**headers, "content-type": "application/json"}
+            )
+            answers.append((response.status_code, response.json()))
+
+    threads = [threading.Thread(target=deliver) for _ in range(times)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [status for status, _ in answers] == [200] * times, answers
+    return [answer for _, answer in answers]
