@@ -70,7 +70,7 @@ def inbound_process(*, message_id: int) -> str:
     mapped = map_inbound(mapping, record)
     if not mapped.ok:
         errors = "; ".join(str(e) for e in mapped.errors)
-        _mapping_case(message, errors)
+        mapping_case_open(message, errors)
         return _finish(message, State.FAILED, f"Mapping failed: {errors}")
     if mapped.source_version and message.source_version < mapped.source_version:
         message.source_version = mapped.source_version
@@ -100,7 +100,8 @@ def _finish(message: InboundMessage, state: str, error: str) -> str:
     return str(state)
 
 
-def _mapping_case(message: InboundMessage, errors: str) -> None:
+def mapping_case_open(message: InboundMessage, errors: str) -> None:
+    """Open (or join) the integration admin's case for a payload the mapping cannot read."""
     exception_case_open_or_join(
         fingerprint=case_fingerprint(
             "inbound", "mapping", message.connection_id, message.object_type, errors[:200]

@@ -29,6 +29,7 @@ from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, CrossReference, InboundMessage, PollCursor
 from integrations.models.base import FieldSource, with_sources
 from integrations.sync.bulk import copy_insert_values
+from integrations.sync.inbound import mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.upsert import canonical_upsert
 
@@ -185,9 +186,18 @@ def _submit_page(
         for i, (external_id, version, record) in enumerate(fresh)
     ]
 
+    unmappable = [row["dedupe_key"] for row in raw if row["state"] == State.FAILED]
+
     def finish() -> None:
-        # After both steps committed: what the one-by-one path found out (a failure, a
-        # conflict, a version gone stale) goes on the (now committed) raw rows; the cursor moves.
+        # After both steps committed: a payload the mapping cannot read opens (or joins) the
+        # integration admin's case, naming its kept raw record, as a webhook's would.
+        if unmappable:
+            for message in InboundMessage.objects.filter(
+                connection=connection, dedupe_key__in=unmappable, replay_of__isnull=True
+            ).select_related("connection"):
+                mapping_case_open(message, plan.outcome["failed"][message.external_id])
+        # What the one-by-one path found out (a failure, a conflict, a version gone stale) goes
+        # on the (now committed) raw rows; the cursor moves.
         for external_id, (state, reason) in plan.later.items():
             InboundMessage.objects.filter(
                 connection=connection,

@@ -178,3 +178,28 @@ def test_a_page_records_why_a_record_was_not_applied(db: None) -> None:
     assert "no email" in plan.notes[3][1]
     assert sorted(m.external_id for m, _ in plan.creates) == ["u-1", "u-2"]
     assert plan.outcome["stale"] == 2
+
+
+def test_a_polled_record_that_cannot_be_mapped_is_kept_failed_and_opens_a_case(
+    harvest: Connection, sandbox: Sandbox
+) -> None:
+    from exceptions.models import ExceptionCase
+
+    for object_type in ("clients", "users", "projects"):
+        poll_object(connection_id=harvest.pk, object_type=object_type)
+    entry = sandbox.records("harvest", "time_entries")[0]
+    sandbox.patch("harvest", "time_entries", entry["id"], {"spent_date": "someday"})
+
+    report = poll_object(connection_id=harvest.pk, object_type="time_entries")
+    assert report.failed >= 1
+    kept = InboundMessage.objects.get(
+        connection=harvest, object_type="time_entries", external_id=str(entry["id"])
+    )
+    assert kept.state == "failed"
+    assert "someday" in kept.error
+    case = ExceptionCase.objects.get(case_type="mapping_error")
+    assert case.queue == "integration_admin"
+    assert "cannot be mapped" in case.message
+    assert {"type": "inboundmessage", "id": kept.pk} in [
+        {"type": r["type"], "id": r["id"]} for r in case.records
+    ]
