@@ -453,11 +453,21 @@ def _relations(
     """For each `relation__attr` field of the page, vendor value -> canonical id, in one query
     per relation."""
     wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    # The relation fields of each distinct field set, worked out once (a page has one or two).
+    relation_fields: dict[tuple[str, ...], list[tuple[str, tuple[str, str]]]] = {}
     for m in mapped:
-        for name, value in m.fields.items():
-            relation, _, attr = name.partition("__")
-            if attr and value not in (None, ""):
-                wanted[(relation, attr)].add(str(value))
+        names = tuple(m.fields)
+        fields = relation_fields.get(names)
+        if fields is None:
+            fields = relation_fields[names] = [
+                (name, (name.partition("__")[0], name.partition("__")[2]))
+                for name in names
+                if "__" in name
+            ]
+        for name, key in fields:
+            value = m.fields[name]
+            if value is not None and value != "":
+                wanted[key].add(value if isinstance(value, str) else str(value))
     found: dict[tuple[str, str], dict[str, int]] = {}
     rows: Any
     for (relation, attr), values in wanted.items():
