@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +22,7 @@ from django.utils import timezone
 
 from integrations.connectors.base import Connector, connector_for, micros_to_iso
 from integrations.mapping.apply import CompiledMapping, MappedRecord, map_inbound
-from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
+from integrations.mapping.canonical import VIRTUAL_MODELS, canonical_models
 from integrations.mapping.ownership import OwnershipRules, load_ownership_rules, split_by_owner
 from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, CrossReference, InboundMessage, PollCursor
@@ -31,7 +30,13 @@ from integrations.models.base import FieldSource, with_sources
 from integrations.sync.bulk import copy_insert_values
 from integrations.sync.inbound import mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
-from integrations.sync.upsert import canonical_upsert
+from integrations.sync.upsert import (
+    ResolvePlans,
+    UnresolvedReference,
+    canonical_upsert,
+    relation_ids,
+    resolve_fields,
+)
 
 logger = logging.getLogger(__name__)
 State = InboundMessage.State
@@ -259,17 +264,6 @@ class UpsertPlan:
     later: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
-def bulk_upsert(
-    *, connection: Connection, mapped: Sequence[MappedRecord], rules: OwnershipRules
-) -> dict[str, Any]:
-    """Upsert many mapped records of one type; returns the counts (applied, stale, conflicts)
-    and the failures by external id."""
-    plan = plan_upsert(connection=connection, mapped=mapped, rules=rules)
-    with transaction.atomic():
-        write_upsert(plan)
-    return plan.outcome
-
-
 def plan_upsert(
     *, connection: Connection, mapped: Sequence[MappedRecord], rules: OwnershipRules
 ) -> UpsertPlan:
@@ -321,15 +315,16 @@ def plan_upsert(
             fresh.append(m)
     counts["stale"] += len(good) - len(latest)
 
-    relations = _relations(connection, model, fresh)
+    relations = relation_ids(connection, model, [m.fields for m in fresh])
     known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
     existing = {r.pk: r for r in model._default_manager.filter(pk__any=known)} if known else {}
     stamp_role = connection.role
-    plans: dict[tuple[str, ...], list[tuple[str, str, dict[str, int] | None]]] = {}
+    plans: ResolvePlans = {}
     for m in fresh:
-        fields = _resolved(m, relations, plans)
-        if fields is None:
-            plan.one_by_one.append(m)  # an unknown reference: the slow path says which
+        try:
+            fields = resolve_fields(connection, model, m.fields, relations, plans)
+        except UnresolvedReference:
+            plan.one_by_one.append(m)  # the one-by-one path fails it with that reason
             continue
         xref = xrefs.get(m.external_id)
         record: Any = existing.get(xref.object_id) if xref is not None else None
@@ -445,79 +440,6 @@ def _field_names(model: type[models.Model], mapped: MappedRecord) -> list[str]:
         relation, _, attr = name.partition("__")
         names.append(relation if attr else name)
     return names
-
-
-def _relations(
-    connection: Connection, model: type[models.Model], mapped: Sequence[MappedRecord]
-) -> dict[tuple[str, str], dict[str, int]]:
-    """For each `relation__attr` field of the page, vendor value -> canonical id, in one query
-    per relation."""
-    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
-    # The relation fields of each distinct field set, worked out once (a page has one or two).
-    relation_fields: dict[tuple[str, ...], list[tuple[str, tuple[str, str]]]] = {}
-    for m in mapped:
-        names = tuple(m.fields)
-        fields = relation_fields.get(names)
-        if fields is None:
-            fields = relation_fields[names] = [
-                (name, (name.partition("__")[0], name.partition("__")[2]))
-                for name in names
-                if "__" in name
-            ]
-        for name, key in fields:
-            value = m.fields[name]
-            if value is not None and value != "":
-                wanted[key].add(value if isinstance(value, str) else str(value))
-    found: dict[tuple[str, str], dict[str, int]] = {}
-    rows: Any
-    for (relation, attr), values in wanted.items():
-        related = model._meta.get_field(relation).related_model
-        assert isinstance(related, type)  # noqa: S101 - a mapped relation is a ForeignKey
-        if attr == EXTERNAL_ID:
-            rows = CrossReference.objects.filter(
-                connection=connection,
-                content_type=ContentType.objects.get_for_model(related),
-                external_id__any=list(values),
-            ).values_list("external_id", "object_id")
-        else:
-            rows = related._default_manager.filter(**{f"{attr}__any": list(values)}).values_list(
-                attr, "pk"
-            )
-        found[(relation, attr)] = {str(v): pk for v, pk in rows}
-    return found
-
-
-def _resolved(
-    mapped: MappedRecord,
-    relations: dict[tuple[str, str], dict[str, int]],
-    plans: dict[tuple[str, ...], list[tuple[str, str, dict[str, int] | None]]],
-) -> dict[str, Any] | None:
-    """Mapped fields as model attnames, relations replaced by canonical ids; None when a
-    reference is unknown. `plans` caches, per set of field names, how each one resolves."""
-    names = tuple(mapped.fields)
-    plan = plans.get(names)
-    if plan is None:
-        plan = plans[names] = []
-        for name in names:
-            relation, _, attr = name.partition("__")
-            if attr:
-                plan.append((name, f"{relation}_id", relations.get((relation, attr), {})))
-            else:
-                plan.append((name, name, None))
-    fields: dict[str, Any] = {}
-    values = mapped.fields
-    for name, target, ids in plan:
-        value = values[name]
-        if ids is None:
-            fields[target] = value
-        elif value is None or value == "":
-            fields[target] = None
-        else:
-            found = ids.get(value if isinstance(value, str) else str(value))
-            if found is None:
-                return None
-            fields[target] = found
-    return fields
 
 
 # Records refer to others (a time entry to its project and worker), so a connection's objects are

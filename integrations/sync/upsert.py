@@ -7,6 +7,8 @@ of changes to the same record apply one after the other, never interleaved. A ve
 
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +82,9 @@ def _upsert(
             return UpsertResult(state="stale")
         record = model._default_manager.select_for_update().filter(pk=xref.object_id).first()
 
-    fields = _resolve_relations(connection, model, mapped.fields)
+    fields = resolve_fields(
+        connection, model, mapped.fields, relation_ids(connection, model, [mapped.fields])
+    )
     object_type = str(model._meta.model_name)
     current = {name: getattr(record, name) for name in fields} if record is not None else None
     decision = split_by_owner(
@@ -127,45 +131,97 @@ def _upsert(
     )
 
 
-def _resolve_relations(
-    connection: Connection, model: type[models.Model], fields: dict[str, Any]
-) -> dict[str, Any]:
-    """`project__external_id` -> `project_id` through the cross-reference of this connection;
-    `legal_entity__code` -> `legal_entity_id` by the related model's unique field."""
-    resolved: dict[str, Any] = {}
-    for name, value in fields.items():
-        relation, _, attr = name.partition("__")
-        if not attr:
-            resolved[name] = value
-            continue
-        related = model._meta.get_field(relation).related_model
-        assert isinstance(related, type)  # noqa: S101 - a mapped relation is a ForeignKey
-        if value in (None, ""):
-            resolved[f"{relation}_id"] = None
-            continue
+# Per relation field of a batch ("project", "external_id"): vendor value -> canonical id.
+RelationIds = dict[tuple[str, str], dict[str, int]]
+# Per field-name set: (field, attname to write, ids of its relation or None for a plain field).
+ResolvePlans = dict[tuple[str, ...], list[tuple[str, str, dict[str, int] | None]]]
+
+
+def relation_ids(
+    connection: Connection, model: type[models.Model], records: Iterable[Mapping[str, Any]]
+) -> RelationIds:
+    """Look up every `relation__attr` value of these mapped records, one query per relation:
+    `project__external_id` through this connection's cross-references, `legal_entity__code`
+    by the related model's own unique field."""
+    wanted: dict[tuple[str, str], set[str]] = defaultdict(set)
+    # The relation fields of each distinct field set, worked out once (a page has one or two).
+    relation_fields: dict[tuple[str, ...], list[tuple[str, tuple[str, str]]]] = {}
+    for fields in records:
+        names = tuple(fields)
+        found_fields = relation_fields.get(names)
+        if found_fields is None:
+            found_fields = relation_fields[names] = [
+                (name, (name.partition("__")[0], name.partition("__")[2]))
+                for name in names
+                if "__" in name
+            ]
+        for name, key in found_fields:
+            value = fields[name]
+            if value is not None and value != "":
+                wanted[key].add(value if isinstance(value, str) else str(value))
+    found: RelationIds = {}
+    rows: Any
+    for (relation, attr), values in wanted.items():
+        related = _related_model(model, relation)
         if attr == EXTERNAL_ID:
-            target = (
-                CrossReference.objects.filter(
-                    connection=connection,
-                    content_type=ContentType.objects.get_for_model(related),
-                    external_id=str(value),
-                )
-                .values_list("object_id", flat=True)
-                .first()
-            )
+            rows = CrossReference.objects.filter(
+                connection=connection,
+                content_type=ContentType.objects.get_for_model(related),
+                external_id__any=list(values),
+            ).values_list("external_id", "object_id")
         else:
-            target = (
-                related._default_manager.filter(**{attr: value})
-                .values_list("pk", flat=True)
-                .first()
+            rows = related._default_manager.filter(**{f"{attr}__any": list(values)}).values_list(
+                attr, "pk"
             )
-        if target is None:
-            raise UnresolvedReference(
-                f"{related._meta.verbose_name} {value} from {connection.name} is not known to "
-                "Concord yet, so the record that refers to it cannot be stored."
-            )
-        resolved[f"{relation}_id"] = target
+        found[(relation, attr)] = {str(v): pk for v, pk in rows}
+    return found
+
+
+def resolve_fields(
+    connection: Connection,
+    model: type[models.Model],
+    fields: Mapping[str, Any],
+    relations: RelationIds,
+    plans: ResolvePlans | None = None,
+) -> dict[str, Any]:
+    """Mapped fields as model attnames, each `relation__attr` replaced by the canonical id
+    found in `relations`; `UnresolvedReference` names the first one Concord does not know.
+    `plans` caches, across a batch, how each set of field names resolves."""
+    names = tuple(fields)
+    plan = plans.get(names) if plans is not None else None
+    if plan is None:
+        plan = []
+        for name in names:
+            relation, _, attr = name.partition("__")
+            if attr:
+                plan.append((name, f"{relation}_id", relations.get((relation, attr), {})))
+            else:
+                plan.append((name, name, None))
+        if plans is not None:
+            plans[names] = plan
+    resolved: dict[str, Any] = {}
+    for name, target, ids in plan:
+        value = fields[name]
+        if ids is None:
+            resolved[target] = value
+        elif value is None or value == "":
+            resolved[target] = None
+        else:
+            found = ids.get(value if isinstance(value, str) else str(value))
+            if found is None:
+                related = _related_model(model, name.partition("__")[0])
+                raise UnresolvedReference(
+                    f"{related._meta.verbose_name} {value} from {connection.name} is not known "
+                    "to Concord yet, so the record that refers to it cannot be stored."
+                )
+            resolved[target] = found
     return resolved
+
+
+def _related_model(model: type[models.Model], relation: str) -> type[models.Model]:
+    related = model._meta.get_field(relation).related_model
+    assert isinstance(related, type)  # noqa: S101 - a mapped relation is a ForeignKey
+    return related
 
 
 def _ownership_case(
