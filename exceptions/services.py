@@ -7,7 +7,7 @@ A case lists the records it blocks, each with the amount and hours it holds up; 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -50,8 +50,8 @@ def blocked_record(
     }
 
 
-def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a.get("type"), a.get("id")) == (b.get("type"), b.get("id"))
+def _key(record: dict[str, Any]) -> tuple[Any, Any]:
+    return (record.get("type"), record.get("id"))
 
 
 def _set_records(case: ExceptionCase, records: list[dict[str, Any]]) -> None:
@@ -73,13 +73,17 @@ def exception_case_open_or_join(
     vendor_message: str = "",
     connection_id: int | None = None,
     record: dict[str, Any] | None = None,
+    records: Sequence[dict[str, Any]] = (),
     priority: int = ExceptionCase.Priority.P3,
 ) -> ExceptionCase:
-    """Open a case for this root cause, or count this occurrence on the open one.
+    """Open a case for this root cause, or count these occurrences on the open one: `record`
+    for one blocked record, `records` for all of a batch's at once (one locked write per root
+    cause, however many records it holds up).
 
-    `message` may be a function of the case, so the wording can carry the totals after this
-    occurrence is added ("3 invoices for EUR 48,200 cannot be created").
+    `message` may be a function of the case, so the wording can carry the totals after these
+    occurrences are added ("3 invoices for EUR 48,200 cannot be created").
     """
+    added = [*([record] if record is not None else []), *records]
     now = timezone.now()
     for _ in range(2):  # a concurrent opener may win the unique constraint; then we join theirs
         try:
@@ -103,12 +107,18 @@ def exception_case_open_or_join(
                         connection_id=connection_id,
                     )
                     _set_records(case, [])
-                if record is not None and not any(_same(r, record) for r in case.records):
-                    _set_records(case, [*case.records, record])
+                held = {_key(r) for r in case.records}
+                new = []
+                for blocked in added:
+                    if _key(blocked) not in held:
+                        held.add(_key(blocked))
+                        new.append(blocked)
+                if new:
+                    _set_records(case, [*case.records, *new])
                 case.message = message(case) if callable(message) else message
                 case.vendor_message = vendor_message[:4000] or case.vendor_message
                 case.last_seen_at = now
-                case.occurrences += 1
+                case.occurrences += max(1, len(added))
                 case.save()
                 return case
         except IntegrityError:
@@ -126,13 +136,22 @@ def exception_case_resolve(*, case: ExceptionCase, note: str) -> ExceptionCase:
     return case
 
 
-@transaction.atomic
 def exception_case_drop_record(*, case_id: int, record: dict[str, Any], note: str) -> None:
     """A record of the case synced after all: take it off; the case closes when none is left."""
+    exception_case_drop_records(case_id=case_id, records=[record], note=note)
+
+
+@transaction.atomic
+def exception_case_drop_records(
+    *, case_id: int, records: Sequence[dict[str, Any]], note: str
+) -> None:
+    """Records of the case that synced after all, taken off in one locked write; the case
+    closes when none is left."""
     case = ExceptionCase.objects.select_for_update().filter(pk=case_id).first()
     if case is None or case.status != ExceptionCase.Status.OPEN:
         return
-    remaining = [r for r in case.records if not _same(r, record)]
+    gone = {_key(r) for r in records}
+    remaining = [r for r in case.records if _key(r) not in gone]
     if len(remaining) == len(case.records):
         return
     _set_records(case, remaining)

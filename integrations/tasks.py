@@ -58,15 +58,15 @@ def dispatch_outbox_later(connection_id: int, *, force: bool = False) -> None:
     flag = f"outbox:queued:{connection_id}"
     if not force and not flag_set(flag, RING_FLAG_TTL_S):
         return
+    # A ring older than the sweep cycle is redundant: the sweeper has rung again since.
+    _send_dispatch(connection_id, expires=60)
+
+
+def _send_dispatch(connection_id: int, **options: Any) -> None:
+    """Queue a dispatch task on the connection's vendor queue (nothing for a gone connection)."""
     vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
-    if vendor is None:
-        return
-    dispatch_outbox.apply_async(
-        args=(connection_id,),
-        queue=outbox_queue(vendor),
-        # A ring older than the sweep cycle is redundant: the sweeper has rung again since.
-        expires=60,
-    )
+    if vendor is not None:
+        dispatch_outbox.apply_async(args=(connection_id,), queue=outbox_queue(vendor), **options)
 
 
 @shared_task(name="integrations.dispatch_outbox", bind=True)
@@ -105,11 +105,7 @@ def _ring_when_next_due(connection_id: int) -> None:
     # One scheduled ring per connection at a time.
     if not flag_set(f"outbox:scheduled:{connection_id}", int(delay) + 1):
         return
-    vendor = Connection.objects.filter(pk=connection_id).values_list("vendor", flat=True).first()
-    if vendor is not None:
-        dispatch_outbox.apply_async(
-            args=(connection_id,), queue=outbox_queue(vendor), countdown=delay, expires=delay + 60
-        )
+    _send_dispatch(connection_id, countdown=delay, expires=delay + 60)
 
 
 @shared_task(name="integrations.sweep_outbox")

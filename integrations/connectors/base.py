@@ -195,20 +195,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def parse_timestamp(value: str) -> datetime:
-    """ISO 8601 (``Z``, ``+00:00`` or ``+0000``; naive = UTC) or Xero's ``/Date(ms+0000)/``."""
-    try:  # the common shape, fast: 3.11's fromisoformat reads Z, +00:00 and +0000
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        pass
-    else:
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """ISO 8601 (``Z``, ``+00:00`` or ``+0000``, which Python 3.11's fromisoformat reads; naive
+    = UTC) or Xero's ``/Date(ms+0000)/``."""
     text = value.strip()
-    match = _MS_DATE.match(text)
-    if match:
-        return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
-    text = text.replace("Z", "+00:00")
-    if re.search(r"[+-]\d{4}$", text):
-        text = text[:-2] + ":" + text[-2:]
+    if text.startswith("/Date("):
+        match = _MS_DATE.match(text)
+        if match:
+            return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
     parsed = datetime.fromisoformat(text)
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 

@@ -31,6 +31,9 @@ class ConnectorError(Exception):
     """A failed vendor call (or item of a batch). ``kind`` is the class the engine acts on."""
 
     kind: ClassVar[str] = "permanent"
+    # True when the request certainly never reached the vendor (refused by our own limits, or
+    # no connection could be made): a write that failed so cannot have been applied.
+    never_sent: bool = False
 
     def __init__(
         self,
@@ -70,9 +73,13 @@ class TransientError(ConnectorError):
 class CircuitOpenError(TransientError):
     """Not sent: the connection's circuit breaker is open (or its one probe is in flight)."""
 
+    never_sent = True
+
 
 class LimitWaitExceeded(TransientError):
     """Not sent: a local limit (rate, concurrency, vendor pause) would make us wait too long."""
+
+    never_sent = True
 
 
 class PermanentError(ConnectorError):

@@ -242,7 +242,7 @@ class HarvestConnector(BaseConnector):
         pending: PendingRead | None = self._start_page(object_type, since, 1)
         try:
             while pending is not None:
-                page = self._page_from(object_type, since, pending.result())
+                page = self._page_from(object_type, pending.result())
                 pending = None
                 if page.next_cursor:
                     pending = self._start_page(object_type, since, int(page.next_cursor))
@@ -254,11 +254,8 @@ class HarvestConnector(BaseConnector):
                     pending.result()
 
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
-        params = self._page_params(object_type, since, int(cursor or 1))
-        result = self.http.call(
-            "GET", f"/{object_type}", operation=f"read:{object_type}", params=params
-        )
-        return self._page_from(object_type, since, result)
+        pending = self._start_page(object_type, since, int(cursor or 1))
+        return self._page_from(object_type, pending.result())
 
     def _start_page(self, object_type: str, since: str | None, page: int) -> PendingRead:
         params = self._page_params(object_type, since, page)
@@ -273,15 +270,11 @@ class HarvestConnector(BaseConnector):
             params["updated_since"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
         return params
 
-    def _page_from(self, object_type: str, since: str | None, result: CallResult) -> Page:
-        # Harvest compares whole seconds; records before the exact ``since`` are dropped here.
-        floor_us = micros_of(since) // 1_000_000 * 1_000_000 if since else 0
+    def _page_from(self, object_type: str, result: CallResult) -> Page:
         body = result.json() or {}
         records = [r for r in body.get(object_type) or [] if isinstance(r, dict)]
         # Newest first within the page, as Harvest lists; reversed to oldest first.
         records.reverse()
-        if floor_us:
-            records = [r for r in records if self.version_of(object_type, r)[1] >= floor_us]
         next_page = body.get("next_page")
         return Page(records, str(next_page) if next_page else None)
 

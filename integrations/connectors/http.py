@@ -38,6 +38,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
+from functools import partial
 from typing import Any, Protocol
 
 import httpx
@@ -111,8 +112,11 @@ class PendingRead:
         params: Mapping[str, Any] | None,
         headers: Mapping[str, str] | None,
         started: datetime,
-        future: Future[Exchange] | None,
-        refused: ConnectorError | None,
+        *,
+        future: Future[Exchange] | None = None,
+        permit: Any = None,
+        exchanged: Exchange | None = None,
+        refused: ConnectorError | None = None,
     ) -> None:
         self.http = http
         self.path = path
@@ -120,27 +124,24 @@ class PendingRead:
         self.params = params
         self.headers = headers
         self.started = started
-        self.future = future
-        self.refused = refused
-        self.permit: Any = None
+        self.future = future  # sent: the exchange under way
+        self.permit = permit
+        self.exchanged = exchanged  # not sent: the token fetch failed
+        self.refused = refused  # not sent: the limits said no (recorded already)
 
     def result(self) -> CallResult:
         """The response, or the ``ConnectorError`` ``call`` would have raised. Call it once;
         until then the call holds one of the connection's concurrency slots."""
         http = self.http
-        if self.refused is not None:  # the limits or the token fetch said no before sending
-            refused = self.refused
-            refused.attempt_id = http._record(
-                self.operation, self.started, 0, None, refused, "", ()
-            )
-            raise refused
-        assert self.future is not None  # noqa: S101 - either refused or sent
-        try:
-            exchanged = self.future.result()
-        finally:
-            if self.permit is not None:
+        if self.refused is not None:
+            raise self.refused
+        exchanged = self.exchanged
+        if self.future is not None:
+            try:
+                exchanged = self.future.result()
+            finally:
                 http.limits.release(self.permit)
-                self.permit = None
+        assert exchanged is not None  # noqa: S101 - sent, or failed before sending
         result, error, retry_auth = http._finish(
             "GET",
             self.path,
@@ -153,13 +154,21 @@ class PendingRead:
             use_limits=True,
             may_refresh=True,
         )
-        if retry_auth:  # a stale token: the refreshed one is sent the ordinary way
-            return http.call(
+        if retry_auth:  # a stale token, refreshed: one more try, which may not refresh again
+            result, error, _ = http._once(
                 "GET",
                 self.path,
                 operation=self.operation,
                 params=self.params,
+                json_body=None,
+                data=None,
                 headers=self.headers,
+                message_ids=(),
+                classify=None,
+                send_auth=True,
+                use_limits=True,
+                httpx_auth=None,
+                may_refresh=False,
             )
         if error is not None:
             raise error
@@ -255,14 +264,12 @@ class OAuthClientCredentials:
         client_secret: str,
         basic_auth: bool,
         scope: str | None = None,
-        on_token: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.token_url = token_url
         self.client_id = client_id
         self.client_secret = client_secret
         self.basic_auth = basic_auth
         self.scope = scope
-        self.on_token = on_token
         self._cache_key = (token_url, client_id)
 
     def token(self, http: VendorHTTP) -> str:
@@ -302,8 +309,6 @@ class OAuthClientCredentials:
                 token,
                 time.monotonic() + max(ttl - TOKEN_EARLY_REFRESH_S, ttl / 2),
             )
-        if self.on_token is not None:
-            self.on_token(body)
         return token
 
     def headers(self, http: VendorHTTP) -> dict[str, str]:
@@ -401,10 +406,14 @@ def _transport_error(exc: httpx.TransportError, method: str) -> TransientError:
         message = "connection error: vendor unreachable"
     else:
         message = "connection lost: response dropped"
-    if method in ("POST", "PUT", "PATCH", "DELETE") and not isinstance(exc, httpx.ConnectError):
+    # No connection made (refused, or not even a pooled one in time): the request never left.
+    never_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    if method in ("POST", "PUT", "PATCH", "DELETE") and not never_sent:
         # The request may have reached the vendor and been applied; only the answer is lost.
         message += " (the write may have been applied; retry with the same idempotency key)"
-    return TransientError(message, vendor_message=type(exc).__name__)
+    error = TransientError(message, vendor_message=type(exc).__name__)
+    error.never_sent = never_sent
+    return error
 
 
 def _in_callers_transaction(using: str = DEFAULT_DB_ALIAS) -> bool:
@@ -542,9 +551,7 @@ class VendorHTTP:
             if use_limits:
                 permit = self.limits.acquire(self.acquire_timeout)
         except ConnectorError as exc:
-            exc.attempt_id = self._record(operation, started, 0, None, exc, "", message_ids)
-            logger.info("%s %s not sent: %s", self.vendor, operation, exc)
-            return None, exc, False
+            return None, self._not_sent(operation, started, exc, message_ids), False
         exchanged: Exchange = (None, None, 0)
         try:
             request_headers = self._headers(headers, send_auth)
@@ -587,15 +594,16 @@ class VendorHTTP:
         if _in_callers_transaction():
             raise RuntimeError("a vendor call must not run inside a database transaction")
         started = datetime.now(UTC)
+        pending = partial(PendingRead, self, path, operation, params, headers, started)
         try:
             permit = self.limits.acquire(self.acquire_timeout)
         except ConnectorError as exc:
-            return PendingRead(self, path, operation, params, headers, started, None, exc)
+            return pending(refused=self._not_sent(operation, started, exc, ()))
         try:
             request_headers = self._headers(headers, send_auth=True)
-        except ConnectorError as exc:
+        except ConnectorError as exc:  # e.g. the token fetch failed
             self.limits.release(permit)
-            return PendingRead(self, path, operation, params, headers, started, None, exc)
+            return pending(exchanged=(None, exc, 0))
         if self._reader is None:
             self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vendor-read")
         future = self._reader.submit(
@@ -608,9 +616,19 @@ class VendorHTTP:
             request_headers,
             None,
         )
-        pending = PendingRead(self, path, operation, params, headers, started, future, None)
-        pending.permit = permit
-        return pending
+        return pending(future=future, permit=permit)
+
+    def _not_sent(
+        self,
+        operation: str,
+        started: datetime,
+        refused: ConnectorError,
+        message_ids: Sequence[int],
+    ) -> ConnectorError:
+        """The limits refused the call (breaker open, vendor pause, no slot in time)."""
+        refused.attempt_id = self._record(operation, started, 0, None, refused, "", message_ids)
+        logger.info("%s %s not sent: %s", self.vendor, operation, refused)
+        return refused
 
     def _headers(self, headers: Mapping[str, str] | None, send_auth: bool) -> dict[str, str]:
         request_headers = dict(headers or {})

@@ -605,9 +605,6 @@ class Limits:
         if seconds > 0:
             self.store.pause_until(self.key("pause"), seconds)
 
-    def paused_for(self) -> float:
-        return self.store.pause_left(self.key("pause"))
-
     def record_success(self) -> None:
         change = self.store.circuit_success(self.key("circuit"))
         now = time.monotonic()

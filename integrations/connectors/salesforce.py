@@ -441,15 +441,13 @@ class SalesforceConnector(BaseConnector):
         if object_type not in FIELDS:
             raise self.unknown("object", object_type)
         operation = f"read:{object_type}"
-        # Whole seconds: Salesforce shows SystemModstamp to the second, so a finer ``since``
-        # must not drop a record of the same second.
-        floor_us = micros_of(since) // 1_000_000 * 1_000_000 if since else 0
         if cursor:
             page = self._query(None, cursor, operation)
         else:
             where = ""
             if since:
-                # Whole seconds, inclusive; records before the exact ``since`` are dropped below.
+                # Whole seconds, inclusive: Salesforce shows SystemModstamp to the second, so a
+                # finer ``since`` must not drop a record of the same second.
                 stamp = parse_timestamp(since).strftime("%Y-%m-%dT%H:%M:%SZ")
                 where = f" WHERE SystemModstamp >= {stamp}"
             soql = (
@@ -457,10 +455,6 @@ class SalesforceConnector(BaseConnector):
                 "ORDER BY SystemModstamp ASC, Id ASC"
             )
             page = self._query(soql, None, operation)
-        if floor_us:
-            page.records = [
-                r for r in page.records if self.version_of(object_type, r)[1] >= floor_us
-            ]
         return page
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:

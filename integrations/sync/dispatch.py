@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 from integrations.connectors.base import Connector, ItemResult, connector_for
 from integrations.connectors.errors import (
-    CircuitOpenError,
     ConnectorError,
-    LimitWaitExceeded,
     TransientError,
 )
 from integrations.models import Connection, OutboxMessage
@@ -154,7 +152,7 @@ def _failed(
         vendor_message=error.vendor_message,
         retry_after=error.retry_after,
         maybe_applied=maybe_applied,
-        not_sent=isinstance(error, CircuitOpenError | LimitWaitExceeded),
+        not_sent=error.never_sent,
     )
 
 
@@ -164,10 +162,8 @@ _REFUSED_BEFORE_WRITING = {429, 503}
 
 def _may_have_reached_vendor(error: ConnectorError) -> bool:
     """Whether a failed write could have been applied although we never got the answer."""
-    if isinstance(error, CircuitOpenError | LimitWaitExceeded):
-        return False  # never sent
+    if error.never_sent:
+        return False
     if not isinstance(error, TransientError):
         return False  # the vendor answered: a refusal writes nothing
-    if error.status_code in _REFUSED_BEFORE_WRITING:
-        return False
-    return not str(error).startswith("connection error")  # unreachable: never arrived
+    return error.status_code not in _REFUSED_BEFORE_WRITING

@@ -7,9 +7,10 @@ retry, go to the integration admins. One case per root cause, however many rows 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from decimal import Decimal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from django.db import transaction
 from django.db.models import Q
@@ -18,7 +19,7 @@ from exceptions.models import ExceptionCase, Queue
 from exceptions.services import (
     blocked_record,
     case_fingerprint,
-    exception_case_drop_record,
+    exception_case_drop_records,
     exception_case_open_or_join,
 )
 from integrations.models import OutboxMessage
@@ -103,11 +104,13 @@ def close_cases_for(delivered: Sequence[OutboxMessage]) -> None:
         .values_list("exception_case_id", "content_type__model", "object_id")
         .distinct()
     )
+    by_case: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for case_id, model, object_id in held:
-        if case_id is None:
-            continue
-        exception_case_drop_record(
+        if case_id is not None:
+            by_case[case_id].append({"type": model, "id": object_id})
+    for case_id, taken in by_case.items():  # one locked write per case
+        exception_case_drop_records(
             case_id=case_id,
-            record={"type": model, "id": object_id},
+            records=taken,
             note="Closed automatically: every record it held has since been delivered.",
         )

@@ -4,6 +4,7 @@ the published mapping, apply ownership and the version check, upsert the canonic
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.db import transaction
@@ -11,13 +12,13 @@ from django.utils import timezone
 
 from exceptions.models import Queue
 from exceptions.services import blocked_record, case_fingerprint, exception_case_open_or_join
-from integrations.connectors.base import connector_for
+from integrations.connectors.base import Connector, connector_for
 from integrations.connectors.errors import ConnectorError, TransientError
 from integrations.mapping.apply import map_inbound
 from integrations.mapping.ownership import load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
-from integrations.models import InboundMessage
-from integrations.sync.upsert import canonical_upsert
+from integrations.models import Connection, InboundMessage
+from integrations.sync.upsert import canonical_upsert, message_state
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,37 @@ def inbound_process(*, message_id: int) -> str:
     message = InboundMessage.objects.select_related("connection").filter(pk=message_id).first()
     if message is None:
         return "gone"
+    with _Context(message.connection) as context:
+        return _process(message, context)
+
+
+class _Context:
+    """What every message of one connection needs, built once per batch: the ownership rules
+    and the vendor client (one HTTP client and its kept-alive connection for all the reads)."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.rules = load_ownership_rules()
+        self._connector: Connector | None = None
+
+    @property
+    def connector(self) -> Connector:
+        if self._connector is None:
+            self._connector = connector_for(self.connection)
+        return self._connector
+
+    def __enter__(self) -> _Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._connector is not None:
+            self._connector.close()
+
+
+def _process(message: InboundMessage, context: _Context) -> str:
     if message.state != State.RECEIVED:
         return str(message.state)
-    connection = message.connection
+    connection = context.connection
     mapping = mapping_load_published(connection_id=connection.pk, object_type=message.object_type)
     if mapping is None:
         return _finish(
@@ -54,15 +83,12 @@ def inbound_process(*, message_id: int) -> str:
     record = message.payload
     if message.source != InboundMessage.Source.POLL:
         # Webhooks name what changed; the record itself is read now, so the newest state wins.
-        connector = connector_for(connection)
         try:
-            fetched = connector.fetch(message.object_type, message.external_id)
+            fetched = context.connector.fetch(message.object_type, message.external_id)
         except TransientError as exc:
             raise InboundRetry(str(exc), exc.retry_after) from exc
         except ConnectorError as exc:
             return _finish(message, State.FAILED, f"Reading the record failed: {exc}")
-        finally:
-            connector.close()
         if fetched is None:
             return _finish(message, State.FAILED, "The record no longer exists at the vendor.")
         record = fetched
@@ -70,20 +96,13 @@ def inbound_process(*, message_id: int) -> str:
     mapped = map_inbound(mapping, record)
     if not mapped.ok:
         errors = "; ".join(str(e) for e in mapped.errors)
-        mapping_case_open(message, errors)
+        mapping_case_open([message], errors)
         return _finish(message, State.FAILED, f"Mapping failed: {errors}")
     if mapped.source_version and message.source_version < mapped.source_version:
         message.source_version = mapped.source_version
 
-    result = canonical_upsert(connection=connection, mapped=mapped, rules=load_ownership_rules())
-    if result.state == "stale":
-        return _finish(message, State.STALE, "An equal or newer version was already applied.")
-    if result.state == "failed":
-        return _finish(message, State.FAILED, result.error)
-    if result.conflicts:
-        fields = ", ".join(sorted(result.conflicts))
-        return _finish(message, State.CONFLICT, f"Not applied (owned elsewhere): {fields}")
-    return _finish(message, State.APPLIED, "")
+    result = canonical_upsert(connection=connection, mapped=mapped, rules=context.rules)
+    return _finish(message, *message_state(result))
 
 
 def _finish(message: InboundMessage, state: str, error: str) -> str:
@@ -100,26 +119,31 @@ def _finish(message: InboundMessage, state: str, error: str) -> str:
     return str(state)
 
 
-def mapping_case_open(message: InboundMessage, errors: str) -> None:
-    """Open (or join) the integration admin's case for a payload the mapping cannot read."""
+def mapping_case_open(messages: Sequence[InboundMessage], errors: str) -> None:
+    """Open (or join) the integration admin's case for payloads the mapping cannot read, all
+    for the same reason: one case write however many messages it holds up."""
+    first = messages[0]
     exception_case_open_or_join(
         fingerprint=case_fingerprint(
-            "inbound", "mapping", message.connection_id, message.object_type, errors[:200]
+            "inbound", "mapping", first.connection_id, first.object_type, errors[:200]
         ),
         process="inbound",
         step="mapping",
         case_type="mapping_error",
         queue=Queue.INTEGRATION_ADMIN,
         message=(
-            f"{message.object_type} records from {message.connection.name} cannot be mapped: "
+            f"{first.object_type} records from {first.connection.name} cannot be mapped: "
             f"{errors}. Fix the mapping (or the value map) and replay the messages."
         ),
-        connection_id=message.connection_id,
-        record=blocked_record(
-            record_type="inboundmessage",
-            record_id=message.pk,
-            label=f"{message.object_type} {message.external_id}",
-        ),
+        connection_id=first.connection_id,
+        records=[
+            blocked_record(
+                record_type="inboundmessage",
+                record_id=message.pk,
+                label=f"{message.object_type} {message.external_id}",
+            )
+            for message in messages
+        ],
     )
 
 
@@ -129,19 +153,22 @@ BATCH = 200
 
 def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
     """Process this connection's received messages, oldest first."""
-    ids = list(
+    messages = list(
         InboundMessage.objects.filter(connection_id=connection_id, state=State.RECEIVED)
-        .order_by("id")
-        .values_list("pk", flat=True)[:BATCH]
+        .select_related("connection")
+        .order_by("id")[:BATCH]
     )
     outcomes: dict[str, int] = {}
-    for message_id in ids:
-        try:
-            state = inbound_process(message_id=message_id)
-        except InboundRetry:
-            state = "retry"  # stays RECEIVED; the sweeper rings for it again
-        outcomes[state] = outcomes.get(state, 0) + 1
-    if len(ids) == BATCH:
+    if not messages:
+        return outcomes
+    with _Context(messages[0].connection) as context:
+        for message in messages:
+            try:
+                state = _process(message, context)
+            except InboundRetry:
+                state = "retry"  # stays RECEIVED; the sweeper rings for it again
+            outcomes[state] = outcomes.get(state, 0) + 1
+    if len(messages) == BATCH:
         from integrations.sync.webhooks import ring_inbound
 
         ring_inbound(connection_id, force=True)

@@ -136,7 +136,9 @@ def outbox_claim(*, connection_id: int, limit: int, worker: str) -> list[OutboxM
     now = timezone.now()
     with transaction.atomic():
         candidates = list(
-            OutboxMessage.objects.select_for_update(skip_locked=True)
+            OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
+            # The connection and record type are read when a row parks: loaded here, not per row.
+            .select_related("connection", "content_type")
             .filter(connection_id=connection_id, state=State.PENDING, next_attempt_at__lte=now)
             .order_by("next_attempt_at", "id")[:limit]
         )
@@ -383,10 +385,16 @@ def outbox_replay(*, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
     """
     replays: list[OutboxMessage] = []
     with transaction.atomic():
+        counts = dict(
+            OutboxMessage.objects.filter(replay_of__in=[m.pk for m in messages])
+            .values("replay_of")
+            .annotate(n=models.Count("pk"))
+            .values_list("replay_of", "n")
+        )
         for original in messages:
             if original.state != State.PARKED:
                 continue
-            count = original.replays.count()
+            count = counts.get(original.pk, 0)
             replays.append(
                 OutboxMessage(
                     connection_id=original.connection_id,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.db import connection as db
+from django.db.models import Case, Value, When
 from django.utils import timezone
 
 from integrations.connectors.base import Connector, connector_for, micros_to_iso
@@ -31,9 +33,12 @@ from integrations.sync.bulk import copy_insert_values
 from integrations.sync.inbound import mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.upsert import (
+    STALE_REASON,
     ResolvePlans,
     UnresolvedReference,
     canonical_upsert,
+    is_stale,
+    message_state,
     relation_ids,
     resolve_fields,
 )
@@ -194,24 +199,31 @@ def _submit_page(
     unmappable = [row["dedupe_key"] for row in raw if row["state"] == State.FAILED]
 
     def finish() -> None:
-        # After both steps committed: a payload the mapping cannot read opens (or joins) the
-        # integration admin's case, naming its kept raw record, as a webhook's would.
+        # After both steps committed: payloads the mapping cannot read open (or join) the
+        # integration admin's case, one per reason, naming their kept raw records, as a
+        # webhook's would.
         if unmappable:
+            by_reason: dict[str, list[InboundMessage]] = defaultdict(list)
             for message in InboundMessage.objects.filter(
                 connection=connection, dedupe_key__in=unmappable, replay_of__isnull=True
             ).select_related("connection"):
-                mapping_case_open(message, plan.outcome["failed"][message.external_id])
+                by_reason[plan.outcome["failed"][message.external_id]].append(message)
+            for reason, messages in by_reason.items():
+                mapping_case_open(messages, reason)
         # What the one-by-one path found out (a failure, a conflict, a version gone stale) goes
-        # on the (now committed) raw rows; the cursor moves.
-        for external_id, (state, reason) in plan.later.items():
+        # on this page's (now committed) raw rows, in one statement; the cursor moves.
+        if plan.later:
+            found = {raw[i]["dedupe_key"]: outcome for i, outcome in plan.later.items()}
             InboundMessage.objects.filter(
                 connection=connection,
-                object_type=object_type,
-                external_id=external_id,
+                dedupe_key__in=list(found),
                 state=State.APPLIED,
                 replay_of__isnull=True,
-            ).filter(dedupe_key__startswith=f"poll:{object_type}:{external_id}:").update(
-                state=state, error=reason[:4000]
+            ).update(
+                state=Case(*(When(dedupe_key=k, then=Value(s)) for k, (s, _) in found.items())),
+                error=Case(
+                    *(When(dedupe_key=k, then=Value(r[:4000])) for k, (_, r) in found.items())
+                ),
             )
         if advance is not None:
             _save_cursor(cursor, *advance)
@@ -260,8 +272,10 @@ class UpsertPlan:
     )
     # By position in the page: the records not to be applied, known when planning (state, why).
     notes: dict[int, tuple[str, str]] = field(default_factory=dict)
-    # By external id: what the one-by-one path found, once written (state, why).
-    later: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # By position in the page: what the one-by-one path found, once written (state, why).
+    later: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Where each mapped record stands in the page (by object id).
+    positions: dict[int, int] = field(default_factory=dict)
 
 
 def plan_upsert(
@@ -273,7 +287,7 @@ def plan_upsert(
     explains itself."""
     plan = UpsertPlan(connection=connection, rules=rules)
     counts = plan.outcome
-    position = {id(m): i for i, m in enumerate(mapped)}
+    position = plan.positions = {id(m): i for i, m in enumerate(mapped)}
     good = [m for m in mapped if m.ok]
     for i, m in enumerate(mapped):
         if not m.ok:
@@ -290,7 +304,7 @@ def plan_upsert(
 
     # Newest version per record within the page.
     latest: dict[str, MappedRecord] = {}
-    stale = (State.STALE, "An equal or newer version was already applied.")
+    stale = (State.STALE, STALE_REASON)
     for m in good:
         before = latest.get(m.external_id)
         if before is None or m.source_version > before.source_version:
@@ -308,7 +322,7 @@ def plan_upsert(
     fresh = []
     for external_id, m in latest.items():
         xref = xrefs.get(external_id)
-        if xref is not None and m.source_version <= int(xref.external_version or 0):
+        if is_stale(m.source_version, xref):
             counts["stale"] += 1
             plan.notes[position[id(m)]] = stale
         else:
@@ -339,7 +353,7 @@ def plan_upsert(
                         **fields,
                         "source_system": stamp_role,
                         "source_version": m.source_version,
-                        "field_sources": {source.stamp: sorted(fields)},
+                        "field_sources": with_sources(None, fields, source),
                     },
                 )
             )
@@ -376,24 +390,16 @@ def write_upsert(plan: UpsertPlan) -> None:
             one_by_one.extend(m for m, _ in plan.updates)
     for m in one_by_one:
         result = canonical_upsert(connection=plan.connection, mapped=m, rules=plan.rules)
+        state, reason = message_state(result)
         if result.state == "applied":
             counts["applied"] += 1
             counts["conflicts"] += bool(result.conflicts)
-            if result.conflicts:
-                fields = ", ".join(sorted(result.conflicts))
-                plan.later[m.external_id] = (
-                    State.CONFLICT,
-                    f"Not applied (owned elsewhere): {fields}",
-                )
         elif result.state == "stale":
             counts["stale"] += 1
-            plan.later[m.external_id] = (
-                State.STALE,
-                "An equal or newer version was already applied.",
-            )
         elif result.state == "failed":
             counts["failed"][m.external_id] = result.error
-            plan.later[m.external_id] = (State.FAILED, result.error)
+        if state != State.APPLIED:
+            plan.later[plan.positions[id(m)]] = (state, reason)
 
 
 def _write(plan: UpsertPlan) -> None:
@@ -403,7 +409,7 @@ def _write(plan: UpsertPlan) -> None:
     now = timezone.now()
     new_ids = copy_insert_values(model, [row for _, row in plan.creates])
     if plan.updates:
-        names = sorted({f for m, _ in plan.updates for f in _field_names(model, m)})
+        names = sorted({f for m, _ in plan.updates for f in _field_names(m)})
         model._default_manager.bulk_update(
             [r for _, r in plan.updates],
             [*names, "source_system", "source_version", "field_sources", "updated_at"],
@@ -434,7 +440,7 @@ def _write(plan: UpsertPlan) -> None:
     )
 
 
-def _field_names(model: type[models.Model], mapped: MappedRecord) -> list[str]:
+def _field_names(mapped: MappedRecord) -> list[str]:
     names = []
     for name in mapped.fields:
         relation, _, attr = name.partition("__")

@@ -22,7 +22,7 @@ from exceptions.services import blocked_record, case_fingerprint, exception_case
 from integrations.mapping.apply import MappedRecord
 from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
 from integrations.mapping.ownership import OwnershipRules, split_by_owner
-from integrations.models import Connection, CrossReference
+from integrations.models import Connection, CrossReference, InboundMessage
 from integrations.models.base import FieldSource, with_sources
 
 
@@ -37,6 +37,31 @@ class UpsertResult:
 
 class UnresolvedReference(Exception):
     pass
+
+
+STALE_REASON = "An equal or newer version was already applied."
+
+
+def is_stale(version: int, xref: CrossReference | None) -> bool:
+    """A version no newer than the one applied from that system (0: the source has no
+    versions, so nothing it sends is stale)."""
+    return bool(xref is not None and version and version <= int(xref.external_version or 0))
+
+
+def message_state(result: UpsertResult) -> tuple[str, str]:
+    """What an upsert's outcome means for the inbound message that carried it: its state and
+    the reason shown with it."""
+    State = InboundMessage.State
+    if result.state == "stale":
+        return State.STALE, STALE_REASON
+    if result.state == "failed":
+        return State.FAILED, result.error
+    if result.conflicts:
+        return (
+            State.CONFLICT,
+            f"Not applied (owned elsewhere): {', '.join(sorted(result.conflicts))}",
+        )
+    return State.APPLIED, ""
 
 
 def canonical_upsert(
@@ -76,10 +101,9 @@ def _upsert(
         .first()
     )
     record: Any = None
+    if is_stale(mapped.source_version, xref):
+        return UpsertResult(state="stale")
     if xref is not None:
-        applied_version = int(xref.external_version or 0)
-        if mapped.source_version and mapped.source_version <= applied_version:
-            return UpsertResult(state="stale")
         record = model._default_manager.select_for_update().filter(pk=xref.object_id).first()
 
     fields = resolve_fields(

@@ -17,8 +17,10 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from django.db import IntegrityError, transaction
@@ -96,21 +98,17 @@ def webhook_receive(*, connection: Connection, body: bytes, headers: dict[str, s
             403, "This connection has no webhook secret configured, so nothing can be verified."
         )
     lowered = {k.lower(): v for k, v in headers.items()}
+    # The signature first: nothing of an unverified body is parsed.
+    row: Callable[[Any], Row]
     if connection.vendor == Vendor.XERO:
         _verify_xero(secret, body, lowered)
-        payload = _json(body)
-        events = payload.get("events")
-        if not isinstance(events, list):
-            raise WebhookRefused(400, "Body must be a JSON object with an 'events' list.")
-        rows = [_xero_row(connection, event) for event in events]
+        row = partial(_xero_row, connection)
     else:
-        delivery_id = _verify_feed(secret, body, lowered)
-        payload = _json(body)
-        events = payload.get("events")
-        if not isinstance(events, list):
-            raise WebhookRefused(400, "Body must be a JSON object with an 'events' list.")
-        rows = [_feed_row(connection, delivery_id, event) for event in events]
-    return _store(rows)
+        row = partial(_feed_row, connection, _verify_feed(secret, body, lowered))
+    events = _json(body).get("events")
+    if not isinstance(events, list):
+        raise WebhookRefused(400, "Body must be a JSON object with an 'events' list.")
+    return _store([row(event) for event in events])
 
 
 def _json(body: bytes) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from exceptions.models import Queue
 from exceptions.services import (
     blocked_record,
     case_fingerprint,
-    exception_case_drop_record,
+    exception_case_drop_records,
     exception_case_open_or_join,
 )
 from integrations.models import (
@@ -93,6 +93,8 @@ class _Problem:
 def billing_run(*, limit: int | None = None) -> BillingRunReport:
     """Bill every approved, unbilled time entry (up to `limit`), chunk by chunk."""
     report = BillingRunReport()
+    # Exchange rates and ERP routes are the same for every chunk of a run: read them once.
+    books = _RunBooks(fx=_FxBook.load(), routes=_Routes.load())
     last_id = 0
     while limit is None or report.considered < limit:
         size = CHUNK if limit is None else min(CHUNK, limit - report.considered)
@@ -102,7 +104,7 @@ def billing_run(*, limit: int | None = None) -> BillingRunReport:
         if not ids:
             break
         last_id = ids[-1]
-        _bill_chunk(ids, report)
+        _bill_chunk(ids, report, books)
     return report
 
 
@@ -113,7 +115,7 @@ def _unbilled() -> Any:
 
 
 @transaction.atomic
-def _bill_chunk(ids: Sequence[int], report: BillingRunReport) -> None:
+def _bill_chunk(ids: Sequence[int], report: BillingRunReport, books: _RunBooks) -> None:
     # Lock the entries so two concurrent runs cannot both bill one; SKIP LOCKED lets a second run
     # take other entries instead of waiting.
     entries = list(
@@ -133,10 +135,10 @@ def _bill_chunk(ids: Sequence[int], report: BillingRunReport) -> None:
         entry.resource = resources[entry.resource_id]
     report.considered += len(entries)
     rates = _RateBook.load(entries)
-    fx = _FxBook.load(entries)
-    routes = _Routes.load()
+    fx, routes = books.fx, books.routes
 
     billable: list[tuple[TimeEntry, Decimal]] = []
+    blocked: dict[tuple[str, Any], tuple[_Problem, list[TimeEntry]]] = {}
     for entry in entries:
         contract = entry.project.contract
         if contract is not None and contract.billing_model not in BILLABLE_MODELS:
@@ -144,10 +146,13 @@ def _bill_chunk(ids: Sequence[int], report: BillingRunReport) -> None:
             continue
         problem = _validate(entry, rates, fx, routes)
         if problem is not None:
-            report.cases.add(_raise(entry, problem, rates))
+            root = (problem.case_type, problem.subject_key)
+            blocked.setdefault(root, (problem, []))[1].append(entry)
             report.blocked += 1
             continue
         billable.append((entry, rates.rate_for(entry)))  # type: ignore[arg-type]
+    for problem, held in blocked.values():  # one case write per root cause, not per entry
+        report.cases.add(_raise(held, problem, rates))
 
     report.billed += len(billable)
     report.invoices += _invoice(billable, routes)
@@ -189,7 +194,7 @@ class _FxBook:
         self.pairs = pairs
 
     @classmethod
-    def load(cls, entries: Iterable[TimeEntry]) -> _FxBook:
+    def load(cls) -> _FxBook:
         recent = date.today() - timedelta(days=35)
         return cls(
             set(
@@ -216,6 +221,12 @@ class _Routes:
 
     def connection_for(self, legal_entity_id: int | None) -> Connection | None:
         return self.by_entity.get(legal_entity_id) or self.by_entity.get(None)
+
+
+@dataclass
+class _RunBooks:
+    fx: _FxBook
+    routes: _Routes
 
 
 def _validate(entry: TimeEntry, rates: _RateBook, fx: _FxBook, routes: _Routes) -> _Problem | None:
@@ -273,17 +284,15 @@ def _validate(entry: TimeEntry, rates: _RateBook, fx: _FxBook, routes: _Routes) 
     return None
 
 
-def _raise(entry: TimeEntry, problem: _Problem, rates: _RateBook) -> int:
-    rate = rates.rate_for(entry)
-    amount = (entry.hours * rate).quantize(CENT) if rate is not None else Decimal("0")
+def _raise(entries: Sequence[TimeEntry], problem: _Problem, rates: _RateBook) -> int:
     subject, reason = problem.subject, problem.reason
 
     def describe(case: Any) -> str:
         count = len(case.records)
-        entries = "time entry" if count == 1 else "time entries"
+        noun = "time entry" if count == 1 else "time entries"
         money = f" worth {case.currency} {case.amount_blocked:,.2f}" if case.amount_blocked else ""
         return (
-            f"{count} approved {entries} ({case.hours_blocked:,.2f} hours{money}) on {subject} "
+            f"{count} approved {noun} ({case.hours_blocked:,.2f} hours{money}) on {subject} "
             f"cannot be invoiced: {reason}."
         )
 
@@ -294,16 +303,21 @@ def _raise(entry: TimeEntry, problem: _Problem, rates: _RateBook) -> int:
         case_type=problem.case_type,
         queue=problem.queue,
         message=describe,
-        record=blocked_record(
-            record_type="timeentry",
-            record_id=entry.pk,
-            label=_line_description(entry),
-            amount=amount,
-            currency=entry.project.currency if rate is not None else "",
-            hours=entry.hours,
-        ),
+        records=[_blocked_entry(entry, rates) for entry in entries],
     )
     return case.pk
+
+
+def _blocked_entry(entry: TimeEntry, rates: _RateBook) -> dict[str, Any]:
+    rate = rates.rate_for(entry)
+    return blocked_record(
+        record_type="timeentry",
+        record_id=entry.pk,
+        label=_line_description(entry),
+        amount=(entry.hours * rate).quantize(CENT) if rate is not None else Decimal("0"),
+        currency=entry.project.currency if rate is not None else "",
+        hours=entry.hours,
+    )
 
 
 def _close_cases(billed: Sequence[TimeEntry]) -> None:
@@ -317,13 +331,15 @@ def _close_cases(billed: Sequence[TimeEntry]) -> None:
         process=PROCESS, step="validate", status=ExceptionCase.Status.OPEN
     ).only("pk", "records")
     for case in open_cases:
-        for record in case.records:
-            if record.get("type") == "timeentry" and record.get("id") in ids:
-                exception_case_drop_record(
-                    case_id=case.pk,
-                    record=record,
-                    note="Closed automatically: every entry it held has since been billed.",
-                )
+        billed_here = [
+            r for r in case.records if r.get("type") == "timeentry" and r.get("id") in ids
+        ]
+        if billed_here:
+            exception_case_drop_records(
+                case_id=case.pk,
+                records=billed_here,
+                note="Closed automatically: every entry it held has since been billed.",
+            )
 
 
 # --- Invoices ---------------------------------------------------------------------------------
@@ -340,7 +356,6 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
         entity_id = project.legal_entity_id
         assert entity_id is not None  # noqa: S101 - _validate refuses projects without one
         groups[(project.contract_id, entity_id, project.currency)].append((entry, rate))
-    customers = Customer.objects.in_bulk(list({e.project.customer_id for e, _ in billable}))
     per_invoice = max_lines_per_invoice()
     invoices: list[tuple[Invoice, list[BillingEvent]]] = []
     for (_contract_id, entity_id, currency), group in groups.items():
@@ -369,7 +384,7 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
             tax = (subtotal * Decimal(tax_percent) / 100).quantize(CENT, ROUND_HALF_UP)
             invoice = Invoice(
                 legal_entity_id=entity_id,
-                customer=customers[group[0][0].project.customer_id],
+                customer=group[0][0].project.customer,  # loaded with the project
                 contract=contract,
                 currency=currency,
                 issue_date=date.today(),
@@ -389,7 +404,7 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
     # One COPY for all the billing events: at 100,000 entries an INSERT is several times slower.
     copy_insert(BillingEvent, [e for _, events in invoices for e in events])
 
-    contact_ids = _contact_ids(invoices, routes)
+    contact_ids = _contact_ids(invoices)
     messages = []
     for invoice, lines in invoices:
         connection = routes.connection_for(invoice.legal_entity_id)
@@ -421,7 +436,7 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
 
 
 def _contact_ids(
-    invoices: Sequence[tuple[Invoice, list[BillingEvent]]], routes: _Routes
+    invoices: Sequence[tuple[Invoice, list[BillingEvent]]],
 ) -> dict[tuple[int, int], str]:
     """The customer's contact id in each target ERP, where Concord knows it."""
     customer_type = ContentType.objects.get_for_model(Customer)

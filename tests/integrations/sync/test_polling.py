@@ -203,3 +203,28 @@ def test_a_polled_record_that_cannot_be_mapped_is_kept_failed_and_opens_a_case(
     assert {"type": "inboundmessage", "id": kept.pk} in [
         {"type": r["type"], "id": r["id"]} for r in case.records
     ]
+
+
+def test_a_later_failure_labels_only_the_version_that_failed(
+    harvest: Connection, sandbox: Sandbox
+) -> None:
+    poll_connection(connection_id=harvest.pk)
+    entry = TimeEntry.objects.select_related("project").order_by("pk").first()
+    assert entry is not None
+    xref = CrossReference.objects.get(
+        connection=harvest, content_type__model="timeentry", object_id=entry.pk
+    )
+    # Concord forgets the entry's project: the next version cannot be stored.
+    CrossReference.objects.filter(
+        connection=harvest, content_type__model="project", object_id=entry.project_id
+    ).delete()
+    sandbox.patch("harvest", "time_entries", int(xref.external_id), {"notes": "Changed later"})
+
+    report = poll_object(connection_id=harvest.pk, object_type="time_entries")
+    assert report.failed == 1
+    first, second = InboundMessage.objects.filter(
+        connection=harvest, object_type="time_entries", external_id=xref.external_id
+    ).order_by("source_version")
+    assert first.state == "applied"  # the version that was applied stays so
+    assert second.state == "failed"
+    assert "not known to Concord yet" in second.error
