@@ -7,7 +7,8 @@ from datetime import timedelta
 from decimal import Decimal
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet, Sum
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from integrations.models import (
@@ -15,11 +16,13 @@ from integrations.models import (
     BillingEvent,
     Connection,
     Contract,
+    CrossReference,
     Customer,
     Heartbeat,
     Invoice,
     OwnershipRule,
     Project,
+    SyncAttempt,
     TimeEntry,
 )
 
@@ -82,23 +85,33 @@ def commercial_data_gaps() -> dict[str, QuerySet[Any]]:
     }
 
 
+def _count_per_connection(rows: QuerySet[Any]) -> Coalesce:
+    """How many of ``rows`` belong to the outer query's connection (a subquery; 0 if none)."""
+    counted = (
+        rows.filter(connection=OuterRef("pk"))
+        .order_by()
+        .values("connection")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
 def connections_overview() -> QuerySet[Connection]:
-    """Connections with their circuit state and the last hour's calls by outcome (one query)."""
+    """Connections with their circuit state and the last hour's calls by outcome (one query).
+
+    Each count is a subquery per connection, so rows never multiply and only the last hour's
+    attempts are read (through the ``(connection, -started_at)`` index).
+    """
     hour_ago = timezone.now() - timedelta(hours=1)
-    recent = Q(attempts__started_at__gte=hour_ago)
+    recent = SyncAttempt.objects.filter(started_at__gte=hour_ago)
     return (
         Connection.objects.select_related("health")
         .annotate(
-            xref_count=Count("cross_references", distinct=True),
-            calls_ok=Count(
-                "attempts", filter=recent & Q(attempts__outcome="success"), distinct=True
-            ),
-            calls_failed=Count(
-                "attempts", filter=recent & ~Q(attempts__outcome="success"), distinct=True
-            ),
-            calls_throttled=Count(
-                "attempts", filter=recent & Q(attempts__status_code=429), distinct=True
-            ),
+            xref_count=_count_per_connection(CrossReference.objects.all()),
+            calls_ok=_count_per_connection(recent.filter(outcome=SyncAttempt.Outcome.SUCCESS)),
+            calls_failed=_count_per_connection(recent.exclude(outcome=SyncAttempt.Outcome.SUCCESS)),
+            calls_throttled=_count_per_connection(recent.filter(status_code=429)),
         )
         .order_by("role", "name")
     )

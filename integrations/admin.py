@@ -49,6 +49,8 @@ for _model in RECORD_FILTERS:
 
 
 class ConnectionForm(forms.ModelForm[m.Connection]):
+    # Declared rather than left to the admin's URL_FORMFIELD: the form class builds its model
+    # fields when it is defined, where the admin's overrides do not reach.
     base_url = forms.URLField(max_length=500, assume_scheme="https")
     new_credentials = forms.CharField(
         required=False,
@@ -89,7 +91,6 @@ class ConnectionForm(forms.ModelForm[m.Connection]):
 @admin.register(m.Connection)
 class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
     form = ConnectionForm
-    formfield_overrides = URL_FORMFIELD
     list_display = ["name", "role", "vendor", "base_url", "enabled", "credential_keys"]
     list_filter = ["role", "vendor", "enabled"]
     readonly_fields = ["credential_keys", "created_at", "updated_at"]
@@ -129,34 +130,29 @@ class HeartbeatAdmin(admin.ModelAdmin[m.Heartbeat]):
     readonly_fields = ["component", "hostname", "seen_at"]
 
 
-@admin.register(m.AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin[m.AuditEvent]):
-    list_display = ["at", "actor_label", "action", "object_type", "object_id", "object_repr"]
-    list_filter = ["action", "object_type"]
-    search_fields = ["object_id", "object_repr", "actor_label"]
-    readonly_fields = [f.name for f in m.AuditEvent._meta.fields]
+class _ReadOnly(admin.ModelAdmin[Any]):
+    """Rows written by the system (the sync engine, the audit trail): shown, never edited by
+    hand."""
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
         return False
+
+
+@admin.register(m.AuditEvent)
+class AuditEventAdmin(_ReadOnly):
+    list_display = ["at", "actor_label", "action", "object_type", "object_id", "object_repr"]
+    list_filter = ["action", "object_type"]
+    search_fields = ["object_id", "object_repr", "actor_label"]
+    readonly_fields = [f.name for f in m.AuditEvent._meta.fields]
 
 
 @admin.register(m.RoutingRule)
 class RoutingRuleAdmin(admin.ModelAdmin[m.RoutingRule]):
     list_display = ["role", "legal_entity", "connection"]
     list_filter = ["role"]
-
-
-class _ReadOnly(admin.ModelAdmin[Any]):
-    """Rows written by the sync engine: shown, never edited by hand."""
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: object = None) -> bool:
-        return False
 
 
 @admin.register(m.OutboxMessage)

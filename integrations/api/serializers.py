@@ -75,16 +75,6 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         ]
         read_only_fields = ["created_at", "updated_at"]
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        vendor = attrs.get("vendor", getattr(self.instance, "vendor", None))
-        role = attrs.get("role", getattr(self.instance, "role", None))
-        expected = m.VENDOR_ROLES.get(str(vendor))
-        if expected != role:
-            raise serializers.ValidationError(
-                {"role": f"A {vendor} connection plays the {expected} role, not {role}."}
-            )
-        return attrs
-
     def create(self, validated_data: dict[str, Any]) -> m.Connection:
         with django_errors_as_api_errors():
             return connection_create(actor=self.context["request"].user, **validated_data)

@@ -2,8 +2,8 @@
 
 - `paths`: dotted paths into payloads (compiled once).
 - `transforms`: pure value transforms (value maps, dates, money, default, concatenation).
-- `apply`: `CompiledMapping`, `map_inbound`, `map_outbound` (pure), `load_published`.
-- `selectors`: loading and caching the published compiled mappings.
+- `apply`: `CompiledMapping`, `map_inbound`, `map_outbound` (pure).
+- `selectors`: loading and caching the published compiled mappings (`mapping_load_published`).
 - `services`: drafts, publishing, value maps, vendor defaults, preview.
 - `ownership`: `load_ownership_rules`, `split_by_owner` (pure).
 - `defaults`: the default mappings installed per vendor.

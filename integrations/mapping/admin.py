@@ -8,6 +8,7 @@ latest stored inbound payloads of its connection and object.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django import forms
@@ -15,16 +16,20 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import QuerySet
+from django.forms.models import BaseInlineFormSet
 from django.http import HttpRequest
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from integrations.mapping.selectors import mapping_cache_bump
+from integrations.mapping.apply import CompiledMapping
+from integrations.mapping.selectors import mapping_cache_bump, mapping_set_compile
 from integrations.mapping.services import (
     mapping_preview,
     mapping_set_create_draft,
     mapping_set_problems,
     mapping_set_publish,
+    value_map_create,
+    value_map_set_entries,
 )
 from integrations.models import (
     FieldMapping,
@@ -39,6 +44,17 @@ PREVIEW_PAYLOADS = 5  # enough to spot a pattern; each is mapped on every page v
 
 def _editable(obj: MappingSet | None) -> bool:
     return obj is None or obj.status == MappingSet.Status.DRAFT
+
+
+_COMPILED = "_admin_compiled_mapping"
+
+
+def _compiled(obj: MappingSet) -> CompiledMapping:
+    """The version compiled once per page: its problems and its preview both read it."""
+    compiled: CompiledMapping | None = obj.__dict__.get(_COMPILED)
+    if compiled is None:
+        compiled = obj.__dict__[_COMPILED] = mapping_set_compile(obj)
+    return compiled
 
 
 class FieldMappingInline(admin.TabularInline[FieldMapping, MappingSet]):
@@ -125,17 +141,16 @@ class MappingSetAdmin(admin.ModelAdmin[MappingSet]):
             canonical_model=form.cleaned_data["canonical_model"],
             external_id_path=form.cleaned_data["external_id_path"],
             version_path=form.cleaned_data["version_path"],
+            notes=form.cleaned_data["notes"],
             actor=request.user,
         )
-        created.notes = form.cleaned_data["notes"]
-        created.save(update_fields=["notes"])
         obj.pk, obj.version, obj.status = created.pk, created.version, created.status
 
     @admin.display(description="Problems that block publishing")
     def problems(self, obj: MappingSet) -> SafeString | str:
         if obj.pk is None or obj.status != MappingSet.Status.DRAFT:
             return "—"
-        found = mapping_set_problems(obj)
+        found = mapping_set_problems(obj, compiled=_compiled(obj))
         if not found:
             return "None: ready to publish."
         return format_html(
@@ -154,7 +169,7 @@ class MappingSetAdmin(admin.ModelAdmin[MappingSet]):
         if not payloads:
             return "No stored inbound payloads for this connection and object yet."
         rows = []
-        for record in mapping_preview(mapping_set=obj, payloads=payloads):
+        for record in mapping_preview(mapping_set=obj, payloads=payloads, compiled=_compiled(obj)):
             fields = "; ".join(f"{k}={v!r}" for k, v in record.fields.items())
             errors = "; ".join(str(e) for e in record.errors) or "none"
             rows.append((record.external_id or "?", record.source_version, fields, errors))
@@ -203,11 +218,67 @@ class ValueMapEntryInline(admin.TabularInline[ValueMapEntry, ValueMap]):
 
 @admin.register(ValueMap)
 class ValueMapAdmin(admin.ModelAdmin[ValueMap]):
+    """Entries and the default are written by the value map services (audited, and workers
+    reload after the commit), not by the inline formset."""
+
     inlines = [ValueMapEntryInline]
     list_display = ["name", "description", "default"]
     search_fields = ["name", "description", "entries__vendor_value"]
 
+    def save_model(self, request: HttpRequest, obj: ValueMap, form: Any, change: bool) -> None:
+        if not change:
+            return  # created with its entries in save_related
+        fields = [name for name in form.changed_data if name != "default"]
+        if fields:
+            obj.save(update_fields=fields)
+        if "name" in fields:
+            # Mappings name the maps they use: workers must reload them.
+            transaction.on_commit(mapping_cache_bump)
+
     def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
-        super().save_related(request, form, formsets, change)
-        # Published mappings read value maps: workers must reload them.
-        transaction.on_commit(mapping_cache_bump)
+        value_map: ValueMap = form.instance
+        entries = _entries(formsets)
+        default = form.cleaned_data.get("default", value_map.default)
+        if change:
+            if entries is None:  # the entries were not on the page: leave them as they are
+                entries = dict(value_map.entries.values_list("vendor_value", "canonical_value"))
+            value_map_set_entries(
+                value_map=value_map, entries=entries, default=default, actor=request.user
+            )
+            return
+        created = value_map_create(
+            name=form.cleaned_data["name"],
+            entries=entries or {},
+            default=default,
+            description=form.cleaned_data.get("description", ""),
+            actor=request.user,
+        )
+        value_map.pk = created.pk
+
+    def construct_change_message(
+        self, request: HttpRequest, form: Any, formsets: Any, add: bool = False
+    ) -> list[dict[str, Any]]:
+        # The formsets were not saved (the service wrote the entries), so they have nothing to
+        # describe; the audit event has the entries before and after.
+        message = super().construct_change_message(request, form, [], add)
+        if not add and any(formset.has_changed() for formset in formsets):
+            message.append({"changed": {"fields": ["entries"]}})
+        return message
+
+
+def _entries(formsets: Iterable[BaseInlineFormSet[Any, Any, Any]]) -> dict[str, str] | None:
+    """vendor value -> canonical value as submitted, or None when the page had no entries."""
+    formset = next((f for f in formsets if f.model is ValueMapEntry), None)
+    if formset is None:
+        return None
+    entries: dict[str, str] = {}
+    for entry_form in formset.forms:
+        data = entry_form.cleaned_data
+        if data.get("DELETE"):
+            continue
+        # A read-only row (view permission only) submits nothing: keep what it shows.
+        entry = entry_form.instance
+        vendor_value = data.get("vendor_value", entry.vendor_value)
+        if vendor_value:  # an untouched blank row has none
+            entries[vendor_value] = data.get("canonical_value", entry.canonical_value)
+    return entries

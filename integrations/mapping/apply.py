@@ -2,7 +2,7 @@
 
 Everything here is pure: no database, no cache, no clock. The caller passes a `CompiledMapping`,
 an immutable, precompiled form of one MappingSet version (paths parsed, value maps copied,
-each field's converter chosen once). `selectors.load_published` builds and caches it per
+each field's converter chosen once). `selectors.mapping_load_published` builds and caches it per
 published version, so a worker mapping thousands of records a second queries nothing per record.
 
 Foreign keys are mapped as the vendor's identifier into a field named ``<relation>__<attr>``
@@ -29,9 +29,11 @@ from typing import Any
 from integrations.mapping import transforms as t
 from integrations.mapping.errors import MappingError, OutboundMappingError, PathError
 from integrations.mapping.paths import MISSING, CompiledPath, compile_path
+from integrations.models.mapping import FieldMapping
 
-DIRECTIONS = ("in", "out", "both")
-TRANSFORMS = ("copy", "value_map", "date", "datetime", "money", "default", "concat")
+# What a FieldMapping row may hold (its choices: model metadata, no queries).
+DIRECTIONS = tuple(FieldMapping.Direction.values)
+TRANSFORMS = tuple(FieldMapping.Transform.values)
 
 # Options each transform understands; anything else is a typo the publish check refuses.
 ALLOWED_OPTIONS: dict[str, frozenset[str]] = {
@@ -315,7 +317,9 @@ def compile_mapping(
             try:
                 path = compile_path(spec.vendor_path)
             except PathError:
-                path = compile_path(f"<invalid path {spec.vendor_path!r}>")
+                # One key no payload has (not parsed: the vendor path may hold empty segments).
+                text = f"<invalid path {spec.vendor_path!r}>"
+                path = CompiledPath(text=text, steps=((text, None),))
             broken = CompiledField(
                 name=spec.canonical_field,
                 path=path,
@@ -472,14 +476,3 @@ def _write(
         f.path.set(payload, value)
     except PathError as exc:
         errors.append(exc.located(field=f.name, path=f.path.text))
-
-
-def load_published(connection_id: int, object_type: str) -> CompiledMapping | None:
-    """The published mapping for (connection, object), cached per published version.
-
-    A thin alias of `integrations.mapping.selectors.mapping_load_published`, the one place that
-    queries: call it once per batch, not per record.
-    """
-    from integrations.mapping.selectors import mapping_load_published
-
-    return mapping_load_published(connection_id=connection_id, object_type=object_type)

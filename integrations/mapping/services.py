@@ -19,16 +19,13 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from integrations.mapping.apply import FieldSpec, MappedRecord, field_spec_problems, map_inbound
+from integrations.mapping.apply import CompiledMapping, FieldSpec, MappedRecord, map_inbound
 from integrations.mapping.canonical import canonical_field_problem, canonical_model_problem
 from integrations.mapping.defaults import DEFAULT_MAPPINGS, default_value_maps_used
-from integrations.mapping.errors import PathError
-from integrations.mapping.paths import compile_path
 from integrations.mapping.selectors import (
     field_specs,
     mapping_cache_bump,
     mapping_set_compile,
-    value_map_tables,
 )
 from integrations.models import (
     AuditEvent,
@@ -62,9 +59,10 @@ def mapping_set_create_draft(
     actor: Actor,
     external_id_path: str = "id",
     version_path: str = "",
+    notes: str = "",
 ) -> MappingSet:
     """A new draft version: a copy of `from_version`, else of the published version, else empty
-    (then with the given paths). One draft per connection and object at a time."""
+    (then with the given paths and notes). One draft per connection and object at a time."""
     # Lock the connection so two admins cannot allocate the same version number.
     Connection.objects.select_for_update().get(pk=connection.pk)
     versions = MappingSet.objects.filter(connection=connection, object_type=object_type)
@@ -89,22 +87,10 @@ def mapping_set_create_draft(
         status=MappingSet.Status.DRAFT,
         external_id_path=source.external_id_path if source else external_id_path,
         version_path=source.version_path if source else version_path,
-        notes=source.notes if source else "",
+        notes=source.notes if source else notes,
     )
     if source is not None:
-        FieldMapping.objects.bulk_create(
-            FieldMapping(
-                mapping_set=mapping_set,
-                canonical_field=f.canonical_field,
-                vendor_path=f.vendor_path,
-                direction=f.direction,
-                transform=f.transform,
-                options=f.options,
-                required=f.required,
-                position=f.position,
-            )
-            for f in source.fields.all()
-        )
+        _fields_add(mapping_set, field_specs(source.fields.all()))
     audit_record(
         actor=actor,
         action=AuditEvent.Action.CREATE,
@@ -133,40 +119,36 @@ def _fields_add(mapping_set: MappingSet, specs: list[FieldSpec]) -> None:
 # -- validation and publishing -----------------------------------------------------------------
 
 
-def mapping_set_problems(mapping_set: MappingSet) -> list[str]:
-    """Everything that stops this version from being published (empty when it can be)."""
-    problems: list[str] = []
-    model = mapping_set.canonical_model
-    for label, path in (
-        ("external id path", mapping_set.external_id_path),
-        ("version path", mapping_set.version_path),
-    ):
-        if not path and label == "version path":
-            continue
-        try:
-            compile_path(path)
-        except PathError as exc:
-            problems.append(f"{label}: {exc.message}")
+def mapping_set_problems(
+    mapping_set: MappingSet, *, compiled: CompiledMapping | None = None
+) -> list[str]:
+    """Everything that stops this version from being published (empty when it can be).
+
+    Compiling finds what is wrong with each field on its own and with the paths
+    (`CompiledMapping.problems`); this adds what compiling cannot know: an empty mapping, a
+    canonical model or field that does not exist, a concatenation mapped outbound, and a field
+    mapped twice in one direction. Pass `compiled` when this version is already compiled.
+    """
+    if compiled is None:
+        compiled = mapping_set_compile(mapping_set)
     specs = field_specs(mapping_set.fields.all())
+    model = mapping_set.canonical_model
+    problems: list[str] = []
     if not specs:
         problems.append("the mapping has no fields")
-    maps = value_map_tables(
-        str(s.options.get("value_map", "")) for s in specs if isinstance(s.options, Mapping)
-    )
     model_problem = canonical_model_problem(model)
     if model_problem:
-        return [*problems, model_problem]
+        problems.append(model_problem)
+    else:
+        problems.extend(
+            problem
+            for spec in specs
+            if (problem := canonical_field_problem(model, spec.canonical_field))
+        )
+    problems.extend(compiled.problems)
     inbound: dict[str, str] = {}
     outbound: dict[str, str] = {}
     for spec in specs:
-        field_problem = canonical_field_problem(model, spec.canonical_field)
-        if field_problem:
-            problems.append(field_problem)
-        problems.extend(field_spec_problems(spec, maps))
-        if spec.transform == "concat" and spec.direction == "out":
-            problems.append(
-                f"{spec.canonical_field}: a concatenation has no reverse; map it inbound only"
-            )
         for wanted, seen in ((spec.inbound, inbound), (spec.outbound, outbound)):
             if not wanted:
                 continue
@@ -176,6 +158,10 @@ def mapping_set_problems(mapping_set: MappingSet) -> list[str]:
                     f"({seen[spec.canonical_field]} and {spec.vendor_path})"
                 )
             seen[spec.canonical_field] = spec.vendor_path
+        if spec.transform == "concat" and spec.direction == "out":
+            problems.append(
+                f"{spec.canonical_field}: a concatenation has no reverse; map it inbound only"
+            )
     return problems
 
 
@@ -328,10 +314,9 @@ def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> 
             canonical_model=default.canonical_model,
             external_id_path=default.external_id_path,
             version_path=default.version_path,
+            notes=default.notes,
             actor=actor,
         )
-        draft.notes = default.notes
-        draft.save(update_fields=["notes"])
         _fields_add(draft, list(default.fields))
         installed.append(mapping_set_publish(mapping_set=draft, actor=actor))
     return installed
@@ -341,12 +326,16 @@ def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> 
 
 
 def mapping_preview(
-    *, mapping_set: MappingSet, payloads: list[dict[str, Any]]
+    *,
+    mapping_set: MappingSet,
+    payloads: list[dict[str, Any]],
+    compiled: CompiledMapping | None = None,
 ) -> list[MappedRecord]:
     """Map payloads through any version (typically a draft) without publishing or caching it.
 
     Configuration problems show up as field errors on every record, so an admin sees both a bad
-    setting and a bad payload in one place.
+    setting and a bad payload in one place. Pass `compiled` when this version is already compiled.
     """
-    compiled = mapping_set_compile(mapping_set)
+    if compiled is None:
+        compiled = mapping_set_compile(mapping_set)
     return [map_inbound(compiled, payload) for payload in payloads]

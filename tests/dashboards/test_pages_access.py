@@ -109,3 +109,35 @@ def test_integration_admin_page_shows_circuit_state_and_recent_calls(
     assert "Open" in text
     assert "1 / 2 / 1" in text  # ok / failed / throttled in the last hour
     assert "no calls yet" in text  # the Harvest connection has never called out
+
+
+def test_integration_admin_page_queries_do_not_grow_with_connections_or_calls() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from django.utils import timezone
+
+    from integrations.models import SyncAttempt
+    from tests.factories import make_connection
+
+    client = Client()
+    client.force_login(UserFactory.create(role=INTEGRATION_ADMIN))
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            assert client.get("/integration-admin/").status_code == 200
+        return len(captured)
+
+    make_connection()
+    with_one = queries()
+    for index in range(3):
+        extra = make_connection(name=f"Harvest {index}", role="psa", vendor="harvest")
+        for _ in range(2):
+            SyncAttempt.objects.create(
+                connection=extra,
+                operation="get_projects",
+                started_at=timezone.now(),
+                latency_ms=5,
+                status_code=200,
+                outcome="success",
+            )
+    assert queries() == with_one

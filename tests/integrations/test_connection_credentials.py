@@ -155,3 +155,40 @@ def test_api_refuses_a_vendor_in_the_wrong_role() -> None:
     )
     assert response.status_code == 400
     assert "plays the erp role" in response.content.decode()
+
+
+def test_api_refuses_a_role_change_that_does_not_fit_the_vendor() -> None:
+    # The service's check (also the admin's) answers with the same 400 the serializer once did.
+    connection = make_connection()
+    client = APIClient()
+    client.force_authenticate(UserFactory.create(role=INTEGRATION_ADMIN))
+    response = client.patch(f"/api/v1/connections/{connection.pk}/", {"role": "psa"}, format="json")
+    assert response.status_code == 400
+    assert response.json() == {"role": ["A xero connection plays the erp role, not psa."]}
+    connection.refresh_from_db()
+    assert connection.role == "erp"
+    assert not m.AuditEvent.objects.filter(object_type="connection", action="update").exists()
+
+
+def test_admin_assumes_https_for_a_base_url_without_a_scheme() -> None:
+    admin = UserFactory.create(role=INTEGRATION_ADMIN, is_staff=True)
+    client = Client()
+    client.force_login(admin)
+    assert client.get("/admin/integrations/connection/add/").status_code == 200
+    response = client.post(
+        "/admin/integrations/connection/add/",
+        {
+            "name": "Harvest",
+            "role": "psa",
+            "vendor": "harvest",
+            "base_url": "api.harvestapp.com/v2",
+            "rate_limit_per_minute": 100,
+            "max_concurrency": 5,
+            "enabled": "on",
+            "new_credentials": '{"access_token": "t"}',
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    created = m.Connection.objects.get(name="Harvest")
+    assert created.base_url == "https://api.harvestapp.com/v2"
+    assert created.credentials == {"access_token": "t"}

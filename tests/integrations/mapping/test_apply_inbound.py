@@ -261,3 +261,36 @@ def test_configuration_problems_fail_the_field_not_the_record() -> None:
         MappingError("value map 'nope' does not exist", field="status", path="state"),
         MappingError("'places' must be a whole number from 0 to 8", field="budget", path="budget"),
     ]
+
+
+def test_directions_and_transforms_are_the_field_mapping_choices() -> None:
+    from integrations.mapping.apply import ALLOWED_OPTIONS, DIRECTIONS, TRANSFORMS
+    from integrations.models import FieldMapping
+
+    assert set(DIRECTIONS) == {"in", "out", "both"} == set(FieldMapping.Direction.values)
+    assert set(TRANSFORMS) == set(FieldMapping.Transform.values)
+    # A transform added to the model must say which options it takes.
+    assert set(ALLOWED_OPTIONS) == set(TRANSFORMS)
+    mapping = compile_mapping(
+        object_type="projects",
+        canonical_model="project",
+        external_id_path="id",
+        fields=[FieldSpec("name", "name", direction="sideways", transform="upper")],
+    )
+    assert mapping.problems == (
+        "name (name): unknown direction 'sideways'",
+        "name (name): unknown transform 'upper'",
+    )
+
+
+def test_a_field_with_an_unparseable_path_is_kept_as_a_failing_field() -> None:
+    mapping = compile_mapping(
+        object_type="projects",
+        canonical_model="project",
+        external_id_path="id",
+        fields=[FieldSpec("name", "name"), FieldSpec("code", "a..b", required=True)],
+    )
+    assert mapping.problems == ("code (a..b): path 'a..b' has an empty segment",)
+    record = map_inbound(mapping, {"id": 1, "name": "P"})
+    assert record.fields == {"name": "P"}
+    assert [e.field for e in record.errors] == ["code"]

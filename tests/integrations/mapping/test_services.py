@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -11,11 +12,12 @@ from django.db import IntegrityError, transaction
 
 from integrations.mapping.apply import map_inbound
 from integrations.mapping.defaults import DEFAULT_MAPPINGS
-from integrations.mapping.selectors import mapping_load_published
+from integrations.mapping.selectors import mapping_load_published, mapping_set_compile
 from integrations.mapping.services import (
     mapping_defaults_install,
     mapping_preview,
     mapping_set_create_draft,
+    mapping_set_problems,
     mapping_set_publish,
     value_map_create,
     value_map_set_entries,
@@ -141,6 +143,23 @@ def test_draft_from_a_named_version_or_empty() -> None:
         _draft(connection, from_version=9)
 
 
+def test_draft_takes_the_given_notes_when_empty_and_the_source_notes_when_copied() -> None:
+    connection = _harvest()
+    first = _draft(connection, notes="Projects from Harvest")
+    assert first.notes == "Projects from Harvest"
+    _field(first, "name", "name", position=7)
+    _field(first, "code", "code", position=3)
+    mapping_set_publish(mapping_set=first, actor=None)
+
+    second = _draft(connection, notes="ignored: the copy keeps its source's")
+    assert second.notes == "Projects from Harvest"
+    # Copied in the source's order, numbered afresh.
+    assert list(second.fields.values_list("canonical_field", "position")) == [
+        ("code", 0),
+        ("name", 1),
+    ]
+
+
 # -- publishing --------------------------------------------------------------------------------
 
 
@@ -198,6 +217,8 @@ def test_publish_checks_fields_transforms_and_value_maps() -> None:
     _field(draft, "hours", "a..b", transform="concat", direction="out")
     with pytest.raises(ValidationError) as caught:
         mapping_set_publish(mapping_set=draft, actor=None)
+    # The canonical fields, then what compiling found (CompiledMapping.problems), then what
+    # only the whole set shows.
     assert caught.value.messages == [
         "'hourz' is not a field of timeentry",
         "'project' is a relation: map the vendor's id to 'project__external_id' (the upsert "
@@ -207,8 +228,8 @@ def test_publish_checks_fields_transforms_and_value_maps() -> None:
         "task (task.name): value map 'missing' does not exist",
         "notes (notes): the default transform needs a 'default' option",
         "date (spent_date): option(s) fmt not used by 'date'",
-        "billable is mapped twice in one direction (billable and is_billable)",
         "hours (a..b): path 'a..b' has an empty segment",
+        "billable is mapped twice in one direction (billable and is_billable)",
         "hours: a concatenation has no reverse; map it inbound only",
     ]
     draft.refresh_from_db()
@@ -222,6 +243,31 @@ def test_publish_refuses_unknown_model_and_empty_mapping() -> None:
         mapping_set_publish(mapping_set=draft, actor=None)
     assert caught.value.messages[0] == "the mapping has no fields"
     assert caught.value.messages[1].startswith("'widget' is not a canonical model (one of: ")
+
+
+def test_problems_are_what_compiling_found_plus_what_only_the_set_shows() -> None:
+    connection = _harvest()
+    draft = _draft(connection, external_id_path="a..b")
+    _field(draft, "code", "code", direction="in", transform="date", options={"format": "nope"})
+    _field(draft, "code", "code2")
+    compiled = mapping_set_compile(draft)
+    assert compiled.problems == (
+        "code (code): date 'format' must be one of iso, xero",
+        "external id path: path 'a..b' has an empty segment",
+    )
+    assert mapping_set_problems(draft) == [
+        *compiled.problems,
+        "code is mapped twice in one direction (code and code2)",
+    ]
+
+
+def test_problems_reuse_a_compiled_mapping_when_given(django_assert_num_queries: Any) -> None:
+    connection = _harvest()
+    draft = _draft(connection)
+    _field(draft, "code", "code")
+    compiled = replace(mapping_set_compile(draft), problems=("found while compiling",))
+    with django_assert_num_queries(1):  # the fields, nothing compiled again
+        assert mapping_set_problems(draft, compiled=compiled) == ["found while compiling"]
 
 
 # -- value maps --------------------------------------------------------------------------------
