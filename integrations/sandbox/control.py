@@ -9,6 +9,7 @@ from __future__ import annotations
 import gc
 import time
 from datetime import date
+from itertools import islice
 from typing import Any
 
 from starlette.requests import Request
@@ -17,7 +18,7 @@ from starlette.routing import BaseRoute, Route
 
 from . import harvest, salesforce, xero
 from .faults import FaultConfigError, apply_settings
-from .gate import JSON, SYSTEMS, Sandbox
+from .gate import JSON, SYSTEMS, Sandbox, Vendor
 from .ratelimit import LimitConfigError
 from .seed import Seeder, default_anchor
 
@@ -67,6 +68,7 @@ class Control:
         self, sandbox: Sandbox, sf: salesforce.Salesforce, hv: harvest.Harvest, xr: xero.Xero
     ) -> None:
         self.sandbox, self.sf, self.hv, self.xero = sandbox, sf, hv, xr
+        self.vendors: dict[str, Vendor] = {v.system: v for v in (sf, hv, xr)}
         self.started = time.time()
 
     def routes(self) -> list[BaseRoute]:
@@ -224,17 +226,18 @@ class Control:
             offset = int(request.query_params.get("offset", "0"))
         except ValueError:
             return _error("limit and offset must be integers")
-        rows = [
-            (scope, row)
-            for scope in self._scopes(system, obj, request)
-            for row in self.sandbox.store.rows(system, obj, scope)
-        ]
+        if limit < 0 or offset < 0:
+            return _error("limit and offset must not be negative")
+        store, scopes = self.sandbox.store, self._scopes(system, obj, request)
+        rows = ((scope, row) for scope in scopes for row in store.rows(system, obj, scope))
         return JSON(
             {
                 "system": system,
                 "object": obj,
-                "count": len(rows),
-                "records": [self._raw(row, scope) for scope, row in rows[offset : offset + limit]],
+                "count": sum(store.count(system, obj, scope) for scope in scopes),
+                "records": [
+                    self._raw(row, scope) for scope, row in islice(rows, offset, offset + limit)
+                ],
             }
         )
 
@@ -248,14 +251,15 @@ class Control:
             if request.method == "PATCH":
                 # An out-of-band change, as a person would make in the vendor's own UI (e.g. a
                 # manager approving a timesheet); it is versioned and announced by webhook.
+                # The vendor stores it as its own update would: derived fields, indexes.
                 try:
                     changes = await _body(request)
                 except ValueError as exc:
                     return _error(str(exc))
-                row.data.update(changes)
-                if system == "salesforce":
-                    self.sf.derive(obj, row.data)
-                self.sandbox.store.touch(system, obj, row, scope)
+                try:
+                    self.vendors[system].patch_raw(obj, row, changes, scope)
+                except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                    return _error(f"cannot apply the change: {exc}")
             return JSON(self._raw(row, scope))
         return _error("not found", 404)
 

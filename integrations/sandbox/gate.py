@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs
@@ -30,7 +30,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from .faults import Faults
 from .ratelimit import Denied, Lease, RateLimiter
-from .store import Change, Store
+from .store import Change, Row, Store
 from .webhooks import WebhookDispatcher
 
 SYSTEMS = ("salesforce", "harvest", "xero")
@@ -145,6 +145,13 @@ class Vendor:
         """The webhook event for a change, or None if the vendor would not announce it."""
         return None
 
+    def patch_raw(self, obj: str, row: Row, changes: dict[str, Any], scope: str = "") -> None:
+        """Store ``changes`` as given (no validation: an out-of-band change, as a person would
+        make in the vendor's own UI), then derive, re-index and touch the record the way the
+        vendor's own update does. Raises ValueError, TypeError, KeyError or AttributeError,
+        leaving the record untouched, when the vendor cannot derive its fields from them."""
+        raise NotImplementedError
+
 
 class VendorGate:
     """ASGI app mounted at ``/<system>``: checks, then the vendor's router."""
@@ -245,6 +252,3 @@ class VendorGate:
                 # the response is incomplete. The client sees a broken response although the
                 # write above was applied, which is what idempotency keys are for.
                 await send(start)
-
-
-Handler = Callable[[Request], Awaitable[Response]]

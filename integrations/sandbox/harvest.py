@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 
 from .gate import JSON, Sandbox, Vendor, refuse
 from .ratelimit import Denied
-from .store import Change, Row
+from .store import Change, Key, Row
 
 SYSTEM = "harvest"
 ACCOUNT_ID = "100001"
@@ -106,6 +106,8 @@ class Kind:
     defaults: dict[str, Any] = field(default_factory=dict)
     filters: tuple[str, ...] = ()  # list query params compared for equality with data
     date_field: str | None = None  # field the ``from``/``to`` params filter on
+    # Writable on create only: the spec's update body for the object has no such field.
+    create_only: tuple[str, ...] = ()
 
 
 KINDS: dict[str, Kind] = {
@@ -249,6 +251,7 @@ KINDS: dict[str, Kind] = {
             ("project_id", "task_id"),
             {"is_active": True, "billable": None, "hourly_rate": None, "budget": None},
             ("project_id", "is_active"),
+            create_only=("project_id", "task_id"),  # updateTaskAssignment
         ),
         Kind(
             "user_assignments",
@@ -270,6 +273,7 @@ KINDS: dict[str, Kind] = {
                 "budget": None,
             },
             ("project_id", "user_id", "is_active"),
+            create_only=("project_id", "user_id"),  # updateUserAssignment
         ),
         Kind(
             "expense_categories",
@@ -415,6 +419,7 @@ class Harvest(Vendor):
 
     def __init__(self, sandbox: Sandbox) -> None:
         super().__init__(sandbox)
+        self._admin_key: Key = ID_START  # set by ensure_admin
         sandbox.reset_hooks.append(self.ensure_admin)
         self.ensure_admin()
         # While one list page renders (synchronous code, no await), the nested references it
@@ -513,7 +518,7 @@ class Harvest(Vendor):
         after a reset."""
         if self.store.count(SYSTEM, "users"):
             return
-        self.insert(
+        self._admin_key = self.insert(
             "users",
             {
                 **KINDS["users"].defaults,
@@ -525,10 +530,11 @@ class Harvest(Vendor):
                 "cost_rate": 60.0,
             },
             seeded=True,
-        )
+        ).key
 
     def admin_id(self) -> int:
-        return min((int(r.key) for r in self.store.rows(SYSTEM, "users")), default=ID_START)
+        """The token's own user (``/users/me``), created by ``ensure_admin``."""
+        return int(self._admin_key)
 
     async def company(self, request: Request) -> Response:
         return JSON(
@@ -700,7 +706,9 @@ class Harvest(Vendor):
                 return self.unprocessable(
                     request, Invalid("Time entry is locked: it has been approved", "locked")
                 )
-            self.store.table(SYSTEM, kind).rows.pop(key, None)
+            table = self.store.table(SYSTEM, kind)
+            table.reindex(key, self.index_keys(kind, row.data), {})
+            table.rows.pop(key, None)
             return Response(status_code=200)
         body = await self._json(request)
         if isinstance(body, Response):
@@ -710,12 +718,19 @@ class Harvest(Vendor):
             self.validate(kind, {**row.data, **changes}, row, changes)
         except Invalid as exc:
             return self.unprocessable(request, exc)
-        self._unindex(kind, row)
-        row.data.update(changes)
-        self._apply(kind, row.data, changes)
-        self._index(kind, row)
-        self.store.touch(SYSTEM, kind, row)
+        self.patch_raw(kind, row, changes)
         return JSON(self.render(kind, row))
+
+    def patch_raw(self, obj: str, row: Row, changes: dict[str, Any], scope: str = "") -> None:
+        """Store ``changes`` (validated by a PATCH, or an out-of-band change from the control
+        API), derive Harvest's computed fields, re-index and touch."""
+        data = {**row.data, **changes}
+        self._apply(obj, data, changes)
+        self.store.table(SYSTEM, obj).reindex(
+            row.key, self.index_keys(obj, row.data), self.index_keys(obj, data)
+        )
+        row.data = data
+        self.store.touch(SYSTEM, obj, row)
 
     async def create(self, request: Request, kind: str, fixed: dict[str, Any]) -> Response:
         body = await self._json(request)
@@ -748,6 +763,11 @@ class Harvest(Vendor):
         spec = KINDS[kind]
         clean: dict[str, Any] = {}
         for name, value in body.items():
+            if partial and name in spec.create_only:
+                label = name.removesuffix("_id").capitalize()
+                raise Invalid(
+                    f"{label} can't be changed on an existing {kind[:-1].replace('_', ' ')}"
+                )
             if name in spec.fields:
                 clean[name] = _coerce(name, spec.fields[name], value)
             # Unknown parameters are ignored, as Harvest does.
@@ -764,32 +784,27 @@ class Harvest(Vendor):
     ) -> Row:
         key = self.store.next_id(SYSTEM, kind, ID_START)
         row = self.store.insert(SYSTEM, kind, key, data, at=at, seeded=seeded)
-        self._index(kind, row)
+        self.store.table(SYSTEM, kind).reindex(key, {}, self.index_keys(kind, data))
         return row
 
-    def _unindex(self, kind: str, row: Row) -> None:
-        """Drop the unique-name entries a change may move (assignment pairs never change)."""
-        table, data = self.store.table(SYSTEM, kind), row.data
+    @staticmethod
+    def index_keys(kind: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Where a record is found besides its id: every write re-indexes through this."""
+        keys: dict[str, Any] = {}
         if kind == "clients":
-            table.index_drop("name", data["name"].casefold())
+            keys["name"] = str(data["name"]).casefold()
         elif kind == "projects":
-            table.index_drop("client_name", (data["client_id"], data["name"].casefold()))
-
-    def _index(self, kind: str, row: Row) -> None:
-        table, data = self.store.table(SYSTEM, kind), row.data
-        if kind == "clients":
-            table.index_put("name", data["name"].casefold(), row.key)
-        elif kind == "projects":
-            table.index_put("client_name", (data["client_id"], data["name"].casefold()), row.key)
+            keys["client_name"] = (data["client_id"], str(data["name"]).casefold())
         elif kind == "task_assignments":
-            table.index_put("pt", (data["project_id"], data["task_id"]), row.key)
+            keys["pt"] = (data["project_id"], data["task_id"])
         elif kind == "user_assignments":
-            table.index_put("pu", (data["project_id"], data["user_id"]), row.key)
+            keys["pu"] = (data["project_id"], data["user_id"])
         elif kind in ("time_entries", "expenses") and data.get("external_reference"):
             ref = data["external_reference"]
             ref_id = ref.get("id") if isinstance(ref, dict) else ref
             if ref_id:
-                table.index_put("external_reference", str(ref_id), row.key)
+                keys["external_reference"] = str(ref_id)
+        return keys
 
     # -- rules -------------------------------------------------------------------------------
 

@@ -152,11 +152,17 @@ def sf_id(prefix: str, n: int) -> str:
         if n == 0:
             break
     base = prefix + "5g" + digits.rjust(10, "0")
+    return base + _suffix(base)
+
+
+def _suffix(base15: str) -> str:
+    """The case checksum that makes a 15-character id 18: one character per 5-character
+    chunk, whose bits mark the chunk's capital letters."""
     suffix = ""
     for chunk in range(3):
-        bits = sum(1 << i for i, c in enumerate(base[chunk * 5 : chunk * 5 + 5]) if "A" <= c <= "Z")
-        suffix += _CHECK[bits]
-    return base + suffix
+        part = base15[chunk * 5 : chunk * 5 + 5]
+        suffix += _CHECK[sum(1 << i for i, c in enumerate(part) if "A" <= c <= "Z")]
+    return suffix
 
 
 def sf_datetime(ts: float) -> str:
@@ -402,14 +408,10 @@ class Salesforce(Vendor):
             )
         return value
 
-    def _full_id(self, value: str) -> str:
-        if len(value) == 18:
-            return value
-        for obj in FIELDS:
-            for row in self.store.rows(SYSTEM, obj):
-                if str(row.key).startswith(value):
-                    return str(row.key)
-        return value
+    @staticmethod
+    def _full_id(value: str) -> str:
+        """The 18-character form of an id (Salesforce accepts both)."""
+        return value + _suffix(value) if len(value) == 15 else value
 
     def derive(self, obj: str, data: dict[str, Any]) -> None:
         """Fields Salesforce computes."""
@@ -452,15 +454,18 @@ class Salesforce(Vendor):
         if obj == "Contract":
             data["ContractNumber"] = f"{self.store.next_id(SYSTEM, 'ContractNumber', 100):08d}"
         row = self.store.insert(SYSTEM, obj, key, data, at=at, seeded=seeded)
-        self._index(obj, row)
+        table.reindex(row.key, {}, self.index_keys(obj, row.data))
         return row
 
-    def _index(self, obj: str, row: Row) -> None:
-        table = self.store.table(SYSTEM, obj)
-        if row.data.get("External_Id__c"):
-            table.index_put("External_Id__c", row.data["External_Id__c"], row.key)
-        if obj == "Account" and row.data.get("Name"):
-            table.index_put("Name", str(row.data["Name"]).casefold(), row.key)
+    @staticmethod
+    def index_keys(obj: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Where a record is found besides its id: every write re-indexes through this."""
+        keys: dict[str, Any] = {}
+        if data.get("External_Id__c"):
+            keys["External_Id__c"] = data["External_Id__c"]
+        if obj == "Account" and data.get("Name"):
+            keys["Name"] = str(data["Name"]).casefold()
+        return keys
 
     def update(self, obj: str, row: Row, changes: dict[str, Any]) -> None:
         ext = changes.get("External_Id__c")
@@ -471,9 +476,15 @@ class Salesforce(Vendor):
                 raise SfError(
                     "DUPLICATE_VALUE", "duplicate value found: External_Id__c", ["External_Id__c"]
                 )
-        row.data.update(changes)
-        self.derive(obj, row.data)
-        self._index(obj, row)
+        self.patch_raw(obj, row, changes)
+
+    def patch_raw(self, obj: str, row: Row, changes: dict[str, Any], scope: str = "") -> None:
+        data = {**row.data, **changes}
+        self.derive(obj, data)
+        self.store.table(SYSTEM, obj).reindex(
+            row.key, self.index_keys(obj, row.data), self.index_keys(obj, data)
+        )
+        row.data = data
         self.store.touch(SYSTEM, obj, row)
 
     async def _body(self, request: Request) -> dict[str, Any]:

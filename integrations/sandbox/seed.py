@@ -614,10 +614,9 @@ class Seeder:
         }
         if vat:
             contact_data["TaxNumber"] = vat
-        contact = self.xero.store.insert(
-            "xero", "Contacts", self.uuid(), contact_data, tenant, at=created + 60, seeded=True
+        contact = self.xero.insert(
+            "Contacts", self.uuid(), contact_data, tenant, at=created + 60, seeded=True
         )
-        self.xero.index_contact(contact, tenant)
         self.count("xero.Contacts")
         if missing_vat:
             self.flaw(
@@ -828,10 +827,9 @@ class Seeder:
                 "LineItems": [self.xero._line(line, "Exclusive", tenant_obj)],
             }
             data.update(self.xero.totals(data["LineItems"]))
-            invoice = self.xero.store.insert(
-                "xero", "Invoices", self.uuid(), data, tenant, at=_ts(day, 12), seeded=True
+            invoice = self.xero.insert(
+                "Invoices", self.uuid(), data, tenant, at=_ts(day, 12), seeded=True
             )
-            self.xero.index_invoice(invoice, tenant)
             self.count("xero.Invoices")
             if n % 2 == 0:
                 paid_on = day + timedelta(days=20)
@@ -845,8 +843,7 @@ class Seeder:
                     "Status": "AUTHORISED",
                     "TenantID": tenant,
                 }
-                p = self.xero.store.insert(
-                    "xero",
+                p = self.xero.insert(
                     "Payments",
                     self.uuid(),
                     payment,

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Hashable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Hashable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 Key = int | str  # Harvest ids are ints; Xero and Salesforce ids are strings
+IndexKeys = Mapping[str, Hashable]  # index name -> the value a record is found under
 ChangeListener = Callable[["Change"], None]
 
 
@@ -55,15 +56,28 @@ class Table:
         key = self.indexes[name].get(value)
         return None if key is None else self.rows.get(key)
 
-    def index_put(self, name: str, value: Hashable, key: Key) -> None:
-        self.indexes[name][value] = key
+    def reindex(self, key: Key, old: IndexKeys, new: IndexKeys) -> None:
+        """Move record ``key`` from the index entries ``old`` to ``new``.
 
-    def index_drop(self, name: str, value: Hashable) -> None:
-        self.indexes[name].pop(value, None)
+        Every write path of a vendor calls this with the keys it computes (one function per
+        vendor) from the record before and after the write: ``{}`` as ``old`` for an insert,
+        ``{}`` as ``new`` for a delete. An old entry is dropped only while it still points at
+        ``key``: indexes that tolerate repeats (a Xero ``Reference``, a Salesforce account name)
+        keep the entry another record put there since.
+        """
+        for value in new.values():
+            hash(value)  # an unhashable value (a raw control PATCH) fails before any change
+        for name, value in old.items():
+            entries = self.indexes[name]
+            if new.get(name) != value and entries.get(value) == key:
+                del entries[value]
+        for name, value in new.items():
+            self.indexes[name][value] = key
 
 
 def _zero_refused() -> dict[str, Any]:
-    return {"total": 0, "by_status": defaultdict(int), "by_reason": defaultdict(int)}
+    # Plain dicts (not defaultdicts), so ``asdict`` can copy them on Python 3.11.
+    return {"total": 0, "by_status": {}, "by_reason": {}}
 
 
 @dataclass
@@ -80,20 +94,7 @@ class ObjectStats:
     refused: dict[str, Any] = field(default_factory=_zero_refused)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "requests": self.requests,
-            "created": self.created,
-            "updated": self.updated,
-            "idempotent_replays": self.idempotent_replays,
-            "duplicates_detected": self.duplicates_detected,
-            "throttled": self.throttled,
-            "dropped_responses": self.dropped_responses,
-            "refused": {
-                "total": self.refused["total"],
-                "by_status": dict(self.refused["by_status"]),
-                "by_reason": dict(self.refused["by_reason"]),
-            },
-        }
+        return asdict(self)
 
 
 class Stats:
@@ -108,8 +109,9 @@ class Stats:
     def refused(self, system: str, obj: str, status: int, reason: str) -> None:
         refused = self._by[system][obj].refused
         refused["total"] += 1
-        refused["by_status"][str(status)] += 1
-        refused["by_reason"][reason] += 1
+        by_status, by_reason = refused["by_status"], refused["by_reason"]
+        by_status[str(status)] = by_status.get(str(status), 0) + 1
+        by_reason[reason] = by_reason.get(reason, 0) + 1
 
     def as_dict(self) -> dict[str, dict[str, dict[str, Any]]]:
         return {

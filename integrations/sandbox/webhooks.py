@@ -31,7 +31,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -75,18 +75,7 @@ class Delivery:
     created_at: float = field(default_factory=time.time)
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "subscription_id": self.subscription_id,
-            "system": self.system,
-            "url": self.url,
-            "events": self.events,
-            "attempts": self.attempts,
-            "status": self.status,
-            "delivered": self.delivered,
-            "last_error": self.last_error,
-            "created_at": self.created_at,
-        }
+        return asdict(self)
 
 
 def xero_signature(key: str, body: bytes) -> str:

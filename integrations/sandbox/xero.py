@@ -20,7 +20,7 @@ import re
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from email.utils import parsedate_to_datetime
@@ -91,6 +91,7 @@ ACCOUNTS = (
     ("200", "Sales", "REVENUE"),
     ("260", "Other Revenue", "REVENUE"),
 )
+PAYMENT_TYPES = {"ACCREC": "ACCRECPAYMENT", "ACCPAY": "ACCPAYPAYMENT"}  # by invoice Type
 INVOICE_STATUSES = ("DRAFT", "SUBMITTED", "AUTHORISED", "PAID", "VOIDED", "DELETED")
 # Status changes a client may request (PAID only ever comes from payments).
 TRANSITIONS = {
@@ -134,6 +135,18 @@ def parse_since(value: str) -> float | None:
     except ValueError:
         return None
     return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+# Fields ``searchTerm`` looks in (of the rendered contact, invoice or payment).
+SEARCHED = (
+    "Name",
+    "FirstName",
+    "LastName",
+    "ContactNumber",
+    "EmailAddress",
+    "InvoiceNumber",
+    "Reference",
+)
 
 
 def money(value: float) -> float:
@@ -428,86 +441,98 @@ class Xero(Vendor):
         return TENANTS[request.headers["xero-tenant-id"]]
 
     def select(
-        self,
-        request: Request,
-        obj: str,
-        render: Callable[[Row, Tenant], dict[str, Any]],
-        id_field: str,
+        self, request: Request, obj: str, render: Callable[[Row, Tenant], dict[str, Any]]
     ) -> Response:
-        """GET list: If-Modified-Since, IDs, where, order, page/pageSize, common filters."""
+        """GET list: If-Modified-Since, IDs, where, order, page/pageSize, common filters.
+
+        Filters that read stored fields run on the rows; only what they keep is rendered (an
+        invoice renders its contact and payments). Without ``where``, ``order`` or
+        ``searchTerm``, which read the rendered shape, only the requested page is rendered.
+        """
         tenant, params = self.tenant(request), request.query_params
         since: float | None = None
         if request.headers.get("if-modified-since"):
             since = parse_since(request.headers["if-modified-since"])
             if since is None:
                 return self.bad_request(request, "If-Modified-Since is not a valid date")
-        rows = [
-            r
-            for r in self.store.rows(SYSTEM, obj, tenant.id)
-            if since is None or r.updated >= since
-        ]
-        ids = {i.strip().lower() for i in params.get("IDs", "").split(",") if i.strip()}
-        if ids:
-            rows = [r for r in rows if str(r.key) in ids]
-        items = [render(r, tenant) for r in rows]
-        items = self._filter(obj, items, params)
-        where = params.get("where")
-        if where:
+        test: Callable[[dict[str, Any]], bool] | None = None
+        if params.get("where"):
             try:
-                test = compile_where(where)
+                test = compile_where(params["where"])
             except ValueError as exc:
                 refuse(request, "malformed")
                 return JSON(
                     {"ErrorNumber": 16, "Type": "QueryParseException", "Message": str(exc)}, 400
                 )
-            items = [item for item in items if test(item)]
+        paging: tuple[int, int] | None = None
+        if "page" in params:
+            try:
+                paging = (
+                    max(1, int(params["page"])),
+                    min(MAX_PAGE_SIZE, max(1, int(params.get("pageSize", DEFAULT_PAGE_SIZE)))),
+                )
+            except ValueError:
+                return self.bad_request(request, "page and pageSize must be integers")
+        keep = self._row_filter(obj, params, since)
+        rows = [r for r in self._candidates(obj, tenant.id, params) if keep(r)]
+        term = params.get("searchTerm", "").casefold()
         order = params.get("order", "")
+        if paging is not None and test is None and not term and not order:
+            page, size = paging
+            chunk = [render(r, tenant) for r in rows[(page - 1) * size : page * size]]
+            return self.envelope(obj, chunk, self._pagination(page, size, len(rows)))
+        items = [render(r, tenant) for r in rows]
+        if term:
+            items = [
+                i for i in items if any(term in str(i.get(k) or "").casefold() for k in SEARCHED)
+            ]
+        if test is not None:
+            items = [item for item in items if test(item)]
         if order:
             field_name, _, direction = order.partition(" ")
             reverse = direction.strip().upper() == "DESC"
             items.sort(key=lambda item: _sort_key(item.get(field_name)), reverse=reverse)
-        if "page" not in params:
+        if paging is None:
             return self.envelope(obj, items)
-        try:
-            page = max(1, int(params["page"]))
-            size = min(MAX_PAGE_SIZE, max(1, int(params.get("pageSize", DEFAULT_PAGE_SIZE))))
-        except ValueError:
-            return self.bad_request(request, "page and pageSize must be integers")
+        page, size = paging
         chunk = items[(page - 1) * size : page * size]
-        pagination = {
-            "page": page,
-            "pageSize": size,
-            "pageCount": -(-len(items) // size),
-            "itemCount": len(items),
-        }
-        return self.envelope(obj, chunk, pagination)
+        return self.envelope(obj, chunk, self._pagination(page, size, len(items)))
 
-    def _filter(self, obj: str, items: list[dict[str, Any]], params: Any) -> list[dict[str, Any]]:
+    @staticmethod
+    def _pagination(page: int, size: int, count: int) -> dict[str, int]:
+        return {"page": page, "pageSize": size, "pageCount": -(-count // size), "itemCount": count}
+
+    def _candidates(self, obj: str, tenant_id: str, params: Any) -> Iterable[Row]:
+        """The rows an ``IDs`` list names (looked up, not scanned for), else all rows."""
+        ids = {i.strip().lower() for i in params.get("IDs", "").split(",") if i.strip()}
+        if not ids:
+            return self.store.rows(SYSTEM, obj, tenant_id)
+        hits = [r for key in ids if (r := self.store.get(SYSTEM, obj, key, tenant_id)) is not None]
+        if len(hits) < 2:
+            return hits
+        # Several: back into the table's (creation) order, as the list without IDs has it.
+        wanted = {r.key for r in hits}
+        return [r for r in self.store.rows(SYSTEM, obj, tenant_id) if r.key in wanted]
+
+    @staticmethod
+    def _row_filter(obj: str, params: Any, since: float | None) -> Callable[[Row], bool]:
+        """If-Modified-Since and the list filters that compare stored fields, as one test."""
+        tests: list[Callable[[Row], bool]] = []
+        if since is not None:
+            tests.append(lambda r: r.updated >= since)
         if obj == "Contacts" and params.get("includeArchived") != "true":
-            items = [i for i in items if i.get("ContactStatus") != "ARCHIVED"]
+            tests.append(lambda r: r.data.get("ContactStatus") != "ARCHIVED")
         if obj == "Invoices":
             if params.get("Statuses"):
                 wanted = set(params["Statuses"].upper().split(","))
-                items = [i for i in items if i["Status"] in wanted]
+                tests.append(lambda r: r.data["Status"] in wanted)
             if params.get("InvoiceNumbers"):
                 numbers = set(params["InvoiceNumbers"].split(","))
-                items = [i for i in items if i.get("InvoiceNumber") in numbers]
+                tests.append(lambda r: (r.data.get("InvoiceNumber") or "") in numbers)
             if params.get("ContactIDs"):
                 contacts = {c.lower() for c in params["ContactIDs"].split(",")}
-                items = [i for i in items if i["Contact"]["ContactID"] in contacts]
-        term = params.get("searchTerm", "").casefold()
-        if term:
-            keys = (
-                "Name",
-                "FirstName",
-                "LastName",
-                "ContactNumber",
-                "EmailAddress",
-                "InvoiceNumber",
-                "Reference",
-            )
-            items = [i for i in items if any(term in str(i.get(k) or "").casefold() for k in keys)]
-        return items
+                tests.append(lambda r: r.data["ContactID"] in contacts)
+        return lambda row: all(test(row) for test in tests)
 
     # -- reference data ----------------------------------------------------------------------
 
@@ -663,7 +688,7 @@ class Xero(Vendor):
 
     async def list_or_write_contacts(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.select(request, "Contacts", self.render_contact, "ContactID")
+            return self.select(request, "Contacts", self.render_contact)
         return await self.write_contacts(request, None)
 
     async def one_contact(self, request: Request) -> Response:
@@ -750,22 +775,88 @@ class Xero(Vendor):
 
     def _apply_contact(self, item: dict[str, Any], row: Row | None, tenant: Tenant) -> Row:
         data = {k: item[k] for k in self.CONTACT_FIELDS if k in item}
-        table = self.store.table(SYSTEM, "Contacts", tenant.id)
         if row is None:
             data.setdefault("ContactStatus", "ACTIVE")
-            row = self.store.insert(SYSTEM, "Contacts", str(uuid.uuid4()), data, tenant.id)
-        else:
-            table.index_drop("name", str(row.data.get("Name", "")).casefold())
-            row.data.update(data)
-            self.store.touch(SYSTEM, "Contacts", row, tenant.id)
-        self.index_contact(row, tenant.id)
+            return self.insert("Contacts", str(uuid.uuid4()), data, tenant.id)
+        self.replace("Contacts", row, {**row.data, **data}, tenant.id)
         return row
 
-    def index_contact(self, row: Row, tenant_id: str) -> None:
-        table = self.store.table(SYSTEM, "Contacts", tenant_id)
-        table.index_put("name", str(row.data["Name"]).casefold(), row.key)
-        if row.data.get("ContactNumber"):
-            table.index_put("number", row.data["ContactNumber"], row.key)
+    # -- storage: every write of a contact, invoice or payment goes through these ----------
+
+    @staticmethod
+    def index_keys(obj: str, data: dict[str, Any]) -> dict[str, Any]:
+        """Where a record is found besides its id; ``insert`` and ``replace`` keep them."""
+        keys: dict[str, Any] = {}
+        if obj == "Contacts":
+            if data.get("Name"):
+                keys["name"] = str(data["Name"]).casefold()
+            if data.get("ContactNumber"):
+                keys["number"] = data["ContactNumber"]
+        elif obj == "Invoices":
+            if data.get("InvoiceNumber"):
+                keys["number"] = str(data["InvoiceNumber"])
+            if data.get("Reference"):
+                keys["reference"] = data["Reference"]
+        elif obj == "Payments":
+            # A payment identical to an earlier one (counted as a duplicate; Xero allows it).
+            keys["same"] = (
+                data.get("InvoiceID"),
+                data.get("Amount"),
+                data.get("Date"),
+                data.get("Reference"),
+            )
+        return keys
+
+    def insert(
+        self,
+        obj: str,
+        key: str,
+        data: dict[str, Any],
+        tenant_id: str,
+        *,
+        at: float | None = None,
+        seeded: bool = False,
+    ) -> Row:
+        row = self.store.insert(SYSTEM, obj, key, data, tenant_id, at=at, seeded=seeded)
+        self.store.table(SYSTEM, obj, tenant_id).reindex(key, {}, self.index_keys(obj, data))
+        return row
+
+    def replace(self, obj: str, row: Row, data: dict[str, Any], tenant_id: str) -> None:
+        """Make ``data`` the record's content: re-index, then touch (versioned, announced)."""
+        self.store.table(SYSTEM, obj, tenant_id).reindex(
+            row.key, self.index_keys(obj, row.data), self.index_keys(obj, data)
+        )
+        row.data = data
+        self.store.touch(SYSTEM, obj, row, tenant_id)
+
+    def patch_raw(self, obj: str, row: Row, changes: dict[str, Any], scope: str = "") -> None:
+        data = {**row.data, **changes}
+        if obj == "Invoices" and {"LineItems", "LineAmountTypes"} & changes.keys():
+            # Lines and totals as Xero computes them; a total the change sets itself wins.
+            data["LineItems"] = [
+                self._line(line, data["LineAmountTypes"], TENANTS[scope])
+                for line in data.get("LineItems") or []
+            ]
+            totals = self.totals(data["LineItems"])
+            data.update({k: v for k, v in totals.items() if k not in changes})
+        settle = obj == "Payments" and bool(
+            {"Amount", "Date", "InvoiceID", "Status"} & changes.keys()
+        )
+        if settle and (
+            not isinstance(data.get("Amount"), int | float) or isinstance(data["Amount"], bool)
+        ):
+            raise ValueError("a payment's Amount must be a number")
+        before = row.data.get("InvoiceID")
+        self.replace(obj, row, data, scope)
+        if settle:
+            for invoice_id in dict.fromkeys((before, data.get("InvoiceID"))):
+                invoice = self.store.get(SYSTEM, "Invoices", invoice_id, scope)
+                if invoice is None:
+                    continue
+                paid_by = invoice.data.get("PaymentIDs") or []
+                if invoice.key == data.get("InvoiceID") and row.key not in paid_by:
+                    invoice.data["PaymentIDs"] = [*paid_by, row.key]
+                self._settle(invoice, scope)
 
     def _commit(
         self,
@@ -1033,7 +1124,7 @@ class Xero(Vendor):
 
     async def list_or_write_invoices(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.select(request, "Invoices", self.render_invoice, "InvoiceID")
+            return self.select(request, "Invoices", self.render_invoice)
         return await self.write_invoices(request, None)
 
     async def one_invoice(self, request: Request) -> Response:
@@ -1271,19 +1362,9 @@ class Xero(Vendor):
             if reference and table.index_get("reference", reference) is not None:
                 # Xero allows it; counted so a test can see the same billing run posted twice.
                 self.store.stats.of(SYSTEM, "Invoices").duplicates_detected += 1
-            row = self.store.insert(SYSTEM, "Invoices", str(uuid.uuid4()), data, tenant.id)
-        else:
-            row.data = data
-            self.store.touch(SYSTEM, "Invoices", row, tenant.id)
-        self.index_invoice(row, tenant.id)
+            return self.insert("Invoices", str(uuid.uuid4()), data, tenant.id)
+        self.replace("Invoices", row, data, tenant.id)
         return row
-
-    def index_invoice(self, row: Row, tenant_id: str) -> None:
-        table = self.store.table(SYSTEM, "Invoices", tenant_id)
-        if row.data.get("InvoiceNumber"):
-            table.index_put("number", str(row.data["InvoiceNumber"]), row.key)
-        if row.data.get("Reference"):
-            table.index_put("reference", row.data["Reference"], row.key)
 
     def _line(self, line: dict[str, Any], amount_types: str, tenant: Tenant) -> dict[str, Any]:
         quantity = float(line.get("Quantity", 1.0))
@@ -1370,7 +1451,9 @@ class Xero(Vendor):
             "BankAmount": d["Amount"],
             "Reference": d.get("Reference") or "",
             "CurrencyRate": d.get("CurrencyRate") or 1.0,
-            "PaymentType": "ACCRECPAYMENT",
+            "PaymentType": PAYMENT_TYPES.get(
+                invoice.data["Type"] if invoice else "ACCREC", "ACCRECPAYMENT"
+            ),
             "Status": d["Status"],
             "IsReconciled": bool(d.get("IsReconciled")),
             "UpdatedDateUTC": ms_date(row.updated),
@@ -1393,7 +1476,7 @@ class Xero(Vendor):
 
     async def list_or_write_payments(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.select(request, "Payments", self.render_payment, "PaymentID")
+            return self.select(request, "Payments", self.render_payment)
         tenant = self.tenant(request)
         items = await self.elements(request, "Payments")
         if isinstance(items, Response):
@@ -1461,32 +1544,33 @@ class Xero(Vendor):
             if r.data["AccountID"] == account.get("AccountID")
         )
         day = parse_day(item.get("Date")) or datetime.now(UTC).date().isoformat()
-        amount = money(float(item["Amount"]))
-        reference = item.get("Reference")
-        duplicate_key = (invoice.key, amount, day, reference)
-        table = self.store.table(SYSTEM, "Payments", tenant.id)
-        if table.index_get("same", duplicate_key) is not None:
-            self.store.stats.of(SYSTEM, "Payments").duplicates_detected += 1
         data = {
             "InvoiceID": invoice.key,
             "AccountCode": str(code),
             "Date": day,
-            "Amount": amount,
-            "Reference": reference,
+            "Amount": money(float(item["Amount"])),
+            "Reference": item.get("Reference"),
             "CurrencyRate": item.get("CurrencyRate"),
             "Status": "AUTHORISED",
             "TenantID": tenant.id,
         }
-        payment = self.store.insert(SYSTEM, "Payments", str(uuid.uuid4()), data, tenant.id)
-        table.index_put("same", duplicate_key, payment.key)
+        table = self.store.table(SYSTEM, "Payments", tenant.id)
+        if table.index_get("same", self.index_keys("Payments", data)["same"]) is not None:
+            self.store.stats.of(SYSTEM, "Payments").duplicates_detected += 1
+        payment = self.insert("Payments", str(uuid.uuid4()), data, tenant.id)
+        invoice.data["PaymentIDs"] = [*invoice.data.get("PaymentIDs", []), payment.key]
         self._settle(invoice, tenant.id, day)
         return payment
 
     def _settle(self, invoice: Row, tenant_id: str, day: str | None = None) -> None:
+        """Amount paid, status and the payment list from the invoice's live payments."""
+        payments = self.store.table(SYSTEM, "Payments", tenant_id).rows
         live = [
             p
-            for p in self.store.rows(SYSTEM, "Payments", tenant_id)
-            if p.data["InvoiceID"] == invoice.key and p.data["Status"] == "AUTHORISED"
+            for p in (payments.get(key) for key in invoice.data.get("PaymentIDs", []))
+            if p is not None
+            and p.data["InvoiceID"] == invoice.key
+            and p.data["Status"] == "AUTHORISED"
         ]
         invoice.data["PaymentIDs"] = [p.key for p in live]
         invoice.data["AmountPaid"] = money(sum(p.data["Amount"] for p in live))
