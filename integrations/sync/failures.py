@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
@@ -41,7 +42,39 @@ def _describe(case: ExceptionCase, *, what: str, subject: str, reason: str) -> s
     return f"{count} {noun}{about} cannot be sent{blocked}: {reason}"
 
 
-def park_with_case(outcome: Outcome, *, exhausted: bool) -> ExceptionCase:
+@dataclass
+class _Parking:
+    """One failed row's case: who must act, why, and what it holds up."""
+
+    fingerprint: str
+    case: dict[str, Any]  # exception_case_open_or_join's arguments, but the records
+    record: dict[str, Any]
+
+
+def park_with_cases(outcomes: Sequence[Outcome]) -> None:
+    """Park failed rows, each on the open case of its root cause: one case write per root cause
+    (however many rows it holds up) and one update of those rows, in one transaction each."""
+    groups: dict[str, list[tuple[Outcome, _Parking]]] = defaultdict(list)
+    for outcome in outcomes:
+        parking = _parking(outcome, exhausted=outcome.error_class == "transient")
+        groups[parking.fingerprint].append((outcome, parking))
+    for fingerprint, group in groups.items():
+        with transaction.atomic():
+            case = exception_case_open_or_join(
+                fingerprint=fingerprint,
+                records=[parking.record for _, parking in group],
+                **group[0][1].case,
+            )
+            for outcome, _ in group:
+                OutboxMessage.objects.filter(pk=outcome.message.pk).update(
+                    state=OutboxMessage.State.PARKED,
+                    last_error=(outcome.vendor_message or outcome.error)[:2000],
+                    error_class=outcome.error_class,
+                    exception_case=case,
+                )
+
+
+def _parking(outcome: Outcome, *, exhausted: bool) -> _Parking:
     message = outcome.message
     context = message.context or {}
     vendor = message.connection.get_vendor_display()
@@ -63,35 +96,30 @@ def park_with_case(outcome: Outcome, *, exhausted: bool) -> ExceptionCase:
         root = (message.connection_id, outcome.error.split(":")[0])
         priority = ExceptionCase.Priority.P1 if exhausted else ExceptionCase.Priority.P2
 
-    what = context.get("what", message.content_type.model)
+    model = message.content_type.model
+    what = context.get("what", model)
     subject = context.get("subject", "")
-    with transaction.atomic():
-        case = exception_case_open_or_join(
-            fingerprint=case_fingerprint(message.process, message.step, case_type, *root),
-            process=message.process,
-            step=message.step,
-            case_type=case_type,
-            queue=queue,
-            priority=priority,
-            message=lambda c: _describe(c, what=what, subject=subject, reason=reason),
-            vendor_message=outcome.vendor_message or outcome.error,
-            connection_id=message.connection_id,
-            record=blocked_record(
-                record_type=message.content_type.model,
-                record_id=message.object_id,
-                label=context.get("label", f"{message.content_type.model} {message.object_id}"),
-                amount=Decimal(context.get("amount", "0")),
-                currency=context.get("currency", ""),
-                hours=Decimal(context.get("hours", "0")),
-            ),
-        )
-        OutboxMessage.objects.filter(pk=message.pk).update(
-            state=OutboxMessage.State.PARKED,
-            last_error=(outcome.vendor_message or outcome.error)[:2000],
-            error_class=outcome.error_class,
-            exception_case=case,
-        )
-    return case
+    return _Parking(
+        fingerprint=case_fingerprint(message.process, message.step, case_type, *root),
+        case={
+            "process": message.process,
+            "step": message.step,
+            "case_type": case_type,
+            "queue": queue,
+            "priority": priority,
+            "message": lambda c: _describe(c, what=what, subject=subject, reason=reason),
+            "vendor_message": outcome.vendor_message or outcome.error,
+            "connection_id": message.connection_id,
+        },
+        record=blocked_record(
+            record_type=model,
+            record_id=message.object_id,
+            label=context.get("label", f"{model} {message.object_id}"),
+            amount=Decimal(context.get("amount", "0")),
+            currency=context.get("currency", ""),
+            hours=Decimal(context.get("hours", "0")),
+        ),
+    )
 
 
 def close_cases_for(delivered: Sequence[OutboxMessage]) -> None:

@@ -232,7 +232,7 @@ class Outcome:
 def outbox_record_outcomes(outcomes: Sequence[Outcome]) -> dict[str, int]:
     """Write the results of one batch call: done rows with their cross-references, retries with
     backoff, parked rows with their exception cases, and cases closed by a later success."""
-    from integrations.sync.failures import close_cases_for, park_with_case
+    from integrations.sync.failures import close_cases_for, park_with_cases
     from integrations.workflows import on_delivered
 
     now = timezone.now()
@@ -302,8 +302,7 @@ def outbox_record_outcomes(outcomes: Sequence[Outcome]) -> dict[str, int]:
 
     # Cases are written one root cause at a time, each in its own transaction, so a failure to
     # open one never loses the state of the rows above.
-    for outcome in park:
-        park_with_case(outcome, exhausted=outcome.error_class == "transient")
+    park_with_cases(park)
     counts["parked"] = len(park)
     if succeeded:
         close_cases_for([o.message for o in succeeded])
