@@ -3,68 +3,29 @@ worker makes it report degraded."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from django.conf import settings
 from django.db import connection
 
 from integrations.selectors.health import health_report
+from tests.processes import Proc, beat_proc, process_env, running, wait_until, worker_proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _database_url() -> str:
-    db = settings.DATABASES["default"]
-    name = connection.settings_dict["NAME"]
-    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}"
-
 
 @pytest.fixture
-def processes(tmp_path: Path) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": _database_url(),  # the test database this test runs in
-        "CONCORD_HEARTBEAT_INTERVAL_S": "1",
+def processes(tmp_path: Path) -> Iterator[dict[str, Proc]]:
+    env = process_env(CONCORD_HEARTBEAT_INTERVAL_S="1")
+    started = {
+        "worker": worker_proc(env, tmp_path / "worker.log", name="e2e-worker", concurrency=1),
+        "beat": beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule"),
     }
-    started: dict[str, subprocess.Popen[bytes]] = {}
-    for name, args in {
-        "worker": [
-            "worker",
-            "--concurrency",
-            "1",
-            "--hostname",
-            "e2e-worker@%h",
-            "--loglevel",
-            "INFO",
-        ],
-        "beat": ["beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule")],
-    }.items():
-        started[name] = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "config", *args],
-            cwd=ROOT,
-            env=env,
-            stdout=open(tmp_path / f"{name}.log", "wb"),  # noqa: SIM115
-            stderr=subprocess.STDOUT,
-        )
-    yield started
-    for process in started.values():
-        if process.poll() is None:
-            process.terminate()
-    for process in started.values():
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with running(*started.values()):
+        yield started
 
 
 def _wait_for(predicate, timeout: float) -> dict:
@@ -79,14 +40,13 @@ def _wait_for(predicate, timeout: float) -> dict:
 
 
 def test_worker_and_beat_heartbeats_drive_health(
-    processes: dict[str, subprocess.Popen[bytes]],
+    processes: dict[str, Proc],
     settings,
 ) -> None:
     report = _wait_for(lambda r: r["status"] == "ok", timeout=60)
     assert report["checks"]["worker"]["alive"][0].startswith("e2e-worker@")
 
-    processes["worker"].send_signal(signal.SIGKILL)
-    processes["worker"].wait(timeout=10)
+    processes["worker"].kill()  # SIGKILL, its pool child included
     # Beat ticks at least every 5 s (CELERY_BEAT_MAX_LOOP_INTERVAL); 8 s tolerates one late tick.
     settings.CONCORD_HEARTBEAT_MAX_AGE_S = 8
     report = _wait_for(lambda r: r["checks"]["worker"]["status"] == "down", timeout=20)
@@ -94,16 +54,29 @@ def test_worker_and_beat_heartbeats_drive_health(
     assert report["checks"]["beat"]["status"] == "ok"  # beat keeps ticking on its own
 
 
-def _outbox_backends() -> dict[int, object]:
-    """Backends of other processes on this test database whose last query read the outbox."""
+def _outbox_backends() -> dict[int, tuple[datetime, datetime]]:
+    """Backends of other processes on this test database whose last query read the outbox:
+    pid -> (backend_start, query_start)."""
     with connection.cursor() as cursor:
         cursor.execute(
-            "SELECT pid, backend_start FROM pg_stat_activity "
+            "SELECT pid, backend_start, query_start FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid() "
             "AND query LIKE %s",
             ["%integrations_outboxmessage%"],
         )
-        return dict(cursor.fetchall())
+        return {pid: (backend_start, query_start) for pid, backend_start, query_start in cursor}
+
+
+def _database_now() -> datetime:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT clock_timestamp()")
+        (now,) = cursor.fetchone()
+        return now
+
+
+def _succeeded(log: Path, task_id: str) -> bool:
+    """The worker logged the task with this id as succeeded (Celery's own line, at INFO)."""
+    return f"[{task_id}] succeeded in" in log.read_text(errors="replace")
 
 
 def test_worker_keeps_its_database_connection_between_tasks(tmp_path: Path) -> None:
@@ -111,45 +84,21 @@ def test_worker_keeps_its_database_connection_between_tasks(tmp_path: Path) -> N
     CONN_MAX_AGE keeps it, and Celery's Django fixup honours that between tasks."""
     from integrations.tasks import sweep_outbox
 
-    env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "config.settings_test",
-        "DATABASE_URL": _database_url(),
-    }
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--concurrency",
-            "1",
-            "--hostname",
-            "conn-worker@%h",
-            "--queues",
-            "celery",
-            "--loglevel",
-            "INFO",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=open(tmp_path / "worker.log", "wb"),  # noqa: SIM115
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        sweep_outbox.delay()
-        deadline = time.monotonic() + 60
-        while not _outbox_backends():
-            assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-            time.sleep(0.2)
+    log = tmp_path / "worker.log"
+    worker = worker_proc(process_env(), log, name="conn-worker", concurrency=1)
+    with running(worker):
+        first_task = sweep_outbox.delay().id
+        wait_until(lambda: _succeeded(log, first_task), 60, f"the first sweep\n{worker.output()}")
         first = _outbox_backends()
+        assert len(first) == 1, first  # the pool's one process, its connection open after a task
+        ((pid, (backend_start, _)),) = first.items()
         for _ in range(5):
-            sweep_outbox.delay()
-            time.sleep(0.5)
-        time.sleep(1)
-        assert _outbox_backends() == first  # same backend pid, same start time: never reopened
-    finally:
-        worker.terminate()
-        worker.wait(timeout=20)
+            sent_at = _database_now()
+            task = sweep_outbox.delay().id
+            wait_until(lambda t=task: _succeeded(log, t), 30, f"sweep {task}\n{worker.output()}")
+        # Each task ran (the worker logged it succeeded), and the last one's queries went
+        # through the same backend, opened before the first task: never reopened.
+        after = _outbox_backends()
+        assert list(after) == [pid], after
+        assert after[pid][0] == backend_start
+        assert after[pid][1] >= sent_at

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -43,12 +45,6 @@ WRITERS = {
 }
 
 
-def _client(role: str) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(UserFactory.create(role=role))
-    return client
-
-
 @pytest.mark.parametrize("endpoint", RECORD_ENDPOINTS + ADMIN_ENDPOINTS + [""])
 def test_anonymous_is_refused_everything(endpoint: str) -> None:
     response = APIClient().get(f"/api/v1/{endpoint}/".replace("//", "/"))
@@ -56,24 +52,28 @@ def test_anonymous_is_refused_everything(endpoint: str) -> None:
     assert "credentials were not provided" in response.json()["detail"]
 
 
-def test_a_user_without_a_role_sees_nothing() -> None:
-    client = _client(role="")
+def test_a_user_without_a_role_sees_nothing(api_client_as: Callable[..., APIClient]) -> None:
+    client = api_client_as("")
     for endpoint in RECORD_ENDPOINTS + ADMIN_ENDPOINTS:
         assert client.get(f"/api/v1/{endpoint}/").status_code == 403, endpoint
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_every_role_reads_canonical_records(role: str) -> None:
+def test_every_role_reads_canonical_records(
+    role: str, api_client_as: Callable[..., APIClient]
+) -> None:
     CustomerFactory.create()
-    client = _client(role)
+    client = api_client_as(role)
     for endpoint in RECORD_ENDPOINTS:
         assert client.get(f"/api/v1/{endpoint}/").status_code == 200, endpoint
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_only_integration_admins_see_connections_and_mapping_data(role: str) -> None:
+def test_only_integration_admins_see_connections_and_mapping_data(
+    role: str, api_client_as: Callable[..., APIClient]
+) -> None:
     make_connection()
-    client = _client(role)
+    client = api_client_as(role)
     for endpoint in ADMIN_ENDPOINTS:
         expected = 200 if role == INTEGRATION_ADMIN else 403
         assert client.get(f"/api/v1/{endpoint}/").status_code == expected, endpoint
@@ -123,20 +123,24 @@ def _payload(endpoint: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("endpoint", sorted(WRITERS))
 @pytest.mark.parametrize("role", ROLES)
-def test_writes_are_allowed_only_to_the_owning_role(role: str, endpoint: str) -> None:
-    response = _client(role).post(f"/api/v1/{endpoint}/", _payload(endpoint), format="json")
+def test_writes_are_allowed_only_to_the_owning_role(
+    role: str, endpoint: str, api_client_as: Callable[..., APIClient]
+) -> None:
+    response = api_client_as(role).post(f"/api/v1/{endpoint}/", _payload(endpoint), format="json")
     if role in WRITERS[endpoint]:
         assert response.status_code == 201, response.content
     else:
         assert response.status_code == 403, response.content
 
 
-def test_nobody_but_admins_deletes_and_viewers_never_change() -> None:
+def test_nobody_but_admins_deletes_and_viewers_never_change(
+    api_client_as: Callable[..., APIClient],
+) -> None:
     customer = CustomerFactory.create()
     for role in ROLES:
-        client = _client(role)
+        client = api_client_as(role)
         assert client.delete(f"/api/v1/customers/{customer.pk}/").status_code == 403
-    viewer = _client(VIEWER)
+    viewer = api_client_as(VIEWER)
     assert viewer.patch(f"/api/v1/customers/{customer.pk}/", {"name": "x"}).status_code == 403
 
 
@@ -169,14 +173,16 @@ def test_obtaining_a_token_with_a_password() -> None:
     assert bad.status_code == 400
 
 
-def test_lists_are_paginated_filtered_and_ordered(django_assert_max_num_queries) -> None:
+def test_lists_are_paginated_filtered_and_ordered(
+    django_assert_max_num_queries, api_client_as: Callable[..., APIClient]
+) -> None:
     de, uk = (
         LegalEntityFactory.create(country="DE"),
         LegalEntityFactory.create(country="GB", base_currency="GBP"),
     )
     for i in range(60):
         CustomerFactory.create(legal_entity=de if i % 2 else uk, name=f"Cust {i:02d}")
-    client = _client(VIEWER)
+    client = api_client_as(VIEWER)
     with django_assert_max_num_queries(6):
         page = client.get("/api/v1/customers/?ordering=name").json()
     assert page["count"] == 60
@@ -191,8 +197,10 @@ def test_lists_are_paginated_filtered_and_ordered(django_assert_max_num_queries)
     assert "legal_entity" in bad.json()
 
 
-def test_schema_and_docs_are_served_to_signed_in_users() -> None:
-    client = _client(VIEWER)
+def test_schema_and_docs_are_served_to_signed_in_users(
+    api_client_as: Callable[..., APIClient],
+) -> None:
+    client = api_client_as(VIEWER)
     schema = client.get("/api/v1/schema/?format=json")
     assert schema.status_code == 200
     paths = schema.json()["paths"]

@@ -168,12 +168,10 @@ def test_seed_builds_a_flawed_firm_deterministically(client: httpx.Client) -> No
     )  # seeding is not "received"
 
 
-def test_seed_of_100k_time_entries_is_fast(client: httpx.Client) -> None:
-    started = time.perf_counter()
+def test_seed_of_100k_time_entries_is_served_page_by_page(client: httpx.Client) -> None:
+    # How fast seeding is, is the benchmark figure sandbox_seed_100k_s.
     result = client.post("/_control/seed", json={"scale": 100}, timeout=60).json()
-    elapsed = time.perf_counter() - started
     assert result["counts"]["harvest.time_entries"] == 100_000
-    assert elapsed < 15, f"seeding 100,000 time entries took {elapsed:.1f}s"
     page = client.get(
         "/harvest/v2/time_entries",
         params={"per_page": 2000, "page": 50},

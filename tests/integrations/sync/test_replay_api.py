@@ -3,6 +3,8 @@ messages, each replay linked to its original; only integration admins may replay
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from rest_framework.test import APIClient
 
@@ -10,15 +12,9 @@ from exceptions.models import ExceptionCase
 from integrations.models import InboundMessage, OutboxMessage
 from integrations.roles import FINANCE, INTEGRATION_ADMIN
 from integrations.sync.outbox import outbox_enqueue, outbox_message
-from tests.factories import CustomerFactory, UserFactory, make_connection
+from tests.factories import CustomerFactory, make_connection
 
 pytestmark = pytest.mark.django_db
-
-
-def _client(role: str) -> APIClient:
-    client = APIClient()
-    client.force_authenticate(UserFactory.create(role=role))
-    return client
 
 
 def _parked(count: int) -> tuple[list[OutboxMessage], ExceptionCase]:
@@ -51,9 +47,9 @@ def _parked(count: int) -> tuple[list[OutboxMessage], ExceptionCase]:
     return list(OutboxMessage.objects.order_by("id")), case
 
 
-def test_admin_replays_one_parked_message() -> None:
+def test_admin_replays_one_parked_message(api_client_as: Callable[..., APIClient]) -> None:
     (row, *_), _case = _parked(2)
-    response = _client(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
+    response = api_client_as(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
     assert response.status_code == 202
     (pair,) = response.json()["replayed"]
     replay = OutboxMessage.objects.get(pk=pair["replay"])
@@ -63,31 +59,31 @@ def test_admin_replays_one_parked_message() -> None:
     assert replay.payload == row.payload
     row.refresh_from_db()
     assert row.state == "skipped"
-    again = _client(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
+    again = api_client_as(INTEGRATION_ADMIN).post(f"/api/v1/outbox/{row.pk}/replay/")
     assert again.status_code == 409
     assert "Only parked messages" in again.json()["detail"]
 
 
-def test_admin_replays_the_whole_group_of_a_case() -> None:
+def test_admin_replays_the_whole_group_of_a_case(api_client_as: Callable[..., APIClient]) -> None:
     rows, case = _parked(3)
-    response = _client(INTEGRATION_ADMIN).post(
+    response = api_client_as(INTEGRATION_ADMIN).post(
         "/api/v1/outbox/replay/", {"exception_case": case.pk}, format="json"
     )
     assert response.status_code == 202
     assert {p["original"] for p in response.json()["replayed"]} == {r.pk for r in rows}
-    bad = _client(INTEGRATION_ADMIN).post("/api/v1/outbox/replay/", {}, format="json")
+    bad = api_client_as(INTEGRATION_ADMIN).post("/api/v1/outbox/replay/", {}, format="json")
     assert bad.status_code == 400
 
 
-def test_finance_may_not_replay_or_read_the_outbox() -> None:
+def test_finance_may_not_replay_or_read_the_outbox(api_client_as: Callable[..., APIClient]) -> None:
     (row, *_), _case = _parked(1)
-    client = _client(FINANCE)
+    client = api_client_as(FINANCE)
     assert client.post(f"/api/v1/outbox/{row.pk}/replay/").status_code == 403
     assert client.get("/api/v1/outbox/").status_code == 403
     assert OutboxMessage.objects.count() == 1
 
 
-def test_inbound_message_replay_links_the_original() -> None:
+def test_inbound_message_replay_links_the_original(api_client_as: Callable[..., APIClient]) -> None:
     connection = make_connection()
     original = InboundMessage.objects.create(
         connection=connection,
@@ -99,11 +95,11 @@ def test_inbound_message_replay_links_the_original() -> None:
         state="failed",
         error="boom",
     )
-    response = _client(INTEGRATION_ADMIN).post(
+    response = api_client_as(INTEGRATION_ADMIN).post(
         "/api/v1/inbound/replay/", {"ids": [original.pk]}, format="json"
     )
     assert response.status_code == 202
     replay = InboundMessage.objects.get(replay_of=original)
     assert (replay.source, replay.state, replay.dedupe_key) == ("replay", "received", "xero:abc")
-    listed = _client(INTEGRATION_ADMIN).get("/api/v1/inbound/?state=failed").json()
+    listed = api_client_as(INTEGRATION_ADMIN).get("/api/v1/inbound/?state=failed").json()
     assert [m["id"] for m in listed["results"]] == [original.pk]
