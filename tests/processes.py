@@ -102,7 +102,7 @@ def running(*procs: Proc) -> Iterator[None]:
 
 def sandbox_proc(port: int, log: Path, seed: str = "none") -> Proc:
     return Proc(
-        [sys.executable, "-m", "integrations.sandbox", "--port", str(port), "--seed", seed],
+        [sys.executable, "-m", "sandbox", "--port", str(port), "--seed", seed],
         dict(os.environ),
         log,
     )

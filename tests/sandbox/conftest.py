@@ -1,6 +1,6 @@
 """Fixtures for the sandbox tests: a real sandbox subprocess, real HTTP, vendor specs.
 
-The sandbox is started once per session as ``python -m integrations.sandbox --seed none`` on a
+The sandbox is started once per session as ``python -m sandbox --seed none`` on a
 free loopback port and reset through its control API before every test. No Django needed.
 """
 
@@ -41,7 +41,7 @@ def _free_port() -> int:
 def sandbox_url() -> Iterator[str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "integrations.sandbox", "--port", str(port), "--seed", "none"],
+        [sys.executable, "-m", "sandbox", "--port", str(port), "--seed", "none"],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -70,7 +70,7 @@ def sandbox_url() -> Iterator[str]:
 @pytest.fixture
 def client(sandbox_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=sandbox_url, timeout=10) as c:
-        assert c.post("/_control/reset").status_code == 200
+        assert c.post("/_control/reset", json={}).status_code == 200
         yield c
 
 

@@ -43,7 +43,7 @@ def test_fault_settings_survive_until_reset(client: httpx.Client) -> None:
     assert client.get("/_control/faults").json()["xero"]["error_rate"] == 0.25
     client.post("/_control/seed", json={"scale": 1})
     assert client.get("/_control/faults").json()["xero"]["error_rate"] == 0.25
-    client.post("/_control/reset")
+    client.post("/_control/reset", json={})
     assert client.get("/_control/faults").json()["xero"]["error_rate"] == 0.0
     assert (
         client.post("/_control/faults", json={"system": "xero", "error_rate": 2}).status_code == 400

@@ -1,7 +1,17 @@
 """The control API under ``/_control/``: reset, seed, faults, limits, stats, records, webhooks.
 
 It is for tests, benchmarks and ``make run``; it has no auth (the sandbox binds loopback only)
-and is never subject to faults or rate limits.
+and is never subject to faults or rate limits. Binding loopback does not keep out a web page
+open in a browser on the same machine, so ``ControlGuard`` refuses what such a page can send:
+
+* a Host that is not a loopback name (DNS rebinding: the attacker's own domain, re-resolved
+  to 127.0.0.1, reads ``/_control/credentials`` or resets the data) -> 421;
+* a POST, PUT or PATCH whose Content-Type is not ``application/json``. A page may send
+  ``text/plain``, form or multipart bodies (or none at all) to any origin without asking
+  first; ``application/json`` needs a CORS preflight, which the control API never grants
+  (it answers OPTIONS with 405 and no ``Access-Control-Allow-*``), so only a real client can
+  send it -> 415. DELETE needs the same preflight; GETs change nothing and a foreign page
+  cannot read their answers.
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from . import harvest, salesforce, xero
 from .faults import FaultConfigError, apply_settings
@@ -23,6 +34,8 @@ from .ratelimit import LimitConfigError
 from .seed import Seeder, default_anchor
 
 MAX_SCALE = 100  # 100,000 time entries
+LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1"})
+BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 
 
 def settle_heap() -> None:
@@ -38,6 +51,64 @@ def settle_heap() -> None:
 
 def _error(message: str, status: int = 400) -> JSON:
     return JSON({"error": message}, status)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether a Host header names this machine's loopback: ``127.0.0.1``, ``localhost``,
+    ``[::1]`` (or a bare ``::1``), each with or without ``:port``."""
+    host = host.strip().lower()
+    if host == "::1":
+        return True
+    if host.startswith("["):
+        name, bracket, port = host[1:].partition("]")
+        if not bracket or (port and not (port.startswith(":") and port[1:].isdigit())):
+            return False
+        return name == "::1"
+    name, colon, port = host.partition(":")
+    if colon and not port.isdigit():
+        return False
+    return name in LOOPBACK_NAMES
+
+
+class ControlGuard:
+    """ASGI wrapper of the control API: loopback Host only, JSON bodies only (see above)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            refusal = self.refusal(scope)
+            if refusal is not None:
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    @staticmethod
+    def refusal(scope: Scope) -> Response | None:
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        hosts = [v.decode("latin-1") for k, v in headers if k == b"host"]
+        if len(hosts) != 1 or not is_loopback_host(hosts[0]):
+            # 421 Misdirected Request (RFC 9110, 15.5.20): this server does not answer for
+            # the authority the request names. The request itself is well-formed, so 400
+            # would blame the wrong thing; a client that used a loopback name never sees it.
+            named = hosts[0] if hosts else "(none)"
+            return _error(
+                f"the control API answers only for a loopback Host (127.0.0.1, localhost or "
+                f"[::1], with or without a port), not {named!r}",
+                421,
+            )
+        if scope["method"].encode() in BODY_METHODS:
+            types = [v.decode("latin-1") for k, v in headers if k == b"content-type"]
+            media = types[0].split(";")[0].strip().lower() if len(types) == 1 else ""
+            if media != "application/json":
+                got = ", ".join(types) or "none"
+                return _error(
+                    f"{scope['method']} to the control API needs Content-Type: application/json "
+                    f"(got {got!r}), even with an empty body",
+                    415,
+                )
+        return None
 
 
 async def _body(request: Request) -> dict[str, Any]:

@@ -30,7 +30,8 @@ if TYPE_CHECKING:
     from .salesforce import Salesforce
     from .xero import Xero
 
-from .xero import LEGACY, NEW, day_to_ts
+from .xero import LEGACY, NEW
+from .xero.formats import day_to_ts
 
 WEEKS = 8
 ENTRIES_PER_SCALE = 1000

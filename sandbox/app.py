@@ -7,9 +7,9 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
-from starlette.routing import Mount
+from starlette.routing import Mount, Router
 
-from .control import Control
+from .control import Control, ControlGuard
 from .gate import Sandbox, VendorGate
 from .harvest import Harvest
 from .salesforce import Salesforce
@@ -37,7 +37,7 @@ def create_app(base_url: str = "http://127.0.0.1:8100") -> Starlette:
             Mount("/salesforce", app=VendorGate(sf)),
             Mount("/harvest", app=VendorGate(hv)),
             Mount("/xero", app=VendorGate(xr)),
-            Mount("/_control", routes=control.routes()),
+            Mount("/_control", app=ControlGuard(Router(routes=control.routes()))),
         ],
         lifespan=lifespan,
     )

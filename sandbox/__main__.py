@@ -1,4 +1,4 @@
-"""``python -m integrations.sandbox --port 8100 [--host 127.0.0.1] [--seed demo|none] [--scale N]``.
+"""``python -m sandbox --port 8100 [--host 127.0.0.1] [--seed demo|none] [--scale N]``.
 
 Binds loopback only: the control API has no authentication.
 """
@@ -25,7 +25,7 @@ class _QuietDrops(logging.Filter):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m integrations.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m sandbox", description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("SANDBOX_PORT", "8100")))
     parser.add_argument(
         "--host", default="127.0.0.1", help="loopback only: 127.0.0.1, localhost or ::1"

@@ -1,6 +1,6 @@
-"""Read throughput of a running sandbox: ``python -m integrations.sandbox.bench``.
+"""Read throughput of a running sandbox: ``python -m sandbox.bench``.
 
-Starts nothing: it needs a sandbox with data (``python -m integrations.sandbox --seed demo``).
+Starts nothing: it needs a sandbox with data (``python -m sandbox --seed demo``).
 It reads record ids through the control API, switches the vendor rate limits off for the run
 (benchmarks run unthrottled; the previous limits are put back afterwards), then hits simple
 single-record GETs across the three vendors from ``--workers`` processes, each keeping
@@ -156,9 +156,7 @@ def _worker(args: tuple[str, str, list[tuple[str, dict[str, str]]], float, int])
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m integrations.sandbox.bench", description=__doc__
-    )
+    parser = argparse.ArgumentParser(prog="python -m sandbox.bench", description=__doc__)
     parser.add_argument(
         "--url", default=f"http://127.0.0.1:{os.environ.get('SANDBOX_PORT', '8100')}"
     )
