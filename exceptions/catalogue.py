@@ -1,0 +1,297 @@
+"""The catalogue of exception case types: for each type, who owns it, how urgent it is, what
+makes two failures one root cause, how it reads, and how it is fixed.
+
+Callers (the sync engine, the workflows) decide WHICH type applies and what the case is about
+(its subject: ids for the fingerprint, labels for the message); everything else is here, so one
+type reads the same and lands in the same queue wherever it is raised.
+
+The message is rendered from the case's CURRENT totals (how many records, hours, amount per
+currency) and its subject, again on every join, clear and resolve, so it never shows old figures.
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from decimal import Decimal
+from functools import cached_property
+from typing import Any
+
+from exceptions.models import ExceptionCase, Queue
+from integrations import roles
+
+Priority = ExceptionCase.Priority
+
+# Time to resolve, by priority, from the first sighting (P1 within 4 hours ... P4 two weeks).
+SLA_BY_PRIORITY: dict[int, timedelta] = {
+    Priority.P1: timedelta(hours=4),
+    Priority.P2: timedelta(days=1),
+    Priority.P3: timedelta(days=3),
+    Priority.P4: timedelta(days=14),
+}
+
+# Who works each queue: the portal roles (integrations/roles.py) whose members see its cases and
+# apply their fixes. tests/exceptions/test_catalogue.py proves each holds the permission needed.
+QUEUE_ROLES: dict[str, tuple[str, ...]] = {
+    Queue.FINANCE: (roles.FINANCE,),
+    Queue.PMO: (roles.PMO,),
+    Queue.SALES_OPS: (roles.SALES_OPS,),
+    Queue.INTEGRATION_ADMIN: (roles.INTEGRATION_ADMIN,),
+}
+
+# Values every message may use besides the subject's own keys.
+COMPUTED = frozenset({"held", "count", "noun", "hours", "amount"})
+
+
+@dataclass(frozen=True)
+class Totals:
+    """What a case holds up right now."""
+
+    count: int = 0
+    hours: Decimal = Decimal("0")
+    amounts: Mapping[str, Decimal] = field(default_factory=dict)
+
+    def amount_text(self) -> str:
+        """ "GBP 3,150.00", or "EUR 80.00 + GBP 3,150.00" across currencies; "" for none."""
+        return " + ".join(f"{cur} {self.amounts[cur]:,.2f}" for cur in sorted(self.amounts))
+
+
+def plural(noun: str) -> str:
+    if noun.endswith("y") and noun[-2:-1] not in ("a", "e", "o", "u", ""):
+        return noun[:-1] + "ies"
+    if noun.endswith(("s", "x", "ch", "sh")):
+        return noun + "es"
+    return noun + "s"
+
+
+@dataclass(frozen=True)
+class CaseType:
+    name: str
+    queue: Queue
+    priority: Priority
+    # The subject keys that make one root cause; the case type, process and step always count.
+    fingerprint: tuple[str, ...]
+    # str.format template over the subject's keys and COMPUTED ({held} = "3 approved time
+    # entries (GBP 3,150.00, 22.50 hours)").
+    template: str
+    # What one blocked record is called; a subject's "noun" key overrides it (an outbox row can
+    # be an invoice, a customer, a project).
+    noun: str
+    # The form the queue's owner fixes the cause in (built by the exception-queue pages) and the
+    # Django permission that form needs.
+    fix_form: str
+    fix_permission: str
+    # Whether a later success of a held record takes it off the case (and the case closes when
+    # none is left). An ownership conflict waits for a person's decision instead.
+    auto_close: bool = True
+
+    @property
+    def sla(self) -> timedelta:
+        return SLA_BY_PRIORITY[self.priority]
+
+    @cached_property
+    def subject_keys(self) -> frozenset[str]:
+        """The subject keys a case of this type must be given."""
+        named = {name for _, name, _, _ in string.Formatter().parse(self.template) if name}
+        return frozenset(self.fingerprint) | (frozenset(named) - COMPUTED)
+
+    def render(self, *, totals: Totals, subject: Mapping[str, Any]) -> str:
+        singular = str(subject.get("noun") or self.noun)
+        noun = singular if totals.count == 1 else plural(singular)
+        impact = [totals.amount_text()] if totals.amounts else []
+        if totals.hours:
+            impact.append(f"{totals.hours:,.2f} hours")
+        held = f"{totals.count} {noun}" + (f" ({', '.join(impact)})" if impact else "")
+        return self.template.format_map(
+            {
+                **subject,
+                "held": held,
+                "count": totals.count,
+                "noun": noun,
+                "hours": f"{totals.hours:,.2f}",
+                "amount": totals.amount_text(),
+            }
+        )
+
+
+_SENT = "{held} for {about} cannot be sent: "
+_INVOICED = " cannot be invoiced: "
+
+CATALOGUE: dict[str, CaseType] = {
+    t.name: t
+    for t in (
+        # --- Outbox rows a vendor refused or never took (integrations/sync/failures.py) --------
+        CaseType(
+            name="vendor_validation",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            # The same complaint about the same subject (e.g. one customer's missing VAT number).
+            fingerprint=("about", "complaint"),
+            template=_SENT + "{vendor} says: {complaint}",
+            noun="record",
+            # What the ERP refuses in an invoice is the customer's billing profile (tax number,
+            # address); finance fixes it there and replays.
+            fix_form="customer_billing_profile",
+            fix_permission="integrations.change_customer",
+        ),
+        CaseType(
+            name="retries_exhausted",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P1,
+            fingerprint=("connection_id", "error_kind"),
+            template=_SENT + "{vendor} kept failing after {attempts} attempts (last: {error})",
+            noun="record",
+            fix_form="outbox_replay",
+            fix_permission="integrations.change_outboxmessage",  # change = replay
+        ),
+        CaseType(
+            name="permanent_error",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("connection_id", "error_kind"),
+            template=_SENT + "{vendor} refused the call: {error}",
+            noun="record",
+            fix_form="connection_settings",
+            fix_permission="integrations.change_connection",
+        ),
+        CaseType(
+            # A record the connection's published outbound mapping cannot render (a required
+            # vendor field unmapped, a value-map gap): no outbox row is written for it; the
+            # workflow renders it again on its next run (integrations/sync/outbound.py).
+            name="outbound_mapping_error",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("connection_id", "object_type", "reason"),
+            template=(
+                "{held} for {connection} cannot be rendered by its published {object_type} "
+                "mapping: {reason}. Fix the mapping (or the value map); the next run sends them."
+            ),
+            noun="record",
+            fix_form="mapping_edit",
+            fix_permission="integrations.change_mappingset",
+        ),
+        # --- Inbound records (integrations/sync/inbound.py, upsert.py) ----------------------------
+        CaseType(
+            name="mapping_error",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("connection_id", "object_type", "reason"),
+            template=(
+                "{held} of {object_type} from {connection} cannot be mapped: {reason}. "
+                "Fix the mapping (or the value map) and replay the messages."
+            ),
+            noun="record",
+            fix_form="mapping_edit",
+            fix_permission="integrations.change_mappingset",
+        ),
+        CaseType(
+            name="ownership_conflict",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("model", "record_id", "connection_id", "fields"),
+            template=(
+                "{connection} tried to change {record}: {changes}. The change was not applied; "
+                "the owning system's value stands until someone decides."
+            ),
+            noun="record",
+            fix_form="ownership_decision",
+            fix_permission="integrations.change_ownershiprule",
+            auto_close=False,
+        ),
+        # --- Approved time that cannot be billed (integrations/workflows/time_to_erp.py) --------
+        CaseType(
+            name="time_on_inactive_project",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project is {status}, "
+                "so its time cannot be billed."
+            ),
+            noun="approved time entry",
+            fix_form="project_status",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            # Only PMO may edit projects, so PMO owns the fix (it used to go to Sales ops, who
+            # could not make it).
+            name="project_without_legal_entity",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project has no legal entity "
+                "to invoice from."
+            ),
+            noun="approved time entry",
+            fix_form="project_legal_entity",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            # The fix links the project to its contract (Project.contract): a project edit, so
+            # PMO's; Sales ops keeps the contracts themselves.
+            name="project_without_contract",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project has no contract, "
+                "so there are no billing terms."
+            ),
+            noun="approved time entry",
+            fix_form="project_contract",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            # Rate cards are commercial data: Sales ops edits them (Finance only reads them).
+            name="missing_rate",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P3,
+            fingerprint=("contract_id", "role", "currency"),
+            template=(
+                "{held} for the role {role} on contract {contract}" + _INVOICED + "no bill rate "
+                "for the role {role} in {currency}."
+            ),
+            noun="approved time entry",
+            fix_form="rate_card",
+            fix_permission="integrations.add_ratecard",
+        ),
+        CaseType(
+            name="missing_exchange_rate",
+            queue=Queue.FINANCE,
+            priority=Priority.P3,
+            fingerprint=("currency", "base"),
+            template=(
+                "{held} in {currency}" + _INVOICED + "no exchange rate from {currency} to "
+                "{base} in the last {days} days."
+            ),
+            noun="approved time entry",
+            fix_form="exchange_rate",
+            fix_permission="integrations.add_exchangerate",
+        ),
+        CaseType(
+            name="no_erp_route",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("legal_entity_id",),
+            template=(
+                "{held} for legal entity {legal_entity}" + _INVOICED + "no ERP connection is "
+                "routed for this legal entity."
+            ),
+            noun="approved time entry",
+            fix_form="routing_rule",
+            fix_permission="integrations.add_routingrule",
+        ),
+    )
+}
+
+AUTO_CLOSING = frozenset(name for name, t in CATALOGUE.items() if t.auto_close)
+
+
+def case_type_get(name: str) -> CaseType:
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the case catalogue (exceptions/catalogue.py)") from None
