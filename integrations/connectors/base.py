@@ -1,4 +1,5 @@
-"""The interface every vendor connector offers, and ``connector_for`` to get one.
+"""The interface every vendor connector offers; ``integrations.vendors.connector_for`` gives the
+one for a connection (the vendor registry also names each vendor's operations per action).
 
 The sync engine only ever calls these four methods; operation names are a contract with the
 ``OutboxMessage.operation`` values the workflows write:
@@ -18,15 +19,14 @@ salesforce create_account|opportunity|contract (200),         Account, Opportuni
 ``since`` for ``read_changed`` is an ISO-8601 timestamp (``2024-05-01T10:00:00.123Z``; no
 zone means UTC) or None for everything; each connector turns it into the vendor's filter.
 ``version_of`` gives the modstamp as microseconds since the epoch, the unit of
-``InboundMessage.source_version``; ``micros_to_iso`` turns one back into a ``since``.
+``InboundMessage.source_version``; ``integrations.timestamps`` reads the vendors' stamps and
+turns a version back into a ``since`` (``micros_to_iso``).
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar, Protocol
 
 from integrations.connectors.errors import ConnectorError, PermanentError
@@ -168,54 +168,3 @@ class BaseConnector:
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         raise NotImplementedError
-
-
-def connector_for(connection: Any, **options: Any) -> Connector:
-    """The connector for a ``Connection``. Options (tests, benchmarks): ``timeout``,
-    ``acquire_timeout``, ``limits``, ``page_size``, ``transport``."""
-    from integrations.connectors.harvest import HarvestConnector
-    from integrations.connectors.salesforce import SalesforceConnector
-    from integrations.connectors.xero import XeroConnector
-
-    classes: dict[str, Callable[..., Connector]] = {
-        "xero": XeroConnector,
-        "harvest": HarvestConnector,
-        "salesforce": SalesforceConnector,
-    }
-    cls = classes.get(str(connection.vendor))
-    if cls is None:
-        raise PermanentError(f"no connector for vendor {connection.vendor}")
-    return cls(connection, **options)
-
-
-# --- Time helpers -----------------------------------------------------------------------------
-
-_MS_DATE = re.compile(r"^/Date\((-?\d+)([+-]\d{4})?\)/$")
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def parse_timestamp(value: str) -> datetime:
-    """ISO 8601 (``Z``, ``+00:00`` or ``+0000``, which Python 3.11's fromisoformat reads; naive
-    = UTC) or Xero's ``/Date(ms+0000)/``."""
-    text = value.strip()
-    if text.startswith("/Date("):
-        match = _MS_DATE.match(text)
-        if match:
-            return datetime.fromtimestamp(int(match.group(1)) / 1000, UTC)
-    parsed = datetime.fromisoformat(text)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def to_micros(value: datetime) -> int:
-    delta = value.astimezone(UTC) - EPOCH
-    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
-
-
-def micros_of(value: str | None) -> int:
-    return to_micros(parse_timestamp(value)) if value else 0
-
-
-def micros_to_iso(micros: int) -> str:
-    """A version back to a ``since`` (``2024-05-01T10:00:00.123456Z``)."""
-    stamp = EPOCH + timedelta(microseconds=micros)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

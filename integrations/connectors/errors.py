@@ -16,6 +16,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from integrations.classification import ErrorClass
+
 # Vendor bodies kept on an error (and in SyncAttempt.vendor_response): 4 KB shows a Xero
 # ValidationException with a dozen element errors; a whole 1,000-invoice page would be ~2 MB.
 RESPONSE_TEXT_LIMIT = 4096
@@ -30,7 +32,7 @@ def truncate(text: str, limit: int = RESPONSE_TEXT_LIMIT) -> str:
 class ConnectorError(Exception):
     """A failed vendor call (or item of a batch). ``kind`` is the class the engine acts on."""
 
-    kind: ClassVar[str] = "permanent"
+    kind: ClassVar[ErrorClass] = ErrorClass.PERMANENT
     # True when the request certainly never reached the vendor (refused by our own limits, or
     # no connection could be made): a write that failed so cannot have been applied.
     never_sent: bool = False
@@ -67,7 +69,7 @@ class ConnectorError(Exception):
 class TransientError(ConnectorError):
     """Try again later: timeouts, connection errors, 5xx, 429, circuit open, limit wait."""
 
-    kind = "transient"
+    kind = ErrorClass.TRANSIENT
 
 
 class CircuitOpenError(TransientError):
@@ -85,10 +87,10 @@ class LimitWaitExceeded(TransientError):
 class PermanentError(ConnectorError):
     """A retry cannot fix it and a business data fix will not either."""
 
-    kind = "permanent"
+    kind = ErrorClass.PERMANENT
 
 
 class BusinessError(ConnectorError):
     """The vendor refused the data; a person must fix the record, then it can be retried."""
 
-    kind = "business"
+    kind = ErrorClass.BUSINESS

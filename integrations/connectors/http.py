@@ -45,6 +45,8 @@ import httpx
 import orjson
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 
+from integrations.classification import ErrorClass
+from integrations.connectors.connection_limits import limits_for
 from integrations.connectors.errors import (
     RESPONSE_TEXT_LIMIT,
     ConnectorError,
@@ -52,7 +54,8 @@ from integrations.connectors.errors import (
     TransientError,
     truncate,
 )
-from integrations.connectors.limits import Limits, limits_for
+from integrations.connectors.limits import Limits
+from integrations.models import SyncAttempt
 
 logger = logging.getLogger(__name__)
 
@@ -735,7 +738,7 @@ class VendorHTTP:
         return default_error(response)
 
     def _feed_limits(self, error: ConnectorError | None) -> None:
-        if error is None or error.kind != "transient":
+        if error is None or error.kind != ErrorClass.TRANSIENT:
             # The vendor answered (a business or permanent refusal is still an answer).
             self.limits.record_success()
             return
@@ -759,8 +762,6 @@ class VendorHTTP:
         body_text: str,
         message_ids: Sequence[int],
     ) -> int | None:
-        from integrations.models import SyncAttempt
-
         pk = getattr(self.connection, "pk", None)
         if pk is None:
             return None
@@ -788,8 +789,6 @@ class VendorHTTP:
 
     def note_outcome(self, attempt_id: int | None, *, outcome: str, error: str) -> None:
         """Overwrite a recorded attempt's outcome (a 200 whose items the vendor refused)."""
-        from integrations.models import SyncAttempt
-
         if attempt_id is None:
             return
         SyncAttempt.objects.filter(pk=attempt_id).update(

@@ -41,7 +41,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import redis
@@ -635,51 +634,3 @@ class Limits:
         except Exception:
             # Mirroring is for pages; a failed write must not fail the vendor call.
             logger.warning("could not mirror circuit state of connection %s", self.connection_id)
-
-
-def health_mirror(connection_id: int) -> HealthSink:
-    """A sink that writes breaker changes into the connection's ``ConnectionHealth`` row."""
-
-    def write(change: CircuitChange, event: str, error: str | None) -> None:
-        from integrations.models import ConnectionHealth
-
-        now = datetime.now(UTC)
-        values: dict[str, Any] = {
-            "circuit_state": change.state,
-            "consecutive_failures": change.failures,
-            "opened_at": (
-                datetime.fromtimestamp(change.opened_at, UTC)
-                if change.opened_at and change.state != "closed"
-                else None
-            ),
-        }
-        if event == "success":
-            values["last_success_at"] = now
-        elif event == "failure":
-            values["last_failure_at"] = now
-            values["last_error"] = (error or "")[:2000]
-        ConnectionHealth.objects.update_or_create(connection_id=connection_id, defaults=values)
-
-    return write
-
-
-def limits_for(connection: Any, **overrides: Any) -> Limits:
-    """The limits of a ``Connection`` (overrides: any ``LimitSettings`` field, or ``store``).
-
-    The breaker's threshold and cool-down can be tuned per deployment with the optional
-    settings ``CONCORD_CIRCUIT_FAILURES`` and ``CONCORD_CIRCUIT_COOLDOWN_S``."""
-    from django.conf import settings as django_settings
-
-    store = overrides.pop("store", None)
-    overrides.setdefault(
-        "failure_threshold", int(getattr(django_settings, "CONCORD_CIRCUIT_FAILURES", 5))
-    )
-    overrides.setdefault(
-        "cooldown_s", float(getattr(django_settings, "CONCORD_CIRCUIT_COOLDOWN_S", 30.0))
-    )
-    settings = LimitSettings(
-        rate_per_minute=int(connection.rate_limit_per_minute),
-        max_concurrency=int(connection.max_concurrency),
-        **overrides,
-    )
-    return Limits(connection.pk, settings, store=store, on_change=health_mirror(connection.pk))

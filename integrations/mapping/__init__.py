@@ -4,7 +4,9 @@
 - `transforms`: pure value transforms (value maps, dates, money, default, concatenation).
 - `apply`: `CompiledMapping`, `map_inbound`, `map_outbound` (pure).
 - `selectors`: loading and caching the published compiled mappings (`mapping_load_published`).
-- `services`: drafts, publishing, value maps, vendor defaults, preview.
+- `services`: drafts, publishing, value maps, installing and upgrading vendor defaults, preview.
 - `ownership`: `load_ownership_rules`, `split_by_owner` (pure).
-- `defaults`: the default mappings installed per vendor.
+- `canonical`: which canonical models and fields a mapping may target.
+
+The default mappings each vendor ships live in its folder (integrations/vendors/<vendor>/).
 """

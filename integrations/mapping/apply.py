@@ -16,58 +16,62 @@ default. A required field that is missing or null is an error.
 
 Outbound: only fields whose canonical key is present in the given dict are written; a missing
 required key is an error unless ``partial=True`` (an update carrying only what changed). A
-concatenation has no reverse and is inbound only.
+concatenation has no reverse and is inbound only. Outbound extras:
+
+- lists: ``lines[].quantity`` -> ``LineItems[].Quantity`` writes one vendor item per canonical
+  item; a plain canonical field into an item path (``legal_entity__code`` ->
+  ``LineItems[].AccountCode``) is converted once and written into every item;
+- conditions: option ``when`` (write only if that canonical key has a value) or ``unless``
+  (only if it has none), e.g. the contact's name only when its id is unknown. On an item field
+  they name an item key (``lines[].key``);
+- constants: a ``default`` transform writes its default when the canonical value is absent;
+- value maps keyed by the canonical value (option ``keyed_by: canonical``): the map's entries
+  read canonical -> vendor, with the map's default for the rest (a legal entity's account code).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+import copy
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
 from types import MappingProxyType
 from typing import Any
 
 from integrations.mapping import transforms as t
 from integrations.mapping.errors import MappingError, OutboundMappingError, PathError
-from integrations.mapping.paths import MISSING, CompiledPath, compile_path
+from integrations.mapping.paths import (
+    LIST_MARK,
+    MISSING,
+    CompiledPath,
+    compile_path,
+    split_list_path,
+)
 from integrations.models.mapping import FieldMapping
+from integrations.vendors.spec import FieldSpec
 
 # What a FieldMapping row may hold (its choices: model metadata, no queries).
 DIRECTIONS = tuple(FieldMapping.Direction.values)
 TRANSFORMS = tuple(FieldMapping.Transform.values)
 
 # Options each transform understands; anything else is a typo the publish check refuses.
+CONDITIONS = frozenset({"when", "unless"})
 ALLOWED_OPTIONS: dict[str, frozenset[str]] = {
-    "copy": frozenset({"default", "vendor_type"}),
-    "value_map": frozenset({"value_map", "default", "canonical_type", "vendor_type", "reverse"}),
-    "date": frozenset({"default", "format"}),
-    "datetime": frozenset({"default", "format"}),
-    "money": frozenset({"default", "places", "as"}),
-    "default": frozenset({"default"}),
+    "copy": frozenset({"default", "vendor_type"}) | CONDITIONS,
+    "value_map": frozenset(
+        {"value_map", "default", "canonical_type", "vendor_type", "reverse", "keyed_by"}
+    )
+    | CONDITIONS,
+    "date": frozenset({"default", "format"}) | CONDITIONS,
+    "datetime": frozenset({"default", "format"}) | CONDITIONS,
+    "money": frozenset({"default", "places", "as"}) | CONDITIONS,
+    "default": frozenset({"default"}) | CONDITIONS,
     "concat": frozenset({"paths", "sep"}),
 }
+KEYED_BY = ("vendor", "canonical")
 
 Converter = Callable[[Any], Any]
 EXTERNAL_ID_SUFFIX = "__external_id"
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    """One field mapping as plain data (what a FieldMapping row holds)."""
-
-    canonical_field: str
-    vendor_path: str
-    direction: str = "both"
-    transform: str = "copy"
-    options: Mapping[str, Any] = field(default_factory=dict)
-    required: bool = False
-
-    @property
-    def inbound(self) -> bool:
-        return self.direction in ("in", "both")
-
-    @property
-    def outbound(self) -> bool:
-        return self.direction in ("out", "both") and self.transform != "concat"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,13 @@ class CompiledField:
     # Concatenation reads several paths; for every other transform this is empty.
     parts: tuple[CompiledPath, ...] = ()
     sep: str = " "
+    # Outbound: write only when this canonical key has a value (`when`) or has none (`unless`).
+    when: str = ""
+    unless: str = ""
+    # Outbound: a constant (the default transform) is written when the canonical value is absent.
+    constant: bool = False
+    # The key itself when the vendor path is one plain key: written without walking a path.
+    key: str | None = None
 
     def read(self, payload: Any) -> Any:
         if not self.parts:
@@ -90,6 +101,33 @@ class CompiledField:
         if not present:
             return MISSING
         return t.concat(present, self.sep)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledList:
+    """An outbound vendor list (``LineItems``) built from a canonical list (``lines``): `items`
+    take their value from each canonical item, `shared` from the canonical record (converted
+    once, written into every item). Their paths are relative to the item."""
+
+    name: str
+    path: CompiledPath
+    items: tuple[CompiledField, ...]
+    shared: tuple[CompiledField, ...]
+    # Every item path is one plain key: an item starts as a shallow copy of the shared values.
+    flat: bool
+
+    @property
+    def required(self) -> bool:
+        return any(f.required for f in self.items)
+
+    @property
+    def simple(self) -> tuple[tuple[str, str, Converter], ...] | None:
+        """(canonical key, vendor key, converter) per item field when every one is a plain
+        key with no condition or constant: items are then rendered in one tight loop (a
+        100,000-line billing run renders 300,000 values)."""
+        if not self.flat or any(f.when or f.unless or f.constant for f in self.items):
+            return None
+        return tuple((f.name, f.key, f.convert) for f in self.items if f.key is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +141,8 @@ class CompiledMapping:
     inbound: tuple[CompiledField, ...]
     outbound: tuple[CompiledField, ...]
     value_maps: Mapping[str, t.ValueMapTable]
+    # Outbound vendor lists (``LineItems[]``), each written after the plain fields.
+    lists: tuple[CompiledList, ...] = ()
     mapping_set_id: int | None = None
     connection_id: int | None = None
     version: int = 0
@@ -158,6 +198,8 @@ def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
             compile_path(path)
         except PathError as exc:
             problems.append(f"{label}: {exc.message}")
+    problems.extend(f"{label}: {p}" for p in _list_problems(spec))
+    problems.extend(f"{label}: {p}" for p in _condition_problems(spec, options))
     if spec.transform == "default" and "default" not in options:
         problems.append(f"{label}: the default transform needs a 'default' option")
     if spec.transform == "copy" and options.get("vendor_type", "str") not in t.VALUE_TYPES:
@@ -171,6 +213,14 @@ def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
         for key in ("canonical_type", "vendor_type"):
             if options.get(key, "str") not in t.VALUE_TYPES:
                 problems.append(f"{label}: '{key}' must be one of {', '.join(t.VALUE_TYPES)}")
+        keyed_by = options.get("keyed_by", "vendor")
+        if keyed_by not in KEYED_BY:
+            problems.append(f"{label}: 'keyed_by' must be one of {', '.join(KEYED_BY)}")
+        elif keyed_by == "canonical" and spec.direction != "out":
+            problems.append(
+                f"{label}: a value map keyed by the canonical value reads one way: "
+                "map it outbound only"
+            )
         if not isinstance(options.get("reverse", {}), Mapping):
             problems.append(f"{label}: 'reverse' must be an object of canonical -> vendor values")
     if spec.transform == "date" and options.get("format", "iso") not in t.DATE_FORMATS:
@@ -190,6 +240,47 @@ def field_spec_problems(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
             _inbound_converter(spec, value_maps)(options["default"])
         except MappingError as exc:
             problems.append(f"{label}: default {exc.message}")
+    return problems
+
+
+def _list_problems(spec: FieldSpec) -> list[str]:
+    """What is wrong with a field's ``[]`` (list) paths; empty when it has none or they hold."""
+    vendor_marked = LIST_MARK in spec.vendor_path
+    canonical_marked = LIST_MARK in spec.canonical_field
+    if not vendor_marked and not canonical_marked:
+        return []
+    problems: list[str] = []
+    if spec.direction != "out" or spec.transform == "concat":
+        problems.append("list paths ('[]') are written outbound only: set the direction to out")
+    if canonical_marked and not vendor_marked:
+        problems.append("a canonical list item needs a vendor list path (e.g. LineItems[].X)")
+    for path in (spec.vendor_path, spec.canonical_field):
+        try:
+            split_list_path(path)
+        except PathError as exc:
+            problems.append(exc.message)
+    if canonical_marked:
+        item = spec.canonical_field.partition(LIST_MARK)[2].removeprefix(".")
+        if "." in item:
+            problems.append("a canonical list item field is one key: lines[].quantity")
+    return problems
+
+
+def _condition_problems(spec: FieldSpec, options: Mapping[str, Any]) -> list[str]:
+    problems: list[str] = []
+    for name in sorted(CONDITIONS & set(options)):
+        key = options[name]
+        if not isinstance(key, str) or not key.strip():
+            problems.append(f"'{name}' must name a canonical field")
+            continue
+        if spec.direction != "out":
+            problems.append(f"'{name}' applies outbound only: set the direction to out")
+        in_item = LIST_MARK in spec.canonical_field
+        prefix = spec.canonical_field.partition(LIST_MARK)[0] + LIST_MARK + "."
+        if in_item and not key.startswith(prefix):
+            problems.append(f"'{name}' on a list item names a key of the same item ({prefix}...)")
+        if not in_item and LIST_MARK in key:
+            problems.append(f"'{name}' names a list item, but this field is not one")
     return problems
 
 
@@ -245,13 +336,16 @@ def _outbound_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTabl
         return lambda value: t.format_datetime(value, fmt)
     if kind == "money":
         form = options.get("as", "number")
-        return lambda value: t.format_money(value, form)
+        return _number if form == "number" else lambda value: t.format_money(value, form)
     name = str(options.get("value_map", ""))
     table = value_maps.get(name)
     if table is None:
         return _failing(f"value map '{name}' does not exist")
-    reverse = {t.vendor_key(k): str(v) for k, v in dict(options.get("reverse") or {}).items()}
     vendor_type = options.get("vendor_type", "str")
+    if options.get("keyed_by") == "canonical":
+        # The map's entries read canonical -> vendor here ("UK01" -> "200"), default included.
+        return lambda value: t.coerce(t.map_value(value, table), vendor_type)
+    reverse = {t.vendor_key(k): str(v) for k, v in dict(options.get("reverse") or {}).items()}
     return lambda value: t.coerce(t.unmap_value(value, table, reverse), vendor_type)
 
 
@@ -259,13 +353,27 @@ def _identity(value: Any) -> Any:
     return value
 
 
+def _number(value: Any) -> Any:
+    """`format_money(value, "number")` with a shortcut for the Decimals canonical records hold:
+    an invoice of 100 lines converts 200 of them."""
+    if type(value) is Decimal and value.is_finite():
+        return int(value) if value == value.to_integral_value() else float(value)
+    return t.format_money(value, "number")
+
+
 def _text(value: Any) -> str:
     return value if isinstance(value, str) else t.vendor_key(value)
 
 
 def _compile_field(
-    spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTable], *, inbound: bool
+    spec: FieldSpec,
+    value_maps: Mapping[str, t.ValueMapTable],
+    *,
+    inbound: bool,
+    name: str | None = None,
+    vendor_path: str | None = None,
 ) -> CompiledField:
+    """`name` and `vendor_path` override the spec's for a list field (the item's key and path)."""
     options = spec.options
     convert = (
         _inbound_converter(spec, value_maps) if inbound else _outbound_converter(spec, value_maps)
@@ -280,16 +388,88 @@ def _compile_field(
     parts: tuple[CompiledPath, ...] = ()
     if spec.transform == "concat":
         parts = tuple(compile_path(str(p)) for p in options.get("paths") or [spec.vendor_path])
+    path = compile_path(vendor_path if vendor_path is not None else spec.vendor_path)
     return CompiledField(
-        name=spec.canonical_field,
-        path=compile_path(spec.vendor_path),
+        name=name if name is not None else spec.canonical_field,
+        path=path,
         convert=convert,
         required=spec.required,
         has_default=has_default,
         default=default,
         parts=parts,
         sep=str(options.get("sep", " ")),
+        when="" if inbound else _condition(options, "when"),
+        unless="" if inbound else _condition(options, "unless"),
+        constant=not inbound and spec.transform == "default" and has_default,
+        key=path.steps[0][0] if len(path.steps) == 1 else None,
     )
+
+
+def _condition(options: Mapping[str, Any], name: str) -> str:
+    key = str(options.get(name, ""))
+    # An item's condition names "lines[].key"; within the item it is read as "key".
+    return key.partition(LIST_MARK + ".")[2] if LIST_MARK in key else key
+
+
+def _broken_field(spec: FieldSpec, problem: str) -> CompiledField:
+    """A field whose configuration is wrong: it fails with its problem whenever it is used."""
+    try:
+        path = compile_path(spec.vendor_path)
+    except PathError:
+        # One key no payload has (not parsed: the vendor path may hold empty segments).
+        text = f"<invalid path {spec.vendor_path!r}>"
+        path = CompiledPath(text=text, steps=((text, None),))
+    return CompiledField(
+        name=spec.canonical_field,
+        path=path,
+        convert=_failing(problem.removeprefix(f"{_label(spec)}: ")),
+        required=spec.required,
+        has_default=False,
+        default=None,
+    )
+
+
+def _compile_lists(
+    specs: Sequence[FieldSpec], value_maps: Mapping[str, t.ValueMapTable], problems: list[str]
+) -> tuple[CompiledList, ...]:
+    """Group the outbound list fields by vendor list; each list reads one canonical list."""
+    grouped: dict[str, list[tuple[FieldSpec, str]]] = {}
+    for spec in specs:
+        vendor_list, item_path = split_list_path(spec.vendor_path) or ("", "")
+        grouped.setdefault(vendor_list, []).append((spec, item_path))
+    lists: list[CompiledList] = []
+    for vendor_list, members in grouped.items():
+        sources = {
+            spec.canonical_field.partition(LIST_MARK)[0]
+            for spec, _ in members
+            if LIST_MARK in spec.canonical_field
+        }
+        if len(sources) != 1:
+            problems.append(
+                f"{vendor_list}[]: its items must come from one canonical list "
+                f"({', '.join(sorted(sources)) or 'none is mapped, e.g. lines[].description'})"
+            )
+            continue
+        (source,) = sources
+        items: list[CompiledField] = []
+        shared: list[CompiledField] = []
+        for spec, item_path in members:
+            in_item = LIST_MARK in spec.canonical_field
+            name = spec.canonical_field.partition(LIST_MARK)[2][1:] if in_item else None
+            compiled = _compile_field(
+                spec, value_maps, inbound=False, name=name, vendor_path=item_path
+            )
+            (items if in_item else shared).append(compiled)
+        lists.append(
+            CompiledList(
+                name=source,
+                path=compile_path(vendor_list),
+                items=tuple(items),
+                shared=tuple(shared),
+                flat=all(f.key is not None for f in (*items, *shared)),
+            )
+        )
+    return tuple(lists)
 
 
 def compile_mapping(
@@ -309,34 +489,26 @@ def compile_mapping(
     maps = MappingProxyType(dict(value_maps or {}))
     inbound: list[CompiledField] = []
     outbound: list[CompiledField] = []
+    list_specs: list[FieldSpec] = []
     problems: list[str] = []
     for spec in fields:
         spec_problems = field_spec_problems(spec, maps)
         problems.extend(spec_problems)
         if spec_problems:
-            try:
-                path = compile_path(spec.vendor_path)
-            except PathError:
-                # One key no payload has (not parsed: the vendor path may hold empty segments).
-                text = f"<invalid path {spec.vendor_path!r}>"
-                path = CompiledPath(text=text, steps=((text, None),))
-            broken = CompiledField(
-                name=spec.canonical_field,
-                path=path,
-                convert=_failing(spec_problems[0].removeprefix(f"{_label(spec)}: ")),
-                required=spec.required,
-                has_default=False,
-                default=None,
-            )
+            broken = _broken_field(spec, spec_problems[0])
             if spec.direction in ("in", "both"):
                 inbound.append(broken)
             if spec.direction in ("out", "both"):
                 outbound.append(broken)
             continue
+        if LIST_MARK in spec.vendor_path:
+            list_specs.append(spec)  # outbound only (checked above)
+            continue
         if spec.inbound:
             inbound.append(_compile_field(spec, maps, inbound=True))
         if spec.outbound:
             outbound.append(_compile_field(spec, maps, inbound=False))
+    lists = _compile_lists(list_specs, maps, problems)
     try:
         id_path = compile_path(external_id_path)
     except PathError as exc:
@@ -356,6 +528,7 @@ def compile_mapping(
         inbound=tuple(inbound),
         outbound=tuple(outbound),
         value_maps=maps,
+        lists=lists,
         mapping_set_id=mapping_set_id,
         connection_id=connection_id,
         version=version,
@@ -434,45 +607,135 @@ def map_outbound(
 ) -> dict[str, Any]:
     """Canonical fields -> vendor payload. Raises `OutboundMappingError` listing every field
     that failed. Canonical keys that are absent are left out of the payload; a required one is
-    an error unless `partial` (an update that sends only what changed)."""
+    an error unless `partial` (an update that sends only what changed). Lists are written after
+    the plain fields, one vendor item per canonical item."""
     payload: dict[str, Any] = {}
     errors: list[MappingError] = []
-    for f in mapping.outbound:
-        value = canonical.get(f.name, MISSING)
-        if value is MISSING:
-            if f.required and not partial:
-                errors.append(
-                    MappingError("required canonical value missing", field=f.name, path=f.path.text)
-                )
-            continue
-        if value is None or (value == "" and f.has_default):
-            if f.has_default:
-                value = f.default
-            elif f.required:
-                errors.append(
-                    MappingError(
-                        "required canonical value is empty", field=f.name, path=f.path.text
-                    )
-                )
-                continue
-            else:
-                _write(f, payload, None, errors)
-                continue
-        try:
-            converted = f.convert(value)
-        except MappingError as exc:
-            errors.append(exc.located(field=f.name, path=f.path.text))
-            continue
-        _write(f, payload, converted, errors)
+    _render(mapping.outbound, canonical, payload, errors, partial=partial)
+    for target in mapping.lists:
+        items = _render_list(target, canonical, errors, partial=partial)
+        if items is not None:
+            _write(target.name, target.path, payload, items, errors)
     if errors:
         raise OutboundMappingError(errors)
     return payload
 
 
+def _has_value(value: Any) -> bool:
+    return value is not MISSING and value is not None and value != ""
+
+
+def _render(
+    fields: Sequence[CompiledField],
+    source: Mapping[str, Any],
+    out: dict[str, Any],
+    errors: list[MappingError],
+    *,
+    partial: bool,
+    where: str = "",
+) -> None:
+    """Write each field's converted value from `source` into `out`. `where` names the list
+    item in error messages (``lines[3].``)."""
+    for f in fields:
+        if f.when and not _has_value(source.get(f.when, MISSING)):
+            continue
+        if f.unless and _has_value(source.get(f.unless, MISSING)):
+            continue
+        value = source.get(f.name, MISSING)
+        if value is MISSING and not (f.constant and not partial):
+            if f.required and not partial:
+                errors.append(_located_missing("required canonical value missing", f, where))
+            continue
+        if value is MISSING or value is None or (value == "" and f.has_default):
+            if f.has_default:
+                value = f.default
+            elif f.required:
+                errors.append(_located_missing("required canonical value is empty", f, where))
+                continue
+            else:
+                _put(f, out, None, errors, where)
+                continue
+        try:
+            converted = f.convert(value)
+        except MappingError as exc:
+            errors.append(exc.located(field=f"{where}{f.name}", path=f.path.text))
+            continue
+        _put(f, out, converted, errors, where)
+
+
+def _render_list(
+    target: CompiledList,
+    canonical: Mapping[str, Any],
+    errors: list[MappingError],
+    *,
+    partial: bool,
+) -> list[dict[str, Any]] | None:
+    """The vendor items for one canonical list, or None when the list is not given."""
+    source = canonical.get(target.name, MISSING)
+    if source is MISSING or source is None:
+        if target.required and not partial:
+            errors.append(
+                MappingError(
+                    "required canonical value missing", field=target.name, path=target.path.text
+                )
+            )
+        return None
+    if not isinstance(source, Sequence) or isinstance(source, str | bytes):
+        errors.append(
+            MappingError(
+                f"expected a list, got {type(source).__name__}",
+                field=target.name,
+                path=target.path.text,
+            )
+        )
+        return None
+    # The values every item shares are converted once, not once per item.
+    shared: dict[str, Any] = {}
+    _render(target.shared, canonical, shared, errors, partial=partial)
+    items: list[dict[str, Any]] = []
+    simple = target.simple
+    for index, item in enumerate(source):
+        if not isinstance(item, Mapping):
+            errors.append(MappingError("expected an object", field=f"{target.name}[{index}]"))
+            continue
+        out = dict(shared) if target.flat else copy.deepcopy(shared)
+        if simple is not None:
+            # The common case, in one loop: every value present and convertible. Anything else
+            # (a gap, an empty value, a bad value) renders the item again the general way.
+            try:
+                for name, key, convert in simple:
+                    value = item[name]
+                    if value is None or value == "":
+                        raise KeyError(name)
+                    out[key] = convert(value)
+            except (KeyError, MappingError):
+                out = dict(shared)
+            else:
+                items.append(out)
+                continue
+        where = f"{target.name}[{index}]."
+        _render(target.items, item, out, errors, partial=partial, where=where)
+        items.append(out)
+    return items
+
+
+def _located_missing(message: str, f: CompiledField, where: str) -> MappingError:
+    return MappingError(message, field=f"{where}{f.name}", path=f.path.text)
+
+
+def _put(
+    f: CompiledField, out: dict[str, Any], value: Any, errors: list[MappingError], where: str
+) -> None:
+    if f.key is not None:
+        out[f.key] = value
+    else:
+        _write(f"{where}{f.name}", f.path, out, value, errors)
+
+
 def _write(
-    f: CompiledField, payload: dict[str, Any], value: Any, errors: list[MappingError]
+    name: str, path: CompiledPath, payload: dict[str, Any], value: Any, errors: list[MappingError]
 ) -> None:
     try:
-        f.path.set(payload, value)
+        path.set(payload, value)
     except PathError as exc:
-        errors.append(exc.located(field=f.name, path=f.path.text))
+        errors.append(exc.located(field=name, path=path.text))

@@ -6,6 +6,10 @@ the sync bookkeeping (ids, source version, timestamps), or ``<relation>__<attr>`
 given by the vendor's identifier: ``attr`` is ``external_id`` (resolved through the
 cross-reference table) or a unique field of the related model (``legal_entity__code``).
 
+Outbound, a workflow hands the sync layer more than a model's own fields: values it works out,
+attributes of related records sent by value, its lines, constants only the mapping supplies.
+`OUTBOUND_FIELDS` declares them per model; they may be mapped in the "out" direction only.
+
 ``opportunity`` has no table: the CRM opportunity is the trigger and input of project
 provisioning, which reads the mapped fields directly. It is declared here so its mapping can be
 validated like any other; if an Opportunity model is added, remove it from VIRTUAL_MODELS.
@@ -43,6 +47,32 @@ VIRTUAL_MODELS: dict[str, frozenset[str]] = {
 }
 
 
+# What an outbound canonical dict carries besides the model's fields (direction "out" only):
+OUTBOUND_FIELDS: dict[str, frozenset[str]] = {
+    # The billing run's draft invoice (integrations/workflows/time_to_erp.py `_invoice_canonical`).
+    "invoice": frozenset(
+        {
+            # "CONCORD-INV-<id>": how a retried create finds the invoice it already made.
+            "reference",
+            # Constants: Concord issues sales invoices with tax-exclusive lines; the workflow
+            # sends neither, the mapping's default transform writes the vendor's value.
+            "kind",
+            "tax_mode",
+            # The customer by value, for an ERP that does not know it yet.
+            "customer__name",
+            "customer__tax_number",
+            # The tax rate the lines are taxed at (the contract's).
+            "tax_rate__code",
+            # One item per billing event.
+            "lines[].description",
+            "lines[].quantity",
+            "lines[].unit_amount",
+            "lines[].amount",
+        }
+    ),
+}
+
+
 def canonical_models() -> dict[str, type[models.Model]]:
     found: dict[str, type[models.Model]] = {}
     for model in apps.get_app_config("integrations").get_models():
@@ -61,8 +91,15 @@ def canonical_model_problem(model_name: str) -> str | None:
     return f"'{model_name}' is not a canonical model (one of: {', '.join(canonical_model_names())})"
 
 
-def canonical_field_problem(model_name: str, field_name: str) -> str | None:
-    """Why `field_name` cannot be mapped on `model_name`, or None when it can."""
+def canonical_field_problem(
+    model_name: str, field_name: str, *, outbound_only: bool = False
+) -> str | None:
+    """Why `field_name` cannot be mapped on `model_name`, or None when it can. `outbound_only`:
+    the field is mapped in the "out" direction only, so `OUTBOUND_FIELDS` count too."""
+    if outbound_only and field_name in OUTBOUND_FIELDS.get(model_name, ()):
+        return None
+    if field_name in OUTBOUND_FIELDS.get(model_name, ()):
+        return f"'{field_name}' is sent by value and cannot be read back: map it outbound only"
     if model_name in VIRTUAL_MODELS:
         if field_name in VIRTUAL_MODELS[model_name]:
             return None

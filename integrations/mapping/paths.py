@@ -1,8 +1,10 @@
 """Dotted paths into vendor payloads: ``Addresses.0.City``, ``LineItems.2.Tracking.0.Option``.
 
 A segment is a dict key, or a list index when the value at that point is a list (``-1`` is the
-last item). Paths are compiled once (`compile_path`, cached) into a tuple of steps, so reading a
-field from a payload is a short loop of dict lookups with no string parsing per record.
+last item). ``[]`` after a segment marks a list written item by item (``LineItems[].Quantity``,
+outbound only): `split_list_path` cuts such a path into the list's path and the item's. Paths
+are compiled once (`compile_path`, cached) into a tuple of steps, so reading a field from a
+payload is a short loop of dict lookups with no string parsing per record.
 
 Missing versus null: `get` returns `MISSING` when the path does not lead anywhere (a key absent,
 an index past the end, a scalar where a container was expected) and `None` when the vendor sent
@@ -167,3 +169,24 @@ def require_path(data: Any, path: str) -> Any:
 
 def set_path(data: dict[str, Any], path: str, value: Any) -> None:
     compile_path(path).set(data, value)
+
+
+LIST_MARK = "[]"
+
+
+def split_list_path(path: str) -> tuple[str, str] | None:
+    """``LineItems[].Tracking.0.Name`` -> (``LineItems``, ``Tracking.0.Name``): the list's path
+    and the path inside each item. None for a path without ``[]``. A `PathError` when ``[]`` is
+    used more than once (lists inside lists are not supported), or not as ``<list>[].<item>``."""
+    text = path.strip()
+    head, mark, tail = text.partition(LIST_MARK)
+    if not mark:
+        return None
+    if LIST_MARK in tail:
+        raise PathError(f"path '{text}' has '[]' twice: lists inside lists are not supported")
+    if not head or not tail.startswith(".") or len(tail) == 1:
+        raise PathError(f"path '{text}' must read <list>[].<item path>, e.g. LineItems[].Quantity")
+    item = tail[1:]
+    compile_path(head)
+    compile_path(item)
+    return head, item

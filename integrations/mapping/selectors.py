@@ -23,9 +23,10 @@ from collections.abc import Iterable
 
 from django.core.cache import cache
 
-from integrations.mapping.apply import CompiledMapping, FieldSpec, compile_mapping
+from integrations.mapping.apply import CompiledMapping, compile_mapping
 from integrations.mapping.transforms import ValueMapTable
 from integrations.models import FieldMapping, MappingSet, ValueMap
+from integrations.vendors.spec import FieldSpec
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,5 @@
-"""Writes to mapping configuration: drafts, publishing, value maps, and the vendor defaults.
+"""Writes to mapping configuration: drafts, publishing, value maps, and the vendor defaults
+(installed for a new connection, upgraded in place for an existing one).
 
 A MappingSet version is edited as a draft, checked, then published; publishing retires the
 version that was published before (the database allows one published version per connection
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -19,9 +21,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from integrations.mapping.apply import CompiledMapping, FieldSpec, MappedRecord, map_inbound
+from integrations.mapping.apply import CompiledMapping, MappedRecord, map_inbound
 from integrations.mapping.canonical import canonical_field_problem, canonical_model_problem
-from integrations.mapping.defaults import DEFAULT_MAPPINGS, default_value_maps_used
 from integrations.mapping.selectors import (
     field_specs,
     mapping_cache_bump,
@@ -36,6 +37,8 @@ from integrations.models import (
     ValueMapEntry,
 )
 from integrations.services.audit import audit_record
+from integrations.vendors import VENDORS
+from integrations.vendors.spec import FieldSpec, MappingDefault, ValueMapDefault
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +146,11 @@ def mapping_set_problems(
         problems.extend(
             problem
             for spec in specs
-            if (problem := canonical_field_problem(model, spec.canonical_field))
+            if (
+                problem := canonical_field_problem(
+                    model, spec.canonical_field, outbound_only=spec.direction == "out"
+                )
+            )
         )
     problems.extend(compiled.problems)
     inbound: dict[str, str] = {}
@@ -276,14 +283,15 @@ def value_map_set_entries(
 # -- defaults ----------------------------------------------------------------------------------
 
 
-@transaction.atomic
-def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> list[MappingSet]:
-    """Publish the default mappings for the connection's vendor (see mapping/defaults.py).
+def _vendor_defaults(vendor: str) -> tuple[tuple[MappingDefault, ...], tuple[ValueMapDefault, ...]]:
+    entry = VENDORS.get(str(vendor))
+    return (entry.mappings, entry.value_maps) if entry else ((), ())
 
-    Idempotent and polite: a value map that exists is left as the admins edited it, and an
-    object that already has a published version or an open draft is skipped.
-    """
-    for vm in default_value_maps_used(connection.vendor):
+
+def _value_maps_install(value_maps: tuple[ValueMapDefault, ...], actor: Actor) -> None:
+    """Create the vendor's value maps that do not exist; one that exists is left as the admins
+    edited it."""
+    for vm in value_maps:
         if ValueMap.objects.filter(name=vm.name).exists():
             continue
         try:
@@ -298,8 +306,20 @@ def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> 
                 )
         except IntegrityError:
             logger.info("value map %s created concurrently; keeping that one", vm.name)
+
+
+@transaction.atomic
+def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> list[MappingSet]:
+    """Publish the default mappings for the connection's vendor (integrations/vendors/<vendor>/).
+
+    Idempotent and polite: a value map that exists is left as the admins edited it, and an
+    object that already has a published version or an open draft is skipped (see
+    `mapping_defaults_upgrade` for bringing a published version up to the current defaults).
+    """
+    mappings, value_maps = _vendor_defaults(connection.vendor)
+    _value_maps_install(value_maps, actor)
     installed: list[MappingSet] = []
-    for default in DEFAULT_MAPPINGS.get(connection.vendor, ()):
+    for default in mappings:
         taken = MappingSet.objects.filter(
             connection=connection,
             object_type=default.object_type,
@@ -320,6 +340,76 @@ def mapping_defaults_install(*, connection: Connection, actor: Actor = None) -> 
         _fields_add(draft, list(default.fields))
         installed.append(mapping_set_publish(mapping_set=draft, actor=actor))
     return installed
+
+
+def _directions(direction: str) -> set[str]:
+    return {"in", "out"} if direction == "both" else {direction}
+
+
+def defaults_missing(
+    published: list[FieldSpec], default: MappingDefault
+) -> tuple[list[FieldSpec], list[FieldSpec]]:
+    """(the published rows to keep, the default rows to add) to bring a published version up to
+    the current default: rows an earlier default shipped and this one supersedes go; a default
+    row is added for each direction its canonical field is not mapped in yet."""
+    kept = [spec for spec in published if spec not in default.replaces]
+    covered = {(spec.canonical_field, way) for spec in kept for way in _directions(spec.direction)}
+    added: list[FieldSpec] = []
+    for spec in default.fields:
+        missing = {
+            way for way in _directions(spec.direction) if (spec.canonical_field, way) not in covered
+        }
+        if not missing:
+            continue
+        if missing != _directions(spec.direction):  # half of a "both" row: add that half
+            (way,) = missing
+            spec = replace(spec, direction=way)
+        added.append(spec)
+        covered |= {(spec.canonical_field, way) for way in missing}
+    return kept, added
+
+
+@transaction.atomic
+def mapping_defaults_upgrade(*, connection: Connection, actor: Actor = None) -> list[MappingSet]:
+    """Bring the connection's published mappings up to its vendor's current defaults: for each
+    object whose published version lacks default rows (or holds rows a newer default
+    supersedes), publish a new version with them added. Rows an admin added or edited stay as
+    they are; an object with an open draft is skipped (the admin's draft would be overwritten).
+    Also creates the vendor's value maps that do not exist yet. Idempotent: a second run finds
+    nothing missing and publishes nothing. `manage.py mapping_defaults_install` runs this for
+    existing databases."""
+    mappings, value_maps = _vendor_defaults(connection.vendor)
+    _value_maps_install(value_maps, actor)
+    upgraded: list[MappingSet] = []
+    for default in mappings:
+        versions = MappingSet.objects.filter(connection=connection, object_type=default.object_type)
+        if versions.filter(status=MappingSet.Status.DRAFT).exists():
+            logger.info("default mapping %s not upgraded: a draft is open", default.object_type)
+            continue
+        published = versions.filter(status=MappingSet.Status.PUBLISHED).first()
+        if published is None:
+            continue
+        current = field_specs(published.fields.all())
+        kept, added = defaults_missing(current, default)
+        if not added and len(kept) == len(current):
+            continue
+        draft = mapping_set_create_draft(
+            connection=connection,
+            object_type=default.object_type,
+            canonical_model=default.canonical_model,
+            actor=actor,
+        )
+        draft.fields.all().delete()
+        _fields_add(draft, [*kept, *added])
+        upgraded.append(mapping_set_publish(mapping_set=draft, actor=actor))
+        logger.info(
+            "default mapping %s upgraded to v%s: %d row(s) added, %d superseded",
+            default.object_type,
+            draft.version,
+            len(added),
+            len(current) - len(kept),
+        )
+    return upgraded
 
 
 # -- preview -----------------------------------------------------------------------------------

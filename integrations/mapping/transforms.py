@@ -15,16 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from types import MappingProxyType
 from typing import Any
 
+from integrations import timestamps
 from integrations.mapping.errors import MappingError
-
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MICROSECOND = timedelta(microseconds=1)
-_XERO_PREFIX = "/Date("
 
 DATE_FORMATS = ("iso", "xero")
 DATETIME_FORMATS = ("iso", "xero", "salesforce")
@@ -123,29 +120,8 @@ def unmap_value(
 
 
 # -- dates and times ---------------------------------------------------------------------------
-
-
-def _xero_millis(text: str) -> int:
-    """The milliseconds in ``/Date(1700000000000+0000)/`` (the offset is informational: the
-    number is always milliseconds since the epoch in UTC)."""
-    end = text.find(")", 6)
-    if end < 0 or not text.endswith(")/"):
-        raise MappingError(f"'{text}' is not a Xero /Date(ms+0000)/ value", value=text)
-    body = text[6:end]
-    cut = len(body)
-    for sign in ("+", "-"):
-        at = body.find(sign, 1)  # position 0 may be the sign of a pre-1970 stamp
-        if 0 < at < cut:
-            cut = at
-    number = body[:cut]
-    digits = number[1:] if number.startswith("-") else number
-    if not digits.isdigit():
-        raise MappingError(f"'{text}' is not a Xero /Date(ms+0000)/ value", value=text)
-    return int(number)
-
-
-def _from_millis(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=ms)
+# Parsing and formatting live in integrations.timestamps (one reader for connectors and
+# mappings); here they are given the mapping's error type and its value shapes.
 
 
 def parse_datetime(value: Any) -> datetime:
@@ -153,25 +129,15 @@ def parse_datetime(value: Any) -> datetime:
     ``/Date(ms+0000)/`` or epoch milliseconds. A naive ISO stamp is taken as UTC (Xero's
     ``DateString`` fields are UTC without an offset)."""
     if isinstance(value, datetime):
-        parsed = value
-    elif isinstance(value, str):
-        text = value.strip()
-        if text.startswith(_XERO_PREFIX):
-            return _from_millis(_xero_millis(text))
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    if isinstance(value, str):
         try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise MappingError(
-                f"'{value}' is not a date and time (expected ISO 8601 or /Date(ms+0000)/)",
-                value=value,
-            ) from None
-    elif isinstance(value, int) and not isinstance(value, bool):
-        return _from_millis(value)
-    else:
-        raise MappingError(f"{value!r} is not a date and time", value=value)
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
+            return timestamps.parse_timestamp(value)
+        except ValueError as exc:
+            raise MappingError(str(exc), value=value) from None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return timestamps.from_millis(value)
+    raise MappingError(f"{value!r} is not a date and time", value=value)
 
 
 def parse_date(value: Any) -> date:
@@ -183,9 +149,9 @@ def parse_date(value: Any) -> date:
         return value
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith(_XERO_PREFIX):
-            return _from_millis(_xero_millis(text)).date()
         try:
+            if text.startswith("/Date("):
+                return timestamps.from_millis(timestamps.xero_millis(text)).date()
             if len(text) == 10:
                 return date.fromisoformat(text)
             return datetime.fromisoformat(text).date()
@@ -204,18 +170,15 @@ def to_microseconds(value: Any) -> int:
     """
     if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str) and value.startswith(_XERO_PREFIX):
-        return _xero_millis(value) * 1000
-    return (parse_datetime(value) - EPOCH) // _ONE_MICROSECOND
+    return timestamps.to_micros(parse_datetime(value))
 
 
 def format_date(value: Any, fmt: str = "iso") -> str:
     """Outbound date: ``YYYY-MM-DD`` (Harvest, Salesforce, and accepted by Xero on writes) or
-    ``/Date(ms+0000)/``."""
+    ``/Date(ms+0000)/`` (its UTC midnight)."""
     day = parse_date(value)
     if fmt == "xero":
-        midnight = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        return f"/Date({(midnight - EPOCH) // timedelta(milliseconds=1)}+0000)/"
+        return timestamps.format_xero(datetime(day.year, day.month, day.day, tzinfo=UTC))
     return day.isoformat()
 
 
@@ -224,10 +187,10 @@ def format_datetime(value: Any, fmt: str = "iso") -> str:
     ``2026-08-28T09:00:10.000+0000`` or Xero's ``/Date(ms+0000)/``."""
     moment = parse_datetime(value)
     if fmt == "xero":
-        return f"/Date({(moment - EPOCH) // timedelta(milliseconds=1)}+0000)/"
+        return timestamps.format_xero(moment)
     if fmt == "salesforce":
-        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}+0000"
-    return moment.isoformat().replace("+00:00", "Z")
+        return timestamps.format_salesforce(moment)
+    return timestamps.format_iso(moment)
 
 
 # -- money -------------------------------------------------------------------------------------

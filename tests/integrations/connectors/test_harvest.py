@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from integrations.connectors.base import connector_for
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
-from integrations.connectors.harvest import HarvestConnector
 from integrations.models import Connection
+from integrations.vendors import connector_for
+from integrations.vendors.harvest.connector import HarvestConnector
 from tests.integrations.conftest import Sandbox
 
 pytestmark = pytest.mark.django_db

@@ -14,9 +14,9 @@ from django.db import transaction
 from django.utils import timezone
 
 from integrations.connectors import http as http_module
-from integrations.connectors.base import connector_for
 from integrations.connectors.errors import PermanentError, TransientError
 from integrations.models import Connection, OutboxMessage, SyncAttempt
+from integrations.vendors import connector_for
 from tests.integrations.conftest import (
     HARVEST_TOKEN,
     SALESFORCE_SECRET,

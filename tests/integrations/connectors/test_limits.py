@@ -17,7 +17,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from integrations.connectors.base import connector_for
+from integrations.connectors.connection_limits import limits_for
 from integrations.connectors.errors import CircuitOpenError, LimitWaitExceeded, TransientError
 from integrations.connectors.limits import (
     CircuitChange,
@@ -27,9 +27,9 @@ from integrations.connectors.limits import (
     MemoryLimitStore,
     RedisLimitStore,
     get_store,
-    limits_for,
 )
 from integrations.models import Connection, ConnectionHealth
+from integrations.vendors import connector_for
 from tests.integrations.conftest import REPO, Sandbox
 
 # One worker process: takes permits for `duration` seconds from `start_at` (epoch) and prints

@@ -6,10 +6,11 @@ from typing import Any
 
 import pytest
 
-from integrations.connectors.base import connector_for, micros_to_iso
 from integrations.connectors.errors import BusinessError
-from integrations.connectors.salesforce import SalesforceConnector
 from integrations.models import Connection, SyncAttempt
+from integrations.timestamps import micros_to_iso
+from integrations.vendors import connector_for
+from integrations.vendors.salesforce.connector import SalesforceConnector
 from tests.integrations.conftest import Sandbox
 
 pytestmark = pytest.mark.django_db

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-from integrations.connectors.base import connector_for
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
-from integrations.connectors.xero import XeroConnector
 from integrations.models import Connection, SyncAttempt
+from integrations.vendors import connector_for
+from integrations.vendors.xero.connector import XeroConnector
 from tests.integrations.conftest import NEW_TENANT, Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -127,7 +127,7 @@ def test_find_existing_by_reference_where_or_is_refused(
 ) -> None:
     """A server whose `where` has no OR: the connector scans for the references' common prefix
     in one call, and asks one by one when they share none."""
-    from integrations.connectors import xero as xero_module
+    from integrations.vendors.xero import connector as xero_module
 
     monkeypatch.setattr(xero_module, "_no_where_or", {str(xero_connection.base_url)})
     connector = xero(xero_connection)
@@ -184,7 +184,7 @@ def test_read_changed_pages_to_the_end_oldest_first_and_since_is_inclusive(
     assert sandbox.stats("xero", "Invoices")["requests"] == 1 + 4
     fifth = connector.version_of("Invoices", flat[4])
     assert fifth[0] == ids[4]
-    from integrations.connectors.base import micros_to_iso
+    from integrations.timestamps import micros_to_iso
 
     since = micros_to_iso(fifth[1])
     later = [r["InvoiceID"] for p in connector.read_changed("Invoices", since) for r in p]

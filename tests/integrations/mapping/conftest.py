@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 
 from integrations.mapping.apply import CompiledMapping, compile_mapping
-from integrations.mapping.defaults import DEFAULT_MAPPINGS, VALUE_MAPS
 from integrations.mapping.transforms import ValueMapTable
+from integrations.vendors import VENDORS
+from integrations.vendors.spec import MappingDefault
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -23,11 +24,19 @@ def load_payload(name: str) -> dict[str, Any]:
 
 
 def default_tables() -> dict[str, ValueMapTable]:
-    return {vm.name: ValueMapTable.build(vm.name, vm.entries, vm.default) for vm in VALUE_MAPS}
+    return {
+        vm.name: ValueMapTable.build(vm.name, vm.entries, vm.default)
+        for entry in VENDORS.values()
+        for vm in entry.value_maps
+    }
+
+
+def default_spec(vendor: str, object_type: str) -> MappingDefault:
+    return next(m for m in VENDORS[vendor].mappings if m.object_type == object_type)
 
 
 def compiled_default(vendor: str, object_type: str) -> CompiledMapping:
-    spec = next(m for m in DEFAULT_MAPPINGS[vendor] if m.object_type == object_type)
+    spec = default_spec(vendor, object_type)
     return compile_mapping(
         object_type=spec.object_type,
         canonical_model=spec.canonical_model,

@@ -10,9 +10,10 @@ from typing import Any
 import pytest
 
 from integrations.mapping.apply import FieldSpec, compile_mapping, map_inbound, map_outbound
-from integrations.mapping.defaults import DEFAULT_MAPPINGS
 from integrations.mapping.errors import OutboundMappingError
-from tests.integrations.mapping.conftest import compiled_default, default_tables
+from integrations.mapping.transforms import ValueMapTable
+from integrations.vendors import VENDORS
+from tests.integrations.mapping.conftest import compiled_default, default_spec, default_tables
 
 Payload = Callable[[str], dict[str, Any]]
 
@@ -31,19 +32,20 @@ FIXTURE_FOR = {
 
 
 def test_every_default_mapping_has_a_fixture() -> None:
-    declared = {(v, m.object_type) for v, ms in DEFAULT_MAPPINGS.items() for m in ms}
+    declared = {(v, m.object_type) for v, entry in VENDORS.items() for m in entry.mappings}
     assert declared == set(FIXTURE_FOR)
 
 
 @pytest.mark.parametrize(("vendor", "object_type"), sorted(FIXTURE_FOR))
 def test_round_trip_of_two_way_fields(vendor: str, object_type: str, payload: Payload) -> None:
     mapping = compiled_default(vendor, object_type)
-    spec = next(m for m in DEFAULT_MAPPINGS[vendor] if m.object_type == object_type)
+    spec = default_spec(vendor, object_type)
     two_way = {f.canonical_field for f in spec.fields if f.direction == "both"}
 
     first = map_inbound(mapping, payload(FIXTURE_FOR[(vendor, object_type)]))
     assert first.errors == []
-    vendor_payload = map_outbound(mapping, first.fields)
+    # Partial: what the vendor sent back carries no outbound-only values (an invoice's lines).
+    vendor_payload = map_outbound(mapping, first.fields, partial=True)
     again = map_inbound(mapping, vendor_payload)
 
     assert two_way, "a default mapping with nothing to write back"
@@ -54,7 +56,7 @@ def test_round_trip_of_two_way_fields(vendor: str, object_type: str, payload: Pa
 def test_xero_invoice_outbound_payload(payload: Payload) -> None:
     mapping = compiled_default("xero", "Invoices")
     fields = map_inbound(mapping, payload("xero_invoice")).fields
-    assert map_outbound(mapping, fields) == {
+    assert map_outbound(mapping, fields, partial=True) == {
         "InvoiceNumber": "INV-00002",
         "Status": "PAID",
         "Contact": {"ContactID": "20f2c360-7ef8-4d5b-95a2-5c02832ea288"},
@@ -63,6 +65,172 @@ def test_xero_invoice_outbound_payload(payload: Payload) -> None:
         "DueDate": "2026-10-30",
     }  # totals are Xero's to compute: inbound only
     assert map_outbound(mapping, {"status": "voided"}, partial=True) == {"Status": "VOIDED"}
+
+
+def _billing_run_invoice(**changes: Any) -> dict[str, Any]:
+    """A draft invoice as the billing run hands it to the sync layer."""
+    return {
+        "reference": "CONCORD-INV-7",
+        "status": "draft",
+        "currency": "GBP",
+        "issue_date": date(2026, 11, 21),
+        "due_date": date(2026, 12, 21),
+        "legal_entity__code": "UK01",
+        "customer__name": "Globex Ltd",
+        "customer__tax_number": "GB123456789",
+        "tax_rate__code": "OUTPUT2",
+        "lines": [
+            {
+                "description": "TE-1 2026-11-02 Ada Byron (7.50 h)",
+                "quantity": Decimal("7.50"),
+                "unit_amount": Decimal("140.00"),
+                "amount": Decimal("1050.00"),
+            },
+            {
+                "description": "TE-2 2026-11-03 Ada Byron (0.25 h)",
+                "quantity": Decimal("0.25"),
+                "unit_amount": Decimal("140.00"),
+                "amount": Decimal("35.00"),
+            },
+        ],
+        **changes,
+    }
+
+
+def test_xero_invoice_from_the_billing_run_renders_the_whole_draft() -> None:
+    mapping = compiled_default("xero", "Invoices")
+    line = {"AccountCode": "200", "TaxType": "OUTPUT2", "UnitAmount": 140}
+    assert map_outbound(mapping, _billing_run_invoice()) == {
+        "Type": "ACCREC",
+        "Status": "DRAFT",
+        # An unknown contact: by name and tax number, which Xero matches or creates.
+        "Contact": {"Name": "Globex Ltd", "TaxNumber": "GB123456789"},
+        "CurrencyCode": "GBP",
+        "Date": "2026-11-21",
+        "DueDate": "2026-12-21",
+        "LineAmountTypes": "Exclusive",
+        "Reference": "CONCORD-INV-7",
+        "LineItems": [
+            {**line, "Description": "TE-1 2026-11-02 Ada Byron (7.50 h)", "Quantity": 7.5},
+            {**line, "Description": "TE-2 2026-11-03 Ada Byron (0.25 h)", "Quantity": 0.25},
+        ],
+    }
+
+
+def test_a_known_contact_is_sent_by_id_alone() -> None:
+    mapping = compiled_default("xero", "Invoices")
+    known = map_outbound(mapping, _billing_run_invoice(customer__external_id="c-42"))
+    assert known["Contact"] == {"ContactID": "c-42"}
+
+
+def test_account_code_per_legal_entity_from_a_value_map_keyed_by_the_entity() -> None:
+    tables = default_tables()
+    tables["xero_sales_account"] = ValueMapTable.build("xero_sales_account", {"US01": "260"}, "200")
+    spec = default_spec("xero", "Invoices")
+    mapping = compile_mapping(
+        object_type="Invoices",
+        canonical_model="invoice",
+        external_id_path="InvoiceID",
+        fields=spec.fields,
+        value_maps=tables,
+    )
+    us = map_outbound(mapping, _billing_run_invoice(legal_entity__code="US01"))
+    uk = map_outbound(mapping, _billing_run_invoice(legal_entity__code="UK01"))
+    assert {line["AccountCode"] for line in us["LineItems"]} == {"260"}
+    assert {line["AccountCode"] for line in uk["LineItems"]} == {"200"}  # the map's default
+
+
+def test_a_value_map_gap_fails_the_render_naming_field_map_and_value() -> None:
+    tables = default_tables()
+    tables["xero_sales_account"] = ValueMapTable.build("xero_sales_account", {"UK01": "200"}, None)
+    mapping = compile_mapping(
+        object_type="Invoices",
+        canonical_model="invoice",
+        external_id_path="InvoiceID",
+        fields=default_spec("xero", "Invoices").fields,
+        value_maps=tables,
+    )
+    with pytest.raises(OutboundMappingError) as caught:
+        map_outbound(mapping, _billing_run_invoice(legal_entity__code="DE01"))
+    # Once for the invoice, not once per line: the shared value is converted once.
+    assert [(e.field, e.path, e.message) for e in caught.value.errors] == [
+        (
+            "legal_entity__code",
+            "AccountCode",
+            "value 'DE01' is not in value map 'xero_sales_account' and the map has no default",
+        )
+    ]
+
+
+def test_line_errors_name_the_line() -> None:
+    mapping = compiled_default("xero", "Invoices")
+    lines = _billing_run_invoice()["lines"]
+    lines[1] = {"description": "TE-2", "quantity": "lots", "unit_amount": Decimal("1")}
+    with pytest.raises(OutboundMappingError) as caught:
+        map_outbound(mapping, _billing_run_invoice(lines=lines))
+    assert [(e.field, e.path, e.message) for e in caught.value.errors] == [
+        ("lines[1].quantity", "Quantity", "'lots' is not an amount")
+    ]
+
+
+def test_lists_write_nested_item_paths_into_each_item_separately() -> None:
+    mapping = compile_mapping(
+        object_type="Invoices",
+        canonical_model="invoice",
+        external_id_path="InvoiceID",
+        fields=[
+            FieldSpec("lines[].description", "LineItems[].Description", "out"),
+            FieldSpec("lines[].project__code", "LineItems[].Tracking.0.Option", "out"),
+            FieldSpec(
+                "kind", "LineItems[].Tracking.0.Name", "out", "default", {"default": "Project"}
+            ),
+        ],
+    )
+    body = map_outbound(
+        mapping,
+        {"lines": [{"description": "a", "project__code": "P-1"}, {"description": "b"}]},
+    )
+    assert body == {
+        "LineItems": [
+            {"Description": "a", "Tracking": [{"Name": "Project", "Option": "P-1"}]},
+            {"Description": "b", "Tracking": [{"Name": "Project"}]},
+        ]
+    }
+
+
+def test_list_and_condition_mistakes_are_configuration_problems() -> None:
+    mapping = compile_mapping(
+        object_type="Invoices",
+        canonical_model="invoice",
+        external_id_path="InvoiceID",
+        fields=[
+            FieldSpec("lines[].quantity", "LineItems[].Quantity", "both"),
+            FieldSpec("lines[].amount", "LineAmount", "out"),
+            FieldSpec("lines[].x", "A[].B[].C", "out"),
+            FieldSpec("name", "Name", "out", options={"when": "lines[].x"}),
+            FieldSpec("status", "Status", "in", options={"unless": "number"}),
+            FieldSpec(
+                "legal_entity__code",
+                "Account",
+                "both",
+                "value_map",
+                {"value_map": "xero_sales_account", "keyed_by": "canonical"},
+            ),
+        ],
+        value_maps=default_tables(),
+    )
+    assert mapping.problems == (
+        "lines[].quantity (LineItems[].Quantity): list paths ('[]') are written outbound only: "
+        "set the direction to out",
+        "lines[].amount (LineAmount): a canonical list item needs a vendor list path "
+        "(e.g. LineItems[].X)",
+        "lines[].x (A[].B[].C): path 'A[].B[].C' has '[]' twice: lists inside lists are not "
+        "supported",
+        "name (Name): 'when' names a list item, but this field is not one",
+        "status (Status): 'unless' applies outbound only: set the direction to out",
+        "legal_entity__code (Account): a value map keyed by the canonical value reads one way: "
+        "map it outbound only",
+    )
 
 
 def test_harvest_time_entry_outbound_uses_flat_ids() -> None:
@@ -115,9 +283,12 @@ def test_outbound_errors_are_collected() -> None:
             "Status",
             "canonical value 'lost' has no vendor value in value map 'xero_invoice_status'",
         ),
-        ("customer__external_id", "Contact.ContactID", "required canonical value is empty"),
+        # No contact id: the name is then required.
+        ("customer__name", "Contact.Name", "required canonical value missing"),
         ("currency", "CurrencyCode", "required canonical value missing"),
         ("issue_date", "Date", "'someday' is not a date (expected YYYY-MM-DD or /Date(ms+0000)/)"),
+        ("reference", "Reference", "required canonical value missing"),
+        ("lines", "LineItems", "required canonical value missing"),
     ]
 
 

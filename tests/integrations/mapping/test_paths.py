@@ -3,7 +3,14 @@ from __future__ import annotations
 import pytest
 
 from integrations.mapping.errors import PathError
-from integrations.mapping.paths import MISSING, compile_path, get_path, require_path, set_path
+from integrations.mapping.paths import (
+    MISSING,
+    compile_path,
+    get_path,
+    require_path,
+    set_path,
+    split_list_path,
+)
 
 INVOICE = {
     "InvoiceID": "inv-1",
@@ -77,3 +84,24 @@ def test_paths_are_compiled_once() -> None:
         ("0", 0),
         ("City", None),
     )
+
+
+def test_a_list_path_splits_into_the_list_and_the_item_path() -> None:
+    assert split_list_path("LineItems[].Tracking.0.Name") == ("LineItems", "Tracking.0.Name")
+    assert split_list_path("Contact.Name") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("A[].B[].C", "path 'A[].B[].C' has '[]' twice: lists inside lists are not supported"),
+        ("[].Quantity", "path '[].Quantity' must read <list>[].<item path>"),
+        ("LineItems[]", "path 'LineItems[]' must read <list>[].<item path>"),
+        ("LineItems[]Quantity", "path 'LineItems[]Quantity' must read <list>[].<item path>"),
+        ("Lines..X[].Y", "path 'Lines..X' has an empty segment"),
+    ],
+)
+def test_a_list_path_that_does_not_read_list_then_item_is_refused(path: str, message: str) -> None:
+    with pytest.raises(PathError) as caught:
+        split_list_path(path)
+    assert caught.value.message.startswith(message)

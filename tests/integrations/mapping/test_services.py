@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+import io
+import json
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.db import IntegrityError, transaction
 
 from integrations.mapping.apply import map_inbound
-from integrations.mapping.defaults import DEFAULT_MAPPINGS
-from integrations.mapping.selectors import mapping_load_published, mapping_set_compile
+from integrations.mapping.selectors import (
+    field_specs,
+    mapping_load_published,
+    mapping_set_compile,
+)
 from integrations.mapping.services import (
     mapping_defaults_install,
+    mapping_defaults_upgrade,
     mapping_preview,
     mapping_set_create_draft,
     mapping_set_problems,
@@ -23,8 +30,10 @@ from integrations.mapping.services import (
     value_map_set_entries,
 )
 from integrations.models import AuditEvent, Connection, FieldMapping, MappingSet, ValueMap
+from integrations.vendors import VENDORS
+from integrations.vendors.spec import FieldSpec
 from tests.factories import UserFactory, make_connection
-from tests.integrations.mapping.conftest import compiled_default
+from tests.integrations.mapping.conftest import compiled_default, default_spec
 
 pytestmark = pytest.mark.django_db
 
@@ -66,10 +75,10 @@ def _field(mapping_set: MappingSet, canonical_field: str, vendor_path: str, **kw
 def test_defaults_install_publishes_valid_mappings(vendor: str) -> None:
     connection = {"xero": make_connection, "harvest": _harvest, "salesforce": _salesforce}[vendor]()
     installed = mapping_defaults_install(connection=connection)
-    expected = [m.object_type for m in DEFAULT_MAPPINGS[vendor]]
+    expected = [m.object_type for m in VENDORS[vendor].mappings]
     assert [m.object_type for m in installed] == expected
     assert all(m.status == "published" and m.version == 1 for m in installed)
-    for mapping_set, default in zip(installed, DEFAULT_MAPPINGS[vendor], strict=True):
+    for mapping_set, default in zip(installed, VENDORS[vendor].mappings, strict=True):
         assert mapping_set.fields.count() == len(default.fields)
     # Idempotent: nothing published twice, admin edits to value maps are kept.
     ValueMap.objects.filter(name__startswith=vendor).update(description="edited")
@@ -92,6 +101,87 @@ def test_installed_defaults_map_like_the_pure_specs(payload: Payload) -> None:
         "xero_contact_status",
         "country_names",
     }
+
+
+def _spec_key(spec: FieldSpec) -> tuple[Any, ...]:
+    fields = (spec.canonical_field, spec.vendor_path, spec.direction, spec.transform)
+    return (*fields, spec.required, json.dumps(dict(spec.options), sort_keys=True))
+
+
+def _specs(mapping_set: MappingSet) -> set[tuple[Any, ...]]:
+    return {_spec_key(spec) for spec in field_specs(mapping_set.fields.all())}
+
+
+def test_upgrade_adds_the_outbound_invoice_fields_to_a_published_mapping(
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    """An existing database: its Invoices mapping was published before invoices were rendered
+    by it (no outbound rows, the contact id one row both ways), and an admin has since edited
+    one row. The upgrade publishes a new version with what is missing, keeping the edit."""
+    connection = make_connection()
+    default = default_spec("xero", "Invoices")
+    old = [
+        *(
+            f
+            for f in default.fields
+            if f.direction != "out" and f.canonical_field != "customer__external_id"
+        ),
+        *default.replaces,
+    ]
+    edited = FieldSpec("number", "InvoiceNumber", options={"default": "n/a"})
+    old = [edited if f.canonical_field == "number" else f for f in old]
+    with django_capture_on_commit_callbacks(execute=True):
+        mapping_defaults_install(connection=connection)
+        draft = mapping_set_create_draft(
+            connection=connection, object_type="Invoices", canonical_model="invoice", actor=None
+        )
+        draft.fields.all().delete()
+        for spec in old:
+            _field(
+                draft,
+                spec.canonical_field,
+                spec.vendor_path,
+                direction=spec.direction,
+                transform=spec.transform,
+                options=dict(spec.options),
+                required=spec.required,
+            )
+        mapping_set_publish(mapping_set=draft, actor=None)
+        ValueMap.objects.filter(name="xero_sales_account").delete()  # new in this release
+
+        (upgraded,) = mapping_defaults_upgrade(connection=connection)
+
+    assert (upgraded.object_type, upgraded.version, upgraded.status) == ("Invoices", 3, "published")
+    expected = {_spec_key(f) for f in default.fields if f.canonical_field != "number"}
+    assert _specs(upgraded) == expected | {_spec_key(edited)}
+    assert ValueMap.objects.get(name="xero_sales_account").default == "200"
+    loaded = mapping_load_published(connection_id=connection.pk, object_type="Invoices")
+    assert loaded is not None
+    assert [target.name for target in loaded.lists] == ["lines"]
+    # Idempotent: nothing is missing any more, nothing is published.
+    assert mapping_defaults_upgrade(connection=connection) == []
+
+
+def test_upgrade_leaves_an_object_with_an_open_draft_alone() -> None:
+    connection = make_connection()
+    mapping_defaults_install(connection=connection)
+    published = MappingSet.objects.get(connection=connection, object_type="Invoices")
+    published.fields.filter(vendor_path="Reference").delete()  # as if shipped without it
+    mapping_set_create_draft(
+        connection=connection, object_type="Invoices", canonical_model="invoice", actor=None
+    )
+    assert mapping_defaults_upgrade(connection=connection) == []
+
+
+def test_values_sent_by_value_are_mapped_outbound_only() -> None:
+    connection = make_connection()
+    draft = _draft(connection, object_type="Invoices", canonical_model="invoice")
+    _field(draft, "reference", "Reference", direction="out")
+    _field(draft, "lines[].quantity", "LineItems[].Quantity", direction="out", transform="money")
+    _field(draft, "customer__name", "Contact.Name", direction="both")
+    assert mapping_set_problems(draft) == [
+        "'customer__name' is sent by value and cannot be read back: map it outbound only"
+    ]
 
 
 # -- drafts ------------------------------------------------------------------------------------
@@ -328,3 +418,13 @@ def test_preview_maps_stored_payloads_through_a_draft(payload: Payload) -> None:
     loaded = mapping_load_published(connection_id=connection.pk, object_type="projects")
     assert loaded is not None
     assert loaded.version == 1
+
+
+def test_install_command_installs_then_finds_everything_up_to_date() -> None:
+    connection = make_connection()
+    out = io.StringIO()
+    call_command("mapping_defaults_install", connection=[connection.pk], stdout=out)
+    assert out.getvalue() == f"{connection.name}: Contacts v1, Invoices v1\n"
+    out = io.StringIO()
+    call_command("mapping_defaults_install", connection=[connection.pk], stdout=out)
+    assert out.getvalue() == f"{connection.name}: up to date\n"

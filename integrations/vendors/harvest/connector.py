@@ -36,8 +36,6 @@ from integrations.connectors.base import (
     BaseConnector,
     ItemResult,
     Page,
-    micros_of,
-    parse_timestamp,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -52,6 +50,7 @@ from integrations.connectors.http import (
     VendorHTTP,
     default_error,
 )
+from integrations.timestamps import micros_of, parse_timestamp
 
 # Harvest's maximum per_page: reads are page-count bound (100 requests per 15 s).
 PAGE_SIZE = 2000

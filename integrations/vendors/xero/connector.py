@@ -34,19 +34,15 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import httpx
 
 from integrations.connectors.base import (
-    EPOCH,
     BaseConnector,
     ItemResult,
     Page,
-    micros_of,
-    parse_timestamp,
-    to_micros,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -60,6 +56,7 @@ from integrations.connectors.http import (
     default_error,
     retry_after_seconds,
 )
+from integrations.timestamps import from_micros, micros_of, parse_timestamp, to_micros
 
 DEFAULT_TOKEN_URL = "https://identity.xero.com/connect/token"  # noqa: S105 - a URL
 # Xero's guidance: at most 50 elements per PUT/POST (larger bodies risk its 30 s timeout).
@@ -156,7 +153,7 @@ def classify(response: httpx.Response) -> ConnectorError | None:
 
 def _if_modified_since(micros: int) -> str:
     """Xero's format: UTC without a zone (``2024-05-01T10:00:00.123``), inclusive."""
-    stamp = EPOCH + timedelta(microseconds=micros)
+    stamp = from_micros(micros)
     return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
 
 

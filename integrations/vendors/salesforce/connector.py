@@ -32,8 +32,6 @@ from integrations.connectors.base import (
     BaseConnector,
     ItemResult,
     Page,
-    micros_of,
-    parse_timestamp,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -41,7 +39,13 @@ from integrations.connectors.errors import (
     PermanentError,
     TransientError,
 )
-from integrations.connectors.http import VendorHTTP, default_error, retry_after_seconds
+from integrations.connectors.http import (
+    OAuthClientCredentials,
+    VendorHTTP,
+    default_error,
+    retry_after_seconds,
+)
+from integrations.timestamps import micros_of, parse_timestamp
 
 API_VERSION = "v60.0"
 DATA = f"/services/data/{API_VERSION}"
@@ -193,8 +197,6 @@ class SalesforceConnector(BaseConnector):
     batch_size = dict.fromkeys(OPERATIONS, MAX_BATCH)
 
     def make_http(self, **http_options: Any) -> VendorHTTP:
-        from integrations.connectors.http import OAuthClientCredentials
-
         base = str(self.connection.base_url).rstrip("/")
         auth = OAuthClientCredentials(
             token_url=str(self.credentials.get("token_url") or f"{base}/services/oauth2/token"),

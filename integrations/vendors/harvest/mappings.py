@@ -1,0 +1,123 @@
+"""Harvest's default mappings and value maps (published for a new connection by
+`mapping_defaults_install`; admins edit them as drafts from then on).
+
+- Foreign keys arrive as Harvest's id in ``<relation>__external_id``; the upsert resolves them.
+  Outbound, Harvest wants them as integers (``project_id``, ``user_id``, ``client_id``).
+- A client's address is the ERP's: left out, so routine syncs raise no ownership conflicts.
+- Harvest users carry no currency: ``cost_currency`` defaults to USD, the account currency of
+  the sandbox; edit the draft for an account in another currency.
+"""
+
+from __future__ import annotations
+
+from integrations.vendors.spec import F, MappingDefault, ValueMapDefault
+
+VALUE_MAPS: tuple[ValueMapDefault, ...] = (
+    ValueMapDefault(
+        "harvest_approval",
+        "Harvest approval_status -> canonical approval state",
+        {
+            "unsubmitted": "submitted",
+            "submitted": "submitted",
+            "approved": "approved",
+            "rejected": "rejected",
+        },
+    ),
+    ValueMapDefault(
+        "harvest_project_active",
+        "Harvest project is_active -> canonical project status",
+        {"true": "active", "false": "closed"},
+    ),
+)
+
+MAPPINGS: tuple[MappingDefault, ...] = (
+    MappingDefault(
+        "time_entries",
+        "timeentry",
+        "id",
+        "updated_at",
+        (
+            F("date", "spent_date", transform="date", required=True),
+            F("hours", "hours", transform="money", required=True, places=2),
+            F("approval_state", "approval_status", "in", "value_map", value_map="harvest_approval"),
+            F("billable", "billable"),
+            F("notes", "notes", default=""),
+            F("task", "task.name", "in", default=""),
+            F("project__external_id", "project.id", "in", required=True),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
+            F("resource__external_id", "user.id", "in", required=True),
+            F("resource__external_id", "user_id", "out", vendor_type="int"),
+        ),
+    ),
+    MappingDefault(
+        "projects",
+        "project",
+        "id",
+        "updated_at",
+        (
+            F("code", "code", required=True),
+            F("name", "name", required=True),
+            F(
+                "status",
+                "is_active",
+                transform="value_map",
+                value_map="harvest_project_active",
+                vendor_type="bool",
+                # A planned or paused project is still active in Harvest.
+                reverse={"planned": "true", "on_hold": "true"},
+            ),
+            F("budget", "cost_budget", transform="money", places=2, default="0"),
+            F("start_date", "starts_on", transform="date"),
+            F("end_date", "ends_on", transform="date"),
+            F("currency", "client.currency", "in"),
+            F("customer__external_id", "client.id", "in", required=True),
+            F("customer__external_id", "client_id", "out", vendor_type="int"),
+        ),
+    ),
+    MappingDefault(
+        "clients",
+        "customer",
+        "id",
+        "updated_at",
+        (
+            F("name", "name", required=True),
+            F("currency", "currency"),
+            F("active", "is_active"),
+        ),
+    ),
+    MappingDefault(
+        "users",
+        "resource",
+        "id",
+        "updated_at",
+        (
+            F("name", "first_name", "in", "concat", paths=["first_name", "last_name"], sep=" "),
+            F("email", "email", required=True),
+            F("role", "roles.0", "in", default=""),
+            F("cost_rate", "cost_rate", transform="money", places=2, default="0"),
+            F("cost_currency", "cost_currency", "in", "default", default="USD"),
+            F("active", "is_active"),
+        ),
+        "Harvest users carry no currency: cost_currency is this connection's account currency.",
+    ),
+    MappingDefault(
+        "expenses",
+        "expense",
+        "id",
+        "updated_at",
+        (
+            F("date", "spent_date", transform="date", required=True),
+            F("category", "expense_category.name", "in", required=True),
+            F("amount", "total_cost", transform="money", required=True, places=2),
+            F("currency", "client.currency", "in"),
+            F("approval_state", "approval_status", "in", "value_map", value_map="harvest_approval"),
+            F("billable", "billable"),
+            F("notes", "notes", default=""),
+            F("receipt_url", "receipt.url", "in", default=""),
+            F("project__external_id", "project.id", "in", required=True),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
+            F("resource__external_id", "user.id", "in", required=True),
+            F("resource__external_id", "user_id", "out", vendor_type="int"),
+        ),
+    ),
+)

@@ -1,0 +1,21 @@
+"""Xero Accounting, the ERP: connector, webhook verification, default mappings."""
+
+from __future__ import annotations
+
+from integrations.vendors.spec import VendorOperation
+from integrations.vendors.xero.connector import XeroConnector
+from integrations.vendors.xero.mappings import MAPPINGS, VALUE_MAPS
+from integrations.vendors.xero.webhook import XERO_WEBHOOK
+
+# (canonical model, action) -> the connector operation and the object whose mapping renders it.
+# Invoices and contacts go 50 to a call; an invoice update is one POST by InvoiceID.
+OPERATIONS = {
+    ("invoice", "create"): VendorOperation(
+        "put_invoices", "Invoices", requires=("Type", "Contact", "Reference", "LineItems")
+    ),
+    ("invoice", "update"): VendorOperation("post_invoice", "Invoices", requires=("InvoiceID",)),
+    ("customer", "create"): VendorOperation("put_contacts", "Contacts", requires=("Name",)),
+}
+WEBHOOK = XERO_WEBHOOK
+
+__all__ = ["MAPPINGS", "OPERATIONS", "VALUE_MAPS", "WEBHOOK", "XeroConnector"]

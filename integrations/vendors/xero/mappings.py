@@ -1,0 +1,167 @@
+"""Xero's default mappings and value maps (published for a new connection by
+`mapping_defaults_install`; admins edit them as drafts from then on).
+
+- Xero invoice ``legal_entity`` is not in the payload (the tenant is the entity): the upsert sets
+  it from the connection's tenant. Its totals are Xero's (inbound only).
+- Outbound, an invoice is rendered from the canonical dict the billing workflow hands over:
+  ``reference``, ``status``, ``currency``, dates, the customer (``customer__external_id`` when
+  this connection knows the contact, else ``customer__name`` and ``customer__tax_number``, which
+  Xero matches or creates), ``legal_entity__code``, ``tax_rate__code`` and ``lines[]``
+  (``description``, ``quantity``, ``unit_amount``). ``Type`` and ``LineAmountTypes`` are
+  constants (Concord issues sales invoices with tax-exclusive lines).
+- The revenue account is per legal entity: value map ``xero_sales_account`` is keyed by the
+  entity's code (``UK01`` -> ``200``) and falls back to its default, ``200``, Xero's "Sales".
+- ``Reference`` (``CONCORD-INV-<id>``) is how the connector's look-up-before-create finds an
+  invoice that was already created: the operation requires it.
+"""
+
+from __future__ import annotations
+
+from integrations.vendors.spec import F, MappingDefault, ValueMapDefault
+
+_COUNTRIES = {
+    "United States": "US",
+    "United States of America": "US",
+    "USA": "US",
+    "United Kingdom": "GB",
+    "UK": "GB",
+    "Germany": "DE",
+    "Deutschland": "DE",
+    "France": "FR",
+    "Netherlands": "NL",
+    "Ireland": "IE",
+    "Switzerland": "CH",
+    "Austria": "AT",
+    "Spain": "ES",
+    "Italy": "IT",
+    "Canada": "CA",
+    "Australia": "AU",
+}
+
+VALUE_MAPS: tuple[ValueMapDefault, ...] = (
+    ValueMapDefault(
+        "xero_invoice_status",
+        "Xero invoice Status -> canonical invoice status",
+        {
+            "DRAFT": "draft",
+            "SUBMITTED": "submitted",
+            "AUTHORISED": "authorised",
+            "PAID": "paid",
+            "VOIDED": "voided",
+            "DELETED": "voided",
+        },
+    ),
+    ValueMapDefault(
+        "xero_contact_status",
+        "Xero ContactStatus -> customer active",
+        {"ACTIVE": "true", "ARCHIVED": "false", "GDPRREQUEST": "false"},
+    ),
+    ValueMapDefault(
+        "xero_sales_account",
+        "Legal entity code -> Xero revenue account code for invoice lines (keyed by the entity "
+        "code, e.g. UK01 -> 200; entities without an entry use the default)",
+        {},
+        default="200",
+    ),
+    ValueMapDefault(
+        "country_names",
+        "Country as written in an address -> ISO 3166-1 alpha-2",
+        {**_COUNTRIES, **{code: code for code in set(_COUNTRIES.values())}},
+    ),
+)
+
+MAPPINGS: tuple[MappingDefault, ...] = (
+    MappingDefault(
+        "Contacts",
+        "customer",
+        "ContactID",
+        "UpdatedDateUTC",
+        (
+            F("name", "Name", required=True),
+            F("tax_number", "TaxNumber", default=""),
+            F("billing_email", "EmailAddress", default=""),
+            F("currency", "DefaultCurrency"),
+            F("country", "Addresses.0.Country", "in", "value_map", value_map="country_names"),
+            F(
+                "billing_address",
+                "Addresses.0.AddressLine1",
+                "in",
+                "concat",
+                paths=[
+                    "Addresses.0.AddressLine1",
+                    "Addresses.0.AddressLine2",
+                    "Addresses.0.City",
+                    "Addresses.0.PostalCode",
+                    "Addresses.0.Country",
+                ],
+                sep="\n",
+            ),
+            F(
+                "active",
+                "ContactStatus",
+                transform="value_map",
+                value_map="xero_contact_status",
+                canonical_type="bool",
+                reverse={"false": "ARCHIVED"},
+            ),
+        ),
+        "Xero contact -> customer's legal billing profile (the ERP owns tax number, address).",
+    ),
+    MappingDefault(
+        "Invoices",
+        "invoice",
+        "InvoiceID",
+        "UpdatedDateUTC",
+        (
+            F("number", "InvoiceNumber", default=""),
+            F(
+                "status",
+                "Status",
+                transform="value_map",
+                required=True,
+                value_map="xero_invoice_status",
+                reverse={"voided": "VOIDED"},
+            ),
+            F("customer__external_id", "Contact.ContactID", "in", required=True),
+            # Outbound: the contact by id when this connection knows it, else by name (and tax
+            # number), which Xero matches or creates.
+            F("customer__external_id", "Contact.ContactID", "out"),
+            F(
+                "customer__name",
+                "Contact.Name",
+                "out",
+                required=True,
+                unless="customer__external_id",
+            ),
+            F("customer__tax_number", "Contact.TaxNumber", "out", unless="customer__external_id"),
+            F("currency", "CurrencyCode", required=True),
+            F("issue_date", "Date", transform="date"),
+            F("due_date", "DueDate", transform="date"),
+            F("subtotal", "SubTotal", "in", "money", places=2),
+            F("tax_total", "TotalTax", "in", "money", places=2),
+            F("total", "Total", "in", "money", places=2),
+            F("amount_due", "AmountDue", "in", "money", places=2),
+            F("reference", "Reference", "out", required=True),
+            F("kind", "Type", "out", "default", default="ACCREC"),
+            F("tax_mode", "LineAmountTypes", "out", "default", default="Exclusive"),
+            F("lines[].description", "LineItems[].Description", "out", required=True),
+            F("lines[].quantity", "LineItems[].Quantity", "out", "money", required=True),
+            F("lines[].unit_amount", "LineItems[].UnitAmount", "out", "money", required=True),
+            F(
+                "legal_entity__code",
+                "LineItems[].AccountCode",
+                "out",
+                "value_map",
+                required=True,
+                value_map="xero_sales_account",
+                keyed_by="canonical",
+            ),
+            F("tax_rate__code", "LineItems[].TaxType", "out"),
+        ),
+        "Xero ACCREC invoice; totals are Xero's (inbound only); legal entity from the tenant. "
+        "Outbound: the draft invoices of the billing run.",
+        # Until outbound invoices were rendered by this mapping, the contact id was one row both
+        # ways and required; outbound it is now one of two ways to name the contact.
+        replaces=(F("customer__external_id", "Contact.ContactID", required=True),),
+    ),
+)
