@@ -168,7 +168,10 @@ class Project(CanonicalRecord):
     legal_entity = models.ForeignKey(
         LegalEntity, on_delete=models.PROTECT, null=True, blank=True, related_name="projects"
     )
-    region = models.CharField(max_length=16, choices=Region.choices)
+    # Blank until someone knows it: the CRM's opportunity carries a region, a PSA project
+    # (Harvest) has none, and PMO sets it in Concord. A default would file every Harvest
+    # project under one region and skew the region figures.
+    region = models.CharField(max_length=16, choices=Region.choices, blank=True)
     currency = CurrencyField()
     budget = money_field(default=Decimal("0"))
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PLANNED)

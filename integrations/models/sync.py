@@ -10,6 +10,7 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 
+from integrations.classification import ErrorClass
 from integrations.models.connections import Connection
 
 
@@ -145,7 +146,7 @@ class OutboxMessage(models.Model):
     claimed_at = models.DateTimeField(null=True, blank=True)
     claimed_by = models.CharField(max_length=200, blank=True)
     last_error = models.TextField(blank=True)
-    error_class = models.CharField(max_length=16, blank=True)
+    error_class = models.CharField(max_length=16, blank=True, choices=ErrorClass.choices)
     result = models.JSONField(default=dict, blank=True, help_text="What the target returned.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

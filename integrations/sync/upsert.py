@@ -1,42 +1,63 @@
-"""Applying a mapped vendor record to its canonical record: version check, ownership, upsert.
+"""Applying mapped vendor records to their canonical records: version check, relations,
+ownership, validation, upsert; for a polled page of thousands and for a webhook's one record
+(a batch of one) by the same code, on the one write path (integrations.sync.records).
 
-One record per call, in one transaction that locks the cross-reference row, so two deliveries
-of changes to the same record apply one after the other, never interleaved. A version older than
-(or equal to) the one already applied from that system is recorded as stale and skipped.
+``plan_upsert`` decides, with a handful of reads for the whole batch, what each record needs:
+stale (a version no newer than the one applied from that system: recorded and skipped), failed
+(a relation Concord does not know yet, or values ``full_clean`` would refuse: the record fails
+alone, with the field and Django's words), a new record, or an update (the fields the system
+owns applied; a change of a field another system owns withheld, an ownership-conflict case).
+``write_upsert`` writes the plan in bulk with the cross-references, inside the caller's
+transaction; a record the database refuses fails alone and the rest lands.
+
+The webhook path (``canonical_upsert``) plans and writes in one transaction that locks the
+cross-reference and the record, so two deliveries of changes to the same record apply one
+after the other, never interleaved. A polled page is planned from what is committed and
+written by the page writer (integrations.sync.pagewriter).
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
-from django.core.exceptions import ValidationError
-from django.db import IntegrityError, models, transaction
+from django.db import models, transaction
 from django.utils import timezone
 
-from exceptions.models import Queue
-from exceptions.services import blocked_record, case_fingerprint, exception_case_open_or_join
+from exceptions.services import Blocked, case_open_or_join
 from integrations.mapping.apply import MappedRecord
 from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
-from integrations.mapping.ownership import OwnershipRules, split_by_owner
+from integrations.mapping.ownership import OwnershipRules
 from integrations.models import Connection, CrossReference, InboundMessage
 from integrations.models.base import FieldSource, with_sources
+from integrations.sync.bulk import copy_insert_values
+from integrations.sync.errors import UnresolvedReference
+from integrations.sync.records import Stored, owner_split, records_store, row_errors
+from integrations.sync.validation import describe
+
+State = InboundMessage.State
 
 
 @dataclass
 class UpsertResult:
-    state: str  # applied | stale | failed | skipped
-    record: models.Model | None = None
+    state: UpsertState
+    record_id: int | None = None
     created: bool = False
     conflicts: dict[str, str] = field(default_factory=dict)
     error: str = ""
 
 
-class UnresolvedReference(Exception):
-    pass
+class UpsertState(StrEnum):
+    """What became of one mapped record."""
+
+    APPLIED = "applied"
+    STALE = "stale"  # an equal or newer version was applied already
+    FAILED = "failed"
+    SKIPPED = "skipped"  # nothing to store (a model without a table)
 
 
 STALE_REASON = "An equal or newer version was already applied."
@@ -48,111 +69,273 @@ def is_stale(version: int, xref: CrossReference | None) -> bool:
     return bool(xref is not None and version and version <= int(xref.external_version or 0))
 
 
+def conflict_reason(conflicts: Iterable[str]) -> str:
+    return f"Not applied (owned elsewhere): {', '.join(sorted(conflicts))}"
+
+
 def message_state(result: UpsertResult) -> tuple[str, str]:
     """What an upsert's outcome means for the inbound message that carried it: its state and
     the reason shown with it."""
-    State = InboundMessage.State
-    if result.state == "stale":
+    if result.state == UpsertState.STALE:
         return State.STALE, STALE_REASON
-    if result.state == "failed":
+    if result.state == UpsertState.FAILED:
         return State.FAILED, result.error
     if result.conflicts:
-        return (
-            State.CONFLICT,
-            f"Not applied (owned elsewhere): {', '.join(sorted(result.conflicts))}",
-        )
+        return State.CONFLICT, conflict_reason(result.conflicts)
     return State.APPLIED, ""
 
 
 def canonical_upsert(
     *, connection: Connection, mapped: MappedRecord, rules: OwnershipRules
 ) -> UpsertResult:
+    """Apply one mapped record (a webhook's): a batch of one on the page path."""
     if mapped.canonical_model in VIRTUAL_MODELS:
         # No table (e.g. the CRM opportunity): the workflow that needs it reads the mapped fields.
-        return UpsertResult(state="skipped", error=f"{mapped.canonical_model} has no table")
-    model = canonical_models()[mapped.canonical_model]
-    content_type = ContentType.objects.get_for_model(model)
-    try:
-        with transaction.atomic():
-            return _upsert(connection, mapped, rules, model, content_type)
-    except UnresolvedReference as exc:
-        return UpsertResult(state="failed", error=str(exc))
-    except (ValidationError, IntegrityError) as exc:
-        detail = (
-            exc.message_dict
-            if isinstance(exc, ValidationError) and hasattr(exc, "error_dict")
-            else str(exc)
-        )
         return UpsertResult(
-            state="failed", error=f"{mapped.canonical_model} {mapped.external_id}: {detail}"
+            state=UpsertState.SKIPPED, error=f"{mapped.canonical_model} has no table"
         )
+    with transaction.atomic():
+        plan = plan_upsert(connection=connection, mapped=[mapped], rules=rules, lock=True)
+        write_upsert(plan)
+    return plan.result_of(0)
 
 
-def _upsert(
+@dataclass
+class UpsertPlan:
+    """One batch's upserts, decided from what was committed (or locked) when it was planned."""
+
+    connection: Connection
+    rules: OwnershipRules
+    model: type[models.Model] | None = None
+    content_type: ContentType | None = None
+    # New records as complete rows ({attname: value} with their stamps).
+    creates: list[tuple[MappedRecord, dict[str, Any]]] = field(default_factory=list)
+    # Existing records holding their new values, and the attnames any of them changes.
+    updates: list[tuple[MappedRecord, Any]] = field(default_factory=list)
+    update_fields: set[str] = field(default_factory=set)
+    xrefs: dict[str, CrossReference] = field(default_factory=dict)
+    # Cross-references whose record is gone (deleted in Concord): re-pointed to the new one.
+    repoint: dict[str, CrossReference] = field(default_factory=dict)
+    # By position: the fields withheld from an update ({field: owner}) and the values sent.
+    conflicts: dict[int, tuple[dict[str, str], dict[str, Any]]] = field(default_factory=dict)
+    outcome: dict[str, Any] = field(
+        default_factory=lambda: {"applied": 0, "stale": 0, "conflicts": 0, "failed": {}}
+    )
+    # By position in the batch: what is known when planning (state, why): an older copy, a
+    # stale version, a payload the mapping could not read, a relation not known, values
+    # refused, fields owned elsewhere.
+    notes: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Positions of the payloads the mapping could not read (they open a mapping case).
+    unmapped: list[int] = field(default_factory=list)
+    # By position: what the write found (the database refused the record), once written.
+    later: dict[int, tuple[str, str]] = field(default_factory=dict)
+    # Where each mapped record stands in the batch (by object id).
+    positions: dict[int, int] = field(default_factory=dict)
+    stored: Stored | None = None
+
+    def fail(self, mapped: MappedRecord, reason: str, *, later: bool = False) -> None:
+        self.outcome["failed"][mapped.external_id] = reason
+        (self.later if later else self.notes)[self.positions[id(mapped)]] = (State.FAILED, reason)
+
+    def result_of(self, position: int) -> UpsertResult:
+        """The outcome of the record at `position` (after the write)."""
+        state, reason = self.later.get(position) or self.notes.get(position) or (State.APPLIED, "")
+        if state == State.FAILED:
+            return UpsertResult(state=UpsertState.FAILED, error=reason)
+        if state == State.STALE:
+            return UpsertResult(state=UpsertState.STALE)
+        stored = self.stored or Stored()
+        for index, pk in stored.created:
+            if self.positions[id(self.creates[index][0])] == position:
+                return UpsertResult(state=UpsertState.APPLIED, record_id=pk, created=True)
+        for index in stored.updated:
+            mapped, record = self.updates[index]
+            if self.positions[id(mapped)] == position:
+                conflicts = self.conflicts.get(position, ({}, {}))[0]
+                return UpsertResult(
+                    state=UpsertState.APPLIED, record_id=record.pk, conflicts=conflicts
+                )
+        return UpsertResult(state=UpsertState.SKIPPED)
+
+
+def plan_upsert(
+    *,
     connection: Connection,
-    mapped: MappedRecord,
+    mapped: Sequence[MappedRecord],
     rules: OwnershipRules,
-    model: type[models.Model],
-    content_type: ContentType,
-) -> UpsertResult:
-    xref = (
-        CrossReference.objects.select_for_update()
-        .filter(connection=connection, content_type=content_type, external_id=mapped.external_id)
-        .first()
-    )
-    record: Any = None
-    if is_stale(mapped.source_version, xref):
-        return UpsertResult(state="stale")
-    if xref is not None:
-        record = model._default_manager.select_for_update().filter(pk=xref.object_id).first()
+    lock: bool = False,
+) -> UpsertPlan:
+    """Decide, with a handful of reads for the whole batch, what each record needs (see the
+    module's docstring). ``lock``: read the cross-references and records FOR UPDATE (inside
+    the caller's transaction), as the one-record path does."""
+    plan = UpsertPlan(connection=connection, rules=rules)
+    counts = plan.outcome
+    position = plan.positions = {id(m): i for i, m in enumerate(mapped)}
+    good = [m for m in mapped if m.ok]
+    for i, m in enumerate(mapped):
+        if not m.ok:
+            reason = "; ".join(str(e) for e in m.errors)
+            counts["failed"][m.external_id] = reason
+            plan.notes[i] = (State.FAILED, f"Mapping failed: {reason}")
+            plan.unmapped.append(i)
+    if not good:
+        return plan
+    model_name = good[0].canonical_model
+    if model_name in VIRTUAL_MODELS:
+        return plan
+    model = plan.model = canonical_models()[model_name]
+    content_type = plan.content_type = ContentType.objects.get_for_model(model)
 
-    fields = resolve_fields(
-        connection, model, mapped.fields, relation_ids(connection, model, [mapped.fields])
+    # Newest version per record within the batch.
+    latest: dict[str, MappedRecord] = {}
+    stale = (State.STALE, STALE_REASON)
+    for m in good:
+        before = latest.get(m.external_id)
+        if before is None or m.source_version > before.source_version:
+            latest[m.external_id] = m
+            if before is not None:
+                plan.notes[position[id(before)]] = stale
+        else:
+            plan.notes[position[id(m)]] = stale
+    xref_rows = CrossReference.objects.filter(
+        connection=connection, content_type=content_type, external_id__any=list(latest)
     )
-    object_type = str(model._meta.model_name)
-    current = {name: getattr(record, name) for name in fields} if record is not None else None
-    decision = split_by_owner(
-        rules,
-        object_type=object_type,
-        source_role=connection.role,
-        fields=fields,
-        current=current,
-    )
-    created = record is None
-    if created:
-        record = model(**decision.applied)
-    else:
-        for name, value in decision.applied.items():
-            setattr(record, name, value)
-    record.source_system = connection.role
-    record.source_version = mapped.source_version
-    record.field_sources = with_sources(
-        record.field_sources,
-        decision.applied,
-        FieldSource(connection.role, connection.pk, mapped.source_version),
-    )
-    record.full_clean(validate_unique=False, validate_constraints=False)
-    record.save()
+    plan.xrefs = xrefs = {
+        x.external_id: x for x in (xref_rows.select_for_update() if lock else xref_rows)
+    }
+    fresh = []
+    for external_id, m in latest.items():
+        xref = xrefs.get(external_id)
+        if is_stale(m.source_version, xref):
+            counts["stale"] += 1
+            plan.notes[position[id(m)]] = stale
+        else:
+            fresh.append(m)
+    counts["stale"] += len(good) - len(latest)
 
-    now = timezone.now()
-    if xref is None:
-        CrossReference.objects.create(
-            content_type=content_type,
-            object_id=record.pk,
-            connection=connection,
-            external_id=mapped.external_id,
-            external_version=str(mapped.source_version),
-            last_synced_at=now,
+    relations = relation_ids(connection, model, [m.fields for m in fresh])
+    known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
+    existing: dict[int, Any] = {}
+    if known:
+        rows = model._default_manager.filter(pk__any=known)
+        existing = {r.pk: r for r in (rows.select_for_update() if lock else rows)}
+    stamp_role = connection.role
+    plans: ResolvePlans = {}
+    for m in fresh:
+        try:
+            fields = resolve_fields(connection, model, m.fields, relations, plans)
+        except UnresolvedReference as exc:
+            plan.fail(m, str(exc))
+            continue
+        xref = xrefs.get(m.external_id)
+        record: Any = existing.get(xref.object_id) if xref is not None else None
+        source = FieldSource(stamp_role, connection.pk, m.source_version)
+        if record is None:
+            # A new record: split_by_owner applies every field when nothing exists yet (the
+            # owner's next update replaces what a non-owner filled in), so no split is needed.
+            errors = row_errors(model, fields, creating=True)
+            if errors:
+                plan.fail(m, f"{model_name} {m.external_id}: {describe(errors)}")
+                continue
+            sources = with_sources(None, fields, source)
+            fields["source_system"] = stamp_role
+            fields["source_version"] = m.source_version
+            fields["field_sources"] = sources
+            plan.creates.append((m, fields))
+            if xref is not None:
+                plan.repoint[m.external_id] = xref
+            continue
+        current = {name: getattr(record, name) for name in fields}
+        applied, conflicts = owner_split(
+            rules, model, source_role=stamp_role, values=fields, current=current
         )
-    else:
-        xref.external_version = str(mapped.source_version)
-        xref.last_synced_at = now
-        xref.save(update_fields=["external_version", "last_synced_at"])
-    if decision.conflicts:
-        _ownership_case(connection, record, decision.conflicts, fields)
-    return UpsertResult(
-        state="applied", record=record, created=created, conflicts=dict(decision.conflicts)
+        errors = row_errors(model, applied, creating=False, instance=record)
+        if errors:
+            plan.fail(m, f"{model_name} {m.external_id}: {describe(errors)}")
+            continue
+        for name, value in applied.items():
+            setattr(record, name, value)
+        record.field_sources = with_sources(record.field_sources, applied, source)
+        record.source_system = stamp_role
+        record.source_version = m.source_version
+        plan.update_fields.update(applied)
+        plan.updates.append((m, record))
+        if conflicts:
+            i = position[id(m)]
+            plan.conflicts[i] = (conflicts, _by_field_name(model, fields))
+            plan.notes[i] = (State.CONFLICT, conflict_reason(conflicts))
+    if plan.updates:
+        plan.update_fields.update(("source_system", "source_version", "field_sources"))
+    return plan
+
+
+def write_upsert(plan: UpsertPlan) -> None:
+    """Carry a plan out inside the caller's transaction, in bulk with the cross-references;
+    a record the database refuses fails alone (``later``) and the others land. Then the
+    ownership-conflict cases of the updates that withheld fields."""
+    model, counts = plan.model, plan.outcome
+    if model is None or not (plan.creates or plan.updates):
+        return
+    stored = plan.stored = records_store(
+        model,
+        creates=[row for _, row in plan.creates],
+        updates=[record for _, record in plan.updates],
+        update_fields=plan.update_fields,
+        along=lambda done: _write_xrefs(plan, done),
     )
+    for (kind, index), errors in stored.refused.items():
+        m = plan.creates[index][0] if kind == "create" else plan.updates[index][0]
+        plan.fail(m, f"{model._meta.model_name} {m.external_id}: {describe(errors)}", later=True)
+    counts["applied"] += len(stored.created) + len(stored.updated)
+    if plan.conflicts:
+        for index in stored.updated:
+            m, record = plan.updates[index]
+            conflict = plan.conflicts.get(plan.positions[id(m)])
+            if conflict is not None:
+                counts["conflicts"] += 1
+                _ownership_case(plan.connection, record, *conflict)
+
+
+def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
+    """The cross-references of what was just stored: new ones by COPY, the others' versions
+    (and, for a record re-created, its id) by one bulk update."""
+    content_type, connection = plan.content_type, plan.connection
+    assert content_type is not None  # noqa: S101 - a plan with writes has one
+    now = timezone.now()
+    rows = []
+    changed: list[tuple[CrossReference, MappedRecord]] = []
+    for index, pk in stored.created:
+        m = plan.creates[index][0]
+        gone = plan.repoint.get(m.external_id)
+        if gone is not None:
+            gone.object_id = pk
+            changed.append((gone, m))
+            continue
+        rows.append(
+            {
+                "content_type_id": content_type.pk,
+                "object_id": pk,
+                "connection_id": connection.pk,
+                "external_id": m.external_id,
+                "external_version": str(m.source_version),
+                "last_synced_at": now,
+            }
+        )
+    copy_insert_values(CrossReference, rows)
+    for index in stored.updated:
+        m = plan.updates[index][0]
+        changed.append((plan.xrefs[m.external_id], m))
+    for xref, m in changed:
+        xref.external_version = str(m.source_version)
+        xref.last_synced_at = now
+    if changed:
+        names = ["external_version", "last_synced_at"] + (["object_id"] if plan.repoint else [])
+        CrossReference.objects.bulk_update([x for x, _ in changed], names, batch_size=1000)
+
+
+def _by_field_name(model: type[models.Model], values: Mapping[str, Any]) -> dict[str, Any]:
+    names = {f.attname: f.name for f in model._meta.concrete_fields}
+    return {names.get(attname, attname): value for attname, value in values.items()}
 
 
 # Per relation field of a batch ("project", "external_id"): vendor value -> canonical id.
@@ -259,18 +442,19 @@ def _ownership_case(
         f"{name} to {fields[name]!r} (owned by the {owner.upper()})"
         for name, owner in sorted(conflicts.items())
     )
-    exception_case_open_or_join(
-        fingerprint=case_fingerprint(
-            "inbound", "ownership", model_name, record.pk, connection.pk, sorted(conflicts)
-        ),
+    case_open_or_join(
+        case_type="ownership_conflict",
+        subject={
+            "model": model_name,
+            "record_id": record.pk,
+            "record": f"{record._meta.verbose_name} {record}",
+            "connection_id": connection.pk,
+            "connection": connection.name,
+            "fields": sorted(conflicts),
+            "changes": changes,
+        },
+        records=[Blocked(record_type=model_name, record_id=record.pk, label=str(record))],
         process="inbound",
         step="ownership",
-        case_type="ownership_conflict",
-        queue=Queue.INTEGRATION_ADMIN,
-        message=(
-            f"{connection.name} tried to change {record._meta.verbose_name} {record}: {changes}. "
-            "The change was not applied; the owning system's value stands until someone decides."
-        ),
         connection_id=connection.pk,
-        record=blocked_record(record_type=model_name, record_id=record.pk, label=str(record)),
     )
