@@ -18,5 +18,14 @@ from integrations.sync.webhooks import webhook_answer
 @login_not_required
 @require_POST
 def webhook(request: HttpRequest, connection_id: int) -> JsonResponse:
+    if "chunked" in request.headers.get(
+        "Transfer-Encoding", ""
+    ).lower() and not request.headers.get("Content-Length"):
+        # Django reads a body by its Content-Length; without one it would see an empty body and
+        # answer "signature does not match", which sends the sender looking in the wrong place.
+        return JsonResponse(
+            {"error": "Send the delivery with a Content-Length (chunked bodies are not read)."},
+            status=411,
+        )
     status, body = webhook_answer(connection_id, request.body, dict(request.headers))
     return JsonResponse(body, status=status)

@@ -71,13 +71,9 @@ def _receive(
 
 
 def _answer(environ: dict[str, Any], connection_id: int) -> tuple[int, dict[str, Any]]:
-    try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
-    except ValueError:
-        return 400, {"error": "Content-Length must be a number."}
-    if length > MAX_BODY_BYTES:
-        return 413, {"error": f"Body of {length} bytes is over the {MAX_BODY_BYTES} limit."}
-    body = environ["wsgi.input"].read(length) if length else b""
+    body = _read_body(environ)
+    if isinstance(body, tuple):
+        return body
     headers = {
         key[5:].replace("_", "-").lower(): value
         for key, value in environ.items()
@@ -91,6 +87,25 @@ def _answer(environ: dict[str, Any], connection_id: int) -> tuple[int, dict[str,
         logger.warning("database connection lost while storing a webhook: reconnecting once")
         db.close()
         return webhook_answer(connection_id, body, headers)
+
+
+def _read_body(environ: dict[str, Any]) -> bytes | tuple[int, dict[str, Any]]:
+    """The whole body, or the answer refusing it. A chunked delivery has no Content-Length: its
+    body is read to the end (gunicorn hands it over de-chunked), at most one byte past the
+    limit, so an endless stream is cut off rather than held in memory."""
+    chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+    if chunked and not environ.get("CONTENT_LENGTH"):
+        body = environ["wsgi.input"].read(MAX_BODY_BYTES + 1)
+        if len(body) > MAX_BODY_BYTES:
+            return 413, {"error": f"Body is over the {MAX_BODY_BYTES} byte limit."}
+        return bytes(body)
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return 400, {"error": "Content-Length must be a number."}
+    if length > MAX_BODY_BYTES:
+        return 413, {"error": f"Body of {length} bytes is over the {MAX_BODY_BYTES} limit."}
+    return bytes(environ["wsgi.input"].read(length)) if length else b""
 
 
 def _is_secure(environ: dict[str, Any]) -> bool:
