@@ -5,20 +5,49 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
-from django.db import models
+from django.db import models, transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from integrations import models as m
 from integrations.api.filters import RECORD_FILTERS
+from integrations.services.config_rows import (
+    config_row_create,
+    config_row_delete,
+    config_row_update,
+)
 from integrations.services.connections import connection_create, connection_update
 from integrations.sync.inbound import inbound_replay
 from integrations.sync.outbox import outbox_replay
+from integrations.sync.records import record_create, record_delete, record_update
 
 # Admins type URLs without a scheme; https is the right guess (and Django 6's default).
 URL_FORMFIELD: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
     models.URLField: {"assume_scheme": "https"}
 }
 SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
+
+
+class RecordAdmin(admin.ModelAdmin[Any]):
+    """A canonical record's admin. The form checks what a person typed; the write goes through
+    the one write path as the API's does (validated, stamped as the person's, audited)."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        names = {f.name for f in obj._meta.concrete_fields}
+        if change:
+            edited = {n: form.cleaned_data[n] for n in form.changed_data if n in names}
+            record_update(record=obj, data=edited, actor=request.user)
+        else:
+            data = {n: form.cleaned_data[n] for n in form.fields if n in names}
+            obj.pk = record_create(model=type(obj), data=data, actor=request.user).pk
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        record_delete(record=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            for record in queryset:
+                record_delete(record=record, actor=request.user)
 
 
 def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]:
@@ -41,7 +70,7 @@ def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]
             f.name for f in model._meta.concrete_fields if f.is_relation and f.name != "id"
         ],
     }
-    return type(f"{model.__name__}Admin", (admin.ModelAdmin,), attrs)
+    return type(f"{model.__name__}Admin", (RecordAdmin,), attrs)
 
 
 for _model in RECORD_FILTERS:
@@ -110,8 +139,29 @@ class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
             obj.pk = created.pk
 
 
+class ConfigRowAdmin(admin.ModelAdmin[Any]):
+    """A configuration row's admin: writes go through the audited service, as the API's do."""
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        names = {f.name for f in obj._meta.concrete_fields}
+        if change:
+            edited = {n: form.cleaned_data[n] for n in form.changed_data if n in names}
+            config_row_update(row=obj, data=edited, actor=request.user)
+        else:
+            data = {n: form.cleaned_data[n] for n in form.fields if n in names}
+            obj.pk = config_row_create(model=type(obj), data=data, actor=request.user).pk
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        config_row_delete(row=obj, actor=request.user)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        with transaction.atomic():
+            for row in queryset:
+                config_row_delete(row=row, actor=request.user)
+
+
 @admin.register(m.CrossReference)
-class CrossReferenceAdmin(admin.ModelAdmin[m.CrossReference]):
+class CrossReferenceAdmin(ConfigRowAdmin):
     list_display = ["content_type", "object_id", "connection", "external_id", "last_synced_at"]
     list_filter = ["connection", "content_type"]
     search_fields = ["external_id"]
@@ -119,7 +169,7 @@ class CrossReferenceAdmin(admin.ModelAdmin[m.CrossReference]):
 
 
 @admin.register(m.OwnershipRule)
-class OwnershipRuleAdmin(admin.ModelAdmin[m.OwnershipRule]):
+class OwnershipRuleAdmin(ConfigRowAdmin):
     list_display = ["object_type", "field", "owner_role", "note"]
     list_filter = ["owner_role", "object_type"]
 
@@ -150,7 +200,7 @@ class AuditEventAdmin(_ReadOnly):
 
 
 @admin.register(m.RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin[m.RoutingRule]):
+class RoutingRuleAdmin(ConfigRowAdmin):
     list_display = ["role", "legal_entity", "connection"]
     list_filter = ["role"]
 

@@ -10,8 +10,9 @@ from rest_framework import serializers
 
 from integrations import models as m
 from integrations.roles import CANONICAL_MODELS
+from integrations.services.config_rows import config_row_create, config_row_update
 from integrations.services.connections import connection_create, connection_update
-from integrations.services.records import record_create, record_update
+from integrations.sync.records import record_create, record_update
 
 # Set by the sync engine, not by people: shown, never written through the API.
 SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
@@ -28,7 +29,8 @@ def django_errors_as_api_errors() -> Iterator[None]:
 
 
 class RecordSerializer(serializers.ModelSerializer[Any]):
-    """Writes go through the record services, which check every constraint and audit."""
+    """Writes go through the one write path of canonical records (integrations.sync.records):
+    validated as every sync write is, stamped as the person's, audited."""
 
     def create(self, validated_data: dict[str, Any]) -> Any:
         with django_errors_as_api_errors():
@@ -40,6 +42,22 @@ class RecordSerializer(serializers.ModelSerializer[Any]):
         with django_errors_as_api_errors():
             return record_update(
                 record=instance, data=validated_data, actor=self.context["request"].user
+            )
+
+
+class ConfigRowSerializer(serializers.ModelSerializer[Any]):
+    """Writes of configuration rows go through their audited service."""
+
+    def create(self, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return config_row_create(
+                model=self.Meta.model, data=validated_data, actor=self.context["request"].user
+            )
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return config_row_update(
+                row=instance, data=validated_data, actor=self.context["request"].user
             )
 
 
@@ -86,7 +104,7 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
             )
 
 
-class CrossReferenceSerializer(serializers.ModelSerializer[m.CrossReference]):
+class CrossReferenceSerializer(ConfigRowSerializer):
     object_type = serializers.SlugRelatedField(
         source="content_type",
         slug_field="model",
@@ -109,7 +127,7 @@ class CrossReferenceSerializer(serializers.ModelSerializer[m.CrossReference]):
         read_only_fields = ["created_at"]
 
 
-class OwnershipRuleSerializer(serializers.ModelSerializer[m.OwnershipRule]):
+class OwnershipRuleSerializer(ConfigRowSerializer):
     class Meta:
         model = m.OwnershipRule
         fields = ["id", "object_type", "field", "owner_role", "note", "updated_at"]

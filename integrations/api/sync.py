@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from integrations import models as m
+from integrations import selectors
+from integrations.selectors import inbound_held, outbox_parked
 from integrations.sync.inbound import inbound_replay
 from integrations.sync.outbox import outbox_replay
 
@@ -94,8 +98,10 @@ class ReplayRequest(serializers.Serializer[Any]):
     exception_case = serializers.IntegerField(required=False)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if not attrs.get("ids") and not attrs.get("exception_case"):
-            raise serializers.ValidationError("Give the ids to replay, or an exception_case.")
+        if bool(attrs.get("ids")) == bool(attrs.get("exception_case")):
+            raise serializers.ValidationError(
+                "Give either the ids to replay or an exception_case, not both and not neither."
+            )
         return attrs
 
 
@@ -104,24 +110,37 @@ class ReplayedSerializer(serializers.Serializer[Any]):
 
 
 REPLAYED = {
-    202: OpenApiResponse(ReplayedSerializer, description="Pairs of original and replay ids")
+    202: OpenApiResponse(ReplayedSerializer, description="Pairs of original and replay ids"),
+    400: OpenApiResponse(description="Nothing to replay, and why"),
 }
 
 
-class ReplayPermissionMixin:
-    """Reading needs view_, replaying needs change_ on the message model."""
+class CanReplay(BasePermission):
+    """Replaying changes what is sent: it needs `change_<model>` on the message model (reading
+    needs `view_`, as everywhere)."""
 
-    def _require_change(self, request: Request, model: type[Any]) -> Response | None:
-        perm = f"integrations.change_{model._meta.model_name}"
-        if not request.user.has_perm(perm):
-            return Response(
-                {"detail": "You do not have permission to replay messages."},
-                status=status.HTTP_403_FORBIDDEN,
-            )
-        return None
+    message = "You do not have permission to replay messages."
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        model = view.get_queryset().model
+        return bool(
+            request.user
+            and request.user.has_perm(f"{model._meta.app_label}.change_{model._meta.model_name}")
+        )
 
 
-class OutboxMessageViewSet(ReplayPermissionMixin, viewsets.ReadOnlyModelViewSet[m.OutboxMessage]):
+def _replayed(replays: Sequence[m.OutboxMessage | m.InboundMessage]) -> Response:
+    return Response(
+        {"replayed": [{"original": r.replay_of_id, "replay": r.pk} for r in replays]},
+        status=status.HTTP_202_ACCEPTED,
+    )
+
+
+def _nothing(reason: str) -> Response:
+    return Response({"detail": reason}, status=status.HTTP_400_BAD_REQUEST)
+
+
+class OutboxMessageViewSet(viewsets.ReadOnlyModelViewSet[m.OutboxMessage]):
     """Every effect Concord owes an external system. Parked ones can be replayed."""
 
     serializer_class = OutboxMessageSerializer
@@ -129,78 +148,76 @@ class OutboxMessageViewSet(ReplayPermissionMixin, viewsets.ReadOnlyModelViewSet[
     ordering_fields = ["id", "created_at", "next_attempt_at", "attempts"]
 
     def get_queryset(self) -> QuerySet[m.OutboxMessage]:
-        return m.OutboxMessage.objects.select_related("content_type").order_by("-id")
+        return selectors.outbox_message_list()
 
     @extend_schema(request=None, responses=REPLAYED, operation_id="outbox_replay_one")
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanReplay])
     def replay(self, request: Request, pk: str | None = None) -> Response:
-        refused = self._require_change(request, m.OutboxMessage)
-        if refused:
-            return refused
-        return self._replay(request, [self.get_object()])
-
-    @extend_schema(request=ReplayRequest, responses=REPLAYED, operation_id="outbox_replay_many")
-    @action(detail=False, methods=["post"], url_path="replay", url_name="replay-many")
-    def replay_many(self, request: Request) -> Response:
-        refused = self._require_change(request, m.OutboxMessage)
-        if refused:
-            return refused
-        body = ReplayRequest(data=request.data)
-        body.is_valid(raise_exception=True)
-        rows = m.OutboxMessage.objects.filter(state=m.OutboxMessage.State.PARKED)
-        if body.validated_data.get("ids"):
-            rows = rows.filter(pk__in=body.validated_data["ids"])
-        if body.validated_data.get("exception_case"):
-            rows = rows.filter(exception_case_id=body.validated_data["exception_case"])
-        return self._replay(request, list(rows.order_by("id")[:REPLAY_LIMIT]))
-
-    def _replay(self, request: Request, rows: list[m.OutboxMessage]) -> Response:
-        not_parked = [r.pk for r in rows if r.state != m.OutboxMessage.State.PARKED]
-        if not_parked:
+        row = self.get_object()
+        if row.state != m.OutboxMessage.State.PARKED:
             return Response(
-                {"detail": f"Only parked messages can be replayed; not parked: {not_parked}."},
+                {"detail": f"Only parked messages can be replayed; #{row.pk} is {row.state}."},
                 status=status.HTTP_409_CONFLICT,
             )
-        replays = outbox_replay(messages=rows)
-        return Response(
-            {"replayed": [{"original": r.replay_of_id, "replay": r.pk} for r in replays]},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        return _replayed(outbox_replay(messages=[row]))
+
+    @extend_schema(request=ReplayRequest, responses=REPLAYED, operation_id="outbox_replay_many")
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="replay",
+        url_name="replay-many",
+        permission_classes=[IsAuthenticated, CanReplay],
+    )
+    def replay_many(self, request: Request) -> Response:
+        body = ReplayRequest(data=request.data)
+        body.is_valid(raise_exception=True)
+        ids, case_id = body.validated_data.get("ids"), body.validated_data.get("exception_case")
+        rows = outbox_parked(ids=ids, exception_case_id=case_id, limit=REPLAY_LIMIT)
+        if not rows:
+            return _nothing(
+                f"None of the outbox rows {ids} is parked: only parked rows are replayed."
+                if ids
+                else f"Exception case {case_id} holds no parked outbox rows."
+            )
+        return _replayed(outbox_replay(messages=rows))
 
 
-class InboundMessageViewSet(ReplayPermissionMixin, viewsets.ReadOnlyModelViewSet[m.InboundMessage]):
+class InboundMessageViewSet(viewsets.ReadOnlyModelViewSet[m.InboundMessage]):
     """Raw changes received from connected systems, as received. Any can be replayed."""
 
     serializer_class = InboundMessageSerializer
     filterset_fields = ["connection", "source", "object_type", "external_id", "state"]
     ordering_fields = ["id", "received_at", "source_version"]
-    queryset = m.InboundMessage.objects.order_by("-id")
+
+    def get_queryset(self) -> QuerySet[m.InboundMessage]:
+        return selectors.inbound_message_list()
 
     @extend_schema(request=None, responses=REPLAYED, operation_id="inbound_replay_one")
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], permission_classes=[IsAuthenticated, CanReplay])
     def replay(self, request: Request, pk: str | None = None) -> Response:
-        refused = self._require_change(request, m.InboundMessage)
-        if refused:
-            return refused
-        return self._replay([self.get_object()])
+        return _replayed(inbound_replay(messages=[self.get_object()]))
 
     @extend_schema(request=ReplayRequest, responses=REPLAYED, operation_id="inbound_replay_many")
-    @action(detail=False, methods=["post"], url_path="replay", url_name="replay-many")
+    @action(
+        detail=False,
+        methods=["post"],
+        url_path="replay",
+        url_name="replay-many",
+        permission_classes=[IsAuthenticated, CanReplay],
+    )
     def replay_many(self, request: Request) -> Response:
-        refused = self._require_change(request, m.InboundMessage)
-        if refused:
-            return refused
         body = ReplayRequest(data=request.data)
         body.is_valid(raise_exception=True)
-        ids = body.validated_data.get("ids") or []
-        return self._replay(list(m.InboundMessage.objects.filter(pk__in=ids).order_by("id")))
-
-    def _replay(self, rows: list[m.InboundMessage]) -> Response:
-        replays = inbound_replay(messages=rows)
-        return Response(
-            {"replayed": [{"original": r.replay_of_id, "replay": r.pk} for r in replays]},
-            status=status.HTTP_202_ACCEPTED,
-        )
+        ids, case_id = body.validated_data.get("ids"), body.validated_data.get("exception_case")
+        rows = inbound_held(ids=ids, exception_case_id=case_id, limit=REPLAY_LIMIT)
+        if not rows:
+            return _nothing(
+                f"No inbound message has any of the ids {ids}."
+                if ids
+                else f"Exception case {case_id} holds no inbound messages."
+            )
+        return _replayed(inbound_replay(messages=rows))
 
 
 class SyncAttemptViewSet(viewsets.ReadOnlyModelViewSet[m.SyncAttempt]):
@@ -209,4 +226,6 @@ class SyncAttemptViewSet(viewsets.ReadOnlyModelViewSet[m.SyncAttempt]):
     serializer_class = SyncAttemptSerializer
     filterset_fields = ["connection", "operation", "outcome", "status_code"]
     ordering_fields = ["started_at", "latency_ms"]
-    queryset = m.SyncAttempt.objects.order_by("-started_at", "-id")
+
+    def get_queryset(self) -> QuerySet[m.SyncAttempt]:
+        return selectors.sync_attempt_list()
