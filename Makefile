@@ -20,9 +20,11 @@ run: $(STAMP)
 	DJANGO_SECURE_SSL_REDIRECT=0 DJANGO_SECURE_COOKIES=0 DJANGO_HSTS_SECONDS=0 \
 	$(PY) manage.py run_portal
 
+# lint-imports checks the layers of ARCHITECTURE.md (.importlinter): each imports only those below.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-cache
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy .

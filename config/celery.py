@@ -55,7 +55,7 @@ app.conf.beat_schedule = {
     },
     "poll-all": {
         "task": "integrations.poll_all",
-        # Matches integrations.tasks.POLL_INTERVAL_S; webhooks carry the urgent changes.
+        # Matches integrations.sync.polling.POLL_INTERVAL_S; webhooks carry the urgent changes.
         "schedule": 120.0,
         "options": {"expires": 120},
     },

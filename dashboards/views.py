@@ -8,7 +8,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from dashboards import selectors
-from integrations.selectors.health import health_report
+from dashboards.health import health_report
 
 PAGE_SIZE = 25
 

@@ -15,7 +15,10 @@ class IntegrationsConfig(AppConfig):
     verbose_name = "Integrations"
 
     def ready(self) -> None:
-        from integrations import lookups  # noqa: F401 - registers field__any
+        from integrations import (
+            lookups,  # noqa: F401 - registers field__any
+            workflows,  # noqa: F401 - registers the steps after deliveries
+        )
 
         # Groups and their permissions follow integrations/roles.py after every migrate.
         # post_migrate fires once per app, after that app's permissions exist; the sync is

@@ -8,6 +8,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
+from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
     ApprovalState,
     Connection,
@@ -51,6 +52,8 @@ def approved_time_firm(
     )
     vat = TaxRate.objects.create(code="OUTPUT2", name="VAT 20%", country="GB", rate_percent=20)
     connection = xero_connection(sandbox_url, **xero)
+    # Invoices are rendered by the connection's published mapping, as on a real install.
+    mapping_defaults_install(connection=connection)
     RoutingRule.objects.create(role="erp", connection=connection)
     RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
     worker = Resource.objects.create(

@@ -9,19 +9,22 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from integrations.connectors.base import Connector, ItemResult, connector_for
+from integrations.classification import ErrorClass
+from integrations.connectors.base import Connector, ItemResult
 from integrations.connectors.errors import (
     ConnectorError,
     TransientError,
 )
 from integrations.models import Connection, OutboxMessage
 from integrations.sync.outbox import (
-    Outcome,
     batch_idempotency_key,
     outbox_claim,
     outbox_record_outcomes,
     outbox_renew_lease,
 )
+from integrations.sync.outcome import Outcome
+from integrations.sync.ring import ring_dispatch, ring_dispatch_when_due
+from integrations.vendors import connector_for
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ def outbox_dispatch(
         _dispatch_until(connector, connection_id, worker, time.monotonic() + time_budget_s, report)
     finally:
         connector.close()
+    if report.more:
+        # Out of time with work left: another task continues, so one connection's backlog
+        # never holds a worker (and its queue) for minutes.
+        ring_dispatch([connection_id], force=True)
+    else:
+        ring_dispatch_when_due(connection_id)
     return report
 
 
@@ -72,7 +81,7 @@ def _dispatch_until(
             size = connector.batch_size.get(operation, 1)
             for start in range(0, len(messages), size):
                 batch = messages[start : start + size]
-                counts = outbox_record_outcomes(_send(connector, operation, batch))
+                counts = outbox_record_outcomes(outcomes=_send(connector, operation, batch))
                 report.done += counts["done"]
                 report.retry += counts["retry"]
                 report.parked += counts["parked"]
@@ -89,14 +98,14 @@ def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) 
         # response, a killed worker): look it up first instead of creating it again.
         retried = [m for m in batch if m.needs_lookup]
         if retried:
-            outbox_renew_lease(retried)
+            outbox_renew_lease(messages=retried)
             found = connector.find_existing(operation, [m.payload for m in retried])
             for message, existing in zip(retried, found, strict=True):
                 if existing is not None and existing.ok:
                     outcomes[message.pk] = _outcome(message, existing)
         to_write = [m for m in batch if m.pk not in outcomes]
         if to_write:
-            outbox_renew_lease(to_write)
+            outbox_renew_lease(messages=to_write)
             writing = True
             results = connector.write(
                 operation,
@@ -120,7 +129,7 @@ def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) 
                 Outcome(
                     message=message,
                     ok=False,
-                    error_class="transient",
+                    error_class=ErrorClass.TRANSIENT,
                     error=repr(exc),
                     maybe_applied=writing,
                 ),

@@ -10,28 +10,21 @@ from datetime import timedelta
 from django.db import transaction
 from django.utils import timezone
 
-from exceptions.models import Queue
-from exceptions.services import blocked_record, case_fingerprint, exception_case_open_or_join
-from integrations.connectors.base import Connector, connector_for
+from exceptions.services import Blocked, case_open_or_join, case_records_clear
+from integrations.connectors.base import Connector
 from integrations.connectors.errors import ConnectorError, TransientError
 from integrations.mapping.apply import map_inbound
 from integrations.mapping.ownership import load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, InboundMessage
+from integrations.sync.errors import InboundRetry
+from integrations.sync.ring import ring_inbound
 from integrations.sync.upsert import canonical_upsert, message_state
+from integrations.vendors import connector_for
 
 logger = logging.getLogger(__name__)
 
 State = InboundMessage.State
-
-
-class InboundRetry(Exception):
-    """The record could not be read for a transient reason: it stays RECEIVED and the inbound
-    sweeper rings for it again."""
-
-    def __init__(self, message: str, retry_after: float | None) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 def inbound_process(*, message_id: int) -> str:
@@ -116,6 +109,13 @@ def _finish(message: InboundMessage, state: str, error: str) -> str:
         )
     if state == State.FAILED:
         logger.warning("inbound message %s failed: %s", message.pk, error)
+    elif state == State.APPLIED and message.replay_of_id is not None:
+        # A replay that went through: the original it stands for is off the case that held it
+        # (cases hold the raw message they could not read, which a replay never becomes).
+        case_records_clear(
+            records=[("inboundmessage", message.replay_of_id)],
+            note="Closed automatically: every message it held went through on replay.",
+        )
     return str(state)
 
 
@@ -123,27 +123,25 @@ def mapping_case_open(messages: Sequence[InboundMessage], errors: str) -> None:
     """Open (or join) the integration admin's case for payloads the mapping cannot read, all
     for the same reason: one case write however many messages it holds up."""
     first = messages[0]
-    exception_case_open_or_join(
-        fingerprint=case_fingerprint(
-            "inbound", "mapping", first.connection_id, first.object_type, errors[:200]
-        ),
-        process="inbound",
-        step="mapping",
+    case_open_or_join(
         case_type="mapping_error",
-        queue=Queue.INTEGRATION_ADMIN,
-        message=(
-            f"{first.object_type} records from {first.connection.name} cannot be mapped: "
-            f"{errors}. Fix the mapping (or the value map) and replay the messages."
-        ),
-        connection_id=first.connection_id,
+        subject={
+            "connection_id": first.connection_id,
+            "connection": first.connection.name,
+            "object_type": first.object_type,
+            "reason": errors,
+        },
         records=[
-            blocked_record(
+            Blocked(
                 record_type="inboundmessage",
                 record_id=message.pk,
                 label=f"{message.object_type} {message.external_id}",
             )
             for message in messages
         ],
+        process="inbound",
+        step="mapping",
+        connection_id=first.connection_id,
     )
 
 
@@ -169,9 +167,7 @@ def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
                 state = "retry"  # stays RECEIVED; the sweeper rings for it again
             outcomes[state] = outcomes.get(state, 0) + 1
     if len(messages) == BATCH:
-        from integrations.sync.webhooks import ring_inbound
-
-        ring_inbound(connection_id, force=True)
+        ring_inbound([connection_id], force=True)
     return outcomes
 
 
@@ -193,7 +189,7 @@ def inbound_replay(*, messages: list[InboundMessage]) -> list[InboundMessage]:
     with transaction.atomic():
         InboundMessage.objects.bulk_create(replays)
         connection_ids = {r.connection_id for r in replays}
-        transaction.on_commit(lambda: _ring(connection_ids), robust=True)
+        ring_inbound(connection_ids)
     return replays
 
 
@@ -203,14 +199,10 @@ def inbound_sweep() -> int:
     stuck = set(
         InboundMessage.objects.filter(
             state=State.RECEIVED, received_at__lt=timezone.now() - timedelta(seconds=30)
-        ).values_list("connection_id", flat=True)
+        )
+        .order_by()
+        .values_list("connection_id", flat=True)
+        .distinct()
     )
-    _ring(stuck, force=True)
+    ring_inbound(stuck, force=True)
     return len(stuck)
-
-
-def _ring(connection_ids: set[int], *, force: bool = False) -> None:
-    from integrations.sync.webhooks import ring_inbound
-
-    for connection_id in connection_ids:
-        ring_inbound(connection_id, force=force)

@@ -13,8 +13,7 @@ import hashlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -24,7 +23,12 @@ from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from integrations.classification import ErrorClass
 from integrations.models import Connection, CrossReference, OutboxMessage
+from integrations.sync.failures import close_cases_for, park_with_cases
+from integrations.sync.outcome import Outcome
+from integrations.sync.ring import ring_dispatch
+from integrations.sync.steps import on_delivered
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +102,7 @@ def outbox_message(
     )
 
 
-def outbox_enqueue(messages: Sequence[OutboxMessage]) -> int:
+def outbox_enqueue(*, messages: Sequence[OutboxMessage]) -> int:
     """Store the rows with the caller's transaction and ring the dispatcher once it commits.
 
     A row whose idempotency key exists already is the same effect asked twice: it is not added.
@@ -115,15 +119,8 @@ def outbox_enqueue(messages: Sequence[OutboxMessage]) -> int:
     OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
     connection_ids = {m.connection_id for m in messages}
     # robust: a broker outage must not fail the caller's committed work; the sweeper rings later.
-    transaction.on_commit(lambda: _ring(connection_ids), robust=True)
+    ring_dispatch(connection_ids)
     return len(set(keys) - before)
-
-
-def _ring(connection_ids: Iterable[int], *, force: bool = False) -> None:
-    from integrations.tasks import dispatch_outbox_later
-
-    for connection_id in connection_ids:
-        dispatch_outbox_later(connection_id, force=force)
 
 
 # --- Claiming ---------------------------------------------------------------------------------
@@ -200,7 +197,7 @@ def _order_by_version(
     return ready, stale
 
 
-def outbox_renew_lease(messages: Sequence[OutboxMessage]) -> None:
+def outbox_renew_lease(*, messages: Sequence[OutboxMessage]) -> None:
     """Tell the sweeper these rows are still being worked on (called before each slow call)."""
     OutboxMessage.objects.filter(pk__in=[m.pk for m in messages], state=State.IN_FLIGHT).update(
         claimed_at=timezone.now()
@@ -210,35 +207,13 @@ def outbox_renew_lease(messages: Sequence[OutboxMessage]) -> None:
 # --- Recording outcomes -----------------------------------------------------------------------
 
 
-@dataclass
-class Outcome:
-    """What happened to one claimed row."""
-
-    message: OutboxMessage
-    ok: bool
-    external_id: str = ""
-    external_version: str = ""
-    data: dict[str, Any] = field(default_factory=dict)
-    error_class: str = ""  # transient | permanent | business
-    error: str = ""
-    # The call may have reached the vendor (see OutboxMessage.needs_lookup).
-    maybe_applied: bool = False
-    # Never sent (our own rate limiter or circuit breaker held it back): not an attempt.
-    not_sent: bool = False
-    vendor_message: str = ""
-    retry_after: float | None = None
-
-
-def outbox_record_outcomes(outcomes: Sequence[Outcome]) -> dict[str, int]:
+def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
     """Write the results of one batch call: done rows with their cross-references, retries with
     backoff, parked rows with their exception cases, and cases closed by a later success."""
-    from integrations.sync.failures import close_cases_for, park_with_cases
-    from integrations.workflows import on_delivered
-
     now = timezone.now()
     counts = {"done": 0, "retry": 0, "parked": 0}
     succeeded = [o for o in outcomes if o.ok]
-    retry = [o for o in outcomes if not o.ok and o.error_class == "transient"]
+    retry = [o for o in outcomes if not o.ok and o.error_class == ErrorClass.TRANSIENT]
     retry_now = [o for o in retry if o.message.attempts < MAX_ATTEMPTS]
     park = [o for o in outcomes if not o.ok and o not in retry_now]
 
@@ -298,7 +273,7 @@ def outbox_record_outcomes(outcomes: Sequence[Outcome]) -> dict[str, int]:
         counts["retry"] = len(retry_now)
 
         # The next workflow step, in the same transaction as the rows it follows from.
-        on_delivered([o.message for o in succeeded])
+        on_delivered(messages=[o.message for o in succeeded])
 
     # Cases are written one root cause at a time, each in its own transaction, so a failure to
     # open one never loses the state of the rows above.
@@ -363,10 +338,12 @@ def outbox_sweep() -> dict[str, Any]:
     )
     due = list(
         OutboxMessage.objects.filter(state=State.PENDING, next_attempt_at__lte=now)
+        # order_by(): Meta.ordering would join the DISTINCT and give one value per row.
+        .order_by()
         .values_list("connection_id", flat=True)
         .distinct()
     )
-    _ring(due, force=True)
+    ring_dispatch(due, force=True)
     if released:
         logger.warning("sweeper released %d in-flight outbox rows", released)
     return {"released": released, "connections_rung": len(due)}
@@ -418,5 +395,5 @@ def outbox_replay(*, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         OutboxMessage.objects.filter(pk__in=[m.pk for m in messages]).filter(
             state=State.PARKED
         ).update(state=State.SKIPPED, last_error="Replayed; see the replay row.")
-        transaction.on_commit(lambda: _ring({m.connection_id for m in replays}), robust=True)
+        ring_dispatch({m.connection_id for m in replays})
     return replays

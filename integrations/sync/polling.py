@@ -13,35 +13,32 @@ import gc
 import logging
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from django.contrib.contenttypes.models import ContentType
-from django.db import IntegrityError, models, transaction
+from django.db import IntegrityError, transaction
 from django.db import connection as db
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from integrations.connectors.base import Connector, connector_for, micros_to_iso
-from integrations.mapping.apply import CompiledMapping, MappedRecord, map_inbound
-from integrations.mapping.canonical import VIRTUAL_MODELS, canonical_models
-from integrations.mapping.ownership import OwnershipRules, load_ownership_rules, split_by_owner
+from integrations.connectors.base import Connector
+from integrations.mapping.apply import CompiledMapping, map_inbound
+from integrations.mapping.canonical import VIRTUAL_MODELS
+from integrations.mapping.ownership import OwnershipRules, load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
-from integrations.models import Connection, CrossReference, InboundMessage, PollCursor
-from integrations.models.base import FieldSource, with_sources
+from integrations.models import (
+    Connection,
+    InboundMessage,
+    MappingSet,
+    PollCursor,
+)
 from integrations.sync.bulk import copy_insert_values
 from integrations.sync.inbound import mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
-from integrations.sync.upsert import (
-    STALE_REASON,
-    ResolvePlans,
-    UnresolvedReference,
-    canonical_upsert,
-    is_stale,
-    message_state,
-    relation_ids,
-    resolve_fields,
-)
+from integrations.sync.ring import ring_poll
+from integrations.sync.upsert import plan_upsert, write_upsert
+from integrations.timestamps import micros_to_iso
+from integrations.vendors import connector_for
 
 logger = logging.getLogger(__name__)
 State = InboundMessage.State
@@ -186,8 +183,9 @@ def _submit_page(
             "dedupe_key": f"poll:{object_type}:{external_id}:{version}"[:128],
             "source_version": version,
             "payload": record,
-            # What the plan already knows (a mapping failure, a stale version) is the row's
-            # state from the start, with the reason; the rest is applied by the other step.
+            # What the plan already knows (a mapping failure, a stale version, a relation not
+            # known, values refused, fields owned elsewhere) is the row's state from the start,
+            # with the reason; the rest is applied by the other step.
             "state": plan.notes.get(i, (State.APPLIED, ""))[0],
             "error": plan.notes.get(i, (State.APPLIED, ""))[1][:4000],
             "received_at": now,
@@ -196,7 +194,7 @@ def _submit_page(
         for i, (external_id, version, record) in enumerate(fresh)
     ]
 
-    unmappable = [row["dedupe_key"] for row in raw if row["state"] == State.FAILED]
+    unmappable = [raw[i]["dedupe_key"] for i in plan.unmapped]
 
     def finish() -> None:
         # After both steps committed: payloads the mapping cannot read open (or join) the
@@ -210,14 +208,14 @@ def _submit_page(
                 by_reason[plan.outcome["failed"][message.external_id]].append(message)
             for reason, messages in by_reason.items():
                 mapping_case_open(messages, reason)
-        # What the one-by-one path found out (a failure, a conflict, a version gone stale) goes
-        # on this page's (now committed) raw rows, in one statement; the cursor moves.
+        # What the write found out (the database refused a record) goes on this page's (now
+        # committed) raw rows, in one statement; the cursor moves.
         if plan.later:
             found = {raw[i]["dedupe_key"]: outcome for i, outcome in plan.later.items()}
             InboundMessage.objects.filter(
                 connection=connection,
                 dedupe_key__in=list(found),
-                state=State.APPLIED,
+                state__in=[State.APPLIED, State.CONFLICT],
                 replay_of__isnull=True,
             ).update(
                 state=Case(*(When(dedupe_key=k, then=Value(s)) for k, (s, _) in found.items())),
@@ -255,199 +253,6 @@ def _keep_raw(rows: list[dict[str, Any]]) -> None:
     )
 
 
-@dataclass
-class UpsertPlan:
-    """One page's upserts, decided from what was committed when it was planned."""
-
-    connection: Connection
-    rules: OwnershipRules
-    model: type[models.Model] | None = None
-    content_type: ContentType | None = None
-    creates: list[tuple[MappedRecord, dict[str, Any]]] = field(default_factory=list)
-    updates: list[tuple[MappedRecord, Any]] = field(default_factory=list)
-    xrefs: dict[str, CrossReference] = field(default_factory=dict)
-    one_by_one: list[MappedRecord] = field(default_factory=list)
-    outcome: dict[str, Any] = field(
-        default_factory=lambda: {"applied": 0, "stale": 0, "conflicts": 0, "failed": {}}
-    )
-    # By position in the page: the records not to be applied, known when planning (state, why).
-    notes: dict[int, tuple[str, str]] = field(default_factory=dict)
-    # By position in the page: what the one-by-one path found, once written (state, why).
-    later: dict[int, tuple[str, str]] = field(default_factory=dict)
-    # Where each mapped record stands in the page (by object id).
-    positions: dict[int, int] = field(default_factory=dict)
-
-
-def plan_upsert(
-    *, connection: Connection, mapped: Sequence[MappedRecord], rules: OwnershipRules
-) -> UpsertPlan:
-    """Decide, with a handful of reads for the whole page, what each record needs. The common
-    case (new records, or newer versions of records whose fields this system owns) is written
-    in bulk; a record with a conflict or an unknown reference takes the one-by-one path, which
-    explains itself."""
-    plan = UpsertPlan(connection=connection, rules=rules)
-    counts = plan.outcome
-    position = plan.positions = {id(m): i for i, m in enumerate(mapped)}
-    good = [m for m in mapped if m.ok]
-    for i, m in enumerate(mapped):
-        if not m.ok:
-            reason = "; ".join(str(e) for e in m.errors)
-            counts["failed"][m.external_id] = reason
-            plan.notes[i] = (State.FAILED, f"Mapping failed: {reason}")
-    if not good:
-        return plan
-    model_name = good[0].canonical_model
-    if model_name in VIRTUAL_MODELS:
-        return plan
-    model = plan.model = canonical_models()[model_name]
-    content_type = plan.content_type = ContentType.objects.get_for_model(model)
-
-    # Newest version per record within the page.
-    latest: dict[str, MappedRecord] = {}
-    stale = (State.STALE, STALE_REASON)
-    for m in good:
-        before = latest.get(m.external_id)
-        if before is None or m.source_version > before.source_version:
-            latest[m.external_id] = m
-            if before is not None:
-                plan.notes[position[id(before)]] = stale
-        else:
-            plan.notes[position[id(m)]] = stale
-    xrefs = plan.xrefs = {
-        x.external_id: x
-        for x in CrossReference.objects.filter(
-            connection=connection, content_type=content_type, external_id__any=list(latest)
-        )
-    }
-    fresh = []
-    for external_id, m in latest.items():
-        xref = xrefs.get(external_id)
-        if is_stale(m.source_version, xref):
-            counts["stale"] += 1
-            plan.notes[position[id(m)]] = stale
-        else:
-            fresh.append(m)
-    counts["stale"] += len(good) - len(latest)
-
-    relations = relation_ids(connection, model, [m.fields for m in fresh])
-    known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
-    existing = {r.pk: r for r in model._default_manager.filter(pk__any=known)} if known else {}
-    stamp_role = connection.role
-    plans: ResolvePlans = {}
-    for m in fresh:
-        try:
-            fields = resolve_fields(connection, model, m.fields, relations, plans)
-        except UnresolvedReference:
-            plan.one_by_one.append(m)  # the one-by-one path fails it with that reason
-            continue
-        xref = xrefs.get(m.external_id)
-        record: Any = existing.get(xref.object_id) if xref is not None else None
-        source = FieldSource(stamp_role, connection.pk, m.source_version)
-        if record is None:
-            # A new record: split_by_owner applies every field when nothing exists yet (the
-            # owner's next update replaces what a non-owner filled in), so no split is needed.
-            plan.creates.append(
-                (
-                    m,
-                    {
-                        **fields,
-                        "source_system": stamp_role,
-                        "source_version": m.source_version,
-                        "field_sources": with_sources(None, fields, source),
-                    },
-                )
-            )
-            continue
-        current = {name: getattr(record, name) for name in fields}
-        decision = split_by_owner(
-            rules, object_type=model_name, source_role=stamp_role, fields=fields, current=current
-        )
-        if decision.conflicts:
-            plan.one_by_one.append(m)
-            continue
-        for name, value in decision.applied.items():
-            setattr(record, name, value)
-        record.field_sources = with_sources(record.field_sources, decision.applied, source)
-        record.source_system = stamp_role
-        record.source_version = m.source_version
-        plan.updates.append((m, record))
-    return plan
-
-
-def write_upsert(plan: UpsertPlan) -> None:
-    """Carry a plan out (inside the caller's transaction): the bulk writes in a savepoint, and
-    when one bad row spoils them, those records one at a time, so the good ones land and each
-    bad one fails with its own reason; then the one-by-one records."""
-    counts = plan.outcome
-    one_by_one = list(plan.one_by_one)
-    if plan.model is not None and (plan.creates or plan.updates):
-        try:
-            with transaction.atomic():
-                _write(plan)
-            counts["applied"] += len(plan.creates) + len(plan.updates)
-        except IntegrityError:
-            one_by_one.extend(m for m, _ in plan.creates)
-            one_by_one.extend(m for m, _ in plan.updates)
-    for m in one_by_one:
-        result = canonical_upsert(connection=plan.connection, mapped=m, rules=plan.rules)
-        state, reason = message_state(result)
-        if result.state == "applied":
-            counts["applied"] += 1
-            counts["conflicts"] += bool(result.conflicts)
-        elif result.state == "stale":
-            counts["stale"] += 1
-        elif result.state == "failed":
-            counts["failed"][m.external_id] = result.error
-        if state != State.APPLIED:
-            plan.later[plan.positions[id(m)]] = (state, reason)
-
-
-def _write(plan: UpsertPlan) -> None:
-    model, content_type, connection = plan.model, plan.content_type, plan.connection
-    assert model is not None  # noqa: S101 - a plan with writes has both
-    assert content_type is not None  # noqa: S101
-    now = timezone.now()
-    new_ids = copy_insert_values(model, [row for _, row in plan.creates])
-    if plan.updates:
-        names = sorted({f for m, _ in plan.updates for f in _field_names(m)})
-        model._default_manager.bulk_update(
-            [r for _, r in plan.updates],
-            [*names, "source_system", "source_version", "field_sources", "updated_at"],
-            batch_size=1000,
-        )
-    copy_insert_values(
-        CrossReference,
-        [
-            {
-                "content_type_id": content_type.pk,
-                "object_id": pk,
-                "connection_id": connection.pk,
-                "external_id": m.external_id,
-                "external_version": str(m.source_version),
-                "last_synced_at": now,
-            }
-            for (m, _), pk in zip(plan.creates, new_ids, strict=True)
-        ],
-    )
-    changed = []
-    for m, _ in plan.updates:
-        xref = plan.xrefs[m.external_id]
-        xref.external_version = str(m.source_version)
-        xref.last_synced_at = now
-        changed.append(xref)
-    CrossReference.objects.bulk_update(
-        changed, ["external_version", "last_synced_at"], batch_size=1000
-    )
-
-
-def _field_names(mapped: MappedRecord) -> list[str]:
-    names = []
-    for name in mapped.fields:
-        relation, _, attr = name.partition("__")
-        names.append(relation if attr else name)
-    return names
-
-
 # Records refer to others (a time entry to its project and worker), so a connection's objects are
 # polled in this order of their canonical models, one after the other.
 DEPENDENCY_ORDER = (
@@ -470,8 +275,6 @@ DEPENDENCY_ORDER = (
 
 def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
     """Poll every object of a connection that has a published mapping, in dependency order."""
-    from integrations.models import MappingSet
-
     published = list(
         MappingSet.objects.filter(
             connection_id=connection_id, status=MappingSet.Status.PUBLISHED
@@ -484,3 +287,16 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
         for object_type, canonical_model in published
         if canonical_model not in VIRTUAL_MODELS
     }
+
+
+# Polling complements webhooks (which may be lost or not offered): every 2 minutes (beat's
+# `poll_all`, config/celery.py), each connection's changes since its cursor. A polling task that
+# waited longer than this is dropped: the next kick-off has queued a fresh one.
+POLL_INTERVAL_S = 120
+
+
+def polling_kick_off() -> int:
+    """Ring one polling task per enabled connection; returns how many."""
+    ids = list(Connection.objects.filter(enabled=True).values_list("pk", flat=True))
+    ring_poll(ids, expires=POLL_INTERVAL_S)
+    return len(ids)

@@ -1,26 +1,7 @@
-"""Business workflows. Each module owns one process; `on_delivered` calls the next step of a
-process once its outbox rows reach the target (explicitly, never through signals)."""
+"""Business workflows: one module per process. Each registers the steps that follow its
+deliveries with the sync layer (integrations/sync/steps.py) when imported; importing this
+package (integrations/apps.py does, at start-up) registers them all."""
 
-from __future__ import annotations
+from integrations.workflows import time_to_erp
 
-from collections import defaultdict
-from collections.abc import Callable, Sequence
-
-from integrations.models import OutboxMessage
-
-
-def _handlers() -> dict[tuple[str, str], Callable[[Sequence[OutboxMessage]], None]]:
-    from integrations.workflows import time_to_erp
-
-    return {(time_to_erp.PROCESS, "post_invoice"): time_to_erp.invoices_posted}
-
-
-def on_delivered(messages: Sequence[OutboxMessage]) -> None:
-    by_step: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
-    for message in messages:
-        by_step[(message.process, message.step)].append(message)
-    handlers = _handlers()
-    for key, delivered in by_step.items():
-        handler = handlers.get(key)
-        if handler is not None:
-            handler(delivered)
+__all__ = ["time_to_erp"]

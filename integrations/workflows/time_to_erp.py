@@ -3,10 +3,13 @@
 A billing run takes approved, billable time entries that have no billing event yet, validates
 them (project active, a rate for the role, a legal entity, a billable contract, an exchange rate
 when needed), turns the valid ones into billing events, groups those into draft invoices by
-contract, currency and legal entity, and writes one outbox row per invoice to the ERP connection
-that serves the legal entity, all in one transaction. Entries that fail validation stay unbilled
-and raise one exception case per root cause; the next run tries them again, and a case closes by
-itself once every entry it held has been billed.
+contract, currency and legal entity, and hands each invoice to the sync layer as a canonical
+record for the ERP connection that serves the legal entity, all in one transaction. The sync
+layer renders the ERP's payload with that connection's published Invoices mapping and writes the
+outbox row; nothing here knows a vendor's field or operation names. Entries that fail validation
+stay unbilled and raise one exception case per root cause; the next run tries them again, and a
+case closes by itself once every entry it held has been billed. An invoice the mapping cannot
+render waits on an integration admin's case and is rendered again by the next run.
 """
 
 from __future__ import annotations
@@ -22,15 +25,10 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 
 from exceptions.models import Queue
-from exceptions.services import (
-    blocked_record,
-    case_fingerprint,
-    exception_case_drop_records,
-    exception_case_open_or_join,
-)
+from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
 from integrations.models import (
     ApprovalState,
     BillingEvent,
@@ -49,7 +47,9 @@ from integrations.models import (
     TimeEntry,
 )
 from integrations.sync.bulk import copy_insert
-from integrations.sync.outbox import outbox_enqueue, outbox_message
+from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
+from integrations.sync.outbox import outbox_enqueue
+from integrations.sync.steps import delivered_step_register
 
 logger = logging.getLogger(__name__)
 
@@ -61,12 +61,14 @@ CHUNK = 5_000
 
 def max_lines_per_invoice() -> int:
     """Lines per invoice (setting CONCORD_MAX_LINES_PER_INVOICE, default 100: a month of a busy
-    project fits; Xero takes far more, but a 100-line draft is what a reviewer can still read)."""
+    project fits; an ERP takes far more, but a 100-line draft is what a reviewer can still read)."""
     return int(getattr(settings, "CONCORD_MAX_LINES_PER_INVOICE", 100))
 
 
-# Xero's default revenue account ("Sales"); the chart of accounts is the ERP's.
-XERO_SALES_ACCOUNT = "200"
+# The step that posts a draft invoice to the ERP (its outbox rows and their delivered handler).
+POST_STEP = "post_invoice"
+# Invoices rendered again per transaction when a run retries the ones a mapping refused.
+RESEND_CHUNK = 500
 CENT = Decimal("0.01")
 BILLABLE_MODELS = {Contract.BillingModel.TIME_AND_MATERIALS, Contract.BillingModel.RETAINER}
 
@@ -83,11 +85,16 @@ class BillingRunReport:
 
 @dataclass
 class _Problem:
+    """Why an entry cannot be billed: a case type of the catalogue and what it is about."""
+
     case_type: str
-    queue: str
-    subject_key: object
-    subject: str
-    reason: str
+    subject: dict[str, Any]
+
+    @property
+    def fingerprint(self) -> str:
+        return case_fingerprint(
+            case_type=self.case_type, process=PROCESS, step="validate", subject=self.subject
+        )
 
 
 def billing_run(*, limit: int | None = None) -> BillingRunReport:
@@ -95,6 +102,7 @@ def billing_run(*, limit: int | None = None) -> BillingRunReport:
     report = BillingRunReport()
     # Exchange rates and ERP routes are the same for every chunk of a run: read them once.
     books = _RunBooks(fx=_FxBook.load(), routes=_Routes.load())
+    _resend_unrendered(books.routes)
     last_id = 0
     while limit is None or report.considered < limit:
         size = CHUNK if limit is None else min(CHUNK, limit - report.considered)
@@ -138,7 +146,7 @@ def _bill_chunk(ids: Sequence[int], report: BillingRunReport, books: _RunBooks) 
     fx, routes = books.fx, books.routes
 
     billable: list[tuple[TimeEntry, Decimal]] = []
-    blocked: dict[tuple[str, Any], tuple[_Problem, list[TimeEntry]]] = {}
+    blocked: dict[str, tuple[_Problem, list[TimeEntry]]] = {}
     for entry in entries:
         contract = entry.project.contract
         if contract is not None and contract.billing_model not in BILLABLE_MODELS:
@@ -146,12 +154,14 @@ def _bill_chunk(ids: Sequence[int], report: BillingRunReport, books: _RunBooks) 
             continue
         problem = _validate(entry, rates, fx, routes)
         if problem is not None:
-            root = (problem.case_type, problem.subject_key)
-            blocked.setdefault(root, (problem, []))[1].append(entry)
+            blocked.setdefault(problem.fingerprint, (problem, []))[1].append(entry)
             report.blocked += 1
             continue
         billable.append((entry, rates.rate_for(entry)))  # type: ignore[arg-type]
-    for problem, held in blocked.values():  # one case write per root cause, not per entry
+    # One case write per root cause, not per entry; in fingerprint order, so two runs lock the
+    # cases they share in the same order.
+    for fingerprint in sorted(blocked):
+        problem, held = blocked[fingerprint]
         report.cases.add(_raise(held, problem, rates))
 
     report.billed += len(billable)
@@ -189,13 +199,17 @@ class _RateBook:
         )
 
 
+# Days an exchange rate counts for; the missing_exchange_rate case names the same number.
+FX_RECENT_DAYS = 35
+
+
 class _FxBook:
     def __init__(self, pairs: set[tuple[str, str]]) -> None:
         self.pairs = pairs
 
     @classmethod
     def load(cls) -> _FxBook:
-        recent = date.today() - timedelta(days=35)
+        recent = date.today() - timedelta(days=FX_RECENT_DAYS)
         return cls(
             set(
                 ExchangeRate.objects.filter(date__gte=recent).values_list(
@@ -231,86 +245,52 @@ class _RunBooks:
 
 def _validate(entry: TimeEntry, rates: _RateBook, fx: _FxBook, routes: _Routes) -> _Problem | None:
     project = entry.project
+    on_project = {"project_id": project.pk, "project": f"{project.code} {project.name}"}
     if project.status != Project.Status.ACTIVE:
-        return _Problem(
-            "time_on_inactive_project",
-            Queue.PMO,
-            ("project", project.pk),
-            f"project {project.code} {project.name}",
-            f"the project is {project.get_status_display().lower()}, so its time cannot be billed",
-        )
+        status = project.get_status_display().lower()
+        return _Problem("time_on_inactive_project", {**on_project, "status": status})
     if project.legal_entity is None:
-        return _Problem(
-            "project_without_legal_entity",
-            Queue.SALES_OPS,
-            ("project", project.pk),
-            f"project {project.code} {project.name}",
-            "the project has no legal entity to invoice from",
-        )
+        return _Problem("project_without_legal_entity", on_project)
     if project.contract is None:
-        return _Problem(
-            "project_without_contract",
-            Queue.SALES_OPS,
-            ("project", project.pk),
-            f"project {project.code} {project.name}",
-            "the project has no contract, so there are no billing terms",
-        )
+        return _Problem("project_without_contract", on_project)
     if rates.rate_for(entry) is None:
-        role = entry.resource.role
         return _Problem(
             "missing_rate",
-            Queue.FINANCE,
-            ("rate", project.contract_id, role, project.currency),
-            f"role {role} on contract {project.contract.number}",
-            f"no bill rate for the role {role} in {project.currency}",
+            {
+                "contract_id": project.contract_id,
+                "contract": project.contract.number,
+                "role": entry.resource.role,
+                "currency": project.currency,
+            },
         )
     base = project.legal_entity.base_currency
     if not fx.has_rate(project.currency, base):
         return _Problem(
             "missing_exchange_rate",
-            Queue.FINANCE,
-            ("fx", project.currency, base),
-            f"{project.currency} to {base}",
-            f"no exchange rate from {project.currency} to {base} in the last 35 days",
+            {"currency": project.currency, "base": base, "days": FX_RECENT_DAYS},
         )
     if routes.connection_for(project.legal_entity_id) is None:
         return _Problem(
             "no_erp_route",
-            Queue.INTEGRATION_ADMIN,
-            ("route", project.legal_entity_id),
-            f"legal entity {project.legal_entity.code}",
-            "no ERP connection is routed for this legal entity",
+            {"legal_entity_id": project.legal_entity_id, "legal_entity": project.legal_entity.code},
         )
     return None
 
 
 def _raise(entries: Sequence[TimeEntry], problem: _Problem, rates: _RateBook) -> int:
-    subject, reason = problem.subject, problem.reason
-
-    def describe(case: Any) -> str:
-        count = len(case.records)
-        noun = "time entry" if count == 1 else "time entries"
-        money = f" worth {case.currency} {case.amount_blocked:,.2f}" if case.amount_blocked else ""
-        return (
-            f"{count} approved {noun} ({case.hours_blocked:,.2f} hours{money}) on {subject} "
-            f"cannot be invoiced: {reason}."
-        )
-
-    case = exception_case_open_or_join(
-        fingerprint=case_fingerprint(PROCESS, "validate", problem.case_type, problem.subject_key),
+    case = case_open_or_join(
+        case_type=problem.case_type,
+        subject=problem.subject,
+        records=[_blocked_entry(entry, rates) for entry in entries],
         process=PROCESS,
         step="validate",
-        case_type=problem.case_type,
-        queue=problem.queue,
-        message=describe,
-        records=[_blocked_entry(entry, rates) for entry in entries],
     )
     return case.pk
 
 
-def _blocked_entry(entry: TimeEntry, rates: _RateBook) -> dict[str, Any]:
+def _blocked_entry(entry: TimeEntry, rates: _RateBook) -> Blocked:
     rate = rates.rate_for(entry)
-    return blocked_record(
+    return Blocked(
         record_type="timeentry",
         record_id=entry.pk,
         label=_line_description(entry),
@@ -321,25 +301,13 @@ def _blocked_entry(entry: TimeEntry, rates: _RateBook) -> dict[str, Any]:
 
 
 def _close_cases(billed: Sequence[TimeEntry]) -> None:
-    """Entries billed now take themselves off the validation cases that held them before."""
-    if not billed:
-        return
-    from exceptions.models import ExceptionCase
-
-    ids = {e.pk for e in billed}
-    open_cases = ExceptionCase.objects.filter(
-        process=PROCESS, step="validate", status=ExceptionCase.Status.OPEN
-    ).only("pk", "records")
-    for case in open_cases:
-        billed_here = [
-            r for r in case.records if r.get("type") == "timeentry" and r.get("id") in ids
-        ]
-        if billed_here:
-            exception_case_drop_records(
-                case_id=case.pk,
-                records=billed_here,
-                note="Closed automatically: every entry it held has since been billed.",
-            )
+    """Entries billed now take themselves off the cases of this process that held them before."""
+    if billed:
+        case_records_clear(
+            records=[("timeentry", e.pk) for e in billed],
+            process=PROCESS,
+            note="Closed automatically: every entry it held has since been billed.",
+        )
 
 
 # --- Invoices ---------------------------------------------------------------------------------
@@ -347,8 +315,8 @@ def _close_cases(billed: Sequence[TimeEntry]) -> None:
 
 def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> int:
     """Group the billable entries into draft invoices (by contract, legal entity and currency),
-    write the invoices, their billing events (one per entry, pointing at its invoice) and one
-    outbox row per invoice."""
+    write the invoices, their billing events (one per entry, pointing at its invoice), and hand
+    each invoice to the sync layer (one outbox row per invoice it can render)."""
     groups: dict[tuple[int | None, int, str], list[tuple[TimeEntry, Decimal]]]
     groups = defaultdict(list)
     for entry, rate in billable:
@@ -383,7 +351,7 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
             subtotal = sum((e.amount for e in events), Decimal("0"))
             tax = (subtotal * Decimal(tax_percent) / 100).quantize(CENT, ROUND_HALF_UP)
             invoice = Invoice(
-                legal_entity_id=entity_id,
+                legal_entity=group[0][0].project.legal_entity,  # loaded with the project
                 customer=group[0][0].project.customer,  # loaded with the project
                 contract=contract,
                 currency=currency,
@@ -404,41 +372,100 @@ def _invoice(billable: Sequence[tuple[TimeEntry, Decimal]], routes: _Routes) -> 
     # One COPY for all the billing events: at 100,000 entries an INSERT is several times slower.
     copy_insert(BillingEvent, [e for _, events in invoices for e in events])
 
+    _post(invoices, routes)
+    return len(invoices)
+
+
+def _post(
+    invoices: Sequence[tuple[Invoice, list[BillingEvent]]],
+    routes: _Routes,
+    *,
+    retried: bool = False,
+) -> None:
+    """Hand each invoice to the sync layer, which renders its ERP's payload and writes its outbox
+    row (or puts it on an integration admin's case when the mapping cannot render it)."""
     contact_ids = _contact_ids(invoices)
-    messages = []
+    items = []
     for invoice, lines in invoices:
         connection = routes.connection_for(invoice.legal_entity_id)
-        assert connection is not None  # noqa: S101 - validated per entry above
+        if connection is None:  # only a retry can meet this: its route was removed since
+            logger.warning("invoice %s has no ERP route any more; not sent", invoice.pk)
+            continue
         contact_id = contact_ids.get((connection.pk, invoice.customer_id))
-        hours = sum((e.quantity for e in lines), Decimal("0"))
-        messages.append(
-            outbox_message(
+        items.append(
+            OutboundItem(
                 connection=connection,
-                process=PROCESS,
-                step="post_invoice",
-                operation="put_invoices",
                 record=invoice,
-                version=1,
-                payload=_xero_invoice(invoice, lines, contact_id),
-                context={
-                    "what": "invoice",
-                    "subject": f"customer {invoice.customer.name}",
-                    "label": f"Draft invoice {xero_reference(invoice)} ({len(lines)} lines)",
-                    "amount": str(invoice.total),
-                    "currency": invoice.currency,
-                    "hours": str(hours),
-                    "queue": Queue.FINANCE,
-                },
+                canonical=_invoice_canonical(invoice, lines, contact_id),
+                context=_invoice_context(invoice, lines),
             )
         )
-    outbox_enqueue(messages)
-    return len(invoices)
+    messages = outbound_messages(
+        items=items,
+        canonical_model="invoice",
+        action="create",
+        process=PROCESS,
+        step=POST_STEP,
+        version=1,
+        retried=retried,
+    )
+    outbox_enqueue(messages=messages)
+
+
+def _invoice_canonical(
+    invoice: Invoice, lines: Sequence[BillingEvent], contact_id: str | None
+) -> dict[str, Any]:
+    """The draft invoice as the sync layer renders it (see OUTBOUND_FIELDS in
+    integrations/mapping/canonical.py): its fields, the customer both by its id in the target
+    (when known) and by value, the issuing entity, the contract's tax rate, one line per billing
+    event. A key Concord has no value for is left out."""
+    customer = invoice.customer
+    contract = invoice.contract
+    canonical: dict[str, Any] = {
+        "reference": invoice_reference(invoice),
+        "status": invoice.status,
+        "currency": invoice.currency,
+        "issue_date": invoice.issue_date,
+        "due_date": invoice.due_date,
+        "legal_entity__code": invoice.legal_entity.code,
+        "customer__name": customer.name,
+        "lines": [
+            {
+                "description": event.description,
+                "quantity": event.quantity,
+                "unit_amount": event.unit_amount,
+                "amount": event.amount,
+            }
+            for event in lines
+        ],
+    }
+    if contact_id:
+        canonical["customer__external_id"] = contact_id
+    if customer.tax_number:
+        canonical["customer__tax_number"] = customer.tax_number
+    if contract is not None and contract.tax_rate is not None:
+        canonical["tax_rate__code"] = contract.tax_rate.code
+    return canonical
+
+
+def _invoice_context(invoice: Invoice, lines: Sequence[BillingEvent]) -> dict[str, Any]:
+    """What the outbox row and any case about the invoice say about it."""
+    hours = sum((e.quantity for e in lines), Decimal("0"))
+    return {
+        "what": "invoice",
+        "subject": f"customer {invoice.customer.name}",
+        "label": f"Draft invoice {invoice_reference(invoice)} ({len(lines)} lines)",
+        "amount": str(invoice.total),
+        "currency": invoice.currency,
+        "hours": str(hours),
+        "queue": Queue.FINANCE,
+    }
 
 
 def _contact_ids(
     invoices: Sequence[tuple[Invoice, list[BillingEvent]]],
 ) -> dict[tuple[int, int], str]:
-    """The customer's contact id in each target ERP, where Concord knows it."""
+    """The customer's id in each target ERP, where Concord knows it."""
     customer_type = ContentType.objects.get_for_model(Customer)
     wanted = {invoice.customer_id for invoice, _ in invoices}
     return {
@@ -447,43 +474,43 @@ def _contact_ids(
     }
 
 
-def xero_reference(invoice: Invoice) -> str:
-    """The invoice's Reference in Xero: how a retry finds an invoice that was already created."""
+def invoice_reference(invoice: Invoice) -> str:
+    """Concord's reference for an invoice, sent with it: how a retried create finds the invoice
+    it already made in the ERP (look-up-before-create)."""
     return f"CONCORD-INV-{invoice.pk}"
 
 
-def _xero_invoice(
-    invoice: Invoice, lines: Sequence[BillingEvent], contact_id: str | None
-) -> dict[str, Any]:
-    contract = invoice.contract
-    tax_type = contract.tax_rate.code if contract and contract.tax_rate else None
-    # Known contact: by id. Unknown: by name, which Xero matches or creates.
-    contact: dict[str, Any] = (
-        {"ContactID": contact_id} if contact_id else {"Name": invoice.customer.name}
+def _resend_unrendered(routes: _Routes) -> None:
+    """Invoices of earlier runs still without an outbox row: their ERP's mapping could not
+    render them (their case says why). Rendered again, so a fixed mapping sends them without
+    anyone replaying anything; their case clears itself. In the usual run there are none and
+    this is one query."""
+    invoice_type = ContentType.objects.get_for_model(Invoice)
+    queued = OutboxMessage.objects.filter(
+        content_type=invoice_type, object_id=OuterRef("pk"), process=PROCESS, step=POST_STEP
     )
-    if not contact_id and invoice.customer.tax_number:
-        contact["TaxNumber"] = invoice.customer.tax_number
-    return {
-        "Type": "ACCREC",
-        "Contact": contact,
-        "Date": f"{invoice.issue_date:%Y-%m-%d}",
-        "DueDate": f"{invoice.due_date:%Y-%m-%d}",
-        "CurrencyCode": invoice.currency,
-        "Status": "DRAFT",
-        "LineAmountTypes": "Exclusive",
-        "Reference": xero_reference(invoice),
-        "LineItems": [
-            {
-                "Description": event.description,
-                # Xero's schema wants numbers; two-decimal values are exact as floats.
-                "Quantity": float(event.quantity),
-                "UnitAmount": float(event.unit_amount),
-                "AccountCode": XERO_SALES_ACCOUNT,
-                **({"TaxType": tax_type} if tax_type else {}),
-            }
-            for event in lines
-        ],
-    }
+    billed = (
+        BillingEvent.objects.filter(status=BillingEvent.Status.PENDING, invoice__isnull=False)
+        .order_by()
+        .values("invoice_id")
+    )
+    unsent = list(
+        Invoice.objects.filter(pk__in=billed, source_system="")
+        .exclude(Exists(queued))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    for start in range(0, len(unsent), RESEND_CHUNK):
+        with transaction.atomic():
+            invoices = list(
+                Invoice.objects.select_related("customer", "contract__tax_rate", "legal_entity")
+                .filter(pk__in=unsent[start : start + RESEND_CHUNK])
+                .order_by("pk")
+            )
+            lines: dict[int, list[BillingEvent]] = defaultdict(list)
+            for event in BillingEvent.objects.filter(invoice__in=invoices).order_by("pk"):
+                lines[event.invoice_id].append(event)  # type: ignore[index]
+            _post([(i, lines[i.pk]) for i in invoices], routes, retried=True)
 
 
 # --- After delivery ---------------------------------------------------------------------------
@@ -491,16 +518,20 @@ def _xero_invoice(
 
 def invoices_posted(messages: Sequence[OutboxMessage]) -> None:
     """The ERP has the draft invoices: record its numbers and mark their billing events invoiced."""
-    posted = {m.object_id: m.result for m in messages}
+    # The ERP's answer, read through its published mapping: canonical fields, no vendor names.
+    posted = {m.object_id: outbound_answer(m) for m in messages}
     invoices = Invoice.objects.in_bulk(list(posted))
-    for invoice_id, result in posted.items():
+    for invoice_id, answer in posted.items():
         invoice = invoices.get(invoice_id)
         if invoice is None:
             continue
-        invoice.number = str(result.get("InvoiceNumber") or invoice.number)
+        invoice.number = str(answer.get("number") or invoice.number)
         invoice.status = Invoice.Status.DRAFT
         invoice.source_system = SystemRole.ERP
     Invoice.objects.bulk_update(list(invoices.values()), ["number", "status", "source_system"])
     BillingEvent.objects.filter(invoice_id__in=list(posted)).update(
         status=BillingEvent.Status.INVOICED
     )
+
+
+delivered_step_register(process=PROCESS, step=POST_STEP, handler=invoices_posted)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.db import connection
 
-from integrations.selectors.health import health_report
+from dashboards.health import health_report
 from tests.processes import Proc, beat_proc, process_env, running, wait_until, worker_proc
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]

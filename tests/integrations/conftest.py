@@ -1,6 +1,6 @@
 """Fixtures for the connector and sync tests: real sandbox subprocess, Redis and PostgreSQL.
 
-The sandbox runs once per session (``python -m integrations.sandbox --seed none``) on a free
+The sandbox runs once per session (``python -m sandbox --seed none``) on a free
 loopback port and is reset through its control API before each test that uses it. Redis keys
 get a prefix unique to the test, so runs (and other suites on the same Redis) never share
 limiter or breaker state.
@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from integrations.connectors import limits as limits_module
-from integrations.connectors import xero as xero_module
 from integrations.connectors.http import forget_tokens
 from integrations.models import Connection
+from integrations.vendors.xero import connector as xero_module
 from tests.processes import free_port, running, sandbox_proc, wait_for_sandbox
 
 REPO = Path(__file__).resolve().parents[2]

@@ -21,7 +21,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
 
-from integrations.services.demo import demo_data_seed, demo_users_reset
+from integrations.management.demo import demo_data_seed, demo_users_reset
 
 # /healthz is ok once the worker and beat have each written a heartbeat: a few seconds after
 # start on this 2-core machine. 90 s is the promise in the README; past it, something is wrong.
@@ -97,7 +97,7 @@ class Command(BaseCommand):
         commands["sandbox"] = [
             python,
             "-m",
-            "integrations.sandbox",
+            "sandbox",
             "--port",
             str(sandbox_port),
             "--seed",
@@ -182,7 +182,7 @@ class Command(BaseCommand):
             "",
             f"Concord is running: http://127.0.0.1:{port}   (health: /healthz, API: /api/v1/docs/)",
             f"Processes: {', '.join(names)}; logs in {log_dir}/",
-            f"Vendor sandbox: http://127.0.0.1:{sandbox_port} (see integrations/sandbox/README.md)",
+            f"Vendor sandbox: http://127.0.0.1:{sandbox_port} (see sandbox/README.md)",
             f"Demo firm: {counts['projects']} projects, {counts['time_entries']} time entries",
             "Demo logins (new passwords on every start):",
             *[f"  {user:<18} {password}" for user, password in passwords.items()],

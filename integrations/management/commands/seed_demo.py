@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from integrations.services.demo import demo_data_seed, demo_users_reset
+from integrations.management.demo import demo_data_seed, demo_users_reset
 
 
 class Command(BaseCommand):

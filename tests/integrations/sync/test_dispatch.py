@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 
 from exceptions.models import ExceptionCase
-from integrations.connectors.base import connector_for
+from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
     ApprovalState,
     BillingEvent,
@@ -31,7 +31,8 @@ from integrations.models import (
 )
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.outbox import outbox_replay
-from integrations.workflows.time_to_erp import billing_run, xero_reference
+from integrations.vendors import connector_for
+from integrations.workflows.time_to_erp import billing_run, invoice_reference
 from tests.integrations.conftest import NEW_TENANT, Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +54,7 @@ def firm(make_connection: Callable[..., Connection]) -> dict[str, object]:
         requires_customer_tax_number=True,
     )
     xero = make_connection("xero", rate_limit_per_minute=600)
+    mapping_defaults_install(connection=xero)  # invoices are rendered by its published mapping
     RoutingRule.objects.create(role="erp", connection=xero)
     RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
     worker = Resource.objects.create(
@@ -143,7 +145,7 @@ def test_poison_invoice_is_parked_with_a_readable_reason_while_others_flow(
     assert case.status == ExceptionCase.Status.RESOLVED
     assert sandbox.stats("xero", "Invoices")["created"] == 3
     references = {r["data"]["Reference"] for r in sandbox.records("xero", "Invoices", NEW_TENANT)}
-    assert references == {xero_reference(i) for i in Invoice.objects.all()}
+    assert references == {invoice_reference(i) for i in Invoice.objects.all()}
 
 
 def _fix_tax_number_in_xero(sandbox: Sandbox, xero: Connection, name: str, vat: str) -> None:
@@ -183,7 +185,7 @@ def test_older_version_goes_first_and_a_stale_one_is_skipped(
         )
         for version in (2, 1)
     ]
-    outbox_enqueue(rows)
+    outbox_enqueue(messages=rows)
     first = outbox_claim(connection_id=xero.pk, limit=10, worker="w")
     assert [m.record_version for m in first] == [1]  # v2 waits for v1
     assert outbox_claim(connection_id=xero.pk, limit=10, worker="w") == []
@@ -204,6 +206,6 @@ def test_older_version_goes_first_and_a_stale_one_is_skipped(
         context={},
     )
     late.idempotency_key += ":late"
-    outbox_enqueue([late])
+    outbox_enqueue(messages=[late])
     assert outbox_claim(connection_id=xero.pk, limit=10, worker="w") == []
     assert OutboxMessage.objects.get(idempotency_key=late.idempotency_key).state == "skipped"

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 
 from exceptions.models import ExceptionCase
-from integrations.connectors.base import connector_for
 from integrations.mapping.services import mapping_defaults_install
 from integrations.models import Connection, CrossReference, Customer, InboundMessage
 from integrations.sync.inbound import inbound_process, inbound_replay
 from integrations.sync.webhooks import webhook_receive
+from integrations.vendors import connector_for
 from tests.integrations.conftest import NEW_TENANT, Sandbox
 
 pytestmark = pytest.mark.django_db

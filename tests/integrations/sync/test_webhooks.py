@@ -110,7 +110,7 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
 
     rung: list[int] = []
     monkeypatch.setattr(
-        webhooks, "ring_inbound", lambda connection_id, **kw: rung.append(connection_id)
+        webhooks, "ring_inbound", lambda connection_ids, **kw: rung.extend(connection_ids)
     )
     body = _xero_body()
     response = post(f"/webhooks/{xero.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))

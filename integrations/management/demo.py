@@ -64,7 +64,7 @@ def demo_users_reset() -> dict[str, str]:
     return passwords
 
 
-# The sandbox's published demo credentials (integrations/sandbox/README.md, "Credentials").
+# The sandbox's published demo credentials (sandbox/README.md, "Credentials").
 SANDBOX_LEGACY_TENANT = "6b1f4c2e-3a5d-4e8f-9a7b-1c2d3e4f5a01"
 SANDBOX_NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
 

@@ -6,6 +6,7 @@ import time
 from datetime import timedelta
 from typing import Any
 
+from celery import current_app
 from django.conf import settings
 from django.db import connection
 from django.utils import timezone
@@ -25,8 +26,7 @@ def _probe_database() -> dict[str, Any]:
 
 
 def _probe_broker() -> dict[str, Any]:
-    from config.celery import app
-
+    app = current_app  # the project's Celery app (config/celery.py), set as current at start
     started = time.perf_counter()
     try:
         with app.connection_for_write() as conn:

@@ -1,0 +1,1 @@
+"""The sync engine: inbound, the canonical upsert, the outbox and its dispatch."""

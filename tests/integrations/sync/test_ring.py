@@ -1,0 +1,113 @@
+"""Ringing workers (integrations/sync/ring.py): by task name, on commit, debounced, one ring per
+connection however many rows wait. Messages are read back from the real Redis broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import transaction
+
+from integrations.flags import flag_clear
+from integrations.models import OutboxMessage
+from integrations.sync import ring
+from integrations.sync.outbox import outbox_message, outbox_sweep
+from tests.factories import CustomerFactory, make_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    for queue in ("celery", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
+        client.delete(queue)
+    yield client
+    for queue in ("celery", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
+        client.delete(queue)
+
+
+def _queued(broker: redis.Redis, queue: str) -> list[tuple[str, list[int]]]:
+    """(task name, args) of each message waiting in a queue."""
+    found = []
+    for raw in broker.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        body = json.loads(base64.b64decode(message["body"]))
+        found.append((message["headers"]["task"], body[0]))
+    return found
+
+
+def test_a_ring_inside_a_transaction_waits_for_the_commit(broker: redis.Redis) -> None:
+    flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:41")
+    with transaction.atomic():
+        ring.ring_inbound([41])
+        assert _queued(broker, "celery") == []  # not before the commit
+    assert _queued(broker, "celery") == [(ring.PROCESS_INBOUND_BATCH, [41])]
+
+
+def test_a_ring_in_a_rolled_back_transaction_is_never_sent(broker: redis.Redis) -> None:
+    flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:42")
+
+    def ring_then_fail() -> None:
+        with transaction.atomic():
+            ring.ring_inbound([42])
+            raise RuntimeError("rolled back")
+
+    with pytest.raises(RuntimeError, match="rolled back"):
+        ring_then_fail()
+    assert _queued(broker, "celery") == []
+
+
+def test_rings_while_one_waits_add_nothing_until_the_task_starts(broker: redis.Redis) -> None:
+    flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:43")
+    for _ in range(50):
+        ring.ring_inbound([43])
+    assert len(_queued(broker, "celery")) == 1
+    ring.ring_answered(ring.PROCESS_INBOUND_BATCH, 43)  # the queued task has started
+    ring.ring_inbound([43])
+    assert len(_queued(broker, "celery")) == 2
+
+
+def test_dispatch_rings_go_to_the_vendor_queue_by_name(broker: redis.Redis) -> None:
+    xero = make_connection()
+    harvest = make_connection(name="Harvest", role="psa", vendor="harvest")
+    for connection in (xero, harvest):
+        flag_clear(f"ring:{ring.DISPATCH_OUTBOX}:{connection.pk}")
+    ring.ring_dispatch([xero.pk, harvest.pk])
+    assert _queued(broker, "outbox.xero") == [(ring.DISPATCH_OUTBOX, [xero.pk])]
+    assert _queued(broker, "outbox.harvest") == [(ring.DISPATCH_OUTBOX, [harvest.pk])]
+
+
+def test_one_sweep_rings_each_connection_once_however_many_rows_wait(
+    broker: redis.Redis,
+) -> None:
+    connections = [
+        make_connection(name=f"Xero {i}", base_url=f"http://127.0.0.1:8100/x{i}") for i in range(3)
+    ]
+    customer = CustomerFactory.create()
+    rows = [
+        outbox_message(
+            connection=connection,
+            process="time_to_erp",
+            step="post_invoice",
+            operation="put_invoices",
+            record=customer,
+            version=index * 1000 + version,  # the idempotency key is per record version
+            payload={},
+        )
+        for index, connection in enumerate(connections)
+        for version in range(1, 1001)
+    ]
+    OutboxMessage.objects.bulk_create(rows, batch_size=1000)  # no enqueue ring: the sweep's own
+    assert OutboxMessage.objects.filter(state="pending").count() == 3000
+
+    report = outbox_sweep()
+
+    assert report["connections_rung"] == 3
+    assert sorted(args[0] for _, args in _queued(broker, "outbox.xero")) == sorted(
+        c.pk for c in connections
+    )
