@@ -149,10 +149,14 @@ def test_every_call_is_recorded_and_linked_to_its_outbox_rows(
         idempotency_key="test-create-client",
         next_attempt_at=timezone.now(),
     )
+    # Every Harvest answer takes at least 120 ms: the recorded latency must show it.
+    sandbox.faults("harvest", latency_ms=120)
     connector = connector_for(harvest_connection)
+    started = time.monotonic()
     result = connector.write(
         "create_client", [{"name": "Acme"}], idempotency_key="k", message_ids=[message.pk]
     )[0]
+    elapsed_ms = (time.monotonic() - started) * 1000
     assert result.ok
 
     attempts = SyncAttempt.objects.filter(connection=harvest_connection).order_by("id")
@@ -161,7 +165,7 @@ def test_every_call_is_recorded_and_linked_to_its_outbox_rows(
     assert create is not None
     assert create.outcome == "success"
     assert create.status_code == 201
-    assert create.latency_ms >= 0
+    assert 120 <= create.latency_ms <= elapsed_ms
     assert '"name":"Acme"' in create.vendor_response
     assert list(create.messages.all()) == [message]
 

@@ -281,8 +281,9 @@ def test_post_invoice_updates_one_and_maps_refusals_per_item(
         idempotency_key="p-bad",
     )[0]
     assert isinstance(refused.error, BusinessError)
-    assert "Invoice not of valid status" in refused.error.vendor_message or (
-        "cannot" in refused.error.vendor_message
+    # A draft cannot jump to PAID: Xero's own words, kept for the person who reads the case.
+    assert refused.error.vendor_message == (
+        "Invoice not of valid status for modification. Current status: DRAFT"
     )
 
     missing = connector.write(
