@@ -28,26 +28,62 @@ URL_FORMFIELD: dict[type[models.Field[Any, Any]], dict[str, Any]] = {
 SYNC_FIELDS = ("source_system", "source_version", "field_sources", "created_at", "updated_at")
 
 
-class RecordAdmin(admin.ModelAdmin[Any]):
-    """A canonical record's admin. The form checks what a person typed; the write goes through
-    the one write path as the API's does (validated, stamped as the person's, audited)."""
+class ServiceWrittenAdmin(admin.ModelAdmin[Any]):
+    """An admin whose saves and deletes go through an audited service, as the API's do. The form
+    checks what a person typed; a subclass names the service."""
+
+    def create(self, *, model: type[Any], data: dict[str, Any], actor: Any) -> Any:
+        raise NotImplementedError
+
+    def update(self, *, obj: Any, data: dict[str, Any], actor: Any) -> None:
+        raise NotImplementedError
+
+    def delete(self, *, obj: Any, actor: Any) -> None:
+        raise NotImplementedError
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         names = {f.name for f in obj._meta.concrete_fields}
         if change:
             edited = {n: form.cleaned_data[n] for n in form.changed_data if n in names}
-            record_update(record=obj, data=edited, actor=request.user)
+            self.update(obj=obj, data=edited, actor=request.user)
         else:
             data = {n: form.cleaned_data[n] for n in form.fields if n in names}
-            obj.pk = record_create(model=type(obj), data=data, actor=request.user).pk
+            obj.pk = self.create(model=type(obj), data=data, actor=request.user).pk
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        record_delete(record=obj, actor=request.user)
+        self.delete(obj=obj, actor=request.user)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         with transaction.atomic():
-            for record in queryset:
-                record_delete(record=record, actor=request.user)
+            for obj in queryset:
+                self.delete(obj=obj, actor=request.user)
+
+
+class RecordAdmin(ServiceWrittenAdmin):
+    """A canonical record's admin: the one write path (validated, stamped as the person's,
+    audited)."""
+
+    def create(self, *, model: type[Any], data: dict[str, Any], actor: Any) -> Any:
+        return record_create(model=model, data=data, actor=actor)
+
+    def update(self, *, obj: Any, data: dict[str, Any], actor: Any) -> None:
+        record_update(record=obj, data=data, actor=actor)
+
+    def delete(self, *, obj: Any, actor: Any) -> None:
+        record_delete(record=obj, actor=actor)
+
+
+class ConfigRowAdmin(ServiceWrittenAdmin):
+    """A configuration row's admin: validated and audited (integrations/services/config_rows)."""
+
+    def create(self, *, model: type[Any], data: dict[str, Any], actor: Any) -> Any:
+        return config_row_create(model=model, data=data, actor=actor)
+
+    def update(self, *, obj: Any, data: dict[str, Any], actor: Any) -> None:
+        config_row_update(row=obj, data=data, actor=actor)
+
+    def delete(self, *, obj: Any, actor: Any) -> None:
+        config_row_delete(row=obj, actor=actor)
 
 
 def _record_admin(model: type[m.CanonicalRecord]) -> type[admin.ModelAdmin[Any]]:
@@ -137,27 +173,6 @@ class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
                 **fields,
             )
             obj.pk = created.pk
-
-
-class ConfigRowAdmin(admin.ModelAdmin[Any]):
-    """A configuration row's admin: writes go through the audited service, as the API's do."""
-
-    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        names = {f.name for f in obj._meta.concrete_fields}
-        if change:
-            edited = {n: form.cleaned_data[n] for n in form.changed_data if n in names}
-            config_row_update(row=obj, data=edited, actor=request.user)
-        else:
-            data = {n: form.cleaned_data[n] for n in form.fields if n in names}
-            obj.pk = config_row_create(model=type(obj), data=data, actor=request.user).pk
-
-    def delete_model(self, request: HttpRequest, obj: Any) -> None:
-        config_row_delete(row=obj, actor=request.user)
-
-    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
-        with transaction.atomic():
-            for row in queryset:
-                config_row_delete(row=row, actor=request.user)
 
 
 @admin.register(m.CrossReference)
