@@ -7,10 +7,13 @@ values are UTC without a zone), any number of fraction digits; and Xero's Micros
 milliseconds since the epoch in UTC; the offset only says which zone the value was entered in,
 so the instant does not depend on it. Every result is an aware datetime in UTC.
 
-Written back (``format_iso``, ``format_salesforce``, ``format_xero``) and counted in
-microseconds since the epoch (``to_micros``, ``from_micros``), the unit of every source version
-(``InboundMessage.source_version``, a poll cursor's position); ``micros_to_iso`` turns a
-version back into the ``since`` a connector reads from.
+Written back (``format_iso``, ``format_salesforce``, ``format_xero``, ``format_rfc3339``) and
+counted in microseconds since the epoch (``to_micros``, ``from_micros``), the unit of every
+source version (``InboundMessage.source_version``, a poll cursor's position, a cross-reference's
+``external_version``); ``micros_to_iso`` turns a version back into the ``since`` a connector
+reads from. ``version_micros`` reads a version whatever it was stored as: the micros digits
+Concord writes, or a vendor's own stamp (what cross-references held before versions had one
+unit: Xero's ``/Date(...)/`` after a push).
 
 Arithmetic is on integers and timedeltas, never floats: a millisecond stamp stays exact
 (``datetime.fromtimestamp(ms / 1000)`` can land a microsecond off).
@@ -84,6 +87,20 @@ def micros_of(value: str | None) -> int:
     return to_micros(parse_timestamp(value)) if value else 0
 
 
+def version_micros(value: str | int | None) -> int:
+    """A version in microseconds since the epoch: an int as it is, a text of digits (Concord's
+    own form) as that number, any vendor stamp ``parse_timestamp`` reads as its instant, and
+    nothing (``None``, ``""``) as 0. ValueError names a text that is none of these."""
+    if value is None or value == "":
+        return 0
+    if isinstance(value, int):
+        return value
+    text = value.strip()
+    if text.isdigit() or (text[:1] == "-" and text[1:].isdigit()):
+        return int(text)
+    return to_micros(parse_timestamp(text))
+
+
 def micros_to_iso(micros: int) -> str:
     """A source version back to an ISO ``since``: ``2024-05-01T10:00:00.123456Z``."""
     return from_micros(micros).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -98,6 +115,13 @@ def format_salesforce(moment: datetime) -> str:
     """``2026-08-28T09:00:10.250+0000``: milliseconds and a numeric offset."""
     utc = _as_utc(moment)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}+0000"
+
+
+def format_rfc3339(micros: int) -> str:
+    """``2026-09-06T09:11:00.250Z``: an RFC 3339 date-time (an OpenAPI ``date-time``) to the
+    millisecond, with its offset, as Xero's ``If-Modified-Since`` is specified."""
+    utc = from_micros(micros)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
 
 def format_xero(moment: datetime) -> str:

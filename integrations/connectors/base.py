@@ -18,9 +18,13 @@ salesforce create_account|opportunity|contract (200),         Account, Opportuni
 
 ``since`` for ``read_changed`` is an ISO-8601 timestamp (``2024-05-01T10:00:00.123Z``; no
 zone means UTC) or None for everything; each connector turns it into the vendor's filter.
-``version_of`` gives the modstamp as microseconds since the epoch, the unit of
-``InboundMessage.source_version``; ``integrations.timestamps`` reads the vendors' stamps and
-turns a version back into a ``since`` (``micros_to_iso``).
+``read_pages`` is the same read as pages that carry their own cursor and the next one, and
+starts at a given cursor: the poller reads a failed page again where it failed, and resumes an
+unfinished read after the last page it stored. ``version_of`` gives the modstamp as
+microseconds since the epoch, the unit of ``InboundMessage.source_version`` and of a write's
+``ItemResult.external_version`` (converted from the vendor's stamp on assignment);
+``integrations.timestamps`` reads the vendors' stamps and turns a version back into a
+``since`` (``micros_to_iso``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any, ClassVar, Protocol
 
 from integrations.connectors.errors import ConnectorError, PermanentError
 from integrations.connectors.http import VendorHTTP
+from integrations.timestamps import version_micros
 
 
 @dataclass
@@ -39,15 +44,40 @@ class ItemResult:
 
     ok: bool
     external_id: str = ""
-    external_version: str = ""  # vendor's modstamp/UpdatedDateUTC as a string
+    # The vendor record's version in Concord's one unit: microseconds since the epoch, as
+    # digits (what polls compare against; see ``__setattr__``).
+    external_version: str = ""
     error: ConnectorError | None = None
     data: dict[str, Any] = field(default_factory=dict)  # the vendor's record as returned
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Connectors hand over the vendor's own stamp (Xero's ``/Date(1796153857772+0000)/``,
+        # Harvest's ISO ``updated_at``, Salesforce's ``SystemModstamp``), at construction or
+        # later; it is stored as microseconds here, the one place every write result passes,
+        # so a cross-reference written after a push compares with a polled version (a poll
+        # once did ``int()`` on Xero's string and failed every cycle).
+        if name == "external_version":
+            value = _version_text(value)
+        object.__setattr__(self, name, value)
+
+
+def _version_text(value: Any) -> str:
+    """A vendor stamp as micros digits; "" for none, and for a stamp no reader knows (a
+    version nobody can compare is no version: the next poll applies the record again)."""
+    try:
+        micros = version_micros(value if isinstance(value, str | int) else None)
+    except ValueError:
+        return ""
+    return str(micros) if micros else ""
 
 
 @dataclass
 class Page:
     records: list[dict[str, Any]]
-    next_cursor: str | None  # opaque, for paging within one read
+    next_cursor: str | None  # opaque, for paging within one read; None at the end
+    # The cursor this page was read at (None: the read's first page), so a reader that
+    # stored the page before can ask for the one after it again.
+    cursor: str | None = None
 
 
 class Connector(Protocol):
@@ -79,6 +109,18 @@ class Connector(Protocol):
 
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
         """One page of ``read_changed``; ``next_cursor`` None means the end."""
+        ...
+
+    def read_pages(
+        self, object_type: str, since: str | None, cursor: str | None = None
+    ) -> Iterator[Page]:
+        """``read_changed`` as pages that say where they stand, starting at ``cursor`` (a
+        ``next_cursor`` given earlier: the page to read again after a failure or a crash)."""
+        ...
+
+    def base_currency(self) -> str | None:
+        """The currency the vendor account keeps its books in, where the vendor has one
+        (Xero's organisation); None where it has not."""
         ...
 
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
@@ -146,14 +188,23 @@ class BaseConnector:
         return PermanentError(f"unknown {self.vendor} {what}: {name}")
 
     def read_changed(self, object_type: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
-        cursor: str | None = None
-        while True:
-            page = self.read_page(object_type, since, cursor)
+        for page in self.read_pages(object_type, since):
             if page.records:
                 yield page.records
+
+    def read_pages(
+        self, object_type: str, since: str | None, cursor: str | None = None
+    ) -> Iterator[Page]:
+        while True:
+            page = self.read_page(object_type, since, cursor)
+            page.cursor = cursor
+            yield page
             if not page.next_cursor:
                 return
             cursor = page.next_cursor
+
+    def base_currency(self) -> str | None:
+        return None
 
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
         raise NotImplementedError

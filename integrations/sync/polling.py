@@ -4,25 +4,51 @@ The cursor per (connection, object) holds the newest modification stamp read and
 at exactly that stamp. Reads ask for `>= stamp` (inclusive), so a record sharing the stamp of
 the last one read is never skipped; the ids at the stamp are what is not read twice. The cursor
 moves only in the transaction that stored the records it covers: a crash re-reads, never skips.
+
+Reads that finish (a long read under a steady failure rate):
+
+- A page whose read fails (a timeout, a 5xx, a 429) is read again where it failed, after a
+  backoff that honours Retry-After, up to ``PAGE_ATTEMPTS`` times in a row; then the poll goes
+  on from that page. Starting over instead would almost never finish: at 15% failed reads, a
+  50-page read succeeds whole 0.85^50 = 0.03% of the time.
+- Vendors that list in stamp order (Xero, Salesforce) move the cursor page by page, so a poll
+  that dies resumes at the last page stored. Harvest lists newest first: its cursor can only
+  move to the newest stamp once every page is stored. Reading oldest first by windows of
+  ``updated_since`` is not possible (Harvest has no upper bound and no sort), so the page
+  position is stored instead, alongside the stamp (``PollCursor.resume``: the next page's
+  ``links.next`` query, the newest stamp read so far and the ids at it), in the transaction of
+  each page. A poll killed mid-read starts at the page after the last one stored, with the same
+  ``updated_since``. Cursor paging (a keyset, ``after id``) is exact; page numbers (time
+  entries have no cursor) stay right when records are created or changed meanwhile (they only
+  push records to later pages: read twice, deduplicated), and a record deleted meanwhile moves
+  one record to the page before, which a resumed read may then miss until its next change.
+- One object type's failure never skips the others: ``poll_connection`` polls each on its own.
+- A failure is recorded on its cursor (``last_error``, ``failing_since``), shown with the
+  connection's health on the integration admin page and in the API; a cursor that has not
+  succeeded within ``poll_stale_after_s()`` opens a ``poll_stale`` case (``poll_stale_check``, from
+  beat), which closes when the poll succeeds again.
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db import connection as db
 from django.db.models import Case, Value, When
 from django.utils import timezone
 
-from integrations.connectors.base import Connector
-from integrations.mapping.apply import CompiledMapping, map_inbound
+from exceptions.services import Blocked, case_open_or_join, case_records_clear
+from integrations.connectors.base import Connector, Page
+from integrations.connectors.errors import ConnectorError, TransientError
+from integrations.mapping.apply import CompiledMapping, MappedRecord, map_inbound
 from integrations.mapping.canonical import VIRTUAL_MODELS
 from integrations.mapping.ownership import OwnershipRules, load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
@@ -32,10 +58,12 @@ from integrations.models import (
     MappingSet,
     PollCursor,
 )
-from integrations.sync.bulk import copy_insert_values
-from integrations.sync.inbound import mapping_case_open
+from integrations.selectors import POLL_INTERVAL_S, poll_stale_after_s, poll_stale_q
+from integrations.sync.bulk import copy_insert_values, cyclic_gc_paused
+from integrations.sync.inbound import inbound_page_cases, mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.ring import ring_poll
+from integrations.sync.tenancy import TenantFacts, tenant_facts, tenant_fill
 from integrations.sync.upsert import plan_upsert, write_upsert
 from integrations.timestamps import micros_to_iso
 from integrations.vendors import connector_for
@@ -52,48 +80,69 @@ class PollReport:
     failed: int = 0
     conflicts: int = 0
     pages: int = 0
+    retries: int = 0  # page reads repeated after a transient failure
+    error: str = ""  # why the poll of this object stopped (poll_connection carries on)
+
+
+# A failed page read is tried again up to this many times in a row (then the poll stops and
+# the next one resumes there). At a 15% failure rate a page fails 6 times running with
+# p = 0.15^6 = 1.1e-5, so a 50-page read stops early with p = 6e-4. The waits double from
+# RETRY_BASE_S (1, 2, 4, 8, 16 s: at most ~31 s for one page) up to RETRY_CAP_S; a vendor's
+# Retry-After is waited out if it is longer, unless it exceeds RETRY_AFTER_MAX_S (Xero's day
+# limit says hours): then the poll stops, and beat's next poll tries again. Settings
+# CONCORD_POLL_PAGE_ATTEMPTS, CONCORD_POLL_RETRY_BASE_S override them (tests).
+PAGE_ATTEMPTS = 6
+RETRY_BASE_S = 1.0
+RETRY_CAP_S = 30.0
+RETRY_AFTER_MAX_S = 60.0
+_sleep = time.sleep  # the backoff's wait (tests record it instead)
 
 
 def poll_object(
     *, connection_id: int, object_type: str, page_size: int | None = None
 ) -> PollReport:
     """Read every change of one object since the cursor and apply it. ``page_size``: the
-    vendor's page size for this read (tests), else the connector's (the vendor's maximum)."""
+    vendor's page size for this read (tests), else the connector's (the vendor's maximum).
+    A failure is recorded on the cursor, then raised."""
     report = PollReport()
-    connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
-    if connection is None:
-        return report
-    mapping = mapping_load_published(connection_id=connection_id, object_type=object_type)
-    if mapping is None:
-        logger.warning("no published mapping for %s on %s: not polled", object_type, connection)
-        return report
-    cursor, _ = PollCursor.objects.get_or_create(connection=connection, object_type=object_type)
-    PollCursor.objects.filter(pk=cursor.pk).update(last_polled_at=timezone.now())
-    rules = load_ownership_rules()
-    connector = connector_for(connection, **({"page_size": page_size} if page_size else {}))
-    writer = PageWriter()
-    try:
-        with _cyclic_gc_paused():
-            _poll(connector, connection, mapping, cursor, rules, report, writer)
-    finally:
-        writer.close()
-        connector.close()
+    _poll_object(report, connection_id, object_type, page_size)
     return report
 
 
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pages of parsed JSON are hundreds of thousands of objects, none of them in a reference
-    cycle; each allocation burst would start the cyclic collector, which then walks them all
-    (a quarter of a poll's CPU time). Reference counting still frees everything; the collector
-    runs again as soon as the poll is over."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+def _poll_object(
+    report: PollReport, connection_id: int, object_type: str, page_size: int | None
+) -> None:
+    connection = Connection.objects.filter(pk=connection_id, enabled=True).first()
+    if connection is None:
+        return
+    mapping = mapping_load_published(connection_id=connection_id, object_type=object_type)
+    if mapping is None:
+        logger.warning("no published mapping for %s on %s: not polled", object_type, connection)
+        return
+    cursor, _ = PollCursor.objects.get_or_create(connection=connection, object_type=object_type)
+    PollCursor.objects.filter(pk=cursor.pk).update(last_polled_at=timezone.now())
     try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+        rules = load_ownership_rules()
+        connector = connector_for(connection, **({"page_size": page_size} if page_size else {}))
+        writer = PageWriter()
+        try:
+            facts = tenant_facts(connection=connection, connector=connector, mapping=mapping)
+            with cyclic_gc_paused():
+                _poll(connector, connection, mapping, cursor, rules, report, writer, facts)
+        finally:
+            writer.close()
+            connector.close()
+    except Exception as exc:
+        poll_failure_record(cursor_id=cursor.pk, error=_describe(exc))
+        raise
+    poll_success_record(cursor_id=cursor.pk)
+
+
+def _describe(exc: BaseException) -> str:
+    """What the admin page shows: the stable phrase and the vendor's own words."""
+    text = str(exc) or type(exc).__name__
+    vendor = getattr(exc, "vendor_message", "")
+    return f"{text} | vendor: {vendor}" if vendor else text
 
 
 def _poll(
@@ -104,42 +153,94 @@ def _poll(
     rules: OwnershipRules,
     report: PollReport,
     writer: PageWriter,
+    facts: TenantFacts,
 ) -> None:
     since = micros_to_iso(int(cursor.position)) if cursor.position else None
-    seen_at_position = set(cursor.ids_at_position)
-    position = int(cursor.position or 0)
-    stamp = int(cursor.position) if cursor.position else -1  # the stamp `seen_at_position` is at
-    # Vendors that list newest first (Harvest) cannot move the cursor until the read is done.
-    per_page = connector.ordered_reads
-    pending: list[tuple[str, int]] = []
+    # The records the last poll read at the cursor's stamp (read again by `>=`: skipped) ...
+    stamp, at_stamp = int(cursor.position or 0), frozenset(cursor.ids_at_position)
+    # ... and the newest stamp read and the ids read at it, moved on by every page.
+    newest, at_newest = stamp, set(at_stamp)
+    # Vendors that list newest first (Harvest) cannot move the cursor until the read is done;
+    # they keep the page position instead, and a read that stopped goes on from it.
+    ordered = connector.ordered_reads
+    start: str | None = None
+    resume = cursor.resume or {}
+    if not ordered and resume.get("next") and resume.get("since") == cursor.position:
+        start = str(resume["next"])
+        newest, at_newest = int(resume["newest"]), set(resume["ids"])
     outcomes: list[dict[str, Any]] = []
-    for records in connector.read_changed(cursor.object_type, since):
-        report.pages += 1
-        fresh = []
-        for record in records:
-            external_id, version = connector.version_of(cursor.object_type, record)
-            if version == stamp and external_id in seen_at_position:
-                continue  # read at the cursor's stamp last time
-            fresh.append((external_id, version, record))
-        report.read += len(fresh)
-        pending.extend((external_id, version) for external_id, version, _ in fresh)
-        advance = None
-        if per_page:
-            position, seen_at_position = _next_position(pending, position, seen_at_position)
-            stamp, advance, pending = position, (position, sorted(seen_at_position)), []
-        outcomes.append(_submit_page(writer, connection, mapping, cursor, fresh, rules, advance))
-    if pending:
-        position, seen_at_position = _next_position(pending, position, seen_at_position)
-        final = (position, sorted(seen_at_position))
-        # A final step: it runs once every page before it has committed.
-        writer.submit(PageJob(steps=[], final=lambda: _save_cursor(cursor, *final)))
+    try:
+        for page in _read_pages(connector, cursor.object_type, since, start, report):
+            report.pages += 1
+            fresh = []
+            for record in page.records:
+                external_id, version = connector.version_of(cursor.object_type, record)
+                if (version == stamp and external_id in at_stamp) or (
+                    version == newest and external_id in at_newest
+                ):
+                    continue  # read at this version already (by the last poll, or a page)
+                fresh.append((external_id, version, record))
+            report.read += len(fresh)
+            newest, at_newest = _next_position(
+                [(external_id, version) for external_id, version, _ in fresh], newest, at_newest
+            )
+            progress = _progress(cursor, ordered, page, newest, at_newest)
+            if fresh:
+                outcomes.append(
+                    _submit_page(writer, connection, mapping, cursor, fresh, rules, facts, progress)
+                )
+            else:
+                writer.submit(PageJob(steps=[], final=partial(_save_cursor, cursor, progress)))
+    except ConnectorError:
+        # Keep what was read: the pages in flight commit (with their positions), and the
+        # next poll goes on from the page that failed.
+        writer.drain()
+        raise
     writer.drain()
     for outcome in outcomes:
         report.applied += outcome["applied"]
         report.stale += outcome["stale"]
         report.conflicts += outcome["conflicts"]
         report.failed += len(outcome["failed"])
-    PollCursor.objects.filter(pk=cursor.pk).update(last_success_at=timezone.now())
+
+
+def _read_pages(
+    connector: Connector,
+    object_type: str,
+    since: str | None,
+    start: str | None,
+    report: PollReport,
+) -> Iterator[Page]:
+    """The connector's pages from ``start``; a page whose read fails transiently is read
+    again (from its own cursor, not from the first page) after a backoff, up to
+    PAGE_ATTEMPTS times in a row."""
+    attempts = int(getattr(settings, "CONCORD_POLL_PAGE_ATTEMPTS", PAGE_ATTEMPTS))
+    base = float(getattr(settings, "CONCORD_POLL_RETRY_BASE_S", RETRY_BASE_S))
+    at, failures = start, 0
+    while True:
+        try:
+            for page in connector.read_pages(object_type, since, at):
+                at, failures = page.next_cursor, 0
+                yield page
+            return
+        except TransientError as exc:
+            failures += 1
+            wait = min(RETRY_CAP_S, base * 2 ** (failures - 1))
+            if exc.retry_after:
+                wait = max(wait, exc.retry_after)
+            if failures >= attempts or wait > RETRY_AFTER_MAX_S:
+                raise
+            report.retries += 1
+            logger.info(
+                "%s read of %s failed (%s): page read again in %.1f s (try %d of %d)",
+                connector.vendor,
+                object_type,
+                exc,
+                wait,
+                failures + 1,
+                attempts,
+            )
+            _sleep(wait)
 
 
 def _next_position(
@@ -152,9 +253,29 @@ def _next_position(
     return position, seen | {external_id for external_id, version in read if version == position}
 
 
-def _save_cursor(cursor: PollCursor, position: int, seen: list[str]) -> None:
-    PollCursor.objects.filter(pk=cursor.pk).update(position=str(position), ids_at_position=seen)
-    cursor.position, cursor.ids_at_position = str(position), seen
+def _progress(
+    cursor: PollCursor, ordered: bool, page: Page, newest: int, at_newest: set[str]
+) -> dict[str, Any]:
+    """What the cursor says once this page is stored. Ordered reads (and the last page of any
+    read) move the stamp; a page of an unordered read keeps the stamp and records where the
+    read stands (see the module's docstring)."""
+    if ordered or not page.next_cursor:
+        position = str(newest) if newest else ""
+        return {"position": position, "ids_at_position": sorted(at_newest), "resume": {}}
+    return {
+        "resume": {
+            "since": cursor.position,
+            "next": page.next_cursor,
+            "newest": newest,
+            "ids": sorted(at_newest),
+        }
+    }
+
+
+def _save_cursor(cursor: PollCursor, progress: dict[str, Any]) -> None:
+    PollCursor.objects.filter(pk=cursor.pk).update(**progress)
+    for name, value in progress.items():
+        setattr(cursor, name, value)
 
 
 def _submit_page(
@@ -164,15 +285,22 @@ def _submit_page(
     cursor: PollCursor,
     fresh: Sequence[tuple[str, int, dict[str, Any]]],
     rules: OwnershipRules,
-    advance: tuple[int, list[str]] | None,
+    facts: TenantFacts,
+    progress: dict[str, Any],
 ) -> dict[str, Any]:
     """Map a page, prepare its writes from what is committed, and hand them to the writer.
     Returns the page's outcome counts, complete once the writer has committed the page."""
     object_type = cursor.object_type
-    mapped = [map_inbound(mapping, record) for _, _, record in fresh]
+    mapped: list[MappedRecord] = [map_inbound(mapping, record) for _, _, record in fresh]
+    tenant_fill(mapped, facts)
     ids = frozenset(external_id for external_id, _, _ in fresh)
     writer.wait_for(ids)  # the plan reads these records' cross-references: see them committed
-    plan = plan_upsert(connection=connection, mapped=mapped, rules=rules)
+    plan = plan_upsert(
+        connection=connection,
+        mapped=mapped,
+        rules=rules,
+        payloads=[record for _, _, record in fresh],
+    )
     now = timezone.now()
     raw = [
         {
@@ -223,8 +351,11 @@ def _submit_page(
                     *(When(dedupe_key=k, then=Value(r[:4000])) for k, (_, r) in found.items())
                 ),
             )
-        if advance is not None:
-            _save_cursor(cursor, *advance)
+        # Records refused (values, a reference not known) open or join the case of their root
+        # cause, holding their raw rows; records applied now take earlier failures off theirs.
+        # Before the cursor moves: should this fail, the page is read again, never left silent.
+        inbound_page_cases(connection=connection, plan=plan, rows=raw)
+        _save_cursor(cursor, progress)
 
     writer.submit(
         PageJob(
@@ -274,7 +405,10 @@ DEPENDENCY_ORDER = (
 
 
 def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
-    """Poll every object of a connection that has a published mapping, in dependency order."""
+    """Poll every object of a connection that has a published mapping, in dependency order.
+    One object's failure (recorded on its cursor, and in its report's ``error``) never skips
+    the objects after it: the next one may well succeed (a record whose relation failed to
+    arrive fails alone, as it would after any partial poll)."""
     published = list(
         MappingSet.objects.filter(
             connection_id=connection_id, status=MappingSet.Status.PUBLISHED
@@ -282,17 +416,93 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
     )
     rank = {name: index for index, name in enumerate(DEPENDENCY_ORDER)}
     published.sort(key=lambda pair: rank.get(pair[1], len(rank)))
-    return {
-        object_type: poll_object(connection_id=connection_id, object_type=object_type)
-        for object_type, canonical_model in published
-        if canonical_model not in VIRTUAL_MODELS
-    }
+    reports: dict[str, PollReport] = {}
+    for object_type, canonical_model in published:
+        if canonical_model in VIRTUAL_MODELS:
+            continue
+        report = reports[object_type] = PollReport()
+        try:
+            _poll_object(report, connection_id, object_type, None)
+        except Exception as exc:  # recorded on the cursor already; the others go on
+            logger.warning(
+                "poll of %s on connection %s failed: %s", object_type, connection_id, exc
+            )
+            report.error = _describe(exc)
+    return reports
 
 
-# Polling complements webhooks (which may be lost or not offered): every 2 minutes (beat's
-# `poll_all`, config/celery.py), each connection's changes since its cursor. A polling task that
-# waited longer than this is dropped: the next kick-off has queued a fresh one.
-POLL_INTERVAL_S = 120
+def poll_failure_record(*, cursor_id: int, error: str) -> None:
+    """A poll of this cursor raised: the error, and since when it has been failing (the first
+    failure after a success)."""
+    now = timezone.now()
+    with transaction.atomic():
+        PollCursor.objects.filter(pk=cursor_id).update(last_error=error[:4000], last_failure_at=now)
+        PollCursor.objects.filter(pk=cursor_id, failing_since__isnull=True).update(
+            failing_since=now
+        )
+
+
+def poll_success_record(*, cursor_id: int) -> None:
+    """A poll of this cursor read everything: it is healthy again, and a stale-poll case
+    holding it lets it go (and closes when it holds nothing else)."""
+    with transaction.atomic():
+        PollCursor.objects.filter(pk=cursor_id).update(
+            last_success_at=timezone.now(), failing_since=None, last_error=""
+        )
+    case_records_clear(
+        records=[("pollcursor", cursor_id)],
+        note="Closed automatically: the poll succeeded again.",
+        case_types=["poll_stale"],
+    )
+
+
+def poll_stale_check() -> dict[str, int]:
+    """Open (or join) a ``poll_stale`` case per connection for its cursors that have not
+    succeeded within ``poll_stale_after_s()``; let go of the cursors that have (a disabled
+    connection is not polled, so its cursors are not stale either)."""
+    cursors = list(
+        PollCursor.objects.filter(poll_stale_q(), connection__enabled=True)
+        .select_related("connection")
+        .order_by("connection_id", "object_type")
+    )
+    by_connection: dict[int, list[PollCursor]] = defaultdict(list)
+    for cursor in cursors:
+        by_connection[cursor.connection_id].append(cursor)
+    sla = _duration(poll_stale_after_s())
+    for stale in by_connection.values():
+        connection = stale[0].connection
+        case_open_or_join(
+            case_type="poll_stale",
+            subject={"connection_id": connection.pk, "connection": connection.name, "sla": sla},
+            records=[
+                Blocked(
+                    record_type="pollcursor",
+                    record_id=c.pk,
+                    label=f"{c.object_type}: {c.last_error or 'not read yet'}"[:200],
+                )
+                for c in stale
+            ],
+            process="polling",
+            step="poll",
+            connection_id=connection.pk,
+        )
+    fresh = PollCursor.objects.exclude(pk__in=[c.pk for c in cursors]).values_list("pk", flat=True)
+    case_records_clear(
+        records=[("pollcursor", pk) for pk in fresh],
+        note="Closed automatically: every object of the connection was read again in time.",
+        case_types=["poll_stale"],
+    )
+    return {"stale": len(cursors), "connections": len(by_connection)}
+
+
+def _duration(seconds: float) -> str:
+    minutes = round(seconds / 60)
+    return f"{minutes} minutes" if minutes >= 2 else f"{round(seconds)} seconds"
+
+
+# Polling complements webhooks (which may be lost or not offered): every POLL_INTERVAL_S, 2
+# minutes (beat's `poll_all`, config/celery.py), each connection's changes since its cursor. A
+# polling task that waited longer than this is dropped: the next kick-off has queued a fresh one.
 
 
 def polling_kick_off() -> int:

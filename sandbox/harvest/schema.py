@@ -3,6 +3,8 @@ validated, derived, indexed and rendered), Harvest's 422 error and its timestamp
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -119,3 +121,42 @@ class Kind:
                     f"{missing[0].replace('_id', '').replace('_', ' ').capitalize()} can't be blank"
                 )
         return clean
+
+
+# Lists the spec pages with ``cursor`` (``page`` deprecated there): harvest-v2.yaml's GET
+# /clients, /contacts, /users, /roles, /tasks, /projects, /task_assignments, /user_assignments
+# and /expense_categories. Time entries, expenses, invoices and the nested assignment lists
+# have page numbers only.
+CURSOR_KINDS = frozenset(
+    {
+        "clients",
+        "contacts",
+        "users",
+        "roles",
+        "tasks",
+        "projects",
+        "task_assignments",
+        "user_assignments",
+        "expense_categories",
+    }
+)
+
+
+def encode_cursor(direction: str, key: int) -> str:
+    """Harvest's cursor shape: base64url of ``{"after": {"id": 3007}}``, unpadded."""
+    raw = json.dumps({direction: {"id": key}}, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def decode_cursor(value: str) -> tuple[str, int] | None:
+    """(``after`` | ``before``, id) of a cursor, or None when it is not one."""
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        body = json.loads(raw)
+        ((direction, ref),) = body.items()
+        key = ref["id"]
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
+    if direction not in ("after", "before") or not isinstance(key, int):
+        return None
+    return direction, key

@@ -6,9 +6,10 @@ sandbox extensions (Harvest has neither): ``x_milestones`` and ``x_rate_cards``.
 
 Auth as Harvest's personal access tokens: ``Authorization: Bearer <token>``,
 ``Harvest-Account-Id: <account>`` and a non-empty ``User-Agent``. Lists are sorted by id,
-newest first, and paged with ``page``/``per_page`` (1..2000, default 2000) in Harvest's
-envelope (``per_page``, ``total_pages``, ``total_entries``, ``next_page``,
-``previous_page``, ``page``, ``links``); ``updated_since`` keeps records whose
+newest first, and paged in Harvest's envelope (``per_page``, ``total_pages``,
+``total_entries``, ``next_page``, ``previous_page``, ``page``, ``links``) with ``per_page``
+(1..2000, default 2000) and, where the spec offers it, ``cursor`` (``links.next`` carries it;
+``page`` is deprecated there but still served), else ``page``; ``updated_since`` keeps records whose
 ``updated_at`` is at or after the given time (inclusive, so a poller that resumes from the
 last ``updated_at`` it saw never misses a record written in the same second).
 
@@ -32,7 +33,15 @@ from ..gate import JSON, refuse
 from ..store import Row
 from .base import HarvestBase
 from .kinds import KINDS
-from .schema import MAX_PER_PAGE, SYSTEM, Invalid, parse_time
+from .schema import (
+    CURSOR_KINDS,
+    MAX_PER_PAGE,
+    SYSTEM,
+    Invalid,
+    decode_cursor,
+    encode_cursor,
+    parse_time,
+)
 
 
 class Harvest(HarvestBase):
@@ -138,6 +147,9 @@ class Harvest(HarvestBase):
 
     def list(self, request: Request, kind: str, fixed: dict[str, Any]) -> Response:
         spec, params = KINDS[kind], request.query_params
+        # Where the spec offers ``cursor`` (and marks ``page`` deprecated), a request without
+        # ``page`` is answered with cursor links, as Harvest does; ``page`` still works there.
+        by_cursor = kind in CURSOR_KINDS and not fixed and "page" not in params
         try:
             page = int(params.get("page", "1"))
             per_page = int(params.get("per_page", str(MAX_PER_PAGE)))
@@ -147,6 +159,12 @@ class Harvest(HarvestBase):
             return self.unprocessable(
                 request, Invalid(f"per_page must be between 1 and {MAX_PER_PAGE}")
             )
+        position: tuple[str, int] | None = None
+        if kind in CURSOR_KINDS and not fixed and params.get("cursor"):
+            position = decode_cursor(params["cursor"])  # cursor wins over page, as in Harvest
+            if position is None:
+                return self.unprocessable(request, Invalid("cursor is invalid"))
+            by_cursor = True
         since: float | None = None
         if "updated_since" in params:
             since = parse_time(params["updated_since"])
@@ -179,12 +197,52 @@ class Harvest(HarvestBase):
         rows.reverse()  # creation order reversed: newest first, as Harvest lists
         total = len(rows)
         total_pages = max(1, -(-total // per_page))
-        chunk = rows[(page - 1) * per_page : page * per_page]
+        if position is None:
+            start = (page - 1) * per_page
+            end = start + per_page
+        else:
+            # Keyset: ids run down the list, so the rows after id N are those below it; a
+            # record created or deleted meanwhile moves no other record across the boundary.
+            direction, key = position
+            if direction == "after":
+                start = sum(1 for row in rows if int(row.key) >= key)
+                end = start + per_page
+            else:  # the page that ends just before the record ``key``
+                end = sum(1 for row in rows if int(row.key) > key)
+                start = max(0, end - per_page)
+            page = start // per_page + 1
+        chunk = rows[start:end]
+        more, first, last = end < total, start == 0, end >= total
 
-        def link(n: int) -> str:
-            query = {k: v for k, v in params.items() if k not in ("page", "per_page")}
-            query.update(page=str(n), per_page=str(per_page))
+        def link(**query_args: str) -> str:
+            query = {k: v for k, v in params.items() if k not in ("page", "per_page", "cursor")}
+            query.update(query_args, per_page=str(per_page))
             return f"{request.base_url}{request.url.path.lstrip('/')}?{urlencode(query)}"
+
+        if by_cursor:
+            # Harvest: with cursors, page numbers are given on the first and the last page
+            # only (``page`` itself stays an integer here, as the spec requires).
+            links = {
+                "first": link(page="1"),
+                "next": link(cursor=encode_cursor("after", int(chunk[-1].key))) if more else None,
+                "previous": (
+                    link(cursor=encode_cursor("before", int(chunk[0].key)))
+                    if start and chunk
+                    else None
+                ),
+                "last": link(page=str(total_pages)),
+            }
+            next_page = page + 1 if more and first else None
+            previous_page = page - 1 if last and page > 1 else None
+        else:
+            links = {
+                "first": link(page="1"),
+                "next": link(page=str(page + 1)) if page < total_pages else None,
+                "previous": link(page=str(page - 1)) if page > 1 else None,
+                "last": link(page=str(total_pages)),
+            }
+            next_page = page + 1 if page < total_pages else None
+            previous_page = page - 1 if page > 1 else None
 
         self._memo = {}
         try:
@@ -197,15 +255,10 @@ class Harvest(HarvestBase):
                 "per_page": per_page,
                 "total_pages": total_pages,
                 "total_entries": total,
-                "next_page": page + 1 if page < total_pages else None,
-                "previous_page": page - 1 if page > 1 else None,
+                "next_page": next_page,
+                "previous_page": previous_page,
                 "page": page,
-                "links": {
-                    "first": link(1),
-                    "next": link(page + 1) if page < total_pages else None,
-                    "previous": link(page - 1) if page > 1 else None,
-                    "last": link(total_pages),
-                },
+                "links": links,
             }
         )
 

@@ -233,7 +233,11 @@ class XeroBase(Vendor):
         if request.headers.get("if-modified-since"):
             since = parse_since(request.headers["if-modified-since"])
             if since is None:
-                return self.bad_request(request, "If-Modified-Since is not a valid date")
+                return self.bad_request(
+                    request,
+                    "If-Modified-Since is not a date-time with its offset (RFC 3339, e.g. "
+                    "2020-02-06T12:17:43.202-08:00 or ...Z) nor an HTTP date",
+                )
         test: Callable[[dict[str, Any]], bool] | None = None
         if params.get("where"):
             try:

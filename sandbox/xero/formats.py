@@ -35,6 +35,9 @@ def parse_day(value: Any) -> str | None:
 
 
 def parse_since(value: str) -> float | None:
+    """An ``If-Modified-Since``: an HTTP date (RFC 1123, in GMT) or the spec's ``date-time``
+    (RFC 3339: ``2020-02-06T12:17:43.202-08:00``, ``...Z``). A date-time without its offset is
+    refused (None) rather than read in a zone the client may not have meant."""
     try:
         return parsedate_to_datetime(value).timestamp()
     except (TypeError, ValueError, IndexError):
@@ -43,7 +46,7 @@ def parse_since(value: str) -> float | None:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
-    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    return parsed.timestamp() if parsed.tzinfo else None
 
 
 def money(value: float) -> float:

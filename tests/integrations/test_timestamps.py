@@ -73,3 +73,37 @@ def test_formats_back_in_each_vendor_shape() -> None:
         assert ts.parse_timestamp(text) == moment
     spec_example = "/Date(1550793549320+0000)/"
     assert ts.format_xero(ts.parse_timestamp(spec_example)) == spec_example
+
+
+@pytest.mark.parametrize(
+    ("stored", "micros"),
+    [
+        # Concord's own unit, as digits (cross-references, poll cursors).
+        ("1796153857772000", 1796153857772000),
+        (1796153857772000, 1796153857772000),
+        # What a push stored before versions had one unit: Xero's UpdatedDateUTC, with and
+        # without the offset part; Salesforce's SystemModstamp; Harvest's updated_at.
+        ("/Date(1796153857772+0000)/", 1796153857772000),
+        ("/Date(1796153857772)/", 1796153857772000),
+        ("2026-08-28T09:00:10.000+0000", 1787907610000000),
+        ("2017-06-26T21:52:18Z", 1498513938000000),
+        ("", 0),
+        (None, 0),
+    ],
+)
+def test_version_micros_reads_a_version_stored_in_any_unit(
+    stored: str | int | None, micros: int
+) -> None:
+    assert ts.version_micros(stored) == micros
+
+
+def test_version_micros_names_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="is not a"):
+        ts.version_micros("v3")
+
+
+def test_if_modified_since_is_an_rfc3339_date_time_with_its_offset() -> None:
+    micros = ts.micros_of("2026-09-06T09:11:00.250999Z")
+    # Milliseconds (Xero's precision), rounded down so a watermark never passes a record.
+    assert ts.format_rfc3339(micros) == "2026-09-06T09:11:00.250Z"
+    assert ts.parse_timestamp(ts.format_rfc3339(micros)).utcoffset() == timedelta(0)

@@ -402,3 +402,75 @@ def test_milestone_extension(harvest: httpx.Client, harvest_contract: Contract) 
     )
     assert cards.status_code == 201
     assert harvest.get("/harvest/v2/x_rate_cards").json()["total_entries"] == 1
+
+
+def _query(url: str) -> dict[str, str]:
+    return dict(httpx.URL(url).params)
+
+
+def test_cursor_paging_where_the_spec_deprecates_page(
+    harvest: httpx.Client, harvest_contract: Contract
+) -> None:
+    """Clients (and the other lists whose ``page`` the spec marks deprecated) are paged as
+    Harvest pages them: a first request without ``page`` gets ``links.next`` with a
+    ``cursor``; page numbers are given on the first and the last page only."""
+    c = harvest_contract
+    ids = [
+        c.check(harvest.post("/harvest/v2/clients", json={"name": f"Client {n}"}))["id"]
+        for n in range(7)
+    ]
+    first = c.check(harvest.get("/harvest/v2/clients", params={"per_page": 3}))
+    assert (first["page"], first["next_page"], first["previous_page"]) == (1, 2, None)
+    assert first["total_pages"] == 3
+    assert "cursor" in _query(first["links"]["next"])
+    assert "page" not in _query(first["links"]["next"])
+    seen = [x["id"] for x in first["clients"]]
+    second = c.check(harvest.get(first["links"]["next"]))
+    assert (second["next_page"], second["previous_page"]) == (None, None)  # a middle page
+    assert "cursor" in _query(second["links"]["next"])
+    assert "cursor" in _query(second["links"]["previous"])
+    # A record deleted from a page already read moves nothing across the cursor's boundary.
+    assert harvest.delete(f"/harvest/v2/clients/{seen[0]}").status_code == 200
+    last = c.check(harvest.get(second["links"]["next"]))
+    assert last["links"]["next"] is None
+    assert last["page"] == last["total_pages"]
+    seen += [x["id"] for x in second["clients"]] + [x["id"] for x in last["clients"]]
+    assert seen == sorted(ids, reverse=True)
+    back = c.check(harvest.get(second["links"]["previous"]))
+    assert [x["id"] for x in back["clients"]] == sorted(ids, reverse=True)[1:3]
+
+    # The deprecated ``page`` still works there, with page links, as in Harvest.
+    paged = c.check(harvest.get("/harvest/v2/clients", params={"page": 1, "per_page": 3}))
+    assert paged["page"] == 1
+    assert _query(paged["links"]["next"])["page"] == "2"
+    refused = harvest.get("/harvest/v2/clients", params={"cursor": "not-a-cursor"})
+    assert refused.status_code == 422
+    assert c.check(refused)["message"] == "cursor is invalid"
+
+
+def test_time_entries_keep_page_numbers(harvest: httpx.Client, harvest_contract: Contract) -> None:
+    """Where the spec has no ``cursor`` (time entries, expenses, invoices, an assignment list
+    under its project) ``links.next`` names the next page."""
+    c = harvest_contract
+    made = build_project(harvest, c)
+    for day in ("2026-05-04", "2026-05-05", "2026-05-06"):
+        c.check(
+            harvest.post(
+                "/harvest/v2/time_entries",
+                json={
+                    "project_id": made["project"]["id"],
+                    "task_id": made["task"]["id"],
+                    "user_id": made["user"]["id"],
+                    "spent_date": day,
+                    "hours": 1.0,
+                },
+            )
+        )
+    first = c.check(harvest.get("/harvest/v2/time_entries", params={"per_page": 2}))
+    assert _query(first["links"]["next"])["page"] == "2"
+    assert "cursor" not in _query(first["links"]["next"])
+    second = c.check(harvest.get(first["links"]["next"]))
+    assert second["links"]["next"] is None
+    assert len(first["time_entries"]) + len(second["time_entries"]) == 3
+    nested = c.check(harvest.get(f"/harvest/v2/projects/{made['project']['id']}/task_assignments"))
+    assert "cursor" not in _query(nested["links"]["first"])

@@ -20,8 +20,12 @@ a create whose response was lost is not doubled.
 Reads: ``time_entries``, ``expenses``, ``projects``, ``clients``, ``users`` (and ``tasks``,
 ``task_assignments``, ``user_assignments``, ``invoices``, ``x_milestones``) with
 ``updated_since`` (inclusive, whole seconds), 2,000 per page (Harvest's maximum) following
-``next_page`` to the end. Harvest lists newest first and cannot sort by ``updated_at``, so
-``ordered_reads`` is False: a poller advances its cursor only after the whole read.
+``links.next`` to the end: a ``cursor`` where the spec offers one (clients, users, projects,
+tasks, the assignments; ``page`` is deprecated there), page numbers where it does not (time
+entries, expenses, invoices). A page's ``next_cursor`` is that link's query, so a read can be
+resumed at the page after the last one stored. Harvest lists newest first and cannot sort by
+``updated_at``, so ``ordered_reads`` is False: a poller advances its cursor only after the
+whole read (and keeps the page position meanwhile, see integrations/sync/polling.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 
@@ -51,6 +56,7 @@ from integrations.connectors.http import (
     default_error,
 )
 from integrations.timestamps import micros_of, parse_timestamp
+from integrations.vendors.echo import Answer, Echo, found_checked, written_checked
 
 # Harvest's maximum per_page: reads are page-count bound (100 requests per 15 s).
 PAGE_SIZE = 2000
@@ -68,6 +74,29 @@ READS = (
 )
 CREATES = {"create_client": "clients", "create_project": "projects"}
 UPDATES = {"update_client": "clients", "update_project": "projects"}
+# What each write's answer must echo of what was sent (integrations/vendors/echo.py): Harvest
+# has no external-id field, so a client is its (unique) name, a project its code within its
+# client, an update the id it named.
+_CLIENT = ("name", "id")
+_PROJECT = ("code", "name", "id")
+ANSWERS = {
+    "create_client": Answer("client", _CLIENT, (Echo("name", compare="fold"),)),
+    "update_client": Answer("client", _CLIENT, (Echo("id"),)),
+    "create_project": Answer("project", _PROJECT, (Echo("code"), Echo("client_id", "client.id"))),
+    "update_project": Answer("project", _PROJECT, (Echo("id"),)),
+}
+
+
+def _next_query(body: dict[str, Any]) -> str | None:
+    """The query of the next page's link (``cursor=...&per_page=2000`` or ``page=2&...``), or
+    None on the last page. Only the query is kept: the request goes to the connection's own
+    base URL, so a link naming another host never receives the token."""
+    links = body.get("links")
+    link = links.get("next") if isinstance(links, dict) else None
+    if not isinstance(link, str) or not link:
+        return None
+    query = urlsplit(link).query
+    return query or None
 
 
 def classify(response: httpx.Response) -> ConnectorError | None:
@@ -120,7 +149,14 @@ class HarvestConnector(BaseConnector):
     ) -> list[ItemResult]:
         if operation not in CREATES and operation not in UPDATES:
             raise self.unknown("operation", operation)
-        ids = list(message_ids or [])
+        results = self._write(operation, items, list(message_ids or []))
+        return written_checked(
+            vendor="Harvest", answer=ANSWERS.get(operation), items=items, results=results
+        )
+
+    def _write(
+        self, operation: str, items: list[dict[str, Any]], ids: list[int]
+    ) -> list[ItemResult]:
         results: list[ItemResult] = []
         for n, item in enumerate(items):
             try:
@@ -190,6 +226,14 @@ class HarvestConnector(BaseConnector):
     # -- look-up-before-create ----------------------------------------------------------------
 
     def find_existing(self, operation: str, items: list[dict[str, Any]]) -> list[ItemResult | None]:
+        found = self._find_existing(operation, items)
+        return found_checked(
+            vendor="Harvest", answer=ANSWERS.get(operation), items=items, results=found
+        )
+
+    def _find_existing(
+        self, operation: str, items: list[dict[str, Any]]
+    ) -> list[ItemResult | None]:
         if operation in UPDATES:
             return [None] * len(items)  # an update is safe to repeat
         if operation == "create_client":
@@ -220,53 +264,62 @@ class HarvestConnector(BaseConnector):
 
     def _all(self, kind: str, params: dict[str, Any], operation: str) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
-        page: int | None = 1
-        while page:
-            result = self.http.call(
-                "GET",
-                f"/{kind}",
-                operation=operation,
-                params={**params, "page": page, "per_page": self.page_size},
-            )
+        cursor: str | None = None
+        while True:
+            query = self._list_params(None, cursor, **params)
+            result = self.http.call("GET", f"/{kind}", operation=operation, params=query)
             body = result.json() or {}
             records += body.get(kind) or []
-            page = body.get("next_page")
-        return records
+            cursor = _next_query(body)
+            if not cursor:
+                return records
 
     # -- reads -------------------------------------------------------------------------------
 
-    def read_changed(self, object_type: str, since: str | None) -> Iterator[list[dict[str, Any]]]:
-        """Page by page, with the next page already on its way while the caller stores this
-        one (Harvest's page numbers say what comes next as soon as a page arrives)."""
-        pending: PendingRead | None = self._start_page(object_type, since, 1)
+    def read_pages(
+        self, object_type: str, since: str | None, cursor: str | None = None
+    ) -> Iterator[Page]:
+        """Page by page from ``cursor`` (None: the first page), with the next page already on
+        its way while the caller stores this one (``links.next`` says what comes next as soon
+        as a page arrives)."""
+        pending: PendingRead | None = self._start_page(object_type, since, cursor)
         try:
             while pending is not None:
-                page = self._page_from(object_type, pending.result())
-                pending = None
+                current, pending = pending, None  # finished once, even when it raises
+                page = self._page_from(object_type, current.result())
+                page.cursor = cursor
                 if page.next_cursor:
-                    pending = self._start_page(object_type, since, int(page.next_cursor))
-                if page.records:
-                    yield page.records
+                    cursor = page.next_cursor
+                    pending = self._start_page(object_type, since, cursor)
+                yield page
         finally:
             if pending is not None:  # the caller stopped early: finish (and record) the call
                 with contextlib.suppress(ConnectorError):
                     pending.result()
 
     def read_page(self, object_type: str, since: str | None, cursor: str | None) -> Page:
-        pending = self._start_page(object_type, since, int(cursor or 1))
-        return self._page_from(object_type, pending.result())
+        pending = self._start_page(object_type, since, cursor)
+        page = self._page_from(object_type, pending.result())
+        page.cursor = cursor
+        return page
 
-    def _start_page(self, object_type: str, since: str | None, page: int) -> PendingRead:
-        params = self._page_params(object_type, since, page)
-        return self.http.start(f"/{object_type}", operation=f"read:{object_type}", params=params)
-
-    def _page_params(self, object_type: str, since: str | None, page: int) -> dict[str, Any]:
+    def _start_page(self, object_type: str, since: str | None, cursor: str | None) -> PendingRead:
         if object_type not in READS:
             raise self.unknown("object", object_type)
-        params: dict[str, Any] = {"page": page, "per_page": self.page_size}
+        params = self._list_params(since, cursor)
+        return self.http.start(f"/{object_type}", operation=f"read:{object_type}", params=params)
+
+    def _list_params(self, since: str | None, cursor: str | None, **filters: Any) -> dict[str, Any]:
+        """A list request's query: the first page asks with neither ``page`` nor ``cursor``
+        (Harvest's default is the first page, and ``page`` is deprecated where the spec offers
+        ``cursor``); every later one asks exactly what the previous page's ``links.next``
+        says, so the connector pages by ``cursor`` where Harvest gives one and by page number
+        where it does not (time entries, expenses, invoices), without knowing which."""
+        if cursor:
+            return dict(parse_qsl(cursor, keep_blank_values=True))
+        params: dict[str, Any] = {**filters, "per_page": self.page_size}
         if since:
-            stamp = parse_timestamp(since)
-            params["updated_since"] = stamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+            params["updated_since"] = parse_timestamp(since).strftime("%Y-%m-%dT%H:%M:%SZ")
         return params
 
     def _page_from(self, object_type: str, result: CallResult) -> Page:
@@ -274,8 +327,7 @@ class HarvestConnector(BaseConnector):
         records = [r for r in body.get(object_type) or [] if isinstance(r, dict)]
         # Newest first within the page, as Harvest lists; reversed to oldest first.
         records.reverse()
-        next_page = body.get("next_page")
-        return Page(records, str(next_page) if next_page else None)
+        return Page(records, _next_query(body))
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         if object_type not in READS:

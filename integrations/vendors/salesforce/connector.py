@@ -46,6 +46,7 @@ from integrations.connectors.http import (
     retry_after_seconds,
 )
 from integrations.timestamps import micros_of, parse_timestamp
+from integrations.vendors.echo import Answer, Echo, found_checked, written_checked
 
 API_VERSION = "v60.0"
 DATA = f"/services/data/{API_VERSION}"
@@ -116,6 +117,18 @@ FIELDS: dict[str, list[str]] = {
 }
 OPERATIONS = {
     f"{verb}_{obj.lower()}": (verb, obj) for verb in ("create", "update") for obj in FIELDS
+}
+# What each write's answer (the record as read back after it) must echo of what was sent
+# (integrations/vendors/echo.py): a create its External_Id__c, an update the Id it named.
+ANSWERS = {
+    operation: Answer(
+        obj.lower(),
+        ("Name", "ContractNumber", "Id"),
+        (Echo("External_Id__c"),)
+        if verb == "create"
+        else (Echo("Id", compare="salesforce_id"), Echo("id", "Id", compare="salesforce_id")),
+    )
+    for operation, (verb, obj) in OPERATIONS.items()
 }
 
 # Error codes a person fixes in the data (validation rules, required fields, picklists,
@@ -227,7 +240,9 @@ class SalesforceConnector(BaseConnector):
                 results += self._create(operation, obj, chunk, ids)
             else:
                 results += self._update(operation, obj, chunk, ids)
-        return results
+        return written_checked(
+            vendor="Salesforce", answer=ANSWERS[operation], items=items, results=results
+        )
 
     def _create(
         self, operation: str, obj: str, items: list[dict[str, Any]], ids: list[int]
@@ -385,6 +400,14 @@ class SalesforceConnector(BaseConnector):
     def find_existing(self, operation: str, items: list[dict[str, Any]]) -> list[ItemResult | None]:
         if operation not in OPERATIONS:
             raise self.unknown("operation", operation)
+        found = self._find_existing(operation, items)
+        return found_checked(
+            vendor="Salesforce", answer=ANSWERS[operation], items=items, results=found
+        )
+
+    def _find_existing(
+        self, operation: str, items: list[dict[str, Any]]
+    ) -> list[ItemResult | None]:
         verb, obj = OPERATIONS[operation]
         if verb == "update":
             return [None] * len(items)  # an update is safe to repeat

@@ -56,7 +56,8 @@ from integrations.connectors.http import (
     default_error,
     retry_after_seconds,
 )
-from integrations.timestamps import from_micros, micros_of, parse_timestamp, to_micros
+from integrations.timestamps import format_rfc3339, micros_of, parse_timestamp, to_micros
+from integrations.vendors.echo import Answer, Echo, found_checked, written_checked
 
 DEFAULT_TOKEN_URL = "https://identity.xero.com/connect/token"  # noqa: S105 - a URL
 # Xero's guidance: at most 50 elements per PUT/POST (larger bodies risk its 30 s timeout).
@@ -77,6 +78,23 @@ UNPAGED_ID = {
     "Currencies": "Code",
     "TrackingCategories": "TrackingCategoryID",
     "Accounts": "AccountID",
+}
+
+# What each write's answer must echo of what was sent (integrations/vendors/echo.py): an invoice
+# its Reference (CONCORD-INV-<id>), a contact its ContactNumber and Name, an update the
+# InvoiceID it named, a tracking option its name.
+_INVOICE = ("InvoiceNumber", "InvoiceID")
+ANSWERS = {
+    "put_invoices": Answer("invoice", _INVOICE, (Echo("Reference"),)),
+    "post_invoice": Answer(
+        "invoice", _INVOICE, (Echo("InvoiceID", compare="fold"), Echo("Reference"))
+    ),
+    "put_contacts": Answer(
+        "contact", ("Name", "ContactID"), (Echo("ContactNumber"), Echo("Name", compare="fold"))
+    ),
+    "put_tracking_options": Answer(
+        "tracking option", ("Name", "TrackingOptionID"), (Echo("Name", compare="fold"),)
+    ),
 }
 
 # (base URL, client id, tenant name) -> tenant id, discovered once per process.
@@ -152,9 +170,10 @@ def classify(response: httpx.Response) -> ConnectorError | None:
 
 
 def _if_modified_since(micros: int) -> str:
-    """Xero's format: UTC without a zone (``2024-05-01T10:00:00.123``), inclusive."""
-    stamp = from_micros(micros)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+    """The spec's ``date-time`` (RFC 3339, so with its offset: ``2024-05-01T10:00:00.123Z``),
+    to the millisecond, Xero's precision; inclusive. A value without an offset is not a
+    ``date-time``, and a server may read it in any zone it likes."""
+    return format_rfc3339(micros)
 
 
 def _stamp(record: dict[str, Any]) -> datetime | None:
@@ -235,7 +254,14 @@ class XeroConnector(BaseConnector):
         idempotency_key: str,
         message_ids: list[int] | None = None,
     ) -> list[ItemResult]:
-        ids = list(message_ids or [])
+        results = self._write(operation, items, idempotency_key, list(message_ids or []))
+        return written_checked(
+            vendor="Xero", answer=ANSWERS.get(operation), items=items, results=results
+        )
+
+    def _write(
+        self, operation: str, items: list[dict[str, Any]], idempotency_key: str, ids: list[int]
+    ) -> list[ItemResult]:
         if not items:
             return []
         if operation == "put_tracking_options":
@@ -440,6 +466,14 @@ class XeroConnector(BaseConnector):
     # -- look-up-before-create ----------------------------------------------------------------
 
     def find_existing(self, operation: str, items: list[dict[str, Any]]) -> list[ItemResult | None]:
+        found = self._find_existing(operation, items)
+        return found_checked(
+            vendor="Xero", answer=ANSWERS.get(operation), items=items, results=found
+        )
+
+    def _find_existing(
+        self, operation: str, items: list[dict[str, Any]]
+    ) -> list[ItemResult | None]:
         if operation == "post_invoice":
             return [None] * len(items)  # an update is safe to repeat
         if operation == "put_tracking_options":
@@ -618,6 +652,17 @@ class XeroConnector(BaseConnector):
             # A whole page at one watermark: step through it by page number.
             state = {"since_us": state["since_us"], "page": state["page"] + 1, "seen": seen}
         return Page(fresh, json.dumps(state))
+
+    def base_currency(self) -> str | None:
+        """The organisation's ``BaseCurrency`` (``GET /Organisation``): what a contact without
+        a ``DefaultCurrency`` is invoiced in."""
+        result = self.http.call(
+            "GET", "/Organisation", operation="read:Organisation", headers=self._headers()
+        )
+        organisations = (result.json() or {}).get("Organisations") or []
+        first = organisations[0] if organisations and isinstance(organisations[0], dict) else {}
+        currency = first.get("BaseCurrency")
+        return str(currency) if currency else None
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         if object_type not in PAGED_ID:

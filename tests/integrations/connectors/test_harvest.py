@@ -10,6 +10,7 @@ import pytest
 
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
 from integrations.models import Connection
+from integrations.timestamps import micros_to_iso
 from integrations.vendors import connector_for
 from integrations.vendors.harvest.connector import HarvestConnector
 from tests.integrations.conftest import Sandbox
@@ -53,7 +54,7 @@ def test_updated_since_is_inclusive_and_returns_only_changes(
     changed = connector.write(
         "update_client", [{"id": made[1].data["id"], "address": "1 Main St"}], idempotency_key="u"
     )[0]
-    since = changed.external_version
+    since = micros_to_iso(int(changed.external_version))
 
     later = [r for page in connector.read_changed("clients", since) for r in page]
 
