@@ -17,6 +17,7 @@ from integrations import models as m
 from integrations.mapping.services import mapping_defaults_install
 from integrations.roles import FINANCE, INTEGRATION_ADMIN, PMO, SALES_OPS, VIEWER
 from integrations.services.connections import connection_create
+from integrations.sync.identity import match_keys_refresh
 
 DEMO_USERS = {
     "finance": (FINANCE, "Fiona Finance"),
@@ -205,6 +206,8 @@ def demo_data_seed(*, sandbox_url: str, weeks: int = 6, seed: int = 7) -> dict[s
             billing_email=f"ap@{cust_name.split()[0].lower()}.invalid",
             source_system="crm",
         )
+        # Its match keys: the same customer polled from the vendors later links to this row.
+        match_keys_refresh(records=[customer])
         billing_model = [
             m.Contract.BillingModel.TIME_AND_MATERIALS,
             m.Contract.BillingModel.FIXED_FEE,
