@@ -12,8 +12,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from integrations.models import (
-    ApprovalState,
-    BillingEvent,
+    BillingBasis,
     Connection,
     Contract,
     CrossReference,
@@ -24,7 +23,9 @@ from integrations.models import (
     Project,
     SyncAttempt,
     TimeEntry,
+    billing_basis,
 )
+from integrations.selectors import poll_health
 
 
 def invoices_by_entity_and_status() -> list[Mapping[str, Any]]:
@@ -36,14 +37,31 @@ def invoices_by_entity_and_status() -> list[Mapping[str, Any]]:
 
 
 def unbilled_approved_time() -> list[Mapping[str, Any]]:
-    """Approved billable hours not yet on an invoice, per legal entity."""
-    return list(
-        TimeEntry.objects.filter(approval_state=ApprovalState.APPROVED, billable=True)
-        .exclude(billing_event__status=BillingEvent.Status.INVOICED)
-        .values("project__legal_entity__code", "project__legal_entity__name")
+    """Approved billable time no billing run has taken yet, by how it is billed: one row per
+    billing basis (hourly time the billing run invoices; fixed-fee time milestones bill; time on
+    projects with no contract, held until they have one), each with its hours, entries and
+    rows per legal entity. The rule is the billing run's own (TimeEntry.objects.unbilled,
+    Contract.HOURLY_MODELS), so the page counts what the run will take. One query."""
+    per_entity = (
+        TimeEntry.objects.unbilled()
+        .annotate(billing_basis=billing_basis())
+        .values("billing_basis", "project__legal_entity__code", "project__legal_entity__name")
         .annotate(hours=Sum("hours"), entries=Count("id"), projects=Count("project", distinct=True))
-        .order_by("project__legal_entity__code")
+        .order_by("billing_basis", "project__legal_entity__code")
     )
+    by_basis: dict[str, list[Mapping[str, Any]]] = {basis: [] for basis in BillingBasis.values}
+    for row in per_entity:
+        by_basis[row["billing_basis"]].append(row)
+    return [
+        {
+            "basis": basis,
+            "label": BillingBasis(basis).label,
+            "hours": sum((r["hours"] for r in rows), Decimal("0")),
+            "entries": sum(r["entries"] for r in rows),
+            "by_entity": rows,
+        }
+        for basis, rows in by_basis.items()
+    ]
 
 
 def customers_missing_tax_number() -> QuerySet[Customer]:
@@ -97,16 +115,19 @@ def _count_per_connection(rows: QuerySet[Any]) -> Coalesce:
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
-def connections_overview() -> QuerySet[Connection]:
-    """Connections with their circuit state and the last hour's calls by outcome (one query).
+def connections_overview() -> list[Connection]:
+    """Connections with their circuit state, the last hour's calls by outcome and their polls'
+    health (``poll``: last error, failing since, cursor age; integrations.selectors.poll_health),
+    in three queries.
 
     Each count is a subquery per connection, so rows never multiply and only the last hour's
     attempts are read (through the ``(connection, -started_at)`` index).
     """
     hour_ago = timezone.now() - timedelta(hours=1)
     recent = SyncAttempt.objects.filter(started_at__gte=hour_ago)
-    return (
+    connections: list[Connection] = list(
         Connection.objects.select_related("health")
+        .prefetch_related("cursors")
         .annotate(
             xref_count=_count_per_connection(CrossReference.objects.all()),
             calls_ok=_count_per_connection(recent.filter(outcome=SyncAttempt.Outcome.SUCCESS)),
@@ -115,6 +136,10 @@ def connections_overview() -> QuerySet[Connection]:
         )
         .order_by("role", "name")
     )
+    now = timezone.now()
+    for connection in connections:
+        connection.poll = poll_health(connection.cursors.all(), now=now)  # type: ignore[attr-defined]
+    return connections
 
 
 def ownership_rules() -> QuerySet[OwnershipRule]:

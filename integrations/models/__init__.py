@@ -9,10 +9,12 @@ from integrations.models.connections import (
     RoutingRule,
     Vendor,
 )
+from integrations.models.identity import MatchKey, MatchRule, RecordMerge
 from integrations.models.mapping import FieldMapping, MappingSet, ValueMap, ValueMapEntry
 from integrations.models.records import (
     ApprovalState,
     Assignment,
+    BillingBasis,
     BillingEvent,
     Contract,
     Customer,
@@ -27,6 +29,7 @@ from integrations.models.records import (
     Resource,
     TaxRate,
     TimeEntry,
+    billing_basis,
 )
 from integrations.models.sync import (
     CircuitState,
@@ -42,6 +45,7 @@ __all__ = [
     "ApprovalState",
     "Assignment",
     "AuditEvent",
+    "BillingBasis",
     "BillingEvent",
     "CanonicalRecord",
     "CircuitState",
@@ -58,6 +62,8 @@ __all__ = [
     "Invoice",
     "LegalEntity",
     "MappingSet",
+    "MatchKey",
+    "MatchRule",
     "Milestone",
     "OutboxMessage",
     "OwnershipRule",
@@ -65,6 +71,7 @@ __all__ = [
     "PollCursor",
     "Project",
     "RateCard",
+    "RecordMerge",
     "Resource",
     "RoutingRule",
     "SyncAttempt",
@@ -74,4 +81,5 @@ __all__ = [
     "ValueMap",
     "ValueMapEntry",
     "Vendor",
+    "billing_basis",
 ]

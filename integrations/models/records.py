@@ -102,6 +102,11 @@ class Contract(CanonicalRecord):
         FIXED_FEE = "fixed_fee", "Fixed fee (milestones)"
         RETAINER = "retainer", "Retainer"
 
+    # How approved time on a contract is billed: by the hour (time and materials, retainer: the
+    # billing run invoices it) or by milestone (fixed fee: its time is never invoiced by the
+    # hour). The billing run, the finance page and the API read the rule from here.
+    HOURLY_MODELS = (BillingModel.TIME_AND_MATERIALS, BillingModel.RETAINER)
+
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         ACTIVE = "active", "Active"
@@ -195,7 +200,9 @@ class Resource(CanonicalRecord):
 
     name = models.CharField(max_length=200)
     email = models.EmailField(unique=True)
-    role = models.CharField(max_length=64)
+    # A PSA user may have no role (Harvest's account owner often has none); their billable time
+    # then waits on a "missing rate" case rather than the worker never reaching Concord.
+    role = models.CharField(max_length=64, blank=True)
     cost_rate = money_field()
     cost_currency = CurrencyField()
     active = models.BooleanField(default=True)
@@ -263,7 +270,39 @@ class RateCard(CanonicalRecord):
         return f"{self.role} {self.bill_rate} {self.currency}"
 
 
+class BillingBasis(models.TextChoices):
+    """How a time entry is billed, by its project's contract (Contract.HOURLY_MODELS)."""
+
+    HOURLY = "hourly", "Hourly: the billing run invoices it"
+    MILESTONE = "milestone", "Fixed fee: billed by milestone, not by the hour"
+    NO_CONTRACT = "no_contract", "No contract: held until the project has one"
+
+
+def billing_basis() -> models.Case:
+    """A time entry's BillingBasis, by its project's contract, as a query expression (annotate
+    a TimeEntry query with it)."""
+    return models.Case(
+        models.When(
+            project__contract__billing_model__in=Contract.HOURLY_MODELS,
+            then=models.Value(BillingBasis.HOURLY),
+        ),
+        models.When(project__contract__isnull=False, then=models.Value(BillingBasis.MILESTONE)),
+        default=models.Value(BillingBasis.NO_CONTRACT),
+        output_field=models.CharField(),
+    )
+
+
+class TimeEntryQuerySet(models.QuerySet["TimeEntry"]):
+    def unbilled(self) -> TimeEntryQuerySet:
+        """Approved billable time with no billing event yet: what a billing run considers."""
+        return self.filter(
+            approval_state=ApprovalState.APPROVED, billable=True, billing_event__isnull=True
+        )
+
+
 class TimeEntry(CanonicalRecord):
+    objects = TimeEntryQuerySet.as_manager()
+
     resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="time_entries")
     # Indexed by (project, date) below, which serves project lookups too.
     project = models.ForeignKey(

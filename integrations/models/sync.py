@@ -88,15 +88,28 @@ class PollCursor(models.Model):
 
     `position` is the last modification stamp read; `ids_at_position` are the records already
     read that carry exactly that stamp, so the next poll can ask for `>= position` and skip only
-    those, never a record that shares the stamp but was not yet seen.
+    those, never a record that shares the stamp but was not yet seen. `resume` is where an
+    unfinished read of a vendor that lists newest first stands (integrations/sync/polling.py).
+    The last four fields are its health: when it last read everything, and since when and why
+    it has been failing.
     """
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="cursors")
     object_type = models.CharField(max_length=64)
     position = models.CharField(max_length=64, blank=True)
     ids_at_position = models.JSONField(default=list, blank=True)
+    resume = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="An unfinished read: the next page, the newest stamp read and the ids at it.",
+    )
     last_polled_at = models.DateTimeField(null=True, blank=True)
     last_success_at = models.DateTimeField(null=True, blank=True)
+    last_failure_at = models.DateTimeField(null=True, blank=True)
+    failing_since = models.DateTimeField(
+        null=True, blank=True, help_text="The first failed poll since the last success."
+    )
+    last_error = models.TextField(blank=True)
 
     class Meta:
         constraints = [
@@ -137,6 +150,9 @@ class OutboxMessage(models.Model):
     idempotency_key = models.CharField(max_length=200, unique=True)
     state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
     attempts = models.PositiveIntegerField(default=0)
+    # When the first attempt was claimed: the retry budget is a time window from here
+    # (integrations/sync/outbox.py), so a burst of faults cannot use it up in minutes.
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
     # Set when an earlier attempt may have reached the vendor without us hearing back (a dropped
     # response, a timeout, a 500, a vanished worker): the next attempt looks the record up at
     # the vendor before creating it. Refusals the vendor made before writing (429, 503) and calls

@@ -19,12 +19,14 @@ from integrations.models import Connection, OutboxMessage
 from integrations.sync.outbox import (
     batch_idempotency_key,
     outbox_claim,
+    outbox_record_failure,
     outbox_record_outcomes,
     outbox_renew_lease,
 )
 from integrations.sync.outcome import Outcome
 from integrations.sync.ring import ring_dispatch, ring_dispatch_when_due
 from integrations.vendors import connector_for
+from integrations.vendors.echo import AnswerMismatch
 
 logger = logging.getLogger(__name__)
 
@@ -81,11 +83,25 @@ def _dispatch_until(
             size = connector.batch_size.get(operation, 1)
             for start in range(0, len(messages), size):
                 batch = messages[start : start + size]
-                counts = outbox_record_outcomes(outcomes=_send(connector, operation, batch))
+                counts = _record(_send(connector, operation, batch))
                 report.done += counts["done"]
                 report.retry += counts["retry"]
                 report.parked += counts["parked"]
     report.more = True
+
+
+def _record(outcomes: list[Outcome]) -> dict[str, int]:
+    """Record a batch's outcomes. Should that fail, the failure is the rows' attempt: they go
+    back with backoff (or park once their budget is spent) instead of staying in flight, being
+    released by the sweeper, sent and crashing again, attempt after attempt, never parking."""
+    claimed_attempts = {o.message.pk: o.message.attempts for o in outcomes}
+    try:
+        return outbox_record_outcomes(outcomes=outcomes)
+    except Exception as exc:
+        logger.exception("recording the outcomes of %d outbox rows failed", len(outcomes))
+        return outbox_record_failure(
+            outcomes=outcomes, claimed_attempts=claimed_attempts, error=exc
+        )
 
 
 def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) -> list[Outcome]:
@@ -162,6 +178,7 @@ def _failed(
         retry_after=error.retry_after,
         maybe_applied=maybe_applied,
         not_sent=error.never_sent,
+        mismatch=isinstance(error, AnswerMismatch),
     )
 
 

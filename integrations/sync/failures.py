@@ -21,6 +21,15 @@ from integrations.classification import ErrorClass
 from integrations.models import OutboxMessage
 from integrations.sync.outcome import Outcome
 
+# The case types a parked row goes on (below); their retry replays the parked rows
+# (outbox.py registers it: outbox_replay lives there).
+PARKING_CASE_TYPES = (
+    "vendor_validation",
+    "vendor_answer_mismatch",
+    "retries_exhausted",
+    "permanent_error",
+)
+
 
 @dataclass
 class _Parking:
@@ -83,6 +92,11 @@ def _parking(outcome: Outcome, *, exhausted: bool) -> _Parking:
         case_type = "vendor_validation"
         # Same vendor complaint about the same subject (e.g. the same customer) = one root cause.
         subject["complaint"] = outcome.vendor_message or outcome.error
+    elif outcome.mismatch:
+        # The vendor answered with another record: one root cause per connection (a misrouted
+        # tenant, a proxy, a stand-in), whichever records it was sent; the latest answer shows.
+        case_type = "vendor_answer_mismatch"
+        subject.update(connection_id=message.connection_id, answer=outcome.vendor_message)
     else:
         case_type = "retries_exhausted" if exhausted else "permanent_error"
         subject.update(

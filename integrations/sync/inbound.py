@@ -4,22 +4,35 @@ the published mapping, apply ownership and the version check, upsert the canonic
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
 
+from exceptions.models import ExceptionCase
+from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
 from integrations.connectors.base import Connector
 from integrations.connectors.errors import ConnectorError, TransientError
 from integrations.mapping.apply import map_inbound
 from integrations.mapping.ownership import load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
-from integrations.models import Connection, InboundMessage
+from integrations.models import Connection, InboundMessage, SystemRole
+from integrations.selectors import inbound_held
 from integrations.sync.errors import InboundRetry
 from integrations.sync.ring import ring_inbound
-from integrations.sync.upsert import canonical_upsert, message_state
+from integrations.sync.tenancy import tenant_facts, tenant_fill
+from integrations.sync.upsert import (
+    FailureCause,
+    UpsertPlan,
+    UpsertState,
+    canonical_upsert,
+    message_state,
+)
 from integrations.vendors import connector_for
 
 logger = logging.getLogger(__name__)
@@ -66,6 +79,8 @@ def _process(message: InboundMessage, context: _Context) -> str:
     connection = context.connection
     mapping = mapping_load_published(connection_id=connection.pk, object_type=message.object_type)
     if mapping is None:
+        reason = f"no published mapping for {message.object_type}"
+        mapping_case_open([message], reason)
         return _finish(
             message,
             State.FAILED,
@@ -81,12 +96,20 @@ def _process(message: InboundMessage, context: _Context) -> str:
         except TransientError as exc:
             raise InboundRetry(str(exc), exc.retry_after) from exc
         except ConnectorError as exc:
+            unreadable = FailureCause("unreadable", (), str(exc))
+            inbound_failure_cases_open(failures=[InboundFailure(message, unreadable)])
             return _finish(message, State.FAILED, f"Reading the record failed: {exc}")
         if fetched is None:
+            gone = FailureCause("unreadable", (), "the record no longer exists there")
+            inbound_failure_cases_open(failures=[InboundFailure(message, gone)])
             return _finish(message, State.FAILED, "The record no longer exists at the vendor.")
         record = fetched
 
     mapped = map_inbound(mapping, record)
+    # What the record leaves out and its tenant implies (a Xero invoice's legal entity, a
+    # contact's currency), as on the poll path.
+    facts = tenant_facts(connection=connection, connector=context.connector, mapping=mapping)
+    tenant_fill([mapped], facts)
     if not mapped.ok:
         errors = "; ".join(str(e) for e in mapped.errors)
         mapping_case_open([message], errors)
@@ -94,7 +117,18 @@ def _process(message: InboundMessage, context: _Context) -> str:
     if mapped.source_version and message.source_version < mapped.source_version:
         message.source_version = mapped.source_version
 
-    result = canonical_upsert(connection=connection, mapped=mapped, rules=context.rules)
+    result = canonical_upsert(
+        connection=connection, mapped=mapped, rules=context.rules, payload=record
+    )
+    if result.state == UpsertState.FAILED:
+        cause = result.cause or FailureCause("invalid", (), result.error)
+        inbound_failure_cases_open(failures=[InboundFailure(message, cause, record)])
+    elif result.state == UpsertState.APPLIED:
+        inbound_cases_clear_applied(
+            connection=connection,
+            object_type=message.object_type,
+            external_ids=[mapped.external_id],
+        )
     return _finish(message, *message_state(result))
 
 
@@ -145,6 +179,163 @@ def mapping_case_open(messages: Sequence[InboundMessage], errors: str) -> None:
     )
 
 
+# --- Cases for records that cannot be stored ----------------------------------------------------
+
+# Whose data it is: a record a system sent that Concord cannot store goes to the people who keep
+# that system's data (a Xero contact without a currency to finance, a Salesforce contract
+# missing a field to sales ops, a Harvest project to PMO). A reference Concord does not know
+# yet, or a record it cannot read, is the integration admins'.
+INVALID_CASE_BY_ROLE: dict[str, str] = {
+    SystemRole.ERP: "erp_record_invalid",
+    SystemRole.CRM: "crm_record_invalid",
+    SystemRole.PSA: "psa_record_invalid",
+}
+UNKNOWN_REFERENCE_CASE = "inbound_unknown_reference"
+UNREADABLE_CASE = "inbound_record_unreadable"
+INBOUND_RECORD_CASES = (*INVALID_CASE_BY_ROLE.values(), UNKNOWN_REFERENCE_CASE)
+# Payload keys that name a record for people, in order of preference.
+_NAMES = ("Name", "name", "ContractNumber", "InvoiceNumber", "code", "spent_date")
+
+
+@dataclass(frozen=True)
+class InboundFailure:
+    """A message that could not be stored, why, and the vendor's record when the message only
+    named it (a webhook's), so the case can name it."""
+
+    message: InboundMessage
+    cause: FailureCause
+    record: Mapping[str, Any] | None = None
+
+
+def inbound_label(message: InboundMessage, record: Mapping[str, Any] | None = None) -> str:
+    """ "Contacts 8f3e... (Acme Ltd)": the object, the vendor's id and, where it has one, the
+    record's name (from `record`, else the message's payload)."""
+    payload = record if record is not None else message.payload
+    payload = payload if isinstance(payload, Mapping) else {}
+    name = next((str(payload[k]) for k in _NAMES if payload.get(k)), "")
+    label = f"{message.object_type} {message.external_id}".strip()
+    return f"{label} ({name[:80]})" if name else label
+
+
+def _case_type_of(connection: Connection, cause: FailureCause) -> str:
+    if cause.kind == "unknown_reference":
+        return UNKNOWN_REFERENCE_CASE
+    if cause.kind == "unreadable":
+        return UNREADABLE_CASE
+    return INVALID_CASE_BY_ROLE.get(connection.role, UNKNOWN_REFERENCE_CASE)
+
+
+def _fields_text(fields: Sequence[str]) -> str:
+    named = [f for f in fields if f and f != "__all__"]
+    return ", ".join(sorted(named)) or "the record"
+
+
+def inbound_failure_cases_open(*, failures: Sequence[InboundFailure]) -> None:
+    """Every inbound message that cannot be stored opens or joins the case of its root cause
+    (connection, object type, fields, problem), which names the record and the fields and holds
+    the raw message (replay by case). One case write per root cause, however many messages."""
+    groups: dict[tuple[str, int, str, str, str], list[InboundFailure]] = defaultdict(list)
+    for failure in failures:
+        message, cause = failure.message, failure.cause
+        case_type = _case_type_of(message.connection, cause)
+        fields = _fields_text(cause.fields)
+        # An unknown reference is one root cause per relation, whatever value it names.
+        problem = "" if case_type == UNKNOWN_REFERENCE_CASE else cause.problem
+        key = (case_type, message.connection_id, message.object_type, fields, problem)
+        groups[key].append(failure)
+    # Sorted: two processes lock the cases they share in the same order.
+    for key in sorted(groups):
+        case_type, connection_id, object_type, fields, problem = key
+        group = groups[key]
+        latest = group[-1]
+        connection = latest.message.connection
+        subject = {
+            "connection_id": connection_id,
+            "connection": connection.name,
+            "system": connection.get_vendor_display(),
+            "object_type": object_type,
+            "fields": fields,
+            "problem": problem or latest.cause.problem,
+            "record": inbound_label(latest.message, latest.record),
+        }
+        case_open_or_join(
+            case_type=case_type,
+            subject=subject,
+            # A replay that fails again is held as its original (already on the case), so
+            # replaying the case sends each record once.
+            records=[
+                Blocked(
+                    record_type="inboundmessage",
+                    record_id=f.message.replay_of_id or f.message.pk,
+                    label=inbound_label(f.message, f.record),
+                )
+                for f in group
+            ],
+            process="inbound",
+            step="read" if case_type == UNREADABLE_CASE else "validate",
+            connection_id=connection_id,
+        )
+
+
+def inbound_page_cases(
+    *, connection: Connection, plan: UpsertPlan, rows: Sequence[Mapping[str, Any]]
+) -> None:
+    """After a polled page committed (its raw `rows`, in the plan's order): the records the plan
+    or the write failed (values refused, a reference not known) open or join the case of their
+    root cause, holding their raw rows, as a webhook's would; records applied now take their
+    earlier failures off such cases. Payloads the mapping could not read have their own case."""
+    unmapped = set(plan.unmapped)
+    outcomes = {**plan.notes, **plan.later}
+    causes: dict[str, FailureCause] = {}
+    applied: list[str] = []
+    for i, row in enumerate(rows):
+        state, reason = outcomes.get(i, (State.APPLIED, ""))
+        if state == State.FAILED and i not in unmapped:
+            causes[row["dedupe_key"]] = plan.causes.get(i) or FailureCause("invalid", (), reason)
+        elif state in (State.APPLIED, State.CONFLICT):
+            applied.append(row["external_id"])
+    if causes:
+        messages = InboundMessage.objects.filter(
+            connection=connection, dedupe_key__in=list(causes), replay_of__isnull=True
+        ).select_related("connection")
+        inbound_failure_cases_open(
+            failures=[InboundFailure(m, causes[m.dedupe_key]) for m in messages]
+        )
+    if rows:
+        inbound_cases_clear_applied(
+            connection=connection, object_type=rows[0]["object_type"], external_ids=applied
+        )
+
+
+def inbound_cases_clear_applied(
+    *, connection: Connection, object_type: str, external_ids: Sequence[str]
+) -> None:
+    """Records now applied (their system sent them again, fixed) take their earlier failed
+    messages off the cases that held them; a case with none left closes itself. Costs one
+    indexed query when no such case is open for the connection, the usual state."""
+    if not external_ids or not (
+        ExceptionCase.objects.filter(
+            status=ExceptionCase.Status.OPEN,
+            case_type__in=INBOUND_RECORD_CASES,
+            connection_id=connection.pk,
+        ).exists()
+    ):
+        return
+    failed = InboundMessage.objects.filter(
+        connection=connection,
+        object_type=object_type,
+        external_id__in=list(external_ids),
+        state=State.FAILED,
+    ).values_list("pk", flat=True)
+    records = [("inboundmessage", pk) for pk in failed]
+    if records:
+        case_records_clear(
+            records=records,
+            case_types=INBOUND_RECORD_CASES,
+            note="Closed automatically: every record it held has since been applied.",
+        )
+
+
 # Messages processed per batch task: a task ends within seconds and rings again for the rest.
 BATCH = 200
 
@@ -191,6 +382,30 @@ def inbound_replay(*, messages: list[InboundMessage]) -> list[InboundMessage]:
         connection_ids = {r.connection_id for r in replays}
         ring_inbound(connection_ids)
     return replays
+
+
+# Messages one retry of a case replays: 10,000 is a few seconds of processing; a case holding
+# more is retried again for the rest.
+RETRY_LIMIT = 10_000
+
+
+def inbound_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry an inbound case (exceptions/retry.py): replay the raw messages it holds, except
+    those whose earlier replay is still waiting to be processed."""
+    held = inbound_held(exception_case_id=case.pk, limit=RETRY_LIMIT)
+    waiting = set(
+        InboundMessage.objects.filter(replay_of__in=held, state=State.RECEIVED).values_list(
+            "replay_of_id", flat=True
+        )
+    )
+    replays = inbound_replay(messages=[m for m in held if m.pk not in waiting]) if held else []
+    return RetryResult(count=len(replays), summary=f"replayed {len(replays)} inbound message(s)")
+
+
+retry_handler_register(
+    case_types=("mapping_error", *INBOUND_RECORD_CASES, UNREADABLE_CASE),
+    handler=inbound_case_retry,
+)
 
 
 def inbound_sweep() -> int:

@@ -13,19 +13,23 @@ import hashlib
 import logging
 import random
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import Q, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from exceptions.models import ExceptionCase
+from exceptions.retry import RetryResult, retry_handler_register
 from integrations.classification import ErrorClass
 from integrations.models import Connection, CrossReference, OutboxMessage
-from integrations.sync.failures import close_cases_for, park_with_cases
+from integrations.selectors import outbox_parked
+from integrations.sync.failures import PARKING_CASE_TYPES, close_cases_for, park_with_cases
 from integrations.sync.outcome import Outcome
 from integrations.sync.ring import ring_dispatch
 from integrations.sync.steps import on_delivered
@@ -33,11 +37,18 @@ from integrations.sync.steps import on_delivered
 logger = logging.getLogger(__name__)
 
 # Retries: 1 s, 2 s, 4 s ... capped at 60 s (CONCORD_OUTBOX_BACKOFF_CAP_S), with jitter so that
-# workers retrying after the same outage do not hit the vendor in lockstep. 15 attempts span about
-# 10 minutes before a person is told: even at a 50% failure rate per call a row parks with odds
-# of 1 in 30,000. A longer outage opens the connection's circuit breaker, whose waits do not
-# count as attempts. No delay approaches the broker's visibility timeout (1 hour).
-MAX_ATTEMPTS = 15
+# workers retrying after the same outage do not hit the vendor in lockstep. No delay approaches
+# the broker's visibility timeout (1 hour).
+#
+# The retry budget is a time window AND a count: a row parks (an integration admin's case) only
+# once it has been tried at least CONCORD_OUTBOX_MIN_ATTEMPTS times (15) AND its first attempt is
+# CONCORD_OUTBOX_RETRY_WINDOW_S (1 hour) ago. A count alone was used up in minutes: 15 attempts
+# at 1-60 s apart span about 10 minutes, and a batch of 50 invoices failing together, a worker
+# killed mid-call or a crash while recording cost an attempt each; under 20% 5xx and 10% 429 a
+# row was delivered on its 15th and last attempt. With the window, at the 60 s cap a row is
+# tried about 60 times over the hour, an outage shorter than that never reaches a person, and a
+# row that keeps failing still parks an hour after its first attempt: no retry is endless. A
+# longer outage opens the connection's circuit breaker, whose waits do not count as attempts.
 BACKOFF_BASE_S = 1.0
 
 
@@ -45,7 +56,31 @@ def backoff_cap_s() -> float:
     return float(getattr(settings, "CONCORD_OUTBOX_BACKOFF_CAP_S", 60))
 
 
+def min_attempts() -> int:
+    return int(getattr(settings, "CONCORD_OUTBOX_MIN_ATTEMPTS", 15))
+
+
+def retry_window() -> timedelta:
+    return timedelta(seconds=int(getattr(settings, "CONCORD_OUTBOX_RETRY_WINDOW_S", 3600)))
+
+
+def budget_left(message: OutboxMessage, now: datetime) -> bool:
+    """Whether a row that failed (its attempts counted) may be tried again."""
+    if message.attempts < min_attempts():
+        return True
+    first = message.first_attempt_at
+    return first is None or now < first + retry_window()
+
+
+def budget_spent(now: datetime) -> Q:
+    """The rows whose budget is spent, as a filter (the same rule as `budget_left`)."""
+    return Q(attempts__gte=min_attempts(), first_attempt_at__lte=now - retry_window())
+
+
 State = OutboxMessage.State
+
+
+RELEASED = "Released by the sweeper: the worker holding it stopped answering."
 
 
 def lease_seconds() -> int:
@@ -129,7 +164,9 @@ def outbox_enqueue(*, messages: Sequence[OutboxMessage]) -> int:
 def outbox_claim(*, connection_id: int, limit: int, worker: str) -> list[OutboxMessage]:
     """Claim up to `limit` due rows of one connection, oldest first, skipping rows another
     worker holds. Rows whose record still has an older version waiting are left for later, and
-    rows older than a version already delivered are skipped as stale."""
+    rows older than a version already delivered are skipped as stale. A row whose retry budget
+    is spent (it came back from the sweeper, or a crash kept it from parking) is parked with
+    its case here instead of being sent again."""
     now = timezone.now()
     with transaction.atomic():
         candidates = list(
@@ -141,24 +178,59 @@ def outbox_claim(*, connection_id: int, limit: int, worker: str) -> list[OutboxM
         )
         if not candidates:
             return []
-        ready, stale = _order_by_version(candidates)
+        spent = [m for m in candidates if not budget_left(m, now)]
+        ready, stale = _order_by_version([m for m in candidates if budget_left(m, now)])
         if stale:
             OutboxMessage.objects.filter(pk__in=[m.pk for m in stale]).update(
                 state=State.SKIPPED, last_error="A newer version was already delivered."
             )
+        # Held (in flight, not sent) until they are parked below: no other worker takes them.
+        _hold(spent, now=now, worker=worker)
         if ready:
             OutboxMessage.objects.filter(pk__in=[m.pk for m in ready]).update(
                 state=State.IN_FLIGHT,
                 claimed_at=now,
                 claimed_by=worker,
                 attempts=models.F("attempts") + 1,
+                first_attempt_at=Coalesce("first_attempt_at", Value(now)),
             )
             for message in ready:
                 message.state = State.IN_FLIGHT
                 message.claimed_at = now
                 message.claimed_by = worker
                 message.attempts += 1
-        return ready
+                message.first_attempt_at = message.first_attempt_at or now
+    _park_spent(spent)
+    return ready
+
+
+def _hold(messages: Sequence[OutboxMessage], *, now: datetime, worker: str) -> None:
+    if messages:
+        OutboxMessage.objects.filter(pk__in=[m.pk for m in messages]).update(
+            state=State.IN_FLIGHT, claimed_at=now, claimed_by=worker
+        )
+
+
+def _park_spent(messages: Sequence[OutboxMessage]) -> None:
+    """Park rows whose budget is spent with the integration admins' case, saying why the last
+    attempt failed. Should this fail, the rows stay in flight: the sweeper finds them again."""
+    if not messages:
+        return
+    try:
+        park_with_cases(
+            [
+                Outcome(
+                    message=m,
+                    ok=False,
+                    error_class=ErrorClass.TRANSIENT,
+                    error=m.last_error or "retry budget spent",
+                )
+                for m in messages
+            ]
+        )
+    except Exception:
+        # The rows claimed alongside are in flight already and must be sent, not stranded.
+        logger.exception("parking %d outbox rows whose retry budget is spent failed", len(messages))
 
 
 def _order_by_version(
@@ -214,7 +286,8 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
     counts = {"done": 0, "retry": 0, "parked": 0}
     succeeded = [o for o in outcomes if o.ok]
     retry = [o for o in outcomes if not o.ok and o.error_class == ErrorClass.TRANSIENT]
-    retry_now = [o for o in retry if o.message.attempts < MAX_ATTEMPTS]
+    # Held back by our own limits (not sent): not an attempt, so always retried.
+    retry_now = [o for o in retry if o.not_sent or budget_left(o.message, now)]
     park = [o for o in outcomes if not o.ok and o not in retry_now]
 
     with transaction.atomic():
@@ -250,6 +323,8 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
             if outcome.not_sent:
                 # Held back by our own limits: wait as long as they say, and give the attempt back.
                 message.attempts -= 1
+                if message.attempts == 0:
+                    message.first_attempt_at = None  # the window starts with a real attempt
                 delay = outcome.retry_after or BACKOFF_BASE_S
             else:
                 delay = backoff_delay(message.attempts, outcome.retry_after)
@@ -262,6 +337,7 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
             [
                 "state",
                 "attempts",
+                "first_attempt_at",
                 "next_attempt_at",
                 "last_error",
                 "error_class",
@@ -282,6 +358,41 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
     if succeeded:
         close_cases_for([o.message for o in succeeded])
     return counts
+
+
+def outbox_record_failure(
+    *, outcomes: Sequence[Outcome], claimed_attempts: Mapping[int, int], error: BaseException
+) -> dict[str, int]:
+    """Recording a batch's outcomes failed (a constraint the answer broke, a defect in a step
+    handler, the database gone for a moment): nothing of it was written. The failure counts as
+    an attempt like any other: the rows still in flight under this claim go back with backoff,
+    or park once their budget is spent. A row the vendor may hold now (the call succeeded, or
+    may have) is looked up before it is sent again."""
+    # The first line: a database error's DETAIL lines (the key values) stay in the worker log.
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    reason = f"recording the outcome failed: {type(error).__name__}: {first_line}"
+    # Read again: the failed recording may have changed the rows in memory before it stopped.
+    # Only rows still under this claim (in flight, with the attempt count `claimed_attempts`
+    # gave them when they were claimed) are touched: a row recorded before the failure, or
+    # handed to another worker since, is not.
+    claims = {o.message.pk: o for o in outcomes}
+    current = (
+        OutboxMessage.objects.select_related("connection", "content_type")
+        .filter(pk__in=list(claims), state=State.IN_FLIGHT)
+        .order_by("pk")
+    )
+    failed = [
+        Outcome(
+            message=message,
+            ok=False,
+            error_class=ErrorClass.TRANSIENT,
+            error=reason,
+            maybe_applied=claims[message.pk].ok or claims[message.pk].maybe_applied,
+        )
+        for message in current
+        if message.attempts == claimed_attempts.get(message.pk)
+    ]
+    return outbox_record_outcomes(outcomes=failed)
 
 
 def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None:
@@ -327,15 +438,30 @@ def _supersede_parked(succeeded: Sequence[Outcome]) -> None:
 
 def outbox_sweep() -> dict[str, Any]:
     """Hand back rows whose worker vanished, and ring the dispatcher for every connection with
-    due rows, so a lost broker message or a killed worker costs seconds, never a record."""
+    due rows, so a lost broker message or a killed worker costs seconds, never a record. A
+    vanished worker's claim counted as an attempt; a row whose budget that spent is parked
+    with its case instead of being handed back."""
     now = timezone.now()
     expired = now - timedelta(seconds=lease_seconds())
-    released = OutboxMessage.objects.filter(state=State.IN_FLIGHT, claimed_at__lt=expired).update(
+    orphaned = OutboxMessage.objects.filter(state=State.IN_FLIGHT, claimed_at__lt=expired)
+    released = orphaned.exclude(budget_spent(now)).update(
         state=State.PENDING,
         next_attempt_at=now,
         needs_lookup=True,  # the vanished worker may have sent it
-        last_error="Released by the sweeper: the worker holding it stopped answering.",
+        last_error=RELEASED,
     )
+    with transaction.atomic():
+        spent = list(
+            orphaned.filter(budget_spent(now))
+            .select_for_update(skip_locked=True, of=("self",))
+            .select_related("connection", "content_type")
+            .order_by("pk")
+        )
+        # Held under a fresh lease while they are parked, so a second sweep leaves them alone.
+        _hold(spent, now=now, worker="sweeper")
+    for message in spent:
+        message.last_error = RELEASED  # how its last attempt ended
+    _park_spent(spent)
     due = list(
         OutboxMessage.objects.filter(state=State.PENDING, next_attempt_at__lte=now)
         # order_by(): Meta.ordering would join the DISTINCT and give one value per row.
@@ -344,9 +470,13 @@ def outbox_sweep() -> dict[str, Any]:
         .distinct()
     )
     ring_dispatch(due, force=True)
-    if released:
-        logger.warning("sweeper released %d in-flight outbox rows", released)
-    return {"released": released, "connections_rung": len(due)}
+    if released or spent:
+        logger.warning(
+            "sweeper released %d in-flight outbox rows and parked %d whose budget was spent",
+            released,
+            len(spent),
+        )
+    return {"released": released, "parked": len(spent), "connections_rung": len(due)}
 
 
 # --- Replay -----------------------------------------------------------------------------------
@@ -354,6 +484,8 @@ def outbox_sweep() -> dict[str, Any]:
 
 def outbox_replay(*, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
     """Send parked rows again as new rows linked to the originals (their attempts stay on record).
+    A person replaying gives the record a new retry budget: the replay row counts its own
+    attempts from its first claim and parks again, with its case, once that is spent.
 
     The payload is the original's; fixing data and retrying is the workflow's job, which writes
     a new version. The replay keeps the look-up-before-create guard, so a row whose first attempt
@@ -397,3 +529,24 @@ def outbox_replay(*, messages: Sequence[OutboxMessage]) -> list[OutboxMessage]:
         ).update(state=State.SKIPPED, last_error="Replayed; see the replay row.")
         ring_dispatch({m.connection_id for m in replays})
     return replays
+
+
+# Parked rows replayed per round of a case's retry: one round per 1,000 rows keeps each INSERT
+# and UPDATE bounded (the API's replay takes the same number).
+RETRY_BATCH = 1000
+
+
+def outbox_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry an outbox case (exceptions/retry.py): replay every row parked on it, each as a
+    new row with a fresh retry budget, which looks the record up before creating it."""
+    replayed = 0
+    while rows := outbox_parked(exception_case_id=case.pk, limit=RETRY_BATCH):
+        done = outbox_replay(messages=rows)
+        replayed += len(done)
+        if not done:
+            break
+    return RetryResult(count=replayed, summary=f"replayed {replayed} parked outbox row(s)")
+
+
+# Here rather than in failures.py, which outbox.py imports: outbox_replay lives here.
+retry_handler_register(case_types=PARKING_CASE_TYPES, handler=outbox_case_retry)

@@ -23,5 +23,7 @@ class Outcome:
     maybe_applied: bool = False
     # Never sent (our own rate limiter or circuit breaker held it back): not an attempt.
     not_sent: bool = False
+    # The vendor answered with a record other than the one sent (integrations/vendors/echo.py).
+    mismatch: bool = False
     vendor_message: str = ""
     retry_after: float | None = None

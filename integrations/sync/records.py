@@ -45,6 +45,7 @@ from integrations.models import AuditEvent, CanonicalRecord
 from integrations.models.base import FieldSource, with_sources
 from integrations.services.audit import audit_record, field_changes
 from integrations.sync.bulk import copy_insert_values
+from integrations.sync.identity import match_keys_refresh
 from integrations.sync.validation import (
     ErrorDict,
     clean_errors,
@@ -258,6 +259,7 @@ def record_create(*, model: type[R], data: dict[str, Any], actor: Actor) -> R:
     if stored.refused:
         raise ValidationError(stored.refused[("create", 0)])
     record = model._default_manager.get(pk=stored.created[0][1])
+    match_keys_refresh(records=[record])
     audit_record(
         actor=actor,
         action=AuditEvent.Action.CREATE,
@@ -303,6 +305,7 @@ def record_update(
     )
     if stored.refused:
         raise ValidationError(stored.refused[("update", 0)])
+    match_keys_refresh(records=[locked])
     changes: dict[str, Any] = field_changes(_by_name(model, before), _by_name(model, applied))
     if owned:
         changes["owned_by"] = [None, dict(sorted(owned.items()))]

@@ -7,6 +7,10 @@ stale (a version no newer than the one applied from that system: recorded and sk
 (a relation Concord does not know yet, or values ``full_clean`` would refuse: the record fails
 alone, with the field and Django's words), a new record, or an update (the fields the system
 owns applied; a change of a field another system owns withheld, an ownership-conflict case).
+A record no cross-reference names yet that the object's match rules find to be one Concord
+holds from another system is that record's update, with a new cross-reference (identity
+resolution, integrations.sync.identity); a probable match is a new record and a
+possible-duplicate case.
 ``write_upsert`` writes the plan in bulk with the cross-references, inside the caller's
 transaction; a record the database refuses fails alone and the rest lands.
 
@@ -36,10 +40,32 @@ from integrations.models import Connection, CrossReference, InboundMessage
 from integrations.models.base import FieldSource, with_sources
 from integrations.sync.bulk import copy_insert_values
 from integrations.sync.errors import UnresolvedReference
+from integrations.sync.identity import (
+    Resolution,
+    identity_resolve,
+    match_keys_write,
+    possible_duplicates_open,
+)
 from integrations.sync.records import Stored, owner_split, records_store, row_errors
 from integrations.sync.validation import describe
+from integrations.timestamps import version_micros
 
 State = InboundMessage.State
+
+
+@dataclass(frozen=True)
+class FailureCause:
+    """Why a record failed, as the case for its root cause names it: ``kind`` is "invalid"
+    (values refused) or "unknown_reference"; the fields; the problem in words, without the
+    record's id (the same for every record with this root cause)."""
+
+    kind: str
+    fields: tuple[str, ...]
+    problem: str
+
+
+def invalid_cause(errors: Mapping[str, list[str]]) -> FailureCause:
+    return FailureCause("invalid", tuple(errors), describe(errors))
 
 
 @dataclass
@@ -49,6 +75,7 @@ class UpsertResult:
     created: bool = False
     conflicts: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    cause: FailureCause | None = None
 
 
 class UpsertState(StrEnum):
@@ -65,8 +92,16 @@ STALE_REASON = "An equal or newer version was already applied."
 
 def is_stale(version: int, xref: CrossReference | None) -> bool:
     """A version no newer than the one applied from that system (0: the source has no
-    versions, so nothing it sends is stale)."""
-    return bool(xref is not None and version and version <= int(xref.external_version or 0))
+    versions, so nothing it sends is stale). Versions are microseconds since the epoch; one
+    still stored as the vendor's own stamp (a cross-reference written by a push before
+    migration 0011_poll_health_versions) is read as its instant, and one nobody can read as none."""
+    if xref is None or not version:
+        return False
+    try:
+        applied = version_micros(xref.external_version)
+    except ValueError:
+        return False
+    return version <= applied
 
 
 def conflict_reason(conflicts: Iterable[str]) -> str:
@@ -86,16 +121,23 @@ def message_state(result: UpsertResult) -> tuple[str, str]:
 
 
 def canonical_upsert(
-    *, connection: Connection, mapped: MappedRecord, rules: OwnershipRules
+    *,
+    connection: Connection,
+    mapped: MappedRecord,
+    rules: OwnershipRules,
+    payload: Mapping[str, Any] | None = None,
 ) -> UpsertResult:
-    """Apply one mapped record (a webhook's): a batch of one on the page path."""
+    """Apply one mapped record (a webhook's): a batch of one on the page path. `payload`: the
+    vendor record it was mapped from (match rules may read fields the mapping does not)."""
     if mapped.canonical_model in VIRTUAL_MODELS:
         # No table (e.g. the CRM opportunity): the workflow that needs it reads the mapped fields.
         return UpsertResult(
             state=UpsertState.SKIPPED, error=f"{mapped.canonical_model} has no table"
         )
     with transaction.atomic():
-        plan = plan_upsert(connection=connection, mapped=[mapped], rules=rules, lock=True)
+        plan = plan_upsert(
+            connection=connection, mapped=[mapped], rules=rules, lock=True, payloads=[payload]
+        )
         write_upsert(plan)
     return plan.result_of(0)
 
@@ -127,21 +169,38 @@ class UpsertPlan:
     notes: dict[int, tuple[str, str]] = field(default_factory=dict)
     # Positions of the payloads the mapping could not read (they open a mapping case).
     unmapped: list[int] = field(default_factory=list)
+    # By position: why a record failed, for its case (fields, problem).
+    causes: dict[int, FailureCause] = field(default_factory=dict)
     # By position: what the write found (the database refused the record), once written.
     later: dict[int, tuple[str, str]] = field(default_factory=dict)
     # Where each mapped record stands in the batch (by object id).
     positions: dict[int, int] = field(default_factory=dict)
     stored: Stored | None = None
+    # Identity resolution (integrations.sync.identity): the batch's match keys, and the new
+    # records that are an existing one (linked: by external id, the canonical id) or may be.
+    identity: Resolution | None = None
+    links: dict[str, int] = field(default_factory=dict)
 
-    def fail(self, mapped: MappedRecord, reason: str, *, later: bool = False) -> None:
+    def fail(
+        self,
+        mapped: MappedRecord,
+        reason: str,
+        *,
+        later: bool = False,
+        cause: FailureCause | None = None,
+    ) -> None:
         self.outcome["failed"][mapped.external_id] = reason
         (self.later if later else self.notes)[self.positions[id(mapped)]] = (State.FAILED, reason)
+        if cause is not None:
+            self.causes[self.positions[id(mapped)]] = cause
 
     def result_of(self, position: int) -> UpsertResult:
         """The outcome of the record at `position` (after the write)."""
         state, reason = self.later.get(position) or self.notes.get(position) or (State.APPLIED, "")
         if state == State.FAILED:
-            return UpsertResult(state=UpsertState.FAILED, error=reason)
+            return UpsertResult(
+                state=UpsertState.FAILED, error=reason, cause=self.causes.get(position)
+            )
         if state == State.STALE:
             return UpsertResult(state=UpsertState.STALE)
         stored = self.stored or Stored()
@@ -164,10 +223,17 @@ def plan_upsert(
     mapped: Sequence[MappedRecord],
     rules: OwnershipRules,
     lock: bool = False,
+    payloads: Sequence[Mapping[str, Any] | None] | None = None,
 ) -> UpsertPlan:
     """Decide, with a handful of reads for the whole batch, what each record needs (see the
     module's docstring). ``lock``: read the cross-references and records FOR UPDATE (inside
-    the caller's transaction), as the one-record path does."""
+    the caller's transaction), as the one-record path does. ``payloads``: the vendor records,
+    by position, for the match rules that read what the mapping does not.
+
+    A record no cross-reference names that the object's match rules find, with certainty, to
+    be a record Concord holds from another system links to it: an update of that record (the
+    owner's fields applied, as for any update) and a new cross-reference, not a new row. A
+    probable match is created as its own row and opens a possible-duplicate case."""
     plan = UpsertPlan(connection=connection, rules=rules)
     counts = plan.outcome
     position = plan.positions = {id(m): i for i, m in enumerate(mapped)}
@@ -213,8 +279,23 @@ def plan_upsert(
             fresh.append(m)
     counts["stale"] += len(good) - len(latest)
 
+    # Objects without match rules (time entries) pay one small query per batch for this.
+    identity = plan.identity = identity_resolve(
+        connection=connection,
+        object_type=model_name,
+        records=(
+            (
+                m.external_id,
+                m.fields,
+                payloads[position[id(m)]] if payloads is not None else None,
+                m.external_id not in xrefs,
+            )
+            for m in fresh
+        ),
+    )
     relations = relation_ids(connection, model, [m.fields for m in fresh])
     known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
+    known += [match.record_id for match in identity.links.values()]
     existing: dict[int, Any] = {}
     if known:
         rows = model._default_manager.filter(pk__any=known)
@@ -225,17 +306,23 @@ def plan_upsert(
         try:
             fields = resolve_fields(connection, model, m.fields, relations, plans)
         except UnresolvedReference as exc:
-            plan.fail(m, str(exc))
+            plan.fail(m, str(exc), cause=FailureCause("unknown_reference", (exc.field,), str(exc)))
             continue
         xref = xrefs.get(m.external_id)
         record: Any = existing.get(xref.object_id) if xref is not None else None
+        link = identity.links.get(m.external_id) if xref is None else None
+        if link is not None:
+            record = existing.get(link.record_id)
+            if record is not None:
+                plan.links[m.external_id] = record.pk
         source = FieldSource(stamp_role, connection.pk, m.source_version)
         if record is None:
             # A new record: split_by_owner applies every field when nothing exists yet (the
             # owner's next update replaces what a non-owner filled in), so no split is needed.
             errors = row_errors(model, fields, creating=True)
             if errors:
-                plan.fail(m, f"{model_name} {m.external_id}: {describe(errors)}")
+                reason = f"{model_name} {m.external_id}: {describe(errors)}"
+                plan.fail(m, reason, cause=invalid_cause(errors))
                 continue
             sources = with_sources(None, fields, source)
             fields["source_system"] = stamp_role
@@ -251,7 +338,8 @@ def plan_upsert(
         )
         errors = row_errors(model, applied, creating=False, instance=record)
         if errors:
-            plan.fail(m, f"{model_name} {m.external_id}: {describe(errors)}")
+            reason = f"{model_name} {m.external_id}: {describe(errors)}"
+            plan.fail(m, reason, cause=invalid_cause(errors))
             continue
         for name, value in applied.items():
             setattr(record, name, value)
@@ -272,7 +360,8 @@ def plan_upsert(
 def write_upsert(plan: UpsertPlan) -> None:
     """Carry a plan out inside the caller's transaction, in bulk with the cross-references;
     a record the database refuses fails alone (``later``) and the others land. Then the
-    ownership-conflict cases of the updates that withheld fields."""
+    ownership-conflict cases of the updates that withheld fields, and the possible-duplicate
+    cases of the new records that may be existing ones."""
     model, counts = plan.model, plan.outcome
     if model is None or not (plan.creates or plan.updates):
         return
@@ -285,7 +374,8 @@ def write_upsert(plan: UpsertPlan) -> None:
     )
     for (kind, index), errors in stored.refused.items():
         m = plan.creates[index][0] if kind == "create" else plan.updates[index][0]
-        plan.fail(m, f"{model._meta.model_name} {m.external_id}: {describe(errors)}", later=True)
+        reason = f"{model._meta.model_name} {m.external_id}: {describe(errors)}"
+        plan.fail(m, reason, later=True, cause=invalid_cause(errors))
     counts["applied"] += len(stored.created) + len(stored.updated)
     if plan.conflicts:
         for index in stored.updated:
@@ -294,16 +384,26 @@ def write_upsert(plan: UpsertPlan) -> None:
             if conflict is not None:
                 counts["conflicts"] += 1
                 _ownership_case(plan.connection, record, *conflict)
+    probable = plan.identity.probable if plan.identity is not None else {}
+    if probable:
+        pairs = []
+        for index, pk in stored.created:
+            match = probable.get(plan.creates[index][0].external_id)
+            if match is not None:
+                pairs.append((pk, match))
+        possible_duplicates_open(connection=plan.connection, model=model, pairs=pairs)
 
 
 def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
-    """The cross-references of what was just stored: new ones by COPY, the others' versions
-    (and, for a record re-created, its id) by one bulk update."""
+    """The cross-references of what was just stored: new ones by COPY (a record linked to an
+    existing one gets its first from this system), the others' versions (and, for a record
+    re-created, its id) by one bulk update; then the match keys of what was stored."""
     content_type, connection = plan.content_type, plan.connection
     assert content_type is not None  # noqa: S101 - a plan with writes has one
     now = timezone.now()
     rows = []
     changed: list[tuple[CrossReference, MappedRecord]] = []
+    new: list[tuple[int, MappedRecord]] = []
     for index, pk in stored.created:
         m = plan.creates[index][0]
         gone = plan.repoint.get(m.external_id)
@@ -311,6 +411,14 @@ def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
             gone.object_id = pk
             changed.append((gone, m))
             continue
+        new.append((pk, m))
+    for index in stored.updated:
+        m, record = plan.updates[index]
+        if m.external_id in plan.links:
+            new.append((record.pk, m))
+        else:
+            changed.append((plan.xrefs[m.external_id], m))
+    for pk, m in new:
         rows.append(
             {
                 "content_type_id": content_type.pk,
@@ -322,15 +430,25 @@ def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
             }
         )
     copy_insert_values(CrossReference, rows)
-    for index in stored.updated:
-        m = plan.updates[index][0]
-        changed.append((plan.xrefs[m.external_id], m))
     for xref, m in changed:
         xref.external_version = str(m.source_version)
         xref.last_synced_at = now
     if changed:
         names = ["external_version", "last_synced_at"] + (["object_id"] if plan.repoint else [])
         CrossReference.objects.bulk_update([x for x, _ in changed], names, batch_size=1000)
+    identity = plan.identity
+    if identity is not None and identity.rules:
+        keys = {pk: identity.keys.get(m.external_id, []) for pk, m in new}
+        for index in stored.updated:
+            m, record = plan.updates[index]
+            keys[record.pk] = identity.keys.get(m.external_id, [])
+        for index, pk in stored.created:
+            keys[pk] = identity.keys.get(plan.creates[index][0].external_id, [])
+        match_keys_write(
+            connection=connection,
+            object_type=str(content_type.model),
+            keys=keys,
+        )
 
 
 def _by_field_name(model: type[models.Model], values: Mapping[str, Any]) -> dict[str, Any]:
@@ -419,7 +537,8 @@ def resolve_fields(
                 related = _related_model(model, name.partition("__")[0])
                 raise UnresolvedReference(
                     f"{related._meta.verbose_name} {value} from {connection.name} is not known "
-                    "to Concord yet, so the record that refers to it cannot be stored."
+                    "to Concord yet, so the record that refers to it cannot be stored.",
+                    field=name.partition("__")[0],
                 )
             resolved[target] = found
     return resolved

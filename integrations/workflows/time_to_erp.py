@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -27,10 +27,10 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.db.models import Exists, OuterRef, Q
 
-from exceptions.models import Queue
+from exceptions.models import BlockedRecord, ExceptionCase, Queue
+from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
 from integrations.models import (
-    ApprovalState,
     BillingEvent,
     Connection,
     Contract,
@@ -70,7 +70,9 @@ POST_STEP = "post_invoice"
 # Invoices rendered again per transaction when a run retries the ones a mapping refused.
 RESEND_CHUNK = 500
 CENT = Decimal("0.01")
-BILLABLE_MODELS = {Contract.BillingModel.TIME_AND_MATERIALS, Contract.BillingModel.RETAINER}
+# Billed by the hour; fixed-fee time is billed by milestone. The rule lives with the contract,
+# so the finance page counts what this run takes by the same one.
+BILLABLE_MODELS = Contract.HOURLY_MODELS
 
 
 @dataclass
@@ -97,12 +99,23 @@ class _Problem:
         )
 
 
-def billing_run(*, limit: int | None = None) -> BillingRunReport:
-    """Bill every approved, unbilled time entry (up to `limit`), chunk by chunk."""
+def billing_run(
+    *, limit: int | None = None, entry_ids: Collection[int] | None = None
+) -> BillingRunReport:
+    """Bill every approved, unbilled time entry (up to `limit`), chunk by chunk; with
+    `entry_ids`, only those of them still unbilled (a case's retry: the entries it holds)."""
     report = BillingRunReport()
     # Exchange rates and ERP routes are the same for every chunk of a run: read them once.
     books = _RunBooks(fx=_FxBook.load(), routes=_Routes.load())
     _resend_unrendered(books.routes)
+    if entry_ids is not None:
+        wanted = sorted(set(entry_ids))
+        for start in range(0, len(wanted), CHUNK):
+            chunk = wanted[start : start + CHUNK]
+            ids = list(_unbilled().filter(pk__in=chunk).order_by("pk").values_list("pk", flat=True))
+            if ids:
+                _bill_chunk(ids, report, books)
+        return report
     last_id = 0
     while limit is None or report.considered < limit:
         size = CHUNK if limit is None else min(CHUNK, limit - report.considered)
@@ -117,9 +130,7 @@ def billing_run(*, limit: int | None = None) -> BillingRunReport:
 
 
 def _unbilled() -> Any:
-    return TimeEntry.objects.filter(
-        approval_state=ApprovalState.APPROVED, billable=True, billing_event__isnull=True
-    )
+    return TimeEntry.objects.unbilled()
 
 
 @transaction.atomic
@@ -535,3 +546,31 @@ def invoices_posted(messages: Sequence[OutboxMessage]) -> None:
 
 
 delivered_step_register(process=PROCESS, step=POST_STEP, handler=invoices_posted)
+
+
+# The case types billing validation raises (_validate); their retry bills the held entries.
+VALIDATION_CASE_TYPES = (
+    "time_on_inactive_project",
+    "project_without_legal_entity",
+    "project_without_contract",
+    "missing_rate",
+    "missing_exchange_rate",
+    "no_erp_route",
+)
+
+
+def billing_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry a billing validation case (exceptions/retry.py): run the billing run again for
+    the time entries it holds; those billed now take themselves off it."""
+    held = BlockedRecord.objects.filter(case=case, record_type="timeentry")
+    report = billing_run(entry_ids=list(held.values_list("record_id", flat=True)))
+    return RetryResult(
+        count=report.considered,
+        summary=f"billed {report.billed} of {report.considered} held time entries"
+        + (f"; {report.blocked} still blocked" if report.blocked else ""),
+    )
+
+
+retry_handler_register(
+    case_types=VALIDATION_CASE_TYPES, handler=billing_case_retry, process=PROCESS
+)

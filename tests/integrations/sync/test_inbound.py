@@ -113,16 +113,17 @@ def test_webhook_creates_the_customer_then_ownership_decides_what_changes(
 def test_record_that_cannot_be_stored_fails_with_a_reason_and_can_be_replayed(
     xero: Connection, sandbox: Sandbox
 ) -> None:
-    # No currency: the canonical customer needs one.
-    contact_id = _create_contact(xero, Name="Nocurrency Ltd")
+    # Xero stores any text as an email address; the canonical customer needs a valid one.
+    contact_id = _create_contact(xero, Name="Bademail Ltd", EmailAddress="accounts at bademail")
     (message_id,) = _deliver(xero, contact_id, "2026-11-20T10:00:00")
     assert inbound_process(message_id=message_id) == "failed"
     failed = InboundMessage.objects.get(pk=message_id)
-    assert "currency" in failed.error
+    assert "billing_email" in failed.error
     assert not Customer.objects.exists()
 
-    sandbox.patch("xero", "Contacts", contact_id, {"DefaultCurrency": "GBP"})
+    sandbox.patch("xero", "Contacts", contact_id, {"EmailAddress": "accounts@bademail.example"})
     (replay,) = inbound_replay(messages=[failed])
     assert inbound_process(message_id=replay.pk) == "applied"
+    # The contact names no currency: it takes its tenant's base currency (the new ERP's GBP).
     assert Customer.objects.get().currency == "GBP"
     assert replay.replay_of_id == failed.pk
