@@ -59,11 +59,25 @@ app.conf.beat_schedule = {
         "schedule": 120.0,
         "options": {"expires": 120},
     },
+    "check-stale-polls": {
+        "task": "integrations.check_stale_polls",
+        # A poll runs every 120 s and is stale after 3 of them: checking every minute opens the
+        # case within a minute of the SLA passing, at one indexed query per check.
+        "schedule": 60.0,
+        "options": {"expires": 60},
+    },
     "billing-run": {
         "task": "integrations.billing_run",
         # Approved time becomes draft invoices within a minute; a run takes seconds.
         "schedule": 60.0,
         "options": {"expires": 60},
+    },
+    "case-digests": {
+        "task": "exceptions.send_case_digests",
+        # Every 5 minutes: an SLA breach or a big new case reaches its queue within minutes, in
+        # at most 12 messages an hour per queue, however many cases fail.
+        "schedule": 300.0,
+        "options": {"expires": 300},
     },
 }
 

@@ -8,10 +8,12 @@ DJANGO_SECRET_KEY, DJANGO_ALLOWED_HOSTS and CONCORD_FERNET_KEYS; nothing else ch
 from __future__ import annotations
 
 import secrets
+from datetime import timedelta
 from pathlib import Path
 
 import django_stubs_ext
 from cryptography.fernet import Fernet
+from csp.constants import NONE, SELF
 
 from config.env import (
     database_from_url,
@@ -52,6 +54,8 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_celery_beat",
+    "axes",
+    "csp",
     "integrations",
     "exceptions",
     "dashboards",
@@ -60,6 +64,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # After WhiteNoise: static files need no policy; every page, error page and API answer gets one.
+    "csp.middleware.CSPMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -67,6 +73,8 @@ MIDDLEWARE = [
     "config.middleware.PagesLoginRequiredMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as axes asks: turns a locked-out sign-in into config.lockout's answer.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -128,6 +136,11 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# Axes' backend first: it refuses a locked-out sign-in before any password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboards:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -159,6 +172,38 @@ SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", True)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): everything from this origin only, no inline script or
+# style anywhere (templates link static files), no framing, forms post only here. The API docs
+# page adds data: images for Swagger UI's icons (integrations/api/urls.py).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [NONE],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "manifest-src": [SELF],
+        "form-action": [SELF],
+        "base-uri": [NONE],
+        "frame-ancestors": [NONE],
+    }
+}
+
+# --- Lockout after repeated failed sign-ins (django-axes; config/lockout.py answers). Counted
+# per username and client address together, so a stranger cannot lock a colleague out from
+# elsewhere; 5 failures lock that pair for 15 minutes from the last one; a success clears them.
+AXES_FAILURE_LIMIT = env_int("CONCORD_LOGIN_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=env_int("CONCORD_LOGIN_LOCKOUT_MINUTES", 15))
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+# Attempts refused while locked do not restart the clock: the lock lifts when it said it would.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+AXES_LOCKOUT_CALLABLE = "config.lockout.lockout_response"
+AXES_CLIENT_IP_CALLABLE = "config.lockout.client_ip"
+# Proxies in front of the web processes that append to X-Forwarded-For (0: trust REMOTE_ADDR
+# only). Read by the API's throttles and, through config.lockout.client_ip, by the lockout.
+NUM_PROXIES = env_int("DJANGO_NUM_PROXIES", 0)
 if env_bool("DJANGO_BEHIND_TLS_PROXY", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
@@ -185,13 +230,27 @@ REST_FRAMEWORK = {
     "DEFAULT_PAGINATION_CLASS": "integrations.api.pagination.Pagination",
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # Per user (per address before sign-in) on every endpoint: 1,200/min is 20 calls a second
+    # sustained, past what any page or paging script needs. The token endpoint has its own, per
+    # address: 10/min lets a person retype, and leaves a guesser 14,400 tries a day at most,
+    # spread over usernames since the lockout stops five failures on any one. Over the rate:
+    # 429 with Retry-After (integrations/api/throttles.py).
+    "DEFAULT_THROTTLE_CLASSES": ["integrations.api.throttles.UserThrottle"],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_str("CONCORD_API_RATE_USER", "1200/min"),
+        "token": env_str("CONCORD_API_RATE_TOKEN", "10/min"),
+    },
+    "NUM_PROXIES": NUM_PROXIES,
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Concord API",
     "DESCRIPTION": "Canonical records, cross-references and connections of the Concord portal.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
-    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # The schema and the docs, like the API's index, only for users who hold a role.
+    "SERVE_PERMISSIONS": ["integrations.api.auth.HasRole"],
+    # No call to the online validator (nor to any host but ours).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
@@ -236,6 +295,10 @@ CONCORD_WORKER_QUEUES = ["celery", "outbox.salesforce", "outbox.harvest", "outbo
 CONCORD_OUTBOX_LEASE_S = env_int("CONCORD_OUTBOX_LEASE_S", 20)
 CONCORD_MAX_LINES_PER_INVOICE = env_int("CONCORD_MAX_LINES_PER_INVOICE", 100)
 CONCORD_OUTBOX_BACKOFF_CAP_S = env_int("CONCORD_OUTBOX_BACKOFF_CAP_S", 60)
+# The outbox's retry budget (integrations/sync/outbox.py): a row parks only after this many
+# attempts AND this long since its first one.
+CONCORD_OUTBOX_MIN_ATTEMPTS = env_int("CONCORD_OUTBOX_MIN_ATTEMPTS", 15)
+CONCORD_OUTBOX_RETRY_WINDOW_S = env_int("CONCORD_OUTBOX_RETRY_WINDOW_S", 3600)
 
 # --- Health: how old a heartbeat may be before /healthz calls the component down. The worker
 # beats every 10 s and beat ticks at least every 5 s, so 45 s tolerates a few missed beats.
@@ -250,5 +313,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env_str("CONCORD_LOG_LEVEL", "INFO")},
     # httpx logs every request URL at INFO (query strings included); SyncAttempt rows keep the
     # record of each call instead.
-    "loggers": {"django.db.backends": {"level": "WARNING"}, "httpx": {"level": "WARNING"}},
+    # axes logs each failed sign-in at WARNING (kept) and each successful one at INFO.
+    "loggers": {
+        "django.db.backends": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "axes": {"level": "WARNING"},
+    },
 }

@@ -12,6 +12,11 @@ os.environ.setdefault("CONCORD_FERNET_KEYS", "Qe5sJm7XK0y2pTq3wq6q3ZBZ3Q1fFq0m8c
 os.environ.setdefault("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/concord")
 os.environ.setdefault("REDIS_URL", "redis://127.0.0.1:6379/15")
 os.environ.setdefault("DJANGO_SECURE_SSL_REDIRECT", "0")
+# Every test calls from 127.0.0.1 and throttle counts live in Redis across tests, so the real
+# rates would refuse a busy suite at random. tests/dashboards/test_security.py lowers them to
+# prove the throttles answer 429.
+os.environ.setdefault("CONCORD_API_RATE_USER", "100000/min")
+os.environ.setdefault("CONCORD_API_RATE_TOKEN", "100000/min")
 
 from config.settings import *  # noqa: F403
 

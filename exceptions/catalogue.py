@@ -86,10 +86,20 @@ class CaseType:
     # Whether a later success of a held record takes it off the case (and the case closes when
     # none is left). An ownership conflict waits for a person's decision instead.
     auto_close: bool = True
+    # The subject keys its root-cause GROUP shares (retry the whole group): by default the
+    # fingerprint's keys but the last, the most specific one (a mapping error's reason, an
+    # inactive project's id), so the group of a mapping error is every mapping error of its
+    # connection and object type, and that of an inactive project every such case.
+    group_by: tuple[str, ...] | None = None
 
     @property
     def sla(self) -> timedelta:
+        """The default SLA; the SlaPolicy table (exceptions/models.py) is read first."""
         return SLA_BY_PRIORITY[self.priority]
+
+    @property
+    def group_keys(self) -> tuple[str, ...]:
+        return self.fingerprint[:-1] if self.group_by is None else self.group_by
 
     @cached_property
     def subject_keys(self) -> frozenset[str]:
@@ -283,6 +293,122 @@ CATALOGUE: dict[str, CaseType] = {
             noun="approved time entry",
             fix_form="routing_rule",
             fix_permission="integrations.add_routingrule",
+        ),
+        # --- A vendor's answer that names another record (integrations/vendors/echo.py) -------
+        CaseType(
+            name="vendor_answer_mismatch",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P1,
+            # One per connection: a misrouted tenant, a proxy or a stand-in answers for all.
+            fingerprint=("connection_id",),
+            template=(
+                "{held} for {about} were not marked done: {answer} An answer counts only when "
+                "it names what was sent. Check the connection's address and tenant, then replay."
+            ),
+            noun="record",
+            fix_form="connection_settings",
+            fix_permission="integrations.change_connection",
+        ),
+        # --- Inbound records a system sent that cannot be stored (integrations/sync/inbound.py,
+        # polling.py): routed to the people who keep that system's data, one case per object
+        # type, fields and problem; the case holds the raw messages (replay by case). ---------
+        *(
+            CaseType(
+                name=name,
+                queue=queue,
+                priority=Priority.P3,
+                fingerprint=("connection_id", "object_type", "fields", "problem"),
+                template=(
+                    "{held} of {object_type} from {connection} cannot be stored: {problem} "
+                    "(latest: {record}). Fix {fields} in {system}: its next change is applied "
+                    "when it is read, or replay the messages."
+                ),
+                noun="record",
+                fix_form=fix_form,
+                fix_permission=permission,
+            )
+            for name, queue, fix_form, permission in (
+                # The ERP's contacts, invoices, payments: finance keeps billing data.
+                (
+                    "erp_record_invalid",
+                    Queue.FINANCE,
+                    "customer_billing_profile",
+                    "integrations.change_customer",
+                ),
+                # The CRM's accounts, opportunities, contracts: sales ops keeps them.
+                ("crm_record_invalid", Queue.SALES_OPS, "contract", "integrations.change_contract"),
+                # The PSA's projects, time, expenses: PMO keeps delivery data.
+                ("psa_record_invalid", Queue.PMO, "project", "integrations.change_project"),
+            )
+        ),
+        CaseType(
+            # A record that refers to one Concord has not read yet (a time entry's project):
+            # the integration admins see that it is read, then replay.
+            name="inbound_unknown_reference",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("connection_id", "object_type", "fields"),
+            template=(
+                "{held} of {object_type} from {connection} cannot be stored: their {fields} is "
+                "not known to Concord (latest: {record}: {problem}). Once it has been read from "
+                "{system}, replay the messages."
+            ),
+            noun="record",
+            fix_form="inbound_replay",
+            fix_permission="integrations.change_inboundmessage",  # change = replay
+        ),
+        CaseType(
+            # A webhook named a record that could not be read (refused, gone at the vendor).
+            name="inbound_record_unreadable",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("connection_id", "object_type", "problem"),
+            template=(
+                "{held} of {object_type} from {connection} could not be read from {system}: "
+                "{problem} (latest: {record}). Check the connection, then replay the messages."
+            ),
+            noun="record",
+            fix_form="inbound_replay",
+            fix_permission="integrations.change_inboundmessage",  # change = replay
+        ),
+        # --- Polling (integrations/sync/polling.py, poll_stale_check from beat) ----------------
+        CaseType(
+            # A connection's poll cursors that have not read everything within the SLA (three
+            # polling intervals): wrong credentials, an outage, a page that keeps failing.
+            # Closes by itself once each of them polls successfully again.
+            name="poll_stale",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("connection_id",),
+            template=(
+                "{held} of {connection} not read successfully for more than {sla}: changes "
+                "made there are not reaching Concord. The integration admin page shows each "
+                "one's last error; fix the connection (credentials, URL) or wait out the outage."
+            ),
+            noun="polled object",
+            fix_form="connection_settings",
+            fix_permission="integrations.change_connection",
+        ),
+        # --- Identity resolution (integrations/sync/identity.py) -----------------------------
+        CaseType(
+            # A record arriving from one system that a probable match rule (a similar name)
+            # says may be one Concord holds from another. The subject shows both side by side
+            # (ids, names, tax numbers, systems). Customers are commercial data the CRM owns:
+            # Sales ops edits them (Finance may too, for the billing profile), and merging is
+            # editing them. Merging resolves the case; waive it when they are two.
+            name="possible_duplicate",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P3,
+            fingerprint=("model", "record_id", "match_id"),
+            template=(
+                "{record} (#{record_id}, new from {connection}) may be the same {model} as "
+                "{match} (#{match_id}): {why}. Merge them if they are one; waive this case if "
+                "they are two."
+            ),
+            noun="record",
+            fix_form="record_merge",
+            fix_permission="integrations.change_customer",
+            auto_close=False,
         ),
     )
 }

@@ -3,15 +3,23 @@
 A case keeps its blocked records in their own table (BlockedRecord) and their totals on itself
 (count, hours, amount per currency), kept up to date by exceptions.services one change at a time,
 so joining or clearing N records costs O(N) however many the case already holds.
+
+The people side: work queues (WorkQueue) with their members, routing rules (CaseRoute) and the
+SLA per priority (SlaPolicy) as data, comments, and an append-only audit trail (CaseEvent) of
+every change and action, the system's own included.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from decimal import Decimal
+from typing import Any, NoReturn
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 
 class Queue(models.TextChoices):
@@ -63,11 +71,32 @@ class ExceptionCase(models.Model):
     last_seen_at = models.DateTimeField()
     occurrences = models.PositiveIntegerField(default=1)
     sla_due_at = models.DateTimeField(null=True, blank=True)
+    # Indexed by the "my work" index below, which leads with it.
     assignee = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, db_index=False
     )
     resolved_at = models.DateTimeField(null=True, blank=True)
     resolution_note = models.TextField(blank=True)
+    # Bumped by every person's action and every status change (not by joins and clears): an
+    # action names the revision its person saw, and a mismatch is refused with who acted since
+    # (exceptions/actions.py), so two people acting at once never retry twice.
+    revision = models.PositiveIntegerField(default=0)
+    # The root-cause group (exceptions.services.case_group_key): cases of one type, process and
+    # step sharing the subject's scope keys, e.g. every mapping error of one connection and
+    # object type whatever the reason; "retry the whole group" retries them together.
+    group_key = models.CharField(max_length=64, blank=True)
+    # Where the case belongs, set when it opens (from the caller, else from what its subject
+    # names): routing rules match on them, the queue pages filter and search by them.
+    legal_entity = models.ForeignKey(
+        "integrations.LegalEntity", on_delete=models.SET_NULL, null=True, blank=True
+    )
+    region = models.CharField(max_length=16, blank=True)
+    project = models.ForeignKey(
+        "integrations.Project", on_delete=models.SET_NULL, null=True, blank=True
+    )
+    customer = models.ForeignKey(
+        "integrations.Customer", on_delete=models.SET_NULL, null=True, blank=True
+    )
 
     class Meta:
         ordering = ["-last_seen_at", "-id"]
@@ -78,7 +107,29 @@ class ExceptionCase(models.Model):
                 name="exceptioncase_one_open_per_fingerprint",
             )
         ]
-        indexes = [models.Index(fields=["queue", "status", "-last_seen_at"])]
+        indexes = [
+            models.Index(fields=["queue", "status", "-last_seen_at"]),
+            # One index per sort of the queue pages (keyset pagination on (sort key, id)): per
+            # queue for a person's own queues, and across queues for the integration admins.
+            # A page is then one index range scan of 50 rows however deep it is, at a million
+            # cases.
+            # The currency after the sort key: the totals per currency over a queue (or, below,
+            # over every queue) read this index alone.
+            models.Index(
+                fields=["queue", "status", "-amount_blocked", "-id", "currency"],
+                name="case_queue_amount",
+            ),
+            models.Index(fields=["queue", "status", "first_seen_at", "id"], name="case_queue_age"),
+            models.Index(fields=["queue", "status", "sla_due_at", "id"], name="case_queue_sla"),
+            models.Index(
+                fields=["status", "-amount_blocked", "-id", "currency"], name="case_amount"
+            ),
+            models.Index(fields=["status", "first_seen_at", "id"], name="case_age"),
+            models.Index(fields=["status", "sla_due_at", "id"], name="case_sla"),
+            # "My work": a person's open cases, soonest due first.
+            models.Index(fields=["assignee", "status", "sla_due_at", "id"], name="case_assignee"),
+            models.Index(fields=["group_key", "status"], name="case_group"),
+        ]
 
     def __str__(self) -> str:
         return f"[{self.get_queue_display()}] {self.message[:80]}"
@@ -112,3 +163,242 @@ class BlockedRecord(models.Model):
 
     def __str__(self) -> str:
         return self.label or f"{self.record_type} {self.record_id}"
+
+
+# --- Queues, routing and SLA, as data -----------------------------------------------------------
+
+
+class WorkQueue(models.Model):
+    """A team that works cases. Its members are the users of its role groups (Finance, PMO, ...:
+    integrations/roles.py) and its explicit members; ExceptionCase.queue holds its code."""
+
+    code = models.CharField(max_length=32, unique=True)
+    name = models.CharField(max_length=100)
+    groups = models.ManyToManyField(
+        Group, blank=True, related_name="work_queues", help_text="Every user of these groups."
+    )
+    members = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, blank=True, related_name="work_queues"
+    )
+    # Where its alert digests go (exceptions/alerts.py); blank: that channel is not used.
+    email = models.EmailField(blank=True)
+    webhook_url = models.URLField(
+        blank=True, help_text="A Slack-compatible incoming webhook: POST {'text': ...}."
+    )
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class CaseRoute(models.Model):
+    """A routing rule: cases matching every condition it sets go to its queue at its priority.
+    The most specific matching rule wins (the most conditions set; on a tie case type, then
+    process, legal entity, region); a blank queue or priority keeps the catalogue's."""
+
+    case_type = models.CharField(max_length=64, blank=True, help_text="Blank: any.")
+    process = models.CharField(max_length=32, blank=True, help_text="Blank: any.")
+    legal_entity = models.ForeignKey(
+        "integrations.LegalEntity",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        help_text="Blank: any.",
+    )
+    region = models.CharField(max_length=16, blank=True, help_text="Blank: any.")
+    queue = models.ForeignKey(
+        WorkQueue,
+        on_delete=models.PROTECT,
+        to_field="code",
+        null=True,
+        blank=True,
+        related_name="routes",
+    )
+    priority = models.PositiveSmallIntegerField(
+        choices=ExceptionCase.Priority.choices, null=True, blank=True
+    )
+    note = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["case_type", "process", "region", "id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(queue__isnull=False) | Q(priority__isnull=False),
+                name="caseroute_routes_somewhere",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        scope = [self.case_type, self.process, str(self.legal_entity or ""), self.region]
+        return f"{' / '.join(v for v in scope if v) or 'every case'} -> {self.queue_id}"
+
+
+class SlaPolicy(models.Model):
+    """Time to resolve a case of one priority, from its first sighting, and when it counts as
+    due soon."""
+
+    priority = models.PositiveSmallIntegerField(choices=ExceptionCase.Priority.choices, unique=True)
+    resolve_within = models.DurationField()
+    due_soon_within = models.DurationField(
+        default=timedelta(hours=4), help_text="Due soon: this close to the deadline."
+    )
+
+    class Meta:
+        ordering = ["priority"]
+        verbose_name_plural = "SLA policies"
+
+    def __str__(self) -> str:
+        return f"P{self.priority}: {self.resolve_within}"
+
+
+# --- Comments and the audit trail ---------------------------------------------------------------
+
+
+class CaseComment(models.Model):
+    case = models.ForeignKey(ExceptionCase, on_delete=models.CASCADE, related_name="comments")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT)
+    at = models.DateTimeField(default=timezone.now)
+    text = models.TextField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"#{self.case_id} {self.text[:60]}"
+
+
+class AuditTrailImmutable(Exception):
+    """The audit trail is append-only: no update, no delete."""
+
+
+def _refuse(what: str) -> NoReturn:
+    raise AuditTrailImmutable(f"Case events are append-only: {what} is refused.")
+
+
+class CaseEventQuerySet(models.QuerySet["CaseEvent"]):
+    """Reads and inserts only."""
+
+    def update(self, **kwargs: Any) -> NoReturn:
+        _refuse("update")
+
+    def delete(self) -> NoReturn:
+        _refuse("delete")
+
+    def bulk_update(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse("update")
+
+    def update_or_create(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse("update")
+
+    def _raw_delete(self, using: Any) -> NoReturn:
+        _refuse("delete")
+
+
+class CaseEvent(models.Model):
+    """One change or action on a case, by a person (actor) or by Concord itself (no actor):
+    opened, joined, cleared, resolved, assigned, retried, waived, commented, ... with the values
+    before and after. Append-only: saving an existing event, deleting one, and the queryset's
+    update and delete all raise; the admin shows them read-only; on PostgreSQL a trigger
+    refuses UPDATE and DELETE too (migration 0005)."""
+
+    class Action(models.TextChoices):
+        OPENED = "opened", "Opened"
+        JOINED = "joined", "Joined"
+        CLEARED = "cleared", "Records cleared"
+        RESOLVED = "resolved", "Resolved"
+        WAIVED = "waived", "Waived"
+        ASSIGNED = "assigned", "Assigned"
+        REASSIGNED = "reassigned", "Reassigned"
+        UNASSIGNED = "unassigned", "Unassigned"
+        TAKEN = "taken", "Taken"
+        COMMENTED = "commented", "Commented"
+        RETRIED = "retried", "Retried"
+        ANNOUNCED = "announced", "Announced"
+
+    case = models.ForeignKey(ExceptionCase, on_delete=models.PROTECT, related_name="events")
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True
+    )
+    # The username at the time, or "Concord" for the system's own changes.
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=16, choices=Action.choices)
+    # The case's revision after this event.
+    revision = models.PositiveIntegerField(default=0)
+    before = models.JSONField(default=dict, blank=True)
+    after = models.JSONField(default=dict, blank=True)
+
+    objects = CaseEventQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(fields=["case", "id"], name="caseevent_case")]
+
+    def __str__(self) -> str:
+        return f"#{self.case_id} {self.action} by {self.actor_label} at {self.at:%Y-%m-%d %H:%M}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if not self._state.adding:
+            _refuse("update")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args: Any, **kwargs: Any) -> NoReturn:
+        _refuse("delete")
+
+
+# --- Alerts -------------------------------------------------------------------------------------
+
+
+class AlertThreshold(models.Model):
+    """A new case blocking at least `amount` (in `currency`) is high-impact: its queue hears of
+    it in the next digest. The most specific row wins (process and currency, then process, then
+    currency, then the blank-blank default)."""
+
+    process = models.CharField(max_length=32, blank=True, help_text="Blank: any process.")
+    currency = models.CharField(max_length=3, blank=True, help_text="Blank: any currency.")
+    amount = models.DecimalField(max_digits=14, decimal_places=2)
+
+    class Meta:
+        ordering = ["process", "currency"]
+        constraints = [
+            models.UniqueConstraint(fields=["process", "currency"], name="alertthreshold_once")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.process or 'any process'}: {self.currency or ''} {self.amount}".strip()
+
+
+class CaseAlert(models.Model):
+    """A case announced to its queue, once per kind (the digests' deduplication)."""
+
+    class Kind(models.TextChoices):
+        BREACHED = "breached", "SLA breached"
+        HIGH_IMPACT = "high_impact", "High impact"
+
+    case = models.ForeignKey(ExceptionCase, on_delete=models.CASCADE, related_name="alerts")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    queue = models.CharField(max_length=32)
+    sent_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["case", "kind"], name="casealert_once_per_kind")
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.case_id} {self.kind}"
+
+
+class QueueDigest(models.Model):
+    """The last digest run per queue: the next collects what is new since."""
+
+    queue = models.OneToOneField(
+        WorkQueue, on_delete=models.CASCADE, to_field="code", related_name="digest"
+    )
+    last_run_at = models.DateTimeField()
+    last_sent_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.queue_id} digest at {self.last_run_at}"

@@ -13,15 +13,39 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, Group
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from exceptions.catalogue import AUTO_CLOSING, CATALOGUE, Totals, case_type_get
-from exceptions.models import BlockedRecord, ExceptionCase
+from exceptions.catalogue import (
+    AUTO_CLOSING,
+    CATALOGUE,
+    QUEUE_ROLES,
+    SLA_BY_PRIORITY,
+    Totals,
+    case_type_get,
+)
+from exceptions.models import (
+    AlertThreshold,
+    BlockedRecord,
+    CaseEvent,
+    CaseRoute,
+    ExceptionCase,
+    Queue,
+    SlaPolicy,
+    WorkQueue,
+)
+from integrations import models as records
+
+# Who acted: a person, or None for Concord itself (a sync, a billing run, a sweep).
+Actor = AbstractBaseUser | AnonymousUser | None
+SYSTEM = "Concord"
 
 # (record type, record id): how a caller names a record that went through.
 RecordKey = tuple[str, int]
@@ -77,10 +101,16 @@ def case_open_or_join(
     step: str,
     connection_id: int | None = None,
     vendor_message: str = "",
+    legal_entity_id: int | None = None,
+    region: str = "",
 ) -> ExceptionCase:
     """Open the case for this root cause, or count these occurrences on the open one: one locked
     write however many records it holds up. A record the case already holds is not added twice.
-    The queue, priority, SLA and wording come from the catalogue."""
+    The wording comes from the catalogue; the queue and priority from the most specific routing
+    rule (CaseRoute) matching the case type, process, legal entity and region, else from the
+    catalogue; the SLA from the SlaPolicy table. The legal entity and region are the caller's,
+    else what the subject (a project, a contract) or the first record names. Every open and
+    join is in the case's audit trail (one INSERT each)."""
     kind = case_type_get(case_type)
     missing = kind.subject_keys - set(subject)
     if missing:
@@ -100,20 +130,34 @@ def case_open_or_join(
                     .first()
                 )
                 opened = case is None
+                before: dict[str, Any] = {}
                 if case is None:
+                    scope = _scope(subject, unique, legal_entity_id, region)
+                    route = _route(case_type, process, scope.legal_entity_id, scope.region)
+                    queue = (route.queue_id if route else None) or kind.queue
+                    priority = (route.priority if route else None) or kind.priority
                     case = ExceptionCase(
                         fingerprint=fingerprint,
                         process=process,
                         step=step,
                         case_type=case_type,
-                        queue=kind.queue,
-                        priority=kind.priority,
+                        queue=queue,
+                        priority=priority,
                         first_seen_at=now,
                         occurrences=0,
-                        sla_due_at=now + kind.sla,
+                        sla_due_at=now + _sla(priority, kind.sla),
+                        group_key=case_group_key(
+                            case_type=case_type, process=process, step=step, subject=subject
+                        ),
+                        legal_entity_id=scope.legal_entity_id,
+                        region=scope.region,
+                        project_id=scope.project_id,
+                        customer_id=scope.customer_id,
                     )
                     new = unique
+                    routed_by = route.pk if route else None
                 else:
+                    before = {"record_count": case.record_count, "occurrences": case.occurrences}
                     # Only the records the case does not hold yet count (ON CONFLICT skips the
                     # rest), and the case's totals move by just those.
                     new = [first_of[key] for key in _insert(case.pk, unique)]
@@ -125,11 +169,27 @@ def case_open_or_join(
                 case.connection_id = case.connection_id or connection_id
                 case.last_seen_at = now
                 case.occurrences += max(1, len(records))
+                after: dict[str, Any] = {
+                    "record_count": case.record_count,
+                    "occurrences": case.occurrences,
+                    "records": len(new),
+                }
                 if opened:
                     case.save(force_insert=True)
                     _insert(case.pk, new)
+                    after.update(
+                        queue=case.queue,
+                        priority=case.priority,
+                        sla_due_at=case.sla_due_at.isoformat() if case.sla_due_at else None,
+                        routed_by=routed_by,
+                        legal_entity_id=case.legal_entity_id,
+                        region=case.region,
+                    )
+                    action = CaseEvent.Action.OPENED
                 else:
                     case.save(update_fields=_JOIN_FIELDS)
+                    action = CaseEvent.Action.JOINED
+                case_event(case=case, action=action, before=before, after=after, at=now).save()
                 return case
         except IntegrityError:
             continue
@@ -171,27 +231,55 @@ def case_records_clear(
             taken[case_id].append(Blocked("", 0, "", _cents(amount), currency, _cents(hours)))
         resolved = set()
         now = timezone.now()
+        events: list[CaseEvent] = []
         for case_id, gone in taken.items():
             case = by_id[case_id]
+            count_before = case.record_count
             _apply(case, _totals_of(gone), sign=-1)
             fields = [*_TOTAL_FIELDS, "message"]
+            events.append(
+                case_event(
+                    case=case,
+                    action=CaseEvent.Action.CLEARED,
+                    before={"record_count": count_before},
+                    after={"record_count": case.record_count, "records": len(gone)},
+                    at=now,
+                )
+            )
             if case.record_count == 0:
                 case.status = ExceptionCase.Status.RESOLVED
                 case.resolved_at = now
                 case.resolution_note = note
-                fields += ["status", "resolved_at", "resolution_note"]
+                case.revision += 1
+                fields += ["status", "resolved_at", "resolution_note", "revision"]
                 resolved.add(case_id)
+                events.append(
+                    case_event(
+                        case=case,
+                        action=CaseEvent.Action.RESOLVED,
+                        before={"status": OPEN},
+                        after={"status": case.status, "note": note, "automatic": True},
+                        at=now,
+                    )
+                )
             case.message = _message(case)
             case.save(update_fields=fields)
+        # The audit rows of every case touched, in one INSERT.
+        CaseEvent.objects.bulk_create(events)
     return resolved
 
 
 @transaction.atomic
 def case_resolve(
-    *, case_id: int, note: str, status: str = ExceptionCase.Status.RESOLVED
+    *,
+    case_id: int,
+    note: str,
+    status: str = ExceptionCase.Status.RESOLVED,
+    actor: Actor = None,
 ) -> ExceptionCase | None:
-    """Close a case by hand (`status` resolved, or waived with the reason in `note`). Its blocked
-    records stay on it as the record of what it held up. None if there is no such case."""
+    """Close a case (`status` resolved, or waived with the reason in `note`), by `actor` or by
+    Concord when None. Its blocked records stay on it as the record of what it held up. None if
+    there is no such case; a case already closed is returned as it is."""
     case = ExceptionCase.objects.select_for_update().filter(pk=case_id).first()
     if case is None or case.status != OPEN:
         return case
@@ -201,8 +289,149 @@ def case_resolve(
     case.resolved_at = timezone.now()
     case.resolution_note = note
     case.message = _message(case)
-    case.save(update_fields=["status", "resolved_at", "resolution_note", "message"])
+    case.revision += 1
+    case.save(update_fields=["status", "resolved_at", "resolution_note", "message", "revision"])
+    case_event(
+        case=case,
+        action=CaseEvent.Action.WAIVED if status == "waived" else CaseEvent.Action.RESOLVED,
+        actor=actor,
+        before={"status": OPEN},
+        after={"status": status, "note": note},
+        at=case.resolved_at,
+    ).save()
     return case
+
+
+# --- Audit trail, groups, scope, routing, SLA ---------------------------------------------------
+
+
+def case_event(
+    *,
+    case: ExceptionCase,
+    action: str,
+    actor: Actor = None,
+    before: Mapping[str, Any] | None = None,
+    after: Mapping[str, Any] | None = None,
+    at: datetime | None = None,
+) -> CaseEvent:
+    """An audit row for `case` at its current revision (not saved: the caller inserts it, alone
+    or with others in one INSERT)."""
+    person: Any = actor if isinstance(actor, AbstractBaseUser) else None
+    return CaseEvent(
+        case=case,
+        at=at or timezone.now(),
+        actor=person,
+        actor_label=person.get_username() if person is not None else SYSTEM,
+        action=action,
+        revision=case.revision,
+        before=dict(before or {}),
+        after=dict(after or {}),
+    )
+
+
+def case_group_key(*, case_type: str, process: str, step: str, subject: Mapping[str, Any]) -> str:
+    """The root-cause group's hash: the case type, process, step and the subject values of the
+    type's group keys (the catalogue's `group_keys`: its fingerprint but the most specific
+    key). Cases sharing it are one group; the group actions also keep to one queue."""
+    kind = case_type_get(case_type)
+    parts = [case_type, process, step, *(f"{k}={subject.get(k)}" for k in kind.group_keys)]
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class _Scope:
+    legal_entity_id: int | None = None
+    region: str = ""
+    project_id: int | None = None
+    customer_id: int | None = None
+
+
+# Where a case's subject or first blocked record names its scope: record type -> the model and
+# its columns holding the project, customer, legal entity and region ("" where it has none).
+_SCOPE_COLUMNS: dict[str, tuple[type[Any], tuple[str, str, str, str]]] = {
+    "project": (records.Project, ("id", "customer_id", "legal_entity_id", "region")),
+    "contract": (records.Contract, ("", "customer_id", "legal_entity_id", "")),
+    "timeentry": (
+        records.TimeEntry,
+        ("project_id", "project__customer_id", "project__legal_entity_id", "project__region"),
+    ),
+    "billingevent": (
+        records.BillingEvent,
+        ("project_id", "project__customer_id", "legal_entity_id", "project__region"),
+    ),
+    "invoice": (records.Invoice, ("", "customer_id", "legal_entity_id", "")),
+    "customer": (records.Customer, ("", "id", "legal_entity_id", "")),
+}
+
+
+def _scope(
+    subject: Mapping[str, Any],
+    held: Sequence[Blocked],
+    legal_entity_id: int | None,
+    region: str,
+) -> _Scope:
+    """Where a new case belongs: the caller's legal entity and region, else those of the
+    project or contract its subject names, else of its first blocked record (a time entry's
+    project, an invoice, a customer). One small query at most, and only when a case opens."""
+    named: tuple[str, Any] | None = None
+    if isinstance(subject.get("project_id"), int):
+        named = ("project", subject["project_id"])
+    elif isinstance(subject.get("contract_id"), int):
+        named = ("contract", subject["contract_id"])
+    elif held and held[0].record_type in _SCOPE_COLUMNS:
+        named = (held[0].record_type, held[0].record_id)
+    found: dict[str, Any] = {}
+    if named is not None:
+        model, columns = _SCOPE_COLUMNS[named[0]]
+        wanted = {key: column for key, column in zip(_SCOPE_KEYS, columns, strict=True) if column}
+        row = model._default_manager.filter(pk=named[1]).values(*wanted.values()).first()
+        if row is not None:
+            found = {key: row[column] for key, column in wanted.items()}
+    entity = subject.get("legal_entity_id")
+    return _Scope(
+        legal_entity_id=legal_entity_id
+        or (entity if isinstance(entity, int) else None)
+        or found.get("legal_entity"),
+        region=region or found.get("region") or "",
+        project_id=found.get("project"),
+        customer_id=found.get("customer"),
+    )
+
+
+_SCOPE_KEYS = ("project", "customer", "legal_entity", "region")
+
+
+def _route(
+    case_type: str, process: str, legal_entity_id: int | None, region: str
+) -> CaseRoute | None:
+    """The most specific routing rule matching the case: the most conditions set, then case
+    type before process before legal entity before region, then the oldest rule."""
+    entity = Q(legal_entity__isnull=True)
+    if legal_entity_id is not None:
+        entity |= Q(legal_entity_id=legal_entity_id)
+    rules = CaseRoute.objects.filter(
+        Q(case_type="") | Q(case_type=case_type),
+        Q(process="") | Q(process=process),
+        Q(region="") | Q(region=region),
+        entity,
+    )
+
+    def rank(rule: CaseRoute) -> tuple[int, tuple[bool, ...], int]:
+        conditions = (
+            bool(rule.case_type),
+            bool(rule.process),
+            rule.legal_entity_id is not None,
+            bool(rule.region),
+        )
+        return (sum(conditions), conditions, -rule.pk)
+
+    return max(rules, key=rank, default=None)
+
+
+def _sla(priority: int, default: timedelta) -> timedelta:
+    """Time to resolve at this priority: the SlaPolicy table, else the catalogue's default."""
+    within = SlaPolicy.objects.filter(priority=priority).values_list("resolve_within", flat=True)
+    return next(iter(within), None) or default
 
 
 # --- Totals -------------------------------------------------------------------------------------
@@ -331,3 +560,38 @@ def _delete(case_ids: list[int], records: Iterable[RecordKey]) -> list[tuple[Any
                 )
                 rows += cursor.fetchall()
     return rows
+
+
+# --- The standard queues ------------------------------------------------------------------------
+
+# When a case counts as due soon, per priority: about a quarter of its SLA (P1 4 h -> 1 h, P2 a
+# day -> 4 h, P3 three days -> 12 h, P4 two weeks -> 2 days).
+DUE_SOON_BY_PRIORITY: dict[int, timedelta] = {
+    ExceptionCase.Priority.P1: timedelta(hours=1),
+    ExceptionCase.Priority.P2: timedelta(hours=4),
+    ExceptionCase.Priority.P3: timedelta(hours=12),
+    ExceptionCase.Priority.P4: timedelta(days=2),
+}
+# A new case blocking this much in its currency is announced to its queue (exceptions/alerts.py)
+# unless a row for its process or currency says otherwise.
+DEFAULT_ALERT_THRESHOLD = Decimal("10000.00")
+
+
+@transaction.atomic
+def work_queues_ensure() -> None:
+    """The standard queues (one per Queue code, its role groups as members), the SLA per
+    priority and the default alert threshold, where missing. Rows that exist are left as the
+    admins set them. Runs after every migrate (exceptions/apps.py), like the role groups."""
+    for code, name in Queue.choices:
+        queue, created = WorkQueue.objects.get_or_create(code=code, defaults={"name": name})
+        if created:
+            for role in QUEUE_ROLES.get(code, ()):
+                queue.groups.add(Group.objects.get_or_create(name=role)[0])
+    for priority, within in SLA_BY_PRIORITY.items():
+        SlaPolicy.objects.get_or_create(
+            priority=priority,
+            defaults={"resolve_within": within, "due_soon_within": DUE_SOON_BY_PRIORITY[priority]},
+        )
+    AlertThreshold.objects.get_or_create(
+        process="", currency="", defaults={"amount": DEFAULT_ALERT_THRESHOLD}
+    )

@@ -6,7 +6,8 @@ reaches the roles without a hand-written data migration.
 
 from __future__ import annotations
 
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, Group, Permission, PermissionsMixin
 from django.db import transaction
 
 FINANCE = "Finance"
@@ -83,3 +84,17 @@ def roles_sync() -> None:
         for role, names in ROLE_PERMISSIONS.items():
             group, _ = Group.objects.get_or_create(name=role)
             group.permissions.set([by_name[n] for n in sorted(names) if n in by_name])
+
+
+def user_has_role(user: AbstractBaseUser | AnonymousUser) -> bool:
+    """Whether the user holds a role: a group that grants something (superusers hold them all).
+
+    The deny-by-default gate of the pages and the API's index, schema and docs. It reads the
+    group permissions Django caches on the user object, the same set the page's own permission
+    check reads next, so the gate costs no query of its own on a page that checks one.
+    """
+    return (
+        isinstance(user, PermissionsMixin)
+        and user.is_authenticated
+        and bool(user.get_group_permissions())
+    )

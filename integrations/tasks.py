@@ -14,11 +14,12 @@ from typing import Any
 from celery import shared_task
 from django.core.cache import cache
 
+from exceptions.alerts import case_digests_send
 from integrations.sync import ring
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
-from integrations.sync.polling import poll_connection, polling_kick_off
+from integrations.sync.polling import poll_connection, poll_stale_check, polling_kick_off
 from integrations.workflows.time_to_erp import billing_run
 
 logger = logging.getLogger(__name__)
@@ -96,3 +97,15 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
         return {}
     reports = poll_connection(connection_id=connection_id)
     return {object_type: asdict(report) for object_type, report in reports.items()}
+
+
+@shared_task(name="integrations.check_stale_polls")
+def check_stale_polls() -> dict[str, int]:
+    """Open a case for each connection whose polls have not succeeded within their SLA."""
+    return poll_stale_check()
+
+
+@shared_task(name="exceptions.send_case_digests")
+def send_case_digests() -> dict[str, int]:
+    """Each queue's digest of SLA breaches and new high-impact cases (one message per queue)."""
+    return case_digests_send()

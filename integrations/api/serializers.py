@@ -6,10 +6,12 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError as DjangoValidationError
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from integrations import models as m
 from integrations.roles import CANONICAL_MODELS
+from integrations.selectors import poll_health
 from integrations.services.config_rows import config_row_create, config_row_update
 from integrations.services.connections import connection_create, connection_update
 from integrations.sync.records import record_create, record_update
@@ -66,6 +68,37 @@ def record_serializer(model: type[m.CanonicalRecord]) -> type[RecordSerializer]:
     return type(f"{model.__name__}Serializer", (RecordSerializer,), {"Meta": meta})
 
 
+class PollObjectHealthSerializer(serializers.Serializer[Any]):
+    object_type = serializers.CharField()
+    last_success_at = serializers.DateTimeField(allow_null=True)
+    failing_since = serializers.DateTimeField(allow_null=True)
+    last_error = serializers.CharField()
+    cursor_age_s = serializers.IntegerField(
+        allow_null=True, help_text="Seconds since this object was last read whole."
+    )
+    stale = serializers.BooleanField(help_text="Older than the poll SLA (a case is open).")
+
+
+class PollHealthSerializer(serializers.Serializer[Any]):
+    state = serializers.ChoiceField(choices=["ok", "failing", "stale", "not polled"])
+    failing_since = serializers.DateTimeField(
+        allow_null=True, help_text="The first failed poll since the last success."
+    )
+    last_error = serializers.CharField(help_text="The latest failure, with its object type.")
+    cursor_age_s = serializers.IntegerField(
+        allow_null=True, help_text="Seconds since the oldest cursor last read everything."
+    )
+    objects = PollObjectHealthSerializer(many=True)
+
+
+class ConnectionHealthSerializer(serializers.Serializer[Any]):
+    circuit_state = serializers.CharField(allow_null=True)
+    last_call_success_at = serializers.DateTimeField(allow_null=True)
+    last_call_failure_at = serializers.DateTimeField(allow_null=True)
+    last_call_error = serializers.CharField()
+    poll = PollHealthSerializer()
+
+
 class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
     credentials = serializers.DictField(
         child=serializers.CharField(allow_null=True, trim_whitespace=False),
@@ -74,6 +107,9 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         help_text="Secrets to store (merged by key; null removes a key). Never returned.",
     )
     credential_keys = serializers.ListField(child=serializers.CharField(), read_only=True)
+    health = serializers.SerializerMethodField(
+        help_text="Calls (the circuit breaker) and polls (last error, failing since, cursor age)."
+    )
 
     class Meta:
         model = m.Connection
@@ -88,10 +124,24 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
             "enabled",
             "credentials",
             "credential_keys",
+            "health",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+
+    @extend_schema_field(ConnectionHealthSerializer)
+    def get_health(self, connection: m.Connection) -> dict[str, Any]:
+        calls = getattr(connection, "health", None)  # no row until the first call
+        return ConnectionHealthSerializer(
+            {
+                "circuit_state": calls.circuit_state if calls else None,
+                "last_call_success_at": calls.last_success_at if calls else None,
+                "last_call_failure_at": calls.last_failure_at if calls else None,
+                "last_call_error": calls.last_error if calls else "",
+                "poll": poll_health(connection.cursors.all()),
+            }
+        ).data
 
     def create(self, validated_data: dict[str, Any]) -> m.Connection:
         with django_errors_as_api_errors():

@@ -54,10 +54,11 @@ def test_counts_are_per_connection_and_only_for_the_last_hour(
 
     ConnectionHealth.objects.create(connection=xero, circuit_state="open")
 
-    with django_assert_num_queries(1):
+    with django_assert_num_queries(2):
         rows = {c.name: c for c in connections_overview()}
-        # The circuit state comes along in the same query.
+        # The circuit state comes along in the same query; the poll cursors in one more.
         assert rows["Xero (new)"].health.circuit_state == "open"
+        assert rows["Xero (new)"].poll.state == "not polled"  # type: ignore[attr-defined]
 
     counts = {
         name: (c.xref_count, c.calls_ok, c.calls_failed, c.calls_throttled)  # type: ignore[attr-defined]

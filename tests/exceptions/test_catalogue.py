@@ -26,6 +26,14 @@ RAISED = {
     "missing_rate",
     "missing_exchange_rate",
     "no_erp_route",
+    "vendor_answer_mismatch",
+    "erp_record_invalid",
+    "crm_record_invalid",
+    "psa_record_invalid",
+    "inbound_unknown_reference",
+    "inbound_record_unreadable",
+    "possible_duplicate",
+    "poll_stale",
 }
 
 

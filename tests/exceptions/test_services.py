@@ -204,12 +204,13 @@ def test_join_and_clear_cost_the_same_queries_whatever_the_case_holds(
     held: int, django_assert_num_queries: Any
 ) -> None:
     _open([_entry(pk) for pk in range(1, held + 1)])
-    # Join: savepoint, lock the case, insert what it does not hold yet, update it, release.
-    with django_assert_num_queries(5):
+    # Join: savepoint, lock the case, insert what it does not hold yet, update it, insert its
+    # audit row, release.
+    with django_assert_num_queries(6):
         _open([_entry(held + 1), _entry(1)])
     # Clear: savepoint, find and lock the cases holding the records, take the records off,
-    # update each case, release.
-    with django_assert_num_queries(5):
+    # update each case, insert the audit rows of all of them (one INSERT), release.
+    with django_assert_num_queries(6):
         case_records_clear(records=[("timeentry", 2), ("timeentry", held + 1)], note="billed")
     (case,) = ExceptionCase.objects.all()
     assert case.record_count == held - 1

@@ -17,6 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO, Any
 
+from axes.utils import reset as axes_reset
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
@@ -50,6 +51,15 @@ def web_command(
     return [*command, "--access-logfile", "-"] if access_log else command
 
 
+def demo_logins_reset() -> dict[str, str]:
+    """Fresh passwords for the demo users, and any sign-in lock on them lifted: the printed
+    logins must work at once, even after failed tries against an earlier run's passwords."""
+    passwords = demo_users_reset()
+    for username in passwords:
+        axes_reset(username=username)
+    return passwords
+
+
 class Command(BaseCommand):
     help = "Run web, worker, beat and the sandbox with demo data until Ctrl-C."
 
@@ -71,7 +81,7 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
         counts = demo_data_seed(sandbox_url=f"http://127.0.0.1:{sandbox_port}")
-        passwords = demo_users_reset()
+        passwords = demo_logins_reset()
 
         python = sys.executable
         commands: dict[str, list[str]] = {
