@@ -453,11 +453,12 @@ def _candidates(
 
 def match_keys_write(
     *,
-    connection: Connection,
+    connection: Connection | None,
     object_type: str,
     keys: Mapping[int, Sequence[Key]],
 ) -> None:
-    """Replace this system's match keys of these records (by canonical id) with `keys`."""
+    """Replace the match keys of these records (by canonical id) with `keys`: those of one
+    system's copies, or with `connection` None those the canonical records carry themselves."""
     if not keys:
         return
     MatchKey.objects.filter(
@@ -470,7 +471,7 @@ def match_keys_write(
                 object_type=object_type,
                 object_id=object_id,
                 connection=connection,
-                vendor=connection.vendor,
+                vendor=connection.vendor if connection is not None else CONCORD,
                 value=k.value,
                 country=k.country,
                 block=k.block,
@@ -503,24 +504,7 @@ def match_keys_refresh(*, records: Sequence[models.Model]) -> None:
         )
         for record in records
     }
-    MatchKey.objects.filter(
-        connection__isnull=True, object_type=object_type, object_id__in=list(keys)
-    ).delete()
-    MatchKey.objects.bulk_create(
-        [
-            MatchKey(
-                rule_id=k.rule_id,
-                object_type=object_type,
-                object_id=object_id,
-                vendor=CONCORD,
-                value=k.value,
-                country=k.country,
-                block=k.block,
-            )
-            for object_id, record_keys in keys.items()
-            for k in record_keys
-        ]
-    )
+    match_keys_write(connection=None, object_type=object_type, keys=keys)
 
 
 # -- the possible-duplicate case ------------------------------------------------------------------
