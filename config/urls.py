@@ -20,5 +20,6 @@ urlpatterns = [
     path("webhooks/<int:connection_id>/", webhook, name="webhook"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("integrations.api.urls")),
+    path("cases/", include("exceptions.urls")),
     path("", include("dashboards.urls")),
 ]

@@ -5,6 +5,8 @@ from typing import Any
 from django.http import HttpRequest
 from django.urls import reverse
 
+from exceptions.access import case_access
+
 # (label, url name, permission). The navigation shows a section only to those who may open it.
 SECTIONS = [
     ("Overview", "dashboards:home", None),
@@ -13,16 +15,26 @@ SECTIONS = [
     ("Sales ops", "dashboards:sales_ops", "dashboards.view_sales_ops"),
     ("Integration admin", "dashboards:integration_admin", "dashboards.view_integration_admin"),
 ]
+# The exception queues: shown to whoever works in at least one queue (exceptions/access.py).
+CASE_SECTIONS = [
+    ("Cases", "exceptions:queue"),
+    ("My work", "exceptions:my_work"),
+    ("SLA", "exceptions:sla"),
+]
 
 
 def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav_sections": []}
+    names = [name for label, name, perm in SECTIONS if perm is None or user.has_perm(perm)]
+    labels = {name: label for label, name, _ in SECTIONS}
+    if not case_access(user).none:
+        names += [name for _, name in CASE_SECTIONS]
+        labels.update({name: label for label, name in CASE_SECTIONS})
     return {
         "nav_sections": [
-            {"label": label, "url": reverse(name), "active": request.path == reverse(name)}
-            for label, name, perm in SECTIONS
-            if perm is None or user.has_perm(perm)
+            {"label": labels[name], "url": reverse(name), "active": request.path == reverse(name)}
+            for name in names
         ]
     }

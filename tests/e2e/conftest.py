@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
@@ -47,3 +48,28 @@ def page(browser: Browser) -> Iterator[Page]:
     page.set_default_timeout(10_000)
     yield page
     context.close()
+
+
+SCREENSHOTS = Path(
+    os.environ.get("CONCORD_SCREENSHOTS", Path(__file__).parents[2] / "var" / "screenshots")
+)
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
+    """`shots(page, "fixed")` saves a full-page screenshot as
+    var/screenshots/<test module>/<test name>/<NN>-fixed.png (kept after the run, so anyone can
+    look at what the test saw; CONCORD_SCREENSHOTS moves the folder) and returns its path."""
+    folder = SCREENSHOTS / request.node.module.__name__.rsplit(".", 1)[-1] / request.node.name
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.png"):
+        old.unlink()
+    taken: list[Path] = []
+
+    def shoot(page: Page, name: str) -> Path:
+        path = folder / f"{len(taken) + 1:02d}-{name}.png"
+        page.screenshot(path=path, full_page=True)
+        taken.append(path)
+        return path
+
+    return shoot

@@ -1,0 +1,1 @@
+"""The exception queue pages; exceptions/urls.py says which module serves which."""
