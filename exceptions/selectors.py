@@ -25,6 +25,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import django_filters
+from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, reverse
@@ -129,13 +130,19 @@ def cursor_decode(cursor: str, sort: str) -> tuple[Any, int]:
 
 
 def case_page(
-    *, cases: QuerySet[ExceptionCase], sort: str, cursor: str | None, limit: int = PAGE_SIZE
+    *,
+    cases: QuerySet[ExceptionCase],
+    sort: str,
+    cursor: str | None,
+    limit: int = PAGE_SIZE,
+    limit_max: int = PAGE_MAX,
 ) -> CasePage:
-    """One page of `cases` (from `case_queryset`) in `sort` order after `cursor`."""
+    """One page of `cases` (from `case_queryset`) in `sort` order after `cursor`. `limit_max`
+    bounds what a person may ask for; the CSV export walks pages of 1,000."""
     spec = SORTS.get(sort)
     if spec is None:
         raise CaseRefused(f"Sort by {', '.join(SORTS)}; not {sort!r}.")
-    limit = max(1, min(limit, PAGE_MAX))
+    limit = max(1, min(limit, limit_max))
     cases = cases.select_related("assignee", "legal_entity")
     rows: list[ExceptionCase] = []
     if cursor is None:
@@ -503,6 +510,23 @@ def case_access_own(user: Any) -> frozenset[str]:
         .order_by()
         .values_list("code", flat=True)
         .distinct()
+    )
+
+
+# People offered in an "assign to" select: a queue of more than 200 is a directory, not a team
+# (past it, the API assigns by user id).
+MEMBERS_MAX = 200
+
+
+def queue_members(*, queues: Sequence[str], limit: int = MEMBERS_MAX) -> list[Any]:
+    """Who the cases of `queues` can be given to: the active users of their role groups and
+    their explicit members (the rule of exceptions/access.py), by username. One query."""
+    return list(
+        get_user_model()
+        .objects.filter(is_active=True)
+        .filter(Q(groups__work_queues__code__in=queues) | Q(work_queues__code__in=queues))
+        .distinct()
+        .order_by("username")[:limit]
     )
 
 

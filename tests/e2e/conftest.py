@@ -68,7 +68,9 @@ def shots(request: pytest.FixtureRequest) -> Callable[[Page, str], Path]:
 
     def shoot(page: Page, name: str) -> Path:
         path = folder / f"{len(taken) + 1:02d}-{name}.png"
-        page.screenshot(path=path, full_page=True)
+        # caret="initial": Playwright's default hides the caret by setting style="" on every
+        # input, which htmx's history snapshot would keep and the CSP then reports on Back.
+        page.screenshot(path=path, full_page=True, caret="initial")
         taken.append(path)
         return path
 
