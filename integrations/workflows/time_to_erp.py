@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, Max, OuterRef, Q
 
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
@@ -48,7 +48,7 @@ from integrations.models import (
 )
 from integrations.sync.bulk import copy_insert
 from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
-from integrations.sync.outbox import outbox_enqueue
+from integrations.sync.outbox import outbox_enqueue, outbox_replay
 from integrations.sync.steps import delivered_step_register
 
 logger = logging.getLogger(__name__)
@@ -573,4 +573,108 @@ def billing_case_retry(case: ExceptionCase) -> RetryResult:
 
 retry_handler_register(
     case_types=VALIDATION_CASE_TYPES, handler=billing_case_retry, process=PROCESS
+)
+
+
+# --- Invoices an ERP refused, sent again from the current data (a vendor_validation case) -----
+
+
+def invoices_resend_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry a vendor_validation case of billing (exceptions/retry.py): the ERP refused its
+    invoices for their data (a customer's missing tax number), so replaying the payload it
+    refused would only be refused again. Each parked invoice is rendered again from the
+    canonical data as it is now (the customer as fixed) as the invoice's next version: a new
+    row linked to the parked one, which is marked skipped. The new rows look the invoice up
+    before creating it, so one whose first attempt landed after all is not posted twice. Other
+    rows parked on the case (not this step's invoices) are replayed as they were."""
+    invoice_type = ContentType.objects.get_for_model(Invoice)
+    parked = list(
+        OutboxMessage.objects.select_for_update()
+        .filter(exception_case=case, state=OutboxMessage.State.PARKED)
+        .order_by("pk")
+    )
+    ours = [
+        m
+        for m in parked
+        if m.content_type_id == invoice_type.pk and m.process == PROCESS and m.step == POST_STEP
+    ]
+    others = [m for m in parked if m not in ours]
+    replayed = len(outbox_replay(messages=others)) if others else 0
+    sent = _resend_invoices(ours, case) if ours else 0
+    words = [f"sent {sent} invoice(s) again from the current data"] if ours else []
+    if others:
+        words.append(f"replayed {replayed} other parked outbox row(s)")
+    return RetryResult(count=sent + replayed, summary="; ".join(words) or "nothing was parked")
+
+
+def _resend_invoices(parked: Sequence[OutboxMessage], case: ExceptionCase) -> int:
+    original = {m.object_id: m for m in parked}
+    invoices = list(
+        Invoice.objects.select_related("customer", "contract__tax_rate", "legal_entity")
+        .filter(pk__in=list(original))
+        .order_by("pk")
+    )
+    lines: dict[int, list[BillingEvent]] = defaultdict(list)
+    for event in BillingEvent.objects.filter(invoice__in=invoices).order_by("pk"):
+        lines[event.invoice_id].append(event)  # type: ignore[index]
+    # The next version of each invoice: one more than any row it has had in this step.
+    latest = dict(
+        OutboxMessage.objects.filter(
+            content_type=ContentType.objects.get_for_model(Invoice),
+            object_id__in=list(original),
+            process=PROCESS,
+            step=POST_STEP,
+        )
+        .order_by()
+        .values("object_id")
+        .annotate(top=Max("record_version"))
+        .values_list("object_id", "top")
+    )
+    routes = _Routes.load()
+    contact_ids = _contact_ids([(i, lines[i.pk]) for i in invoices])
+    by_version: dict[int, list[OutboundItem]] = defaultdict(list)
+    for invoice in invoices:
+        connection = routes.connection_for(invoice.legal_entity_id)
+        if connection is None:
+            logger.warning("invoice %s has no ERP route any more; not sent again", invoice.pk)
+            continue
+        by_version[latest.get(invoice.pk, 1) + 1].append(
+            OutboundItem(
+                connection=connection,
+                record=invoice,
+                canonical=_invoice_canonical(
+                    invoice,
+                    lines[invoice.pk],
+                    contact_ids.get((connection.pk, invoice.customer_id)),
+                ),
+                context=_invoice_context(invoice, lines[invoice.pk]),
+            )
+        )
+    messages: list[OutboxMessage] = []
+    for version, items in sorted(by_version.items()):
+        messages += outbound_messages(
+            items=items,
+            canonical_model="invoice",
+            action="create",
+            process=PROCESS,
+            step=POST_STEP,
+            version=version,
+            # Not `retried`: that would clear the invoices off this case now, before the ERP
+            # has taken them; their delivery clears them (sync/failures.py close_cases_for).
+        )
+    for message in messages:
+        message.needs_lookup = True  # the refused attempt may have landed after all
+        message.replay_of = original[message.object_id]
+        message.exception_case = case
+    outbox_enqueue(messages=messages)
+    sent = {m.object_id for m in messages}
+    OutboxMessage.objects.filter(pk__in=[original[i].pk for i in sent]).update(
+        state=OutboxMessage.State.SKIPPED,
+        last_error="Sent again from the current data as a newer version; see that row.",
+    )
+    return len(sent)
+
+
+retry_handler_register(
+    case_types=("vendor_validation",), handler=invoices_resend_case_retry, process=PROCESS
 )

@@ -3,24 +3,34 @@ the Content-Security-Policy with not one violation, and a violation would be see
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from exceptions.models import ExceptionCase
 from integrations.roles import FINANCE, INTEGRATION_ADMIN, PMO, SALES_OPS, VIEWER
+from tests.exceptions.cases import finance_case, pmo_case
 from tests.factories import CustomerFactory, ProjectFactory, TimeEntryFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 PASSWORD = "correct horse battery staple"
 # Each role's pages besides the overview and the API docs, which every role opens.
+CASE_PAGES = ["/cases/", "/cases/mine/", "/cases/sla/"]
 ROLE_PAGES = {
     VIEWER: [],
-    FINANCE: ["/finance/"],
-    PMO: ["/pmo/"],
-    SALES_OPS: ["/sales-ops/"],
-    INTEGRATION_ADMIN: ["/integration-admin/", "/admin/"],
+    FINANCE: ["/finance/", *CASE_PAGES],
+    PMO: ["/pmo/", *CASE_PAGES],
+    SALES_OPS: ["/sales-ops/", *CASE_PAGES],
+    INTEGRATION_ADMIN: ["/integration-admin/", "/admin/", *CASE_PAGES],
+}
+# A case each role opens (its page loads the fix form with htmx, so that is checked too).
+ROLE_CASE: dict[str, Callable[[], ExceptionCase]] = {
+    FINANCE: finance_case,
+    PMO: pmo_case,
+    INTEGRATION_ADMIN: finance_case,
 }
 # Runs in every document before its own scripts, outside the page's policy (Playwright injects it
 # through the DevTools protocol): it records each violation the browser reports.
@@ -104,7 +114,8 @@ def test_each_role_browses_its_pages_without_a_policy_violation(
         _visit(page, watch, f"{base}/login/", tmp_path / f"{username}-login.png")
         _sign_in(page, base, username)
         assert watch.violations() == []
-        for url in ["/", *ROLE_PAGES[role]]:
+        case = ROLE_CASE[role]() if role in ROLE_CASE else None
+        for url in ["/", *ROLE_PAGES[role], *([f"/cases/{case.pk}/"] if case else [])]:
             name = url.strip("/").replace("/", "-") or "home"
             _visit(page, watch, f"{base}{url}", tmp_path / f"{username}-{name}.png")
         _api_docs(page, watch, base, tmp_path / f"{username}-api-docs.png")

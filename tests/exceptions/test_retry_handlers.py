@@ -62,7 +62,7 @@ def test_retrying_an_outbox_case_sends_the_parked_invoice_again(
     client.force_authenticate(finance_user(username="fran"))
     response = client.post(f"/api/v1/cases/{case.pk}/retry/", {"revision": 0}, format="json")
     assert response.status_code == 202, response.content
-    assert response.json()["summary"] == "replayed 1 parked outbox row(s)"
+    assert response.json()["summary"] == "sent 1 invoice(s) again from the current data"
     assert outbox_dispatch(connection_id=erp.pk, worker="test").done == 1
     assert sandbox.stats("xero", "Invoices")["created"] == 3
     closed = fresh(case)

@@ -15,12 +15,14 @@ Credentials (``connection.credentials``):
 
 Operations: ``put_invoices`` (PUT /Invoices, up to 50 ACCREC invoices, ``summarizeErrors=false``
 so each invoice succeeds or fails on its own), ``put_contacts`` (PUT /Contacts, up to 50),
-``post_invoice`` (POST /Invoices/{InvoiceID}, one update), ``put_tracking_options`` (PUT
-/TrackingCategories/{id}/Options: the project dimension; items ``{"TrackingCategoryName" or
-"TrackingCategoryID", "Name"}``). Every write carries ``Idempotency-Key``: a re-send of the same
-request within Xero's 24 h gets the first answer back instead of a second invoice. Note that
-this includes a first answer that refused an invoice: a retry after a person fixed the data
-must use a new key (the outbox derives one per set of rows, and replays get new rows).
+``post_contacts`` (POST /Contacts, up to 50 updates, each naming its ``ContactID``: only the
+fields sent change), ``post_invoice`` (POST /Invoices/{InvoiceID}, one update),
+``put_tracking_options`` (PUT /TrackingCategories/{id}/Options: the project dimension; items
+``{"TrackingCategoryName" or "TrackingCategoryID", "Name"}``). Every write carries
+``Idempotency-Key``: a re-send of the same request within Xero's 24 h gets the first answer
+back instead of a second invoice. Note that this includes a first answer that refused an
+invoice: a retry after a person fixed the data must use a new key (the outbox derives one per
+set of rows, and replays get new rows).
 
 Look-up-before-create (``find_existing``) matches invoices by ``Reference`` and contacts by
 ``Name`` (+ ``AccountNumber`` when given), with ``where`` clauses joined by ``OR`` (one call per
@@ -92,9 +94,18 @@ ANSWERS = {
     "put_contacts": Answer(
         "contact", ("Name", "ContactID"), (Echo("ContactNumber"), Echo("Name", compare="fold"))
     ),
+    "post_contacts": Answer("contact", ("Name", "ContactID"), (Echo("ContactID", compare="fold"),)),
     "put_tracking_options": Answer(
         "tracking option", ("Name", "TrackingOptionID"), (Echo("Name", compare="fold"),)
     ),
+}
+
+# Batch writes: operation -> (collection, method). PUT creates; POST with the record's id updates
+# the fields sent and leaves the others as they are.
+WRITES = {
+    "put_invoices": ("Invoices", "PUT"),
+    "put_contacts": ("Contacts", "PUT"),
+    "post_contacts": ("Contacts", "POST"),
 }
 
 # (base URL, client id, tenant name) -> tenant id, discovered once per process.
@@ -192,6 +203,7 @@ class XeroConnector(BaseConnector):
     batch_size = {
         "put_invoices": MAX_BATCH,
         "put_contacts": MAX_BATCH,
+        "post_contacts": MAX_BATCH,
         "post_invoice": 1,
         "put_tracking_options": MAX_BATCH,
     }
@@ -271,13 +283,14 @@ class XeroConnector(BaseConnector):
                 self._post_invoice(item, f"{idempotency_key}:{n}" if n else idempotency_key, ids)
                 for n, item in enumerate(items)
             ]
-        collection = {"put_invoices": "Invoices", "put_contacts": "Contacts"}.get(operation)
-        if collection is None:
+        collection, method = WRITES.get(operation, ("", ""))
+        if not collection:
             raise self.unknown("operation", operation)
         results: list[ItemResult] = []
         for n, start in enumerate(range(0, len(items), MAX_BATCH)):
             key = f"{idempotency_key}:{n}" if n else idempotency_key
-            results += self._put(collection, items[start : start + MAX_BATCH], key, ids, operation)
+            batch = items[start : start + MAX_BATCH]
+            results += self._put(collection, batch, key, ids, operation, method=method)
         return results
 
     def _put(
@@ -287,9 +300,11 @@ class XeroConnector(BaseConnector):
         key: str,
         message_ids: list[int],
         operation: str,
+        *,
+        method: str = "PUT",
     ) -> list[ItemResult]:
         result = self.http.call(
-            "PUT",
+            method,
             f"/{collection}",
             operation=operation,
             params={"summarizeErrors": "false"},
@@ -474,7 +489,7 @@ class XeroConnector(BaseConnector):
     def _find_existing(
         self, operation: str, items: list[dict[str, Any]]
     ) -> list[ItemResult | None]:
-        if operation == "post_invoice":
+        if operation in ("post_invoice", "post_contacts"):
             return [None] * len(items)  # an update is safe to repeat
         if operation == "put_tracking_options":
             return self._existing_options(items, self._categories())
