@@ -241,13 +241,14 @@ class Sla:
 def sla_of(case: ExceptionCase, *, now: datetime, windows: dict[int, timedelta]) -> Sla:
     """The case's SLA in words: "Breached 3 hours ago", "Due soon: in 2 hours", ..."""
     due = case.sla_due_at
+    state = selectors.case_sla_state(case, now=now, windows=windows)
     if due is None:
         return Sla("none", "No SLA")
-    if case.status != OPEN:
+    if not state:
         return Sla("closed", f"Was due {timezone.localtime(due):%d %b %Y %H:%M}")
-    if due < now:
+    if state == "breached":
         return Sla("breached", f"Breached {timesince(due, now)} ago")
-    if due < now + windows.get(case.priority, selectors.DUE_SOON_DEFAULT):
+    if state == "due_soon":
         return Sla("due_soon", f"Due soon: in {timeuntil(due, now)}")
     return Sla("ok", f"On time: due in {timeuntil(due, now)}")
 

@@ -132,20 +132,6 @@ class Row:
     type_words: str  # "Vendor validation"
 
 
-def _sla_state(case: ExceptionCase, now: datetime, windows: Mapping[int, timedelta]) -> str:
-    """The same rule as the API's `sla_state` and selectors.sla_state_q."""
-    if case.status != ExceptionCase.Status.OPEN:
-        return ""
-    if case.sla_due_at is None:
-        return "none"
-    if case.sla_due_at < now:
-        return "breached"
-    window = windows.get(case.priority)
-    if window is not None and case.sla_due_at < now + window:
-        return "due_soon"
-    return "ok"
-
-
 def _rows(
     cases: Sequence[ExceptionCase],
     now: datetime | None = None,
@@ -155,7 +141,7 @@ def _rows(
     windows = windows if windows is not None else selectors.sla_windows()
     rows = []
     for case in cases:
-        state = _sla_state(case, now, windows)
+        state = selectors.case_sla_state(case, now=now, windows=windows)
         words = case.case_type.replace("_", " ").capitalize()
         rows.append(Row(case=case, sla=state, sla_words=SLA_WORDS.get(state, ""), type_words=words))
     return rows
@@ -345,7 +331,9 @@ def _export_lines(cases: Any, sort: str) -> Iterator[str]:
             cases=cases, sort=sort, cursor=cursor, limit=EXPORT_PAGE, limit_max=EXPORT_PAGE
         )
         for case in page.cases:
-            yield writer.writerow(_export_row(case, _sla_state(case, now, windows)))
+            yield writer.writerow(
+                _export_row(case, selectors.case_sla_state(case, now=now, windows=windows))
+            )
         if page.next_cursor is None:
             return
         cursor = page.next_cursor
