@@ -410,6 +410,25 @@ CATALOGUE: dict[str, CaseType] = {
             fix_permission="integrations.change_customer",
             auto_close=False,
         ),
+        # --- Reference data (integrations/sync/project_links.py) ------------------------------
+        CaseType(
+            # A PSA project that predates Concord and carries no link to its contract that
+            # Concord can follow (its customer has no live contract in its currency, or
+            # several). Billing's project_without_contract asks the same once time is billed:
+            # a project it names leaves this case. The fix links the contract; the retry then
+            # takes the legal entity from it.
+            name="project_link_missing",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "Project {project} is linked to no contract: {why}. Its time cannot be "
+                "invoiced until it is; link it to its contract (its legal entity comes with it)."
+            ),
+            noun="project",
+            fix_form="project_contract",
+            fix_permission="integrations.change_project",
+        ),
     )
 }
 

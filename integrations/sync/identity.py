@@ -1069,6 +1069,19 @@ DEFAULT_MATCH_RULES: tuple[dict[str, Any], ...] = (
         },
         "note": "A similar name without its legal form (rapidfuzz token-sort ratio >= 90).",
     },
+    {
+        # Tax rates are reference data every ERP organisation lists: the same tax type code
+        # from a second organisation (Xero's NONE in both tenants) or kept by hand is one rate
+        # (the code is what an invoice line names), not a refused duplicate.
+        "object_type": "taxrate",
+        "name": "tax_type_code",
+        "kind": Kind.NAME,
+        "certainty": MatchRule.Certainty.LINK,
+        "order": 10,
+        "threshold": 100,
+        "sources": {"xero": {"value": ["=code"]}, CONCORD: {"value": ["=code"]}},
+        "note": "The same tax type code (what invoice lines name) from any ERP organisation.",
+    },
 )
 
 

@@ -24,6 +24,7 @@ from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, InboundMessage, SystemRole
 from integrations.selectors import inbound_held
 from integrations.sync.errors import InboundRetry
+from integrations.sync.project_links import projects_link_applied
 from integrations.sync.ring import ring_inbound
 from integrations.sync.tenancy import tenant_facts, tenant_fill
 from integrations.sync.upsert import (
@@ -109,7 +110,7 @@ def _process(message: InboundMessage, context: _Context) -> str:
     # What the record leaves out and its tenant implies (a Xero invoice's legal entity, a
     # contact's currency), as on the poll path.
     facts = tenant_facts(connection=connection, connector=context.connector, mapping=mapping)
-    tenant_fill([mapped], facts)
+    tenant_fill([mapped], facts, [record])
     if not mapped.ok:
         errors = "; ".join(str(e) for e in mapped.errors)
         mapping_case_open([message], errors)
@@ -129,6 +130,11 @@ def _process(message: InboundMessage, context: _Context) -> str:
             object_type=message.object_type,
             external_ids=[mapped.external_id],
         )
+        if result.record_id is not None:
+            # A project, or the contract it waits for (integrations/sync/project_links.py).
+            projects_link_applied(
+                canonical_model=mapped.canonical_model, record_id=result.record_id, payload=record
+            )
     return _finish(message, *message_state(result))
 
 

@@ -31,6 +31,8 @@ Reads that finish (a long read under a steady failure rate):
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections import defaultdict
@@ -62,6 +64,7 @@ from integrations.selectors import POLL_INTERVAL_S, poll_stale_after_s, poll_sta
 from integrations.sync.bulk import copy_insert_values, cyclic_gc_paused
 from integrations.sync.inbound import inbound_page_cases, mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
+from integrations.sync.project_links import projects_link
 from integrations.sync.ring import ring_poll
 from integrations.sync.tenancy import TenantFacts, tenant_facts, tenant_fill
 from integrations.sync.upsert import plan_upsert, write_upsert
@@ -169,21 +172,29 @@ def _poll(
         start = str(resume["next"])
         newest, at_newest = int(resume["newest"]), set(resume["ids"])
     outcomes: list[dict[str, Any]] = []
+    # Reference data a vendor lists without modification stamps (Xero's tax rates): every read
+    # returns all of it; what changed is told by content (see _changed_by_content).
+    unversioned = cursor.object_type in getattr(connector, "unversioned_reads", ())
     try:
         for page in _read_pages(connector, cursor.object_type, since, start, report):
             report.pages += 1
-            fresh = []
-            for record in page.records:
-                external_id, version = connector.version_of(cursor.object_type, record)
-                if (version == stamp and external_id in at_stamp) or (
-                    version == newest and external_id in at_newest
-                ):
-                    continue  # read at this version already (by the last poll, or a page)
-                fresh.append((external_id, version, record))
+            if unversioned:
+                fresh = _changed_by_content(connector, connection, cursor.object_type, page)
+            else:
+                fresh = []
+                for record in page.records:
+                    external_id, version = connector.version_of(cursor.object_type, record)
+                    if (version == stamp and external_id in at_stamp) or (
+                        version == newest and external_id in at_newest
+                    ):
+                        continue  # read at this version already (by the last poll, or a page)
+                    fresh.append((external_id, version, record))
+                newest, at_newest = _next_position(
+                    [(external_id, version) for external_id, version, _ in fresh],
+                    newest,
+                    at_newest,
+                )
             report.read += len(fresh)
-            newest, at_newest = _next_position(
-                [(external_id, version) for external_id, version, _ in fresh], newest, at_newest
-            )
             progress = _progress(cursor, ordered, page, newest, at_newest)
             if fresh:
                 outcomes.append(
@@ -202,6 +213,49 @@ def _poll(
         report.stale += outcome["stale"]
         report.conflicts += outcome["conflicts"]
         report.failed += len(outcome["failed"])
+
+
+def content_version(record: dict[str, Any]) -> int:
+    """A record's version when its vendor gives none: 56 bits of the SHA-256 of its content
+    (fits the BigInteger source_version; two contents of one record colliding is 2^-56)."""
+    text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:7], "big")
+
+
+def _dedupe_key(object_type: str, external_id: str, version: int) -> str:
+    return f"poll:{object_type}:{external_id}:{version}"[:128]
+
+
+def _changed_by_content(
+    connector: Connector, connection: Connection, object_type: str, page: Page
+) -> list[tuple[str, int, dict[str, Any]]]:
+    """The records of an unversioned page whose content differs from the one last kept for
+    them (their raw rows: one indexed query per page), each versioned by its content. The
+    cursor does not move for these objects (there is no stamp to move it by): the list is read
+    whole every poll, a few records and one call, and only a change is stored and applied. A
+    record changed back to an earlier content is applied again on every poll (its raw row exists
+    already, so the newest kept stays the other one): correct, if repeated, work."""
+    read = []
+    for record in page.records:
+        external_id, _ = connector.version_of(object_type, record)
+        read.append((external_id, content_version(record), record))
+    last: dict[str, str] = {}
+    for external_id, key in (
+        InboundMessage.objects.filter(
+            connection=connection,
+            object_type=object_type,
+            external_id__in=[external_id for external_id, _, _ in read],
+            source=InboundMessage.Source.POLL,
+        )
+        .order_by("pk")
+        .values_list("external_id", "dedupe_key")
+    ):
+        last[external_id] = key
+    return [
+        (external_id, version, record)
+        for external_id, version, record in read
+        if last.get(external_id) != _dedupe_key(object_type, external_id, version)
+    ]
 
 
 def _read_pages(
@@ -292,7 +346,7 @@ def _submit_page(
     Returns the page's outcome counts, complete once the writer has committed the page."""
     object_type = cursor.object_type
     mapped: list[MappedRecord] = [map_inbound(mapping, record) for _, _, record in fresh]
-    tenant_fill(mapped, facts)
+    tenant_fill(mapped, facts, [record for _, _, record in fresh])
     ids = frozenset(external_id for external_id, _, _ in fresh)
     writer.wait_for(ids)  # the plan reads these records' cross-references: see them committed
     plan = plan_upsert(
@@ -308,7 +362,7 @@ def _submit_page(
             "source": InboundMessage.Source.POLL,
             "object_type": object_type,
             "external_id": external_id,
-            "dedupe_key": f"poll:{object_type}:{external_id}:{version}"[:128],
+            "dedupe_key": _dedupe_key(object_type, external_id, version),
             "source_version": version,
             "payload": record,
             # What the plan already knows (a mapping failure, a stale version, a relation not
@@ -428,6 +482,15 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
                 "poll of %s on connection %s failed: %s", object_type, connection_id, exc
             )
             report.error = _describe(exc)
+    if reports:
+        # Projects that predate Concord: whichever arrived last (a PSA project, the CRM
+        # contract it waits for) completes its link, or it waits on a PMO case.
+        try:
+            projects_link()
+        except Exception:
+            logger.exception(
+                "linking projects after the poll of connection %s failed", connection_id
+            )
     return reports
 
 

@@ -15,6 +15,7 @@ from integrations.roles import ROLE_PERMISSIONS
 # Every case type raised anywhere in the code today (grep case_type= in integrations/).
 RAISED = {
     "vendor_validation",
+    "project_link_missing",
     "retries_exhausted",
     "permanent_error",
     "outbound_mapping_error",

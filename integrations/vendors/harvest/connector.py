@@ -18,7 +18,7 @@ keeps client names unique), projects by ``code`` within the client, or by name w
 a create whose response was lost is not doubled.
 
 Reads: ``time_entries``, ``expenses``, ``projects``, ``clients``, ``users`` (and ``tasks``,
-``task_assignments``, ``user_assignments``, ``invoices``, ``x_milestones``) with
+``task_assignments``, ``user_assignments``, ``invoices``, ``x_milestones``, ``x_rate_cards``) with
 ``updated_since`` (inclusive, whole seconds), 2,000 per page (Harvest's maximum) following
 ``links.next`` to the end: a ``cursor`` where the spec offers one (clients, users, projects,
 tasks, the assignments; ``page`` is deprecated there), page numbers where it does not (time
@@ -71,6 +71,9 @@ READS = (
     "user_assignments",
     "invoices",
     "x_milestones",
+    # The sandbox's rate-card extension (Harvest has none): the firm's bill rate per role and
+    # currency, read as reference data (integrations/vendors/harvest/mappings.py).
+    "x_rate_cards",
 )
 CREATES = {"create_client": "clients", "create_project": "projects"}
 UPDATES = {"update_client": "clients", "update_project": "projects"}

@@ -5,7 +5,18 @@
   Outbound, Harvest wants them as integers (``project_id``, ``user_id``, ``client_id``).
 - A client's address is the ERP's: left out, so routine syncs raise no ownership conflicts.
 - Harvest users carry no currency: ``cost_currency`` defaults to USD, the account currency of
-  the sandbox; edit the draft for an account in another currency.
+  the sandbox; edit the draft for an account in another currency. A user one of whose roles is
+  a legal entity's code (``UK01``: the firm tags its people by company) is costed in that
+  entity's base currency instead (integrations/sync/tenancy.py).
+- A user without a cost rate is not stored with a silent 0: ``cost_rate`` has no default, so
+  the record is refused by validation and PMO gets a case naming the users (fix the cost rate
+  in Harvest: its next change is read).
+- Rate cards are the sandbox's ``x_rate_cards`` extension: the firm's default bill rate per
+  role and currency (no contract). Harvest keeps bill rates in the PSA (people, projects,
+  tasks), so the PSA is the owner of the firm's default rate card (migration
+  0015_reference_data: ``ratecard`` owned by the PSA, its ``contract`` field by the CRM, whose
+  negotiated contract rates are commercial terms). ``starts_on``/``ends_on`` are not kept: the
+  canonical rate card holds the rate in force.
 """
 
 from __future__ import annotations
@@ -94,11 +105,26 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             F("name", "first_name", "in", "concat", paths=["first_name", "last_name"], sep=" "),
             F("email", "email", required=True),
             F("role", "roles.0", "in", default=""),
-            F("cost_rate", "cost_rate", transform="money", places=2, default="0"),
+            # No default: a user without a cost rate is refused and shown, never costed at 0.
+            F("cost_rate", "cost_rate", transform="money", places=2),
             F("cost_currency", "cost_currency", "in", "default", default="USD"),
             F("active", "is_active"),
         ),
-        "Harvest users carry no currency: cost_currency is this connection's account currency.",
+        "Harvest users carry no currency: cost_currency is this connection's account currency "
+        "(or the base currency of the legal entity a user's role names).",
+        replaces=(F("cost_rate", "cost_rate", transform="money", places=2, default="0"),),
+    ),
+    MappingDefault(
+        "x_rate_cards",
+        "ratecard",
+        "id",
+        "updated_at",
+        (
+            F("role", "role", required=True),
+            F("currency", "currency", required=True),
+            F("bill_rate", "hourly_rate", transform="money", required=True, places=2),
+        ),
+        "The firm's default bill rate per role and currency (sandbox extension x_rate_cards).",
     ),
     MappingDefault(
         "expenses",

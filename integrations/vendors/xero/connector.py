@@ -81,6 +81,10 @@ UNPAGED_ID = {
     "TrackingCategories": "TrackingCategoryID",
     "Accounts": "AccountID",
 }
+# Reference data Xero lists without a modification stamp (the spec's TaxRate and Currency have
+# no UpdatedDateUTC): every read returns all of them, and the poller applies those whose content
+# changed since they were last kept (integrations/sync/polling.py).
+UNVERSIONED = frozenset({"TaxRates", "Currencies", "Accounts"})
 
 # What each write's answer must echo of what was sent (integrations/vendors/echo.py): an invoice
 # its Reference (CONCORD-INV-<id>), a contact its ContactNumber and Name, an update the
@@ -200,6 +204,7 @@ def _quote(value: str) -> str | None:
 class XeroConnector(BaseConnector):
     vendor = "xero"
     page_size = PAGE_SIZE
+    unversioned_reads = UNVERSIONED
     batch_size = {
         "put_invoices": MAX_BATCH,
         "put_contacts": MAX_BATCH,
@@ -671,13 +676,21 @@ class XeroConnector(BaseConnector):
     def base_currency(self) -> str | None:
         """The organisation's ``BaseCurrency`` (``GET /Organisation``): what a contact without
         a ``DefaultCurrency`` is invoiced in."""
+        currency = self._organisation().get("BaseCurrency")
+        return str(currency) if currency else None
+
+    def organisation_country(self) -> str | None:
+        """The organisation's ``CountryCode`` (``GET /Organisation``): the country of its tax
+        rates, which name none themselves."""
+        country = self._organisation().get("CountryCode")
+        return str(country) if country else None
+
+    def _organisation(self) -> dict[str, Any]:
         result = self.http.call(
             "GET", "/Organisation", operation="read:Organisation", headers=self._headers()
         )
         organisations = (result.json() or {}).get("Organisations") or []
-        first = organisations[0] if organisations and isinstance(organisations[0], dict) else {}
-        currency = first.get("BaseCurrency")
-        return str(currency) if currency else None
+        return organisations[0] if organisations and isinstance(organisations[0], dict) else {}
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         if object_type not in PAGED_ID:

@@ -13,6 +13,15 @@
   entity's code (``UK01`` -> ``200``) and falls back to its default, ``200``, Xero's "Sales".
 - ``Reference`` (``CONCORD-INV-<id>``) is how the connector's look-up-before-create finds an
   invoice that was already created: the operation requires it.
+- Tax rates (``TaxRates``, reference data read on every poll): the code is Xero's ``TaxType``
+  (what an invoice line names), the rate its ``EffectiveRate``. Xero's TaxRate has no field
+  saying the customer's tax number is required; its ``ReportTaxType`` says the rate is EC or
+  reverse-charge, which is when it is (value map ``xero_tax_needs_number``). The country is
+  the organisation's (``CountryCode``), filled by integrations/sync/tenancy.py. Xero lists no
+  modification stamp for tax rates: the poll compares their content instead.
+- Exchange rates: the Accounting API offers none (``Currencies`` lists codes only; an
+  invoice's ``CurrencyRate`` is the rate Xero used for that invoice). They stay finance's
+  table, kept with the fix form of a ``missing_exchange_rate`` case.
 """
 
 from __future__ import annotations
@@ -62,6 +71,18 @@ VALUE_MAPS: tuple[ValueMapDefault, ...] = (
         "code, e.g. UK01 -> 200; entities without an entry use the default)",
         {},
         default="200",
+    ),
+    ValueMapDefault(
+        "xero_tax_status",
+        "Xero TaxRate Status -> tax rate active",
+        {"ACTIVE": "true", "DELETED": "false", "ARCHIVED": "false", "PENDING": "false"},
+    ),
+    ValueMapDefault(
+        "xero_tax_needs_number",
+        "Xero TaxRate ReportTaxType -> the customer's tax number is required (EC and reverse "
+        "charge rates: the customer accounts for the tax, so its number must be on the invoice)",
+        {"ECOUTPUT": "true", "ECOUTPUTSERVICES": "true", "REVERSECHARGES": "true"},
+        default="false",
     ),
     ValueMapDefault(
         "country_names",
@@ -163,5 +184,34 @@ MAPPINGS: tuple[MappingDefault, ...] = (
         # Until outbound invoices were rendered by this mapping, the contact id was one row both
         # ways and required; outbound it is now one of two ways to name the contact.
         replaces=(F("customer__external_id", "Contact.ContactID", required=True),),
+    ),
+    MappingDefault(
+        "TaxRates",
+        "taxrate",
+        "TaxType",
+        "",
+        (
+            F("code", "TaxType", required=True),
+            F("name", "Name", required=True),
+            F("rate_percent", "EffectiveRate", "in", "money", required=True, places=3),
+            F(
+                "requires_customer_tax_number",
+                "ReportTaxType",
+                "in",
+                "value_map",
+                value_map="xero_tax_needs_number",
+                canonical_type="bool",
+            ),
+            F(
+                "active",
+                "Status",
+                "in",
+                "value_map",
+                value_map="xero_tax_status",
+                canonical_type="bool",
+            ),
+        ),
+        "Xero tax rates (reference data); the country is the organisation's. Xero gives them "
+        "no modification stamp: a poll applies the ones whose content changed.",
     ),
 )

@@ -28,6 +28,8 @@ FIXTURE_FOR = {
     ("salesforce", "Account"): "salesforce_account",
     ("salesforce", "Opportunity"): "salesforce_opportunity",
     ("salesforce", "Contract"): "salesforce_contract",
+    ("harvest", "x_rate_cards"): "harvest_rate_card",
+    ("xero", "TaxRates"): "xero_tax_rate",
 }
 
 
