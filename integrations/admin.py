@@ -5,6 +5,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin
+from django.core.exceptions import ValidationError
 from django.db import models, transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -16,7 +17,11 @@ from integrations.services.config_rows import (
     config_row_delete,
     config_row_update,
 )
-from integrations.services.connections import connection_create, connection_update
+from integrations.services.connections import (
+    connection_create,
+    connection_credentials_check,
+    connection_update,
+)
 from integrations.sync.inbound import inbound_replay
 from integrations.sync.outbox import outbox_replay
 from integrations.sync.records import record_create, record_delete, record_update
@@ -122,7 +127,8 @@ class ConnectionForm(forms.ModelForm[m.Connection]):
         widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off"}),
         help_text=(
             'JSON object of secrets to add or replace, e.g. {"client_secret": "..."}; a null '
-            "value removes a key. Stored values are encrypted and never shown again."
+            "value removes a key. Stored values are encrypted and never shown again. A new base "
+            "URL or token URL host needs every stored key given again (or null) here."
         ),
     )
 
@@ -152,13 +158,30 @@ class ConnectionForm(forms.ModelForm[m.Connection]):
             raise forms.ValidationError("Give a JSON object of string (or null) values.")
         return value
 
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        if self.instance.pk is None or "base_url" not in cleaned:
+            return cleaned
+        # The service refuses a change that sends the stored credentials to a new origin
+        # without them entered again; asked here too, so the person sees a form error.
+        try:
+            connection_credentials_check(
+                connection=self.instance,
+                base_url=cleaned["base_url"],
+                credentials=cleaned.get("new_credentials") or {},
+            )
+        except ValidationError as exc:
+            for field, messages in exc.message_dict.items():
+                self.add_error("new_credentials" if field == "credentials" else field, messages)
+        return cleaned
+
 
 @admin.register(m.Connection)
 class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
     form = ConnectionForm
     list_display = ["name", "role", "vendor", "base_url", "enabled", "credential_keys"]
     list_filter = ["role", "vendor", "enabled"]
-    readonly_fields = ["credential_keys", "created_at", "updated_at"]
+    readonly_fields = ["credential_keys", "sent_to", "created_at", "updated_at"]
     search_fields = ["name"]
 
     def save_model(self, request: HttpRequest, obj: m.Connection, form: Any, change: bool) -> None:
@@ -173,6 +196,10 @@ class ConnectionAdmin(admin.ModelAdmin[m.Connection]):
                 **fields,
             )
             obj.pk = created.pk
+
+    @admin.display(description="Credentials may be sent to")
+    def sent_to(self, obj: m.Connection) -> str:
+        return ", ".join(obj.credential_origins or ()) if obj.credentials else "-"
 
 
 @admin.register(m.CrossReference)

@@ -104,9 +104,16 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         child=serializers.CharField(allow_null=True, trim_whitespace=False),
         write_only=True,
         required=False,
-        help_text="Secrets to store (merged by key; null removes a key). Never returned.",
+        help_text=(
+            "Secrets to store (merged by key; null removes a key). Never returned. A change "
+            "that sends them to a new origin (base_url or a *_url credential on another host) "
+            "must give every stored key again (or null), else it is refused with a 400."
+        ),
     )
     credential_keys = serializers.ListField(child=serializers.CharField(), read_only=True)
+    credential_origins = serializers.SerializerMethodField(
+        help_text="The origins (scheme://host[:port]) the stored credentials may be sent to."
+    )
     health = serializers.SerializerMethodField(
         help_text="Calls (the circuit breaker) and polls (last error, failing since, cursor age)."
     )
@@ -124,11 +131,15 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
             "enabled",
             "credentials",
             "credential_keys",
+            "credential_origins",
             "health",
             "created_at",
             "updated_at",
         ]
         read_only_fields = ["created_at", "updated_at"]
+
+    def get_credential_origins(self, connection: m.Connection) -> list[str]:
+        return list(connection.credential_origins or ()) if connection.credentials else []
 
     @extend_schema_field(ConnectionHealthSerializer)
     def get_health(self, connection: m.Connection) -> dict[str, Any]:

@@ -3,8 +3,8 @@
 * ``TransientError``: the machine retries (timeouts, connection errors, 5xx, 429, our own
   circuit breaker or rate limiter refusing to send). ``retry_after`` says when, if known.
 * ``PermanentError``: a retry cannot fix it and neither can a business person's data fix
-  (401/403 after one token refresh, 404, a request the vendor says is malformed): the
-  integration admins look at it.
+  (401/403 after one token refresh, 404, a request the vendor says is malformed, credentials
+  refused to an address they were not entered for): the integration admins look at it.
 * ``BusinessError``: the vendor refused the data (Xero ValidationException, Salesforce
   REQUIRED_FIELD_MISSING, Harvest 422): the business owner fixes the record, then it is retried.
 
@@ -88,6 +88,15 @@ class PermanentError(ConnectorError):
     """A retry cannot fix it and a business data fix will not either."""
 
     kind = ErrorClass.PERMANENT
+
+
+class CredentialsOriginRefused(PermanentError):
+    """Not sent: the request would carry the connection's credentials to an origin they were not
+    entered for (its base URL or a token URL was changed without entering them again, or the
+    row was edited by hand). A configuration error for the integration admins: retrying cannot
+    fix it, entering the credentials again for the new address does."""
+
+    never_sent = True
 
 
 class BusinessError(ConnectorError):

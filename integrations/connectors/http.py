@@ -23,10 +23,19 @@ row in a durable atomic block of its own.
 **Secrets.** Authorization headers are never logged or stored; response bodies and error
 texts pass through ``Redactor``, which masks the connection's credential values, the current
 tokens and anything shaped like ``"access_token": "..."`` or ``Bearer ...``.
+
+**Where secrets may go.** A connection's credentials are bound to the origins they were entered
+for (integrations/models/connections.py). Before anything else, ``call`` and ``start`` refuse a
+request to any other origin (``CredentialsOriginRefused``: permanent, never sent, recorded as a
+SyncAttempt): the last line behind the connection services' check, so a base URL edited in the
+database by hand cannot carry a token to another host. Every request of a connection that
+holds credentials is checked, with auth or without: a token request carries the client secret
+in its body or Basic auth, not in ``send_auth``'s headers.
 """
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import re
@@ -50,12 +59,14 @@ from integrations.connectors.connection_limits import limits_for
 from integrations.connectors.errors import (
     RESPONSE_TEXT_LIMIT,
     ConnectorError,
+    CredentialsOriginRefused,
     PermanentError,
     TransientError,
     truncate,
 )
 from integrations.connectors.limits import Limits
 from integrations.models import SyncAttempt
+from integrations.models.connections import VENDOR_FIXED_ORIGINS, url_origin
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +298,11 @@ class OAuthClientCredentials:
         auth: httpx.BasicAuth | None = None
         if self.basic_auth:
             auth = httpx.BasicAuth(self.client_id, self.client_secret)
+            # The header's value without its "Basic " (a vendor echoing it back in an error
+            # would otherwise keep the secret readable in base64).
+            http.redact.add(
+                base64.b64encode(f"{self.client_id}:{self.client_secret}".encode()).decode()
+            )
         else:
             form.update(client_id=self.client_id, client_secret=self.client_secret)
         result = http.call(
@@ -419,6 +435,17 @@ def _transport_error(exc: httpx.TransportError, method: str) -> TransientError:
     return error
 
 
+def _allowed_origins(connection: Any, vendor: str) -> frozenset[str] | None:
+    """Where a connection's requests may go: the origins its credentials were bound to when
+    entered, and its vendor's fixed hosts. None when it holds no credentials (nothing to leak);
+    empty when they were never bound (then they go nowhere)."""
+    credentials = getattr(connection, "credentials", None) or {}
+    if not credentials:
+        return None
+    bound = getattr(credentials, "origins", None) or ()
+    return frozenset(bound) | VENDOR_FIXED_ORIGINS.get(vendor, frozenset())
+
+
 def _in_callers_transaction(using: str = DEFAULT_DB_ALIAS) -> bool:
     conn = connections[using]
     if not conn.in_atomic_block:
@@ -462,6 +489,7 @@ class VendorHTTP:
         self.acquire_timeout = acquire_timeout
         credentials = connection.credentials or {}
         self.redact = Redactor(str(v) for v in credentials.values() if isinstance(v, str))
+        self.allowed_origins = _allowed_origins(connection, self.vendor)
         self.client = httpx.Client(
             base_url=str(connection.base_url).rstrip("/"),
             timeout=timeout if timeout is not None else DEFAULT_TIMEOUT,
@@ -549,6 +577,9 @@ class VendorHTTP:
         may_refresh: bool,
     ) -> tuple[CallResult | None, ConnectorError | None, bool]:
         started = datetime.now(UTC)
+        refused = self._foreign_origin(path)
+        if refused is not None:
+            return None, self._not_sent(operation, started, refused, message_ids), False
         permit = None
         try:
             if use_limits:
@@ -598,6 +629,9 @@ class VendorHTTP:
             raise RuntimeError("a vendor call must not run inside a database transaction")
         started = datetime.now(UTC)
         pending = partial(PendingRead, self, path, operation, params, headers, started)
+        refused = self._foreign_origin(path)
+        if refused is not None:
+            return pending(refused=self._not_sent(operation, started, refused, ()))
         try:
             permit = self.limits.acquire(self.acquire_timeout)
         except ConnectorError as exc:
@@ -620,6 +654,31 @@ class VendorHTTP:
             None,
         )
         return pending(future=future, permit=permit)
+
+    def _foreign_origin(self, path: str) -> CredentialsOriginRefused | None:
+        """The refusal of a request to an origin the credentials were not entered for."""
+        if self.allowed_origins is None:
+            return None
+        origin = url_origin(self.url(path))
+        if origin and origin in self.allowed_origins:
+            return None
+        entered_for = ", ".join(sorted(self.allowed_origins)) or "no address (not bound)"
+        logger.warning(
+            "%s connection %s: credentials not sent to %s, entered for %s",
+            self.vendor,
+            getattr(self.connection, "pk", None),
+            origin or "an address that is no http(s) URL",
+            entered_for,
+        )
+        return CredentialsOriginRefused(
+            "credentials not sent: the address is not one they were entered for",
+            vendor_message=(
+                f"The request was for {origin or 'an address that is no http(s) URL'}; the "
+                f"connection's credentials were entered for {entered_for}. Enter the "
+                "credentials again for the new address (the connection's base URL or token "
+                "URL changed)."
+            ),
+        )
 
     def _not_sent(
         self,

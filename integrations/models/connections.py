@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import httpx
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
 from django.db import models
 from django.db.models import Q
 
+from integrations.crypto import decrypt_text, encrypt_text
 from integrations.models.base import SystemRole
 from integrations.models.fields import EncryptedJSONField
 
@@ -25,6 +31,99 @@ VENDOR_ROLES: dict[str, str] = {
 }
 
 
+# --- Where a connection's credentials may be sent ----------------------------------------------
+#
+# A connection's secrets are stored with the origins (scheme, host, port) they were entered for:
+# its base URL's and those of any URL among the credentials themselves (``token_url``,
+# ``connections_url``: every key ending in ``_url``). The binding lives inside the encrypted
+# blob, so no edit of the row without the Fernet key can widen it, and the HTTP layer
+# (integrations/connectors/http.py) sends nothing to any other origin. Changing a destination
+# through integrations/services/connections.py needs the credentials entered again.
+
+# Hosts a vendor's connector sends the credentials to whatever a connection row says, fixed in
+# code and so beyond any row's reach: Xero's identity server issues the tokens for every Xero
+# API host (integrations/vendors/xero/connector.py DEFAULT_TOKEN_URL, used when the credentials
+# name no ``token_url``).
+VENDOR_FIXED_ORIGINS: dict[str, frozenset[str]] = {
+    "xero": frozenset({"https://identity.xero.com"}),
+}
+
+
+def url_origin(url: str) -> str:
+    """``scheme://host[:port]`` of a URL, as httpx (the client that sends) reads it: lower case,
+    the scheme's default port left out. "" for text that is no absolute http(s) URL."""
+    try:
+        parsed = httpx.URL(str(url).strip())
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return ""
+    if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+        return ""
+    host = parsed.raw_host.decode("ascii").lower()
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    default_port = 443 if parsed.scheme == "https" else 80
+    port = f":{parsed.port}" if parsed.port not in (None, default_port) else ""
+    return f"{parsed.scheme}://{host}{port}"
+
+
+def credential_destinations(base_url: str, credentials: Mapping[str, Any]) -> tuple[str, ...]:
+    """The origins a connection's settings send its credentials to: the base URL's and every
+    ``*_url`` credential's (a Xero or Salesforce ``token_url``, Xero's ``connections_url``)."""
+    urls = [base_url] + [
+        str(value)
+        for key, value in credentials.items()
+        if key.endswith("_url") and isinstance(value, str) and value
+    ]
+    return tuple(sorted({origin for origin in map(url_origin, urls) if origin}))
+
+
+class BoundCredentials(dict[str, Any]):
+    """A connection's secrets (a plain dict to every reader) and the origins they were entered
+    for (``origins``; None: not bound yet, and then the HTTP layer sends them nowhere)."""
+
+    def __init__(
+        self, values: Mapping[str, Any] | None = None, *, origins: Iterable[str] | None = None
+    ) -> None:
+        super().__init__(values or {})
+        self.origins: tuple[str, ...] | None = (
+            tuple(sorted(set(origins))) if origins is not None else None
+        )
+
+
+# The stored form of bound credentials; an unbound object is stored as it was before binding
+# existed (a plain JSON object of secrets), which the migration that introduced it reads.
+_SECRETS, _ORIGINS = "__secrets__", "__origins__"
+
+
+class CredentialsField(EncryptedJSONField):
+    """The credentials and their origins, encrypted together: one Fernet token authenticates
+    both, so a row edited by hand cannot pair these secrets with another origin."""
+
+    def _load(self, plaintext: str) -> BoundCredentials:
+        value = json.loads(plaintext)
+        if isinstance(value, dict) and _SECRETS in value:
+            return BoundCredentials(value[_SECRETS], origins=value.get(_ORIGINS))
+        return BoundCredentials(value if isinstance(value, dict) else {})
+
+    def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Any:
+        if value is None or value == "":
+            return BoundCredentials()
+        return self._load(decrypt_text(value))
+
+    def to_python(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            return value
+        if value is None or value == "":
+            return BoundCredentials()
+        return self._load(value)
+
+    def get_prep_value(self, value: Any) -> Any:
+        secrets = dict(value or {})
+        origins = getattr(value, "origins", None)
+        stored: Any = secrets if origins is None else {_SECRETS: secrets, _ORIGINS: list(origins)}
+        return encrypt_text(json.dumps(stored, sort_keys=True))
+
+
 class Connection(models.Model):
     """One configured external system. Several per role are allowed (a legacy and a new ERP)."""
 
@@ -35,8 +134,8 @@ class Connection(models.Model):
         max_length=500, help_text="The vendor's API root; the connector appends the spec's paths."
     )
     # Secrets (client id/secret, tokens, tenant id, webhook key). Encrypted at rest, write-only in
-    # the API and the admin, never logged.
-    credentials = EncryptedJSONField(blank=True, default=dict, editable=False)
+    # the API and the admin, never logged. Bound to the origins they were entered for (above).
+    credentials = CredentialsField(blank=True, default=BoundCredentials, editable=False)
     rate_limit_per_minute = models.PositiveIntegerField(
         default=60, help_text="Calls per minute allowed by the vendor (Xero: 60 per tenant)."
     )
@@ -67,10 +166,31 @@ class Connection(models.Model):
     def __str__(self) -> str:
         return f"{self.name} ({self.get_vendor_display()} {self.get_role_display()})"
 
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        # Credentials assigned as a plain dict were entered by the code saving them: bound to
+        # the destinations of this save. Credentials read from the row keep their binding, so
+        # a base URL changed without the connection services cannot widen it.
+        if self.credentials and self.credential_origins is None:
+            self.bind_credentials()
+        super().save(*args, **kwargs)
+
     @property
     def credential_keys(self) -> list[str]:
         """Names of the stored secrets, safe to show; the values never are."""
         return sorted(self.credentials)
+
+    @property
+    def credential_origins(self) -> tuple[str, ...] | None:
+        """The origins the stored credentials were entered for (None: not bound)."""
+        return getattr(self.credentials, "origins", None)
+
+    def bind_credentials(self) -> None:
+        """Bind the credentials held now to where the connection's settings send them now.
+        For code that has just been given the credentials (the connection services, a test
+        setting them); never for credentials read back from the database."""
+        self.credentials = BoundCredentials(
+            self.credentials, origins=credential_destinations(self.base_url, self.credentials)
+        )
 
 
 class CrossReference(models.Model):
