@@ -129,6 +129,15 @@ class ExceptionCase(models.Model):
             # "My work": a person's open cases, soonest due first.
             models.Index(fields=["assignee", "status", "sla_due_at", "id"], name="case_assignee"),
             models.Index(fields=["group_key", "status"], name="case_group"),
+            # The totals' second read: the cases blocking several currencies (currency "",
+            # amounts not empty), about 2 in 100. Without it that read walks every case of the
+            # set whose currency is "" (those blocking no amount too): 300 ms for the resolved
+            # cases of a million, against 2 ms through this.
+            models.Index(
+                fields=["status", "queue"],
+                condition=Q(currency="") & ~Q(amounts={}),
+                name="case_mixed_currency",
+            ),
         ]
 
     def __str__(self) -> str:

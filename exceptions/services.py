@@ -10,6 +10,7 @@ from those totals on every change, by the case type's template in the catalogue.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -110,7 +111,9 @@ def case_open_or_join(
     rule (CaseRoute) matching the case type, process, legal entity and region, else from the
     catalogue; the SLA from the SlaPolicy table. The legal entity and region are the caller's,
     else what the subject (a project, a contract) or the first record names. Every open and
-    join is in the case's audit trail (one INSERT each)."""
+    join is in the case's audit trail. Joining an open case is two statements on PostgreSQL:
+    one locks it and inserts the records it does not hold yet, one updates its totals and
+    message (rendered here from the totals the locked row had) and appends the audit row."""
     kind = case_type_get(case_type)
     missing = kind.subject_keys - set(subject)
     if missing:
@@ -124,14 +127,11 @@ def case_open_or_join(
         try:
             with transaction.atomic():
                 now = timezone.now()
-                case = (
-                    ExceptionCase.objects.select_for_update()
-                    .filter(fingerprint=fingerprint, status=OPEN)
-                    .first()
-                )
-                opened = case is None
+                # The open case, locked, with the records it did not hold yet added to it.
+                joined = _join_locked(fingerprint, unique)
+                opened = joined is None
                 before: dict[str, Any] = {}
-                if case is None:
+                if joined is None:
                     scope = _scope(subject, unique, legal_entity_id, region)
                     route = _route(case_type, process, scope.legal_entity_id, scope.region)
                     queue = (route.queue_id if route else None) or kind.queue
@@ -157,10 +157,11 @@ def case_open_or_join(
                     new = unique
                     routed_by = route.pk if route else None
                 else:
+                    case, added = joined
                     before = {"record_count": case.record_count, "occurrences": case.occurrences}
-                    # Only the records the case does not hold yet count (ON CONFLICT skips the
+                    # Only the records the case did not hold yet count (ON CONFLICT skipped the
                     # rest), and the case's totals move by just those.
-                    new = [first_of[key] for key in _insert(case.pk, unique)]
+                    new = [first_of[key] for key in added]
                 _apply(case, _totals_of(new), sign=1)
                 # The latest occurrence's wording stands (the fingerprint's keys are equal).
                 case.subject = dict(subject)
@@ -174,6 +175,7 @@ def case_open_or_join(
                     "occurrences": case.occurrences,
                     "records": len(new),
                 }
+                writes: list[_Statement] = []
                 if opened:
                     case.save(force_insert=True)
                     _insert(case.pk, new)
@@ -187,9 +189,10 @@ def case_open_or_join(
                     )
                     action = CaseEvent.Action.OPENED
                 else:
-                    case.save(update_fields=_JOIN_FIELDS)
+                    writes.append(_case_update(case, _JOIN_FIELDS))
                     action = CaseEvent.Action.JOINED
-                case_event(case=case, action=action, before=before, after=after, at=now).save()
+                event = case_event(case=case, action=action, before=before, after=after, at=now)
+                _write([*writes, _events_insert([event])])
                 return case
         except IntegrityError:
             continue
@@ -205,33 +208,36 @@ def case_records_clear(
 ) -> set[int]:
     """Records that went through take themselves off every open case holding them (of a type
     that closes by itself; only of `process` and of `case_types`, when given); a case with none
-    left resolves itself with `note`. One query finds and locks the cases (through
-    BlockedRecord's record index), one takes the records off them, one per case moves its
-    totals. Returns the ids of the cases it resolved."""
-    qs = _records_qs(records)
-    if not qs:
+    left resolves itself with `note`. One statement finds and locks the cases (through
+    BlockedRecord's record index) and takes the records off them, one moves the totals of every
+    case touched and appends their audit rows (on SQLite these run one by one). Returns the ids
+    of the cases it resolved."""
+    holding, params = _records_where(records)
+    if not holding:
         return set()
-    holding = Q()
-    for q in qs:
-        holding |= Q(pk__in=BlockedRecord.objects.filter(q).values("case_id"))
+    types = sorted(AUTO_CLOSING if case_types is None else set(case_types) & AUTO_CLOSING)
+    if not types:
+        return set()
+    where = (
+        f"id IN (SELECT case_id FROM {_TABLE} WHERE {holding}) AND status = %s "  # noqa: S608
+        f"AND case_type IN ({', '.join(['%s'] * len(types))})"
+    )
+    params += [OPEN, *types]
+    if process is not None:
+        where += " AND process = %s"
+        params.append(process)
     with transaction.atomic():
-        cases = ExceptionCase.objects.select_for_update().filter(
-            holding, status=OPEN, case_type__in=AUTO_CLOSING
-        )
-        if process is not None:
-            cases = cases.filter(process=process)
-        if case_types is not None:
-            cases = cases.filter(case_type__in=list(case_types))
-        # Locked in id order: two clears that share cases never wait for each other in a circle.
-        by_id = {case.pk: case for case in cases.order_by("pk")}
+        # The cases, locked, with the records taken off them (case id, amount, currency, hours).
+        by_id, gone_rows = _clear_locked(where, params, records)
         if not by_id:
             return set()
         taken: dict[int, list[Blocked]] = defaultdict(list)
-        for case_id, amount, currency, hours in _delete(list(by_id), records):
+        for case_id, amount, currency, hours in gone_rows:
             taken[case_id].append(Blocked("", 0, "", _cents(amount), currency, _cents(hours)))
         resolved = set()
         now = timezone.now()
         events: list[CaseEvent] = []
+        writes: list[_Statement] = []
         for case_id, gone in taken.items():
             case = by_id[case_id]
             count_before = case.record_count
@@ -263,9 +269,10 @@ def case_records_clear(
                     )
                 )
             case.message = _message(case)
-            case.save(update_fields=fields)
-        # The audit rows of every case touched, in one INSERT.
-        CaseEvent.objects.bulk_create(events)
+            writes.append(_case_update(case, fields))
+        if events:  # the audit rows of every case touched, in one INSERT
+            writes.append(_events_insert(events))
+        _write(writes)
     return resolved
 
 
@@ -492,16 +499,22 @@ def _apply(case: ExceptionCase, change: Totals, *, sign: int) -> None:
 # --- Blocked records ----------------------------------------------------------------------------
 
 
-def _records_qs(records: Iterable[RecordKey]) -> list[Q]:
-    """Filters naming these records, IDS_PER_QUERY ids each (one for up to 5,000 records)."""
+def _records_where(records: Iterable[RecordKey]) -> tuple[str, list[Any]]:
+    """A WHERE clause over BlockedRecord naming these records (through its record index),
+    IDS_PER_QUERY ids per IN list, and its parameters; "" when there are none."""
     by_type: dict[str, list[int]] = defaultdict(list)
     for record_type, record_id in records:
         by_type[record_type].append(record_id)
-    return [
-        Q(record_type=record_type, record_id__in=ids[start : start + IDS_PER_QUERY])
-        for record_type, ids in by_type.items()
-        for start in range(0, len(ids), IDS_PER_QUERY)
-    ]
+    clauses: list[str] = []
+    params: list[Any] = []
+    for record_type, ids in by_type.items():
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            chunk = ids[start : start + IDS_PER_QUERY]
+            clauses.append(
+                f"(record_type = %s AND record_id IN ({', '.join(['%s'] * len(chunk))}))"
+            )
+            params += [record_type, *chunk]
+    return " OR ".join(clauses), params
 
 
 def _cents(value: object) -> Decimal:
@@ -524,6 +537,136 @@ _DELETE = (
     f"DELETE FROM {_TABLE} WHERE case_id IN ({{cases}}) AND record_type = %s "  # noqa: S608
     "AND record_id IN ({ids}) RETURNING case_id, amount, currency, hours"
 )
+
+
+_CASES = ExceptionCase._meta.db_table
+_CASE_FIELDS = {f.name: f for f in ExceptionCase._meta.concrete_fields}
+# One SQL statement and its parameters.
+_Statement = tuple[str, list[Any]]
+
+
+def _cases_locked(where: str, params: Sequence[Any]) -> list[ExceptionCase]:
+    """The cases matching `where`, whole, locked until the transaction ends (FOR UPDATE where
+    the database has row locks), in id order. Raw SQL: building the ORM's query cost as much as
+    running it on the join's path."""
+    lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
+    sql = f"SELECT * FROM {_CASES} WHERE {where} ORDER BY id{lock}"  # noqa: S608
+    return list(ExceptionCase.objects.raw(sql, params))
+
+
+def _one_statement() -> bool:
+    """PostgreSQL runs a lock, a read and writes as one statement (data-modifying WITH): one
+    round trip instead of one each. SQLite has no row locks to take (its writer holds the
+    whole database) and no WITH ... INSERT; there the statements run one by one."""
+    return connection.vendor == "postgresql"
+
+
+def _join_locked(
+    fingerprint: str, records: Sequence[Blocked]
+) -> tuple[ExceptionCase, list[RecordKey]] | None:
+    """Lock the open case of this fingerprint and add these records to it: the case as it was
+    before, and the records it did not hold yet (those it held are skipped by its unique
+    index, so a join reads nothing of what the case holds). None when no case is open.
+
+    On PostgreSQL one statement: the rows are inserted for the case its first part locked, so
+    no record joins a case another transaction is changing."""
+    if not _one_statement() or not records or len(records) > INSERT_BATCH:
+        found = _cases_locked("fingerprint = %s AND status = %s", [fingerprint, OPEN])
+        return (found[0], _insert(found[0].pk, records)) if found else None
+    values = ", ".join(["(%s, %s, %s, %s, %s, %s)"] * len(records))
+    sql = (
+        f"WITH c AS (SELECT * FROM {_CASES} WHERE fingerprint = %s AND status = %s "  # noqa: S608
+        "FOR UPDATE), "
+        f"added AS (INSERT INTO {_TABLE} "
+        "(case_id, record_type, record_id, label, amount, currency, hours) "
+        f"SELECT c.id, v.* FROM c, (VALUES {values}) AS v "
+        "ON CONFLICT (case_id, record_type, record_id) DO NOTHING "
+        "RETURNING record_type, record_id) "
+        "SELECT c.*, (SELECT json_agg(json_build_array(record_type, record_id)) FROM added)::text "
+        "AS added_json FROM c"
+    )
+    params: list[Any] = [fingerprint, OPEN]
+    for r in records:
+        params += [r.record_type, r.record_id, r.label[:255], r.amount, r.currency, r.hours]
+    found = list(ExceptionCase.objects.raw(sql, params))
+    if not found:
+        return None
+    added = json.loads(getattr(found[0], "added_json", None) or "[]")
+    return found[0], [(str(t), int(i)) for t, i in added]
+
+
+def _clear_locked(
+    where: str, params: list[Any], records: Collection[RecordKey]
+) -> tuple[dict[int, ExceptionCase], list[tuple[Any, ...]]]:
+    """Lock the open cases matching `where` (in id order: two clears sharing cases never wait
+    for each other in a circle) and take these records off them: the cases as they were before,
+    by id, and (case id, amount, currency, hours) of each row taken off.
+
+    On PostgreSQL one statement for up to IDS_PER_QUERY records: the rows deleted are those of
+    the cases its first part locked."""
+    if not _one_statement() or len(records) > IDS_PER_QUERY:
+        by_id = {case.pk: case for case in _cases_locked(where, params)}
+        return by_id, (_delete(list(by_id), records) if by_id else [])
+    holding, holding_params = _records_where(records)
+    sql = (
+        f"WITH c AS (SELECT * FROM {_CASES} WHERE {where} ORDER BY id FOR UPDATE), "  # noqa: S608
+        f"gone AS (DELETE FROM {_TABLE} b USING c WHERE b.case_id = c.id AND ({holding}) "
+        "RETURNING b.case_id, b.amount, b.currency, b.hours) "
+        "SELECT c.*, (SELECT json_agg(json_build_array(gone.amount, gone.currency, gone.hours)) "
+        "FROM gone WHERE gone.case_id = c.id)::text AS gone_json FROM c ORDER BY c.id"
+    )
+    by_id, rows = {}, []
+    for case in ExceptionCase.objects.raw(sql, [*params, *holding_params]):
+        by_id[case.pk] = case
+        gone = json.loads(getattr(case, "gone_json", None) or "[]", parse_float=Decimal)
+        rows += [(case.pk, amount, currency, hours) for amount, currency, hours in gone]
+    return by_id, rows
+
+
+def _case_update(case: ExceptionCase, fields: Sequence[str]) -> _Statement:
+    """The UPDATE of these fields of the case's row: what save(update_fields=...) writes,
+    without compiling a query."""
+    columns, params = [], []
+    for name in fields:
+        field = _CASE_FIELDS[name]
+        columns.append(f"{field.column} = %s")
+        params.append(field.get_db_prep_save(getattr(case, field.attname), connection))
+    sql = f"UPDATE {_CASES} SET {', '.join(columns)} WHERE id = %s"  # noqa: S608
+    return sql, [*params, case.pk]
+
+
+_EVENT_FIELDS = [f for f in CaseEvent._meta.concrete_fields if not f.primary_key]
+_EVENT_INSERT = (
+    f"INSERT INTO {CaseEvent._meta.db_table} "  # noqa: S608
+    f"({', '.join(str(f.column) for f in _EVENT_FIELDS)}) VALUES {{values}}"
+)
+
+
+def _events_insert(events: Sequence[CaseEvent]) -> _Statement:
+    """The INSERT of these audit rows, one statement for all (what bulk_create writes, without
+    compiling a query). Inserts only: the trail stays append-only."""
+    row = f"({', '.join(['%s'] * len(_EVENT_FIELDS))})"
+    params = [
+        field.get_db_prep_save(getattr(event, field.attname), connection)
+        for event in events
+        for field in _EVENT_FIELDS
+    ]
+    return _EVENT_INSERT.format(values=", ".join([row] * len(events))), params
+
+
+def _write(statements: Sequence[_Statement]) -> None:
+    """Run these writes (none returns rows): on PostgreSQL as one statement, every one but the
+    last a data-modifying WITH of the last (each runs once and to completion, whatever the
+    last reads); elsewhere one by one. Nothing to run: nothing is sent."""
+    with connection.cursor() as cursor:
+        if _one_statement() and len(statements) > 1:
+            *first, (last, last_params) = statements
+            parts = ", ".join(f"w{i} AS ({sql})" for i, (sql, _) in enumerate(first))
+            params = [p for _, ps in first for p in ps]
+            cursor.execute(f"WITH {parts} {last}", [*params, *last_params])
+        else:
+            for sql, params in statements:
+                cursor.execute(sql, params)
 
 
 def _insert(case_id: int, records: Sequence[Blocked]) -> list[RecordKey]:

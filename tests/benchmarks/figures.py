@@ -31,6 +31,7 @@ from integrations.models import (
 )
 from integrations.services.connections import connection_create
 from integrations.sync.dispatch import outbox_dispatch
+from tests.benchmarks import pages
 from tests.firms import NEW_TENANT, approved_time_firm
 from tests.processes import (
     free_port,
@@ -591,4 +592,6 @@ ALL: list[tuple[str, Callable[..., Iterator[Figure]]]] = [
     ("xero_rate_utilisation", rate),
     ("sandbox_seed_100k_s", seed),
     ("case_join_ms", case_join),
+    ("queue_list_p95_ms", pages.queue_list),
+    ("case_detail_p95_ms", pages.case_detail),
 ]

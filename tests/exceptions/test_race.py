@@ -3,6 +3,7 @@ second gets a clear message, and the work is retried exactly once."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -16,9 +17,10 @@ from exceptions import actions, retry
 from exceptions.errors import CaseConflict
 from exceptions.models import CaseEvent, ExceptionCase
 from exceptions.retry import RetryResult
+from exceptions.services import case_records_clear
 from integrations.models import OutboxMessage
 from integrations.sync.outbox import outbox_enqueue, outbox_message
-from tests.exceptions.cases import finance_case, finance_user
+from tests.exceptions.cases import entries, finance_case, finance_user, pmo_case
 from tests.factories import CustomerFactory, make_connection
 
 # The second hears who acted and when; "0 seconds" unless the machine is very busy.
@@ -132,3 +134,43 @@ def test_two_browsers_retry_through_the_api_and_exactly_one_retry_happens(
     assert re.fullmatch(RETRIED_BY_ADA, second.json()["detail"])
     assert OutboxMessage.objects.filter(replay_of__isnull=False).count() == 2
     assert CaseEvent.objects.filter(action="retried").count() == 1
+
+
+def test_joins_and_clears_racing_on_one_case_lose_no_update() -> None:
+    """Seven writers at once on one case, each on its own connection: four join 40 new records
+    one by one, three clear 30 of the 40 it held. Its totals are what its records add up to, its
+    message says them, and its trail reads as one change after another (each starts from the
+    count the previous one left)."""
+    held = entries(40, amount="100", currency="EUR", hours="1")
+    case = pmo_case(4242, records=held)
+    new = entries(40, amount="10", currency="GBP", hours="0.5")
+
+    def joiner(batch: list[Any]) -> None:
+        for record in batch:
+            pmo_case(4242, records=[record])
+
+    def clearer(batch: list[Any]) -> None:
+        for record in batch:
+            case_records_clear(records=[record.key], note="billed")
+
+    results = _race(
+        *(lambda b=new[i::4]: joiner(b) for i in range(4)),
+        *(lambda b=held[i:30:3]: clearer(b) for i in range(3)),
+    )
+    assert results == [None] * 7, results
+    case = ExceptionCase.objects.get(pk=case.pk)
+    assert case.status == "open"
+    assert case.blocked_records.count() == 50
+    assert case.record_count == 50
+    assert case.amounts == {"EUR": "1000.00", "GBP": "400.00"}
+    assert case.hours_blocked == 30
+    assert case.message.startswith(
+        "50 approved time entries (EUR 1,000.00 + GBP 400.00, 30.00 hours) on project"
+    )
+    trail = list(CaseEvent.objects.filter(case=case).order_by("id"))
+    assert [e.action for e in trail].count("joined") == 40
+    assert [e.action for e in trail].count("cleared") == 30
+    for previous, event in itertools.pairwise(trail):
+        step = 1 if event.action == "joined" else -1
+        assert event.before["record_count"] == previous.after["record_count"], event.pk
+        assert event.after["record_count"] == previous.after["record_count"] + step, event.pk

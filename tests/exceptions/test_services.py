@@ -12,7 +12,14 @@ import pytest
 from django.db import connection, transaction
 
 from exceptions.models import BlockedRecord, ExceptionCase
-from exceptions.services import Blocked, case_open_or_join, case_records_clear, case_resolve
+from exceptions.services import (
+    IDS_PER_QUERY,
+    INSERT_BATCH,
+    Blocked,
+    case_open_or_join,
+    case_records_clear,
+    case_resolve,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -204,16 +211,59 @@ def test_join_and_clear_cost_the_same_queries_whatever_the_case_holds(
     held: int, django_assert_num_queries: Any
 ) -> None:
     _open([_entry(pk) for pk in range(1, held + 1)])
-    # Join: savepoint, lock the case, insert what it does not hold yet, update it, insert its
-    # audit row, release.
-    with django_assert_num_queries(6):
+    # PostgreSQL: savepoint; one statement that locks the case and inserts what it does not hold
+    # yet; one that updates it and inserts its audit row; release. SQLite: the lock, the
+    # insert, the update and the audit row one by one.
+    one_statement = connection.vendor == "postgresql"
+    with django_assert_num_queries(4 if one_statement else 6):
         _open([_entry(held + 1), _entry(1)])
-    # Clear: savepoint, find and lock the cases holding the records, take the records off,
-    # update each case, insert the audit rows of all of them (one INSERT), release.
-    with django_assert_num_queries(6):
+    # Clear: savepoint; one statement that finds and locks the cases holding the records and
+    # takes the records off them; one that updates the cases and inserts their audit rows;
+    # release.
+    with django_assert_num_queries(4 if one_statement else 6):
         case_records_clear(records=[("timeentry", 2), ("timeentry", held + 1)], note="billed")
-    (case,) = ExceptionCase.objects.all()
+    case = ExceptionCase.objects.get()
     assert case.record_count == held - 1
+    assert case.blocked_records.count() == held - 1
+    assert case.hours_blocked == Decimal(held - 1)
+    assert case.amounts == {"GBP": f"{100 * (held - 1)}.00"}
+    assert case.message.startswith(f"{held - 1} approved time entries (GBP {100 * (held - 1):,}.00")
+
+
+def test_a_join_bigger_than_one_insert_adds_every_new_record() -> None:
+    """More records than one INSERT takes (a first billing run): the case is locked first, then
+    they go in by batches; the totals move by the new ones only."""
+    case = _open([_entry(1), _entry(2)])
+    joined = _open([_entry(pk) for pk in range(1, INSERT_BATCH + 502)])
+    assert joined.pk == case.pk
+    case = _fresh(case)
+    assert case.record_count == INSERT_BATCH + 501
+    assert case.blocked_records.count() == INSERT_BATCH + 501
+    assert case.amounts == {"GBP": f"{100 * (INSERT_BATCH + 501)}.00"}
+    assert case.occurrences == 2 + INSERT_BATCH + 501
+
+
+def test_a_clear_bigger_than_one_statement_takes_every_record_off() -> None:
+    """More records than one IN list takes: the cases are locked first, then the records go by
+    chunks; the case still holding some stays open with the right totals."""
+    held = IDS_PER_QUERY + 10
+    case = _open([_entry(pk) for pk in range(1, held + 1)])
+    other = _open([_entry(1), _entry(held + 1)], project_id=8)
+    resolved = case_records_clear(
+        records=[("timeentry", pk) for pk in range(1, held)], note="billed"
+    )
+    assert resolved == set()
+    case, other = _fresh(case), _fresh(other)
+    assert (case.record_count, case.blocked_records.count()) == (1, 1)
+    assert case.amounts == {"GBP": "100.00"}
+    assert (
+        other.record_count,
+        list(other.blocked_records.values_list("record_id", flat=True)),
+    ) == (
+        1,
+        [held + 1],
+    )
+    assert other.message.startswith("1 approved time entry (GBP 100.00, 1.00 hours)")
 
 
 @pytest.mark.django_db(transaction=True)
