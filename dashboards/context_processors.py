@@ -6,13 +6,16 @@ from django.http import HttpRequest
 from django.urls import reverse
 
 from exceptions.access import case_access
+from integrations.actuals import ACTUALS_PERMISSIONS
 
-# (label, url name, permission). The navigation shows a section only to those who may open it.
-SECTIONS = [
+# (label, url name, permission or any of several). The navigation shows a section only to those
+# who may open it.
+SECTIONS: list[tuple[str, str, str | tuple[str, ...] | None]] = [
     ("Overview", "dashboards:home", None),
     ("Finance", "dashboards:finance", "dashboards.view_finance"),
     ("PMO", "dashboards:pmo", "dashboards.view_pmo"),
     ("Sales ops", "dashboards:sales_ops", "dashboards.view_sales_ops"),
+    ("Actuals", "dashboards:actuals", ACTUALS_PERMISSIONS),
     ("Integration admin", "dashboards:integration_admin", "dashboards.view_integration_admin"),
 ]
 # The exception queues: shown to whoever works in at least one queue (exceptions/access.py).
@@ -27,7 +30,12 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"nav_sections": []}
-    names = [name for label, name, perm in SECTIONS if perm is None or user.has_perm(perm)]
+    names = [
+        name
+        for label, name, perm in SECTIONS
+        if perm is None
+        or any(user.has_perm(p) for p in ((perm,) if isinstance(perm, str) else perm))
+    ]
     labels = {name: label for label, name, _ in SECTIONS}
     if not case_access(user).none:
         names += [name for _, name in CASE_SECTIONS]

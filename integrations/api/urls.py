@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from integrations.api import auth, identity, sync, views
+from integrations.api import actuals, auth, identity, sync, views
 
 router = DefaultRouter()
 router.APIRootView = auth.ApiRootView
@@ -30,6 +30,7 @@ urlpatterns = [
     path("", include(router.urls)),
     # The exception queues: /cases/ and /queues/ (exceptions/api.py).
     path("", include("exceptions.api")),
+    path("actuals/", actuals.ActualsView.as_view(), name="api-actuals"),
     path("auth/token/", auth.TokenObtainView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # Swagger UI with no inline script or style: the split view serves its start-up script from

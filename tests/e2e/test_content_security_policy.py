@@ -21,10 +21,10 @@ PASSWORD = "correct horse battery staple"
 CASE_PAGES = ["/cases/", "/cases/mine/", "/cases/sla/"]
 ROLE_PAGES = {
     VIEWER: [],
-    FINANCE: ["/finance/", *CASE_PAGES],
-    PMO: ["/pmo/", *CASE_PAGES],
+    FINANCE: ["/finance/", "/actuals/", *CASE_PAGES],
+    PMO: ["/pmo/", "/actuals/", *CASE_PAGES],
     SALES_OPS: ["/sales-ops/", *CASE_PAGES],
-    INTEGRATION_ADMIN: ["/integration-admin/", "/admin/", *CASE_PAGES],
+    INTEGRATION_ADMIN: ["/integration-admin/", "/admin/", "/actuals/", *CASE_PAGES],
 }
 # A case each role opens (its page loads the fix form with htmx, so that is checked too).
 ROLE_CASE: dict[str, Callable[[], ExceptionCase]] = {
