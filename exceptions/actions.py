@@ -435,6 +435,7 @@ _VERBS: dict[str, str] = {
     Action.UNASSIGNED: "unassigned",
     Action.TAKEN: "took",
     Action.RETRIED: "retried",
+    Action.FIXED: "fixed",
 }
 
 

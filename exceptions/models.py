@@ -324,6 +324,8 @@ class CaseEvent(models.Model):
         TAKEN = "taken", "Taken"
         COMMENTED = "commented", "Commented"
         RETRIED = "retried", "Retried"
+        # Fixed in place: the data behind the case changed (exceptions/views/fixes.py).
+        FIXED = "fixed", "Fixed"
         ANNOUNCED = "announced", "Announced"
 
     case = models.ForeignKey(ExceptionCase, on_delete=models.PROTECT, related_name="events")

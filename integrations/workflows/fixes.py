@@ -85,7 +85,7 @@ logger = logging.getLogger(__name__)
 PROCESS = "fix_in_place"
 UPDATE_STEP = "owner_update"
 # The case event of a fix. Written through exceptions.services.case_event like every action's.
-FIXED = "fixed"
+FIXED = CaseEvent.Action.FIXED
 
 
 # --- What a fix did ------------------------------------------------------------------------------
@@ -531,12 +531,16 @@ delivered_step_register(process=PROCESS, step=UPDATE_STEP, handler=fix_delivered
 
 def record_add(*, model: type[models.Model], data: Mapping[str, Any], actor: Actor) -> Applied:
     """Add a record through the write path (validated, stamped as the person's, audited) and
-    say what its owning system (the ownership rules: exchange rates the ERP, rate cards the
-    CRM) is told: nothing, when it has nowhere Concord can write one."""
+    say what its owning system (the ownership rules: exchange rates the ERP, the firm's default
+    rate cards the PSA, a contract's rate cards the CRM) is told: nothing, when it has nowhere
+    Concord can write one."""
     record = record_create(model=model, data=dict(data), actor=actor)  # type: ignore[type-var]
     object_type = str(model._meta.model_name)
     noun = str(model._meta.verbose_name)
-    role = load_ownership_rules().owner_of(object_type, "")
+    # A record tied to a contract is the contract's commercial terms: the owner of that field
+    # (a rate card's `contract` rule) owns it; otherwise the object's owner.
+    rules = load_ownership_rules()
+    role = rules.owner_of(object_type, "contract" if data.get("contract") else "")
     changed = {name: (None, getattr(record, name)) for name in data}
     if not role:
         return Applied(record=record, changed=changed, added=True)
