@@ -16,18 +16,36 @@ actions, access rule and audit as the pages.
     POST /api/v1/cases/<id>/retry/              {"revision": 3}
     POST /api/v1/cases/<id>/retry-group/        {"revisions": {"12": 3, "15": 1}}
     POST /api/v1/cases/bulk/                    {"action": "retry", "revisions": {...}, ...}
+    GET  /api/v1/cases/<id>/fix/                the fix-in-place form: fields, values, may you
+    POST /api/v1/cases/<id>/fix/                {"revision": 3, "values": {"tax_number": "..."}}
 
 `revision` is the case's revision as you read it (every case carries it): when someone acted
 since, the action is refused with 409 and who did what. Refusals: 400 (the request lacks what
 the action needs), 403 (not a queue you work in), 404 (no such case), 409 (someone acted first,
 or the case is not in a state for it), each with a `detail` in words.
+
+Fix in place is the page's (/cases/<id>/fix/): GET says which form the catalogue names for the
+case's type, what it works on, its fields (type, label, required, choices, current value) and
+whether you may apply it and why not. POST validates `values` with the same form class
+(exceptions/forms.py) and applies them with the same `fix_apply` (integrations/workflows/
+fixes.py: the record through the write path, audited; the owning system through the outbox;
+the case's "fixed" event; the retry). A field left out of `values` keeps the value GET shows.
+What the form refuses comes back 400 with the page's words per field in `errors`. The forms
+that are a way elsewhere (connection settings, the mapping, a replay) answer GET with the admin
+page to fix the cause in and the retry to call after; there is nothing to POST to them (400).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import date
+from typing import Any, cast
 
+from django import forms
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.db.models import Model
+from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
@@ -42,6 +60,7 @@ from rest_framework.views import APIView
 
 from exceptions import actions, selectors
 from exceptions.access import case_access
+from exceptions.catalogue import CaseType
 from exceptions.errors import (
     CaseActionError,
     CaseConflict,
@@ -49,7 +68,16 @@ from exceptions.errors import (
     CaseNotFound,
     CaseRefused,
 )
+from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm
 from exceptions.models import CaseComment, CaseEvent, ExceptionCase
+from integrations.workflows.fixes import (
+    FixActions,
+    FixTarget,
+    fix_actions,
+    fix_apply,
+    fix_case_get,
+    fix_target,
+)
 
 STATUS_OF: dict[type[CaseActionError], int] = {
     CaseNotFound: status.HTTP_404_NOT_FOUND,
@@ -113,16 +141,10 @@ class CaseSerializer(serializers.ModelSerializer[ExceptionCase]):
 
     def get_sla_state(self, case: ExceptionCase) -> str | None:
         """ok, due_soon, breached (open cases with a deadline); null otherwise."""
-        if case.status != ExceptionCase.Status.OPEN or case.sla_due_at is None:
-            return None
-        windows: dict[int, Any] = self.context.get("sla_windows") or {}
-        now = self.context["now"]
-        if case.sla_due_at < now:
-            return "breached"
-        window = windows.get(case.priority)
-        if window is not None and case.sla_due_at < now + window:
-            return "due_soon"
-        return "ok"
+        state = selectors.case_sla_state(
+            case, now=self.context["now"], windows=self.context.get("sla_windows") or {}
+        )
+        return state if state not in ("", "none") else None
 
 
 class CommentSerializer(serializers.ModelSerializer[CaseComment]):
@@ -315,6 +337,114 @@ class GroupRetrySerializer(serializers.Serializer[Any]):
 class BulkResultSerializer(serializers.Serializer[Any]):
     cases = CaseSerializer(many=True)
     retried = RetryOutcomeSerializer(many=True)
+
+
+# --- Fix in place -------------------------------------------------------------------------------
+
+# What a fix form's field takes, by its Django form field (the first class that matches).
+FIELD_TYPES: tuple[tuple[type[forms.Field], str], ...] = (
+    (forms.ModelMultipleChoiceField, "multiple_choice"),
+    (forms.MultipleChoiceField, "multiple_choice"),
+    (forms.ChoiceField, "choice"),  # a record's (ModelChoiceField) too: its choices are its ids
+    (forms.NullBooleanField, "boolean"),
+    (forms.BooleanField, "boolean"),
+    (forms.DateTimeField, "datetime"),
+    (forms.DateField, "date"),
+    (forms.DecimalField, "decimal"),
+    (forms.FloatField, "number"),
+    (forms.IntegerField, "integer"),
+    (forms.EmailField, "email"),
+    (forms.URLField, "url"),
+    (forms.JSONField, "json"),
+)
+FIX_MODES = {
+    "form": "POST the form's values here.",
+    "link": "The cause is fixed elsewhere (admin_url) or by a retry (retry_url): nothing to POST.",
+    "unavailable": "The form is not built yet, or the case names nothing it could fix.",
+}
+
+
+class FixChoiceSerializer(serializers.Serializer[Any]):
+    value = serializers.JSONField(help_text="What to post for it (a record's id for a record).")
+    label = serializers.CharField()  # type: ignore[assignment]
+
+
+class FixFieldSerializer(serializers.Serializer[Any]):
+    name = serializers.CharField()
+    # Plain strings in the schema, not an enum: an enum named after a field called "type" would
+    # clash with any other serializer's (drf-spectacular warns, and `make test` fails on it).
+    type = serializers.CharField(
+        help_text="One of: " + ", ".join(sorted({t for _, t in FIELD_TYPES} | {"string", "text"}))
+    )
+    # A serializer's fields are popped off the class (DRF's metaclass): these names, which a
+    # Field has as attributes too, are the answer's keys, as in HeldRecordSerializer.
+    label = serializers.CharField()  # type: ignore[assignment]
+    required = serializers.BooleanField()  # type: ignore[assignment]
+    help_text = serializers.CharField()  # type: ignore[assignment]
+    choices = FixChoiceSerializer(
+        many=True, allow_null=True, help_text="The values it takes; null: any of its type."
+    )
+    initial = serializers.JSONField(
+        allow_null=True,
+        help_text="Its value now, as the page's form shows it and as you would post it: what "
+        "it keeps when you leave it out of `values`.",
+    )
+
+
+class FixSerializer(serializers.Serializer[Any]):
+    case = CaseSerializer()
+    form = serializers.CharField(help_text="The catalogue's fix_form for the case's type.")
+    title = serializers.CharField()
+    mode = serializers.CharField(
+        help_text=" ".join(f"{mode}: {words}" for mode, words in FIX_MODES.items())
+    )
+    target = serializers.CharField(
+        allow_null=True, help_text='What the form works on: "the customer Umbrella GmbH".'
+    )
+    adds = serializers.BooleanField(
+        help_text="The form adds a record (an exchange rate, a rate card) rather than editing one."
+    )
+    incoming = serializers.JSONField(
+        allow_null=True,
+        help_text="An ownership decision's: the values the system sent, by field.",
+    )
+    fields = FixFieldSerializer(many=True)  # type: ignore[assignment]
+    can_apply = serializers.BooleanField()
+    why_not = serializers.CharField(help_text='Why you cannot apply it, in words ("" if you can).')
+    admin_url = serializers.CharField(
+        allow_null=True, help_text="Where the cause is fixed, for a form that is a way elsewhere."
+    )
+    retry_url = serializers.CharField(
+        allow_null=True,
+        help_text="The case's retry (POST the revision), when it has work to re-run.",
+    )
+
+
+class FixRequest(RevisionRequest):
+    values = serializers.DictField(
+        required=False,
+        default=dict,
+        help_text="The form's fields by name (see GET); a field left out keeps its value now.",
+    )
+
+
+class FixResultSerializer(serializers.Serializer[Any]):
+    summary = serializers.CharField(help_text="What was done, in words, as the page shows it.")
+    changed = serializers.DictField(
+        child=serializers.ListField(child=serializers.JSONField()),
+        help_text="Each field changed: [before, after].",
+    )
+    case = CaseSerializer()
+
+
+class FixInvalidSerializer(serializers.Serializer[Any]):
+    detail = serializers.CharField()
+    errors = serializers.DictField(  # type: ignore[assignment]
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="What the form refused, per field (non_field_errors: the form as a whole), "
+        "in the page's words.",
+    )
 
 
 REFUSALS = {
@@ -563,6 +693,78 @@ class CaseViewSet(viewsets.ViewSet):
             status.HTTP_202_ACCEPTED,
         )
 
+    @extend_schema(
+        methods=["GET"],
+        summary="The case's fix-in-place form",
+        responses={200: FixSerializer, 403: REFUSALS[403], 404: REFUSALS[404]},
+    )
+    @extend_schema(
+        methods=["POST"],
+        summary="Apply the case's fix in place",
+        request=FixRequest,
+        responses={
+            200: FixResultSerializer,
+            **REFUSALS,
+            400: OpenApiResponse(
+                FixInvalidSerializer,
+                description="A value the form refuses (`errors` per field, the page's words), "
+                "or a form that takes none (a way elsewhere, not built); nothing was changed.",
+            ),
+            403: OpenApiResponse(
+                description="The case is in a queue you do not work in, or its fix needs a "
+                "permission you do not have."
+            ),
+        },
+    )
+    @action(detail=True, methods=["get", "post"])
+    def fix(self, request: Request, pk: str) -> Response:
+        """The form the catalogue names for the case's type, as the page's fix in place:
+        GET describes it, POST applies it."""
+        try:
+            case, kind, not_permitted = fix_case_get(actor=request.user, case_id=int(pk))
+        except CaseActionError as error:
+            return _refused(error)
+        fix = _fix_form(request, case, kind)
+        if request.method == "GET":
+            return Response(
+                FixSerializer(_fix_described(fix, not_permitted), context=self._context()).data
+            )
+        if not_permitted:
+            return _refused(CaseForbidden(not_permitted))
+        if case.status != ExceptionCase.Status.OPEN:
+            # fix_apply's words for a case closed meanwhile.
+            return _refused(
+                CaseConflict(f"Case #{case.pk} is {case.status} already; nothing was changed.")
+            )
+        body = self._body(FixRequest)
+        if fix.form is None:
+            return _refused(CaseRefused(fix.unavailable))
+        form = _fix_bound(fix.form, body["values"], body["revision"])
+        if isinstance(form, Response):
+            return form
+        if not form.is_valid():
+            return _invalid(form.errors, form)
+        try:
+            result = fix_apply(
+                actor=request.user,
+                case_id=case.pk,
+                revision=form.cleaned_data["revision"],
+                values=form.values(),
+            )
+        except ValidationError as invalid:
+            # The write path's own refusal (the model's validation), as the page shows it.
+            if hasattr(invalid, "error_dict"):
+                return _invalid(invalid.message_dict, form)
+            return _invalid({NON_FIELD_ERRORS: invalid.messages}, form)
+        except CaseActionError as error:
+            return _refused(error)
+        data = {
+            "summary": result.summary,
+            "changed": {k: [_plain(b), _plain(a)] for k, (b, a) in result.changed.items()},
+            "case": ExceptionCase.objects.select_related("assignee").get(pk=case.pk),
+        }
+        return Response(FixResultSerializer(data, context=self._context()).data)
+
     @extend_schema(request=BulkRequest, responses={200: BulkResultSerializer, **REFUSALS})
     @action(detail=False, methods=["post"])
     def bulk(self, request: Request) -> Response:
@@ -604,6 +806,229 @@ def _limit(value: str | None) -> int:
         return int(value) if value else selectors.PAGE_SIZE
     except ValueError:
         raise CaseRefused(f"limit is a number of cases; not {value!r}.") from None
+
+
+# --- Fix in place: the form as data --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FixFormFound:
+    """A case's fix form as the page builds it: what it works on and the form at the values
+    now (None when there is nothing to post: `unavailable` says why, in words)."""
+
+    case: ExceptionCase
+    kind: CaseType
+    title: str
+    mode: str
+    target: FixTarget | None
+    form: FixForm | None
+    unavailable: str
+    admin_url: str | None = None
+    retry_url: str | None = None
+
+
+def _fix_form(request: Request, case: ExceptionCase, kind: CaseType) -> FixFormFound:
+    title = kind.fix_form.replace("_", " ")
+    if kind.fix_form in LINK_FORMS:
+        found = fix_actions(case=case)
+        admin_url = _admin_url(request, kind, found)
+        retry_url = None
+        if found.retry and case.status == ExceptionCase.Status.OPEN:
+            retry_url = request.build_absolute_uri(reverse("case-retry", args=[case.pk]))
+        return FixFormFound(
+            case=case,
+            kind=kind,
+            title=title,
+            mode="link",
+            target=None,
+            form=None,
+            unavailable=f"There is nothing to post for a {title} case. "
+            + _elsewhere(kind, admin_url, retry_url),
+            admin_url=admin_url,
+            retry_url=retry_url,
+        )
+    form_class = FIX_FORMS.get(kind.fix_form)
+    target = fix_target(case=case) if form_class is not None else None
+    if form_class is None or target is None:
+        why = (
+            f"The {title} form is not built yet (a later issue): fix the cause where it "
+            "lives, then retry the case; nothing was changed."
+            if form_class is None
+            else f"Case #{case.pk} names nothing this form can fix: fix the cause where it "
+            "lives, then retry the case; nothing was changed."
+        )
+        return FixFormFound(case, kind, title, "unavailable", target, None, why)
+    form = form_class(initial=form_class.initial_of(target, case.revision), target=target)
+    return FixFormFound(case, kind, title, "form", target, form, "")
+
+
+def _admin_url(request: Request, kind: CaseType, found: FixActions) -> str | None:
+    """The admin page the cause is fixed in (as the page links it)."""
+    if kind.fix_form == "connection_settings" and found.connection_id is not None:
+        path = reverse("admin:integrations_connection_change", args=[found.connection_id])
+    elif kind.fix_form == "mapping_edit" and found.mapping_set_id is not None:
+        path = reverse("admin:integrations_mappingset_change", args=[found.mapping_set_id])
+    else:
+        return None
+    return request.build_absolute_uri(path)
+
+
+def _elsewhere(kind: CaseType, admin_url: str | None, retry_url: str | None) -> str:
+    """Where the cause of a case whose form is a way elsewhere is fixed, and how it goes again."""
+    if kind.fix_form == "connection_settings":
+        where = (
+            f"The cause is the connection's settings (address, tenant, credentials): fix them "
+            f"at {admin_url}, then retry the case."
+            if admin_url
+            else "This case names no connection: fix the cause where it lives, then retry it."
+        )
+    elif kind.fix_form == "mapping_edit":
+        where = (
+            f"The cause is the mapping (or a value map): edit a draft at {admin_url} and "
+            "publish it, then retry the case."
+            if admin_url
+            else "This case names no mapping: fix the cause where it lives, then retry it."
+        )
+    elif kind.fix_form == "outbox_replay":
+        where = (
+            "The system refused or never took these records for a passing reason: retry the "
+            "case to send them again, each as a new outbox row with a fresh retry budget."
+        )
+    else:
+        where = (
+            "Once the record these messages refer to has been read into Concord, retry the "
+            "case to read them again."
+        )
+    if retry_url:
+        return f"{where} Retry: POST {retry_url} with the revision you read."
+    return (
+        f"{where} There is nothing Concord can re-run for this case: it closes by itself once "
+        "the cause is fixed."
+    )
+
+
+def _fix_described(fix: FixFormFound, not_permitted: str) -> dict[str, Any]:
+    case = fix.case
+    why_not = ""
+    if not_permitted:
+        why_not = f"{not_permitted} The {case.get_queue_display()} queue fixes it."
+    elif case.status != ExceptionCase.Status.OPEN:
+        note = f": {case.resolution_note}" if case.resolution_note else "."
+        why_not = (
+            f"This case is {case.get_status_display().lower()}{note} There is nothing left "
+            "to fix here."
+        )
+    elif fix.form is None:
+        why_not = fix.unavailable
+    target = fix.target
+    return {
+        "case": case,
+        "form": fix.kind.fix_form,
+        "title": fix.title,
+        "mode": fix.mode,
+        "target": target.label if target is not None else None,
+        "adds": target is not None and target.record is None,
+        "incoming": _plain(target.initial.get("incoming")) if target is not None else None,
+        "fields": [_field(fix.form, name) for name in _names(fix.form)] if fix.form else [],
+        "can_apply": not why_not,
+        "why_not": why_not,
+        "admin_url": fix.admin_url,
+        "retry_url": fix.retry_url,
+    }
+
+
+def _names(form: FixForm) -> list[str]:
+    """The form's fields a person fills in (the revision is the request's own)."""
+    return [name for name in form.fields if name != "revision"]
+
+
+def _field(form: FixForm, name: str) -> dict[str, Any]:
+    bound = form[name]
+    field = bound.field
+    return {
+        "name": name,
+        "type": _field_type(field),
+        "label": str(bound.label),
+        "required": field.required,
+        "help_text": str(field.help_text),
+        "choices": _choices(field),
+        "initial": _plain(bound.value()),
+    }
+
+
+def _field_type(field: forms.Field) -> str:
+    for kind, name in FIELD_TYPES:
+        if isinstance(field, kind):
+            return name
+    return "text" if isinstance(field.widget, forms.Textarea) else "string"
+
+
+def _choices(field: forms.Field) -> list[dict[str, Any]] | None:
+    if not isinstance(field, forms.ChoiceField):
+        return None
+    found = []
+    for value, label in cast(Iterable[tuple[Any, Any]], field.choices):
+        # A group of choices is (its name, its choices).
+        pairs = label if isinstance(label, list | tuple) else [(value, label)]
+        for each, words in pairs:
+            each = getattr(each, "value", each)  # a record's choice wraps its id
+            if each not in ("", None):  # the empty choice: `required` says whether it may be
+                found.append({"value": _plain(each), "label": str(words)})
+    return found
+
+
+def _fix_bound(form: FixForm, values: Mapping[str, Any], revision: int) -> FixForm | Response:
+    """The form bound to the values posted over its values now (a field left out keeps its
+    value, as the page's form holds it); an unknown field is refused rather than ignored."""
+    names = _names(form)
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        return Response(
+            {
+                "detail": f"The form has no field {', '.join(unknown)}; its fields are "
+                f"{', '.join(names)}. Nothing was changed.",
+                "errors": {name: ["The form has no such field."] for name in unknown},
+            },
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    data = {name: _plain(form[name].value()) for name in names}
+    data.update(values)
+    data["revision"] = revision
+    return type(form)(data, target=form.target)
+
+
+def _invalid(errors: Mapping[str, Iterable[Any]], form: FixForm) -> Response:
+    """400 with what the form (or the write path) refused, per field, in the page's words."""
+    named: dict[str, list[str]] = {}
+    for name, messages in errors.items():
+        key = name if name in form.fields and name != NON_FIELD_ERRORS else "non_field_errors"
+        named.setdefault(key, []).extend(str(m) for m in messages)
+    said = "; ".join(
+        f"{name.replace('_', ' ')}: {' '.join(messages)}"
+        if name != "non_field_errors"
+        else " ".join(messages)
+        for name, messages in named.items()
+    )
+    return Response(
+        {"detail": f"Nothing was changed. {said}", "errors": named},
+        status=status.HTTP_400_BAD_REQUEST,
+    )
+
+
+def _plain(value: Any) -> Any:
+    """A value as JSON carries it and as a form takes it back: a record as its id, a date as
+    YYYY-MM-DD, an amount as its digits."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Model):
+        return value.pk
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
 
 
 router = SimpleRouter()

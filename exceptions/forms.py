@@ -241,7 +241,9 @@ class OwnershipDecisionForm(FixForm):
     note = forms.CharField(required=False, max_length=400, help_text="Why (kept on the case).")
 
 
-# fix_form (catalogue) -> the form. Forms not here yet are not built (the page says so).
+# The fixes that are a link to where the cause is fixed (an admin page) plus Retry, not a form.
+LINK_FORMS = frozenset({"outbox_replay", "inbound_replay", "connection_settings", "mapping_edit"})
+# fix_form (catalogue) -> the form. Every catalogue fix is here or in LINK_FORMS (a test checks).
 FIX_FORMS: dict[str, type[FixForm]] = {
     "customer_billing_profile": CustomerBillingProfileForm,
     "project_legal_entity": ProjectLegalEntityForm,

@@ -31,7 +31,7 @@ from exceptions.errors import (
     CaseNotFound,
     CaseRefused,
 )
-from exceptions.forms import FIX_FORMS, FixForm
+from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm
 from exceptions.models import ExceptionCase
 from integrations.workflows.fixes import (
     FixTarget,
@@ -43,8 +43,6 @@ from integrations.workflows.fixes import (
 
 TEMPLATE = "exceptions/fix/page.html"
 FRAGMENT = f"{TEMPLATE}#fix"
-# The forms that are a link to where the cause is fixed plus Retry, not a record edit.
-LINK_FORMS = frozenset({"outbox_replay", "inbound_replay", "connection_settings", "mapping_edit"})
 STATUS_OF: dict[type[CaseActionError], int] = {
     CaseNotFound: 404,
     CaseForbidden: 403,

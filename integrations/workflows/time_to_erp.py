@@ -603,7 +603,7 @@ def invoices_resend_case_retry(case: ExceptionCase) -> RetryResult:
     sent = _resend_invoices(ours, case) if ours else 0
     words = [f"sent {sent} invoice(s) again from the current data"] if ours else []
     if others:
-        words.append(f"replayed {replayed} other parked outbox row(s)")
+        words.append(f"replayed {replayed} {'other ' if ours else ''}parked outbox row(s)")
     return RetryResult(count=sent + replayed, summary="; ".join(words) or "nothing was parked")
 
 

@@ -9,6 +9,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from exceptions.catalogue import CATALOGUE, COMPUTED, QUEUE_ROLES, Totals, plural
+from exceptions.forms import FIX_FORMS, LINK_FORMS
 from exceptions.models import Queue
 from integrations.roles import ROLE_PERMISSIONS
 
@@ -118,3 +119,11 @@ def test_plural() -> None:
         "keys",
         "taxes",
     ]
+
+
+def test_every_case_type_has_its_fix_built() -> None:
+    """The fix each catalogue entry names is a form of exceptions/forms.py or a link fix."""
+    missing = {
+        t.fix_form for t in CATALOGUE.values() if t.fix_form not in FIX_FORMS.keys() | LINK_FORMS
+    }
+    assert not missing
