@@ -23,6 +23,7 @@ from integrations.models import (
     TimeEntry,
 )
 from integrations.services.connections import connection_create
+from integrations.sync.identity import match_keys_refresh
 
 NEW_TENANT = "9d8e7f6a-5b4c-4d3e-8f2a-1b0c9d8e7f02"
 
@@ -55,7 +56,10 @@ def approved_time_firm(
     # Invoices are rendered by the connection's published mapping, as on a real install.
     mapping_defaults_install(connection=connection)
     RoutingRule.objects.create(role="erp", connection=connection)
-    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
+    # Kept in Concord by hand, with its match keys as record_create gives them: the PSA's
+    # default Consultant/GBP rate (x_rate_cards) links to it when Harvest is polled.
+    card = RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
+    match_keys_refresh(records=[card])
     worker = Resource.objects.create(
         name="Ada Byron",
         email="ada@example.invalid",

@@ -40,6 +40,7 @@ def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
     MatchRule = apps.get_model("integrations", "MatchRule")
     MatchKey = apps.get_model("integrations", "MatchKey")
     TaxRate = apps.get_model("integrations", "TaxRate")
+    _key_rate_cards(apps)
     code_rule = MatchRule.objects.filter(object_type="taxrate", name="tax_type_code").first()
     if code_rule is None:
         return
@@ -58,6 +59,30 @@ def forward(apps, schema_editor):  # type: ignore[no-untyped-def]
     )
 
 
+def _key_rate_cards(apps):  # type: ignore[no-untyped-def]
+    """The keys of the rate cards kept so far (role, currency, contract), so the PSA's default
+    rate for a role links to a hand-made one instead of being refused as a duplicate."""
+    MatchRule = apps.get_model("integrations", "MatchRule")
+    MatchKey = apps.get_model("integrations", "MatchKey")
+    RateCard = apps.get_model("integrations", "RateCard")
+    rule = MatchRule.objects.filter(object_type="ratecard", name="role_currency_contract").first()
+    if rule is None:
+        return
+    keyed = MatchKey.objects.filter(rule=rule).values_list("object_id", flat=True)
+    cards = RateCard.objects.exclude(pk__in=keyed).values_list("pk", "role", "currency", "contract")
+    MatchKey.objects.bulk_create(
+        MatchKey(
+            rule=rule,
+            object_type="ratecard",
+            object_id=pk,
+            connection=None,
+            vendor=CONCORD,
+            value=name_key(f"{role}|{currency}|{contract or ''}")[:255],
+        )
+        for pk, role, currency, contract in cards
+    )
+
+
 def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
     OwnershipRule = apps.get_model("integrations", "OwnershipRule")
     if OwnershipRule.objects.filter(
@@ -71,6 +96,7 @@ def backward(apps, schema_editor):  # type: ignore[no-untyped-def]
         ).delete()
     MatchRule = apps.get_model("integrations", "MatchRule")
     MatchRule.objects.filter(object_type="taxrate", name="tax_type_code").delete()
+    MatchRule.objects.filter(object_type="ratecard", name="role_currency_contract").delete()
 
 
 class Migration(migrations.Migration):

@@ -157,6 +157,11 @@ def _values(
     for place in places:
         if place == "@id":
             value: Any = external_id
+        elif place.startswith("=") and "+" in place:
+            # A natural key of several canonical fields ("=role+currency+contract"): joined, an
+            # empty field kept as empty, so a default rate card (no contract) never matches a
+            # contract's.
+            value = "|".join(str(fields.get(name) or "") for name in place[1:].split("+"))
         elif place.startswith("="):
             value = fields.get(place[1:])
         elif payload is not None:
@@ -1081,6 +1086,22 @@ DEFAULT_MATCH_RULES: tuple[dict[str, Any], ...] = (
         "threshold": 100,
         "sources": {"xero": {"value": ["=code"]}, CONCORD: {"value": ["=code"]}},
         "note": "The same tax type code (what invoice lines name) from any ERP organisation.",
+    },
+    {
+        # A rate card is identified by its role, currency and contract (the model's unique
+        # constraints): the PSA's default rate for a role (x_rate_cards) and one kept in
+        # Concord by hand are one rate card, not a refused duplicate.
+        "object_type": "ratecard",
+        "name": "role_currency_contract",
+        "kind": Kind.NAME,
+        "certainty": MatchRule.Certainty.LINK,
+        "order": 10,
+        "threshold": 100,
+        "sources": {
+            "harvest": {"value": ["=role+currency+contract"]},
+            CONCORD: {"value": ["=role+currency+contract"]},
+        },
+        "note": "The same role, currency and contract (none for the firm's default rates).",
     },
 )
 

@@ -38,7 +38,11 @@ from integrations.models import (
 from integrations.roles import PMO, SALES_OPS
 from integrations.sync.errors import MergeRefused
 from integrations.sync.identity import (
+    CONCORD,
+    DEFAULT_MATCH_RULES,
+    Rule,
     core_name,
+    match_keys,
     match_rules_install_defaults,
     name_key,
     record_merge,
@@ -474,3 +478,26 @@ def test_a_customer_made_in_concord_is_found_by_the_copy_a_system_sends_later(
     )
     assert result.record_id == made.json()["id"]
     assert Customer.objects.count() == 1
+
+
+def test_a_rate_card_is_one_by_role_currency_and_contract() -> None:
+    """The PSA's default rate for a role (no contract) carries the key of a hand-kept default
+    rate card of that role and currency, and never that of a contract's rate card."""
+    [row] = [r for r in DEFAULT_MATCH_RULES if r["object_type"] == "ratecard"]
+    rule = Rule(
+        id=1,
+        name=row["name"],
+        kind=row["kind"],
+        certain=True,
+        threshold=row["threshold"],
+        sources={v: {k: tuple(p) for k, p in s.items()} for v, s in row["sources"].items()},
+    )
+
+    def key(vendor: str, **fields: Any) -> list[str]:
+        found = match_keys([rule], vendor=vendor, external_id="9", fields=fields, payload={})
+        return [k.value for k in found]
+
+    polled = key("harvest", role="Consultant", currency="GBP")
+    assert polled == key(CONCORD, role="Consultant", currency="GBP", contract=None)
+    assert polled != key(CONCORD, role="Consultant", currency="GBP", contract=17)
+    assert polled != key("harvest", role="Consultant", currency="EUR")
