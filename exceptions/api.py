@@ -226,6 +226,9 @@ class CaseDetailSerializer(serializers.Serializer[Any]):
     can_retry = serializers.BooleanField()
     records = HeldRecordSerializer(many=True)
     more_records = serializers.IntegerField()
+    more_outbox = serializers.IntegerField(
+        help_text="Outbox rows on the case beyond the latest ones shown in `outbox`."
+    )
     inbound = InboundRowSerializer(many=True)
     outbox = OutboxRowSerializer(many=True)
     # The open cases of its root-cause group, itself first: POST their revisions to

@@ -47,14 +47,15 @@ from exceptions.retry import retry_handler_for
 from integrations import models as m
 
 OPEN = ExceptionCase.Status.OPEN
-# Rows per page: 50 by default, 200 at most (a page of 200 cases renders in well under 50 ms).
+# Rows per page: 50 by default, 200 at most.
 PAGE_SIZE = 50
 PAGE_MAX = 200
 # What the detail page shows of a big case: the first 50 blocked records (the rest are counted
-# on the case and listed page by page elsewhere), the latest 50 outbox rows with their attempts,
+# on the case and listed page by page elsewhere), the latest 10 outbox rows with their attempts
+# (each row's payload and vendor answers are pages of JSON: ten are what a person reads),
 # the latest 200 audit rows, 20 other cases of the group.
 DETAIL_RECORDS = 50
-DETAIL_ROWS = 50
+DETAIL_ROWS = 10
 DETAIL_EVENTS = 200
 DETAIL_GROUP = 20
 # Matches a search resolves to per kind (customers by name, invoices by number, ...): a name
@@ -646,6 +647,8 @@ class CaseDetail:
     # The mapped results: the outbox rows parked on the case (latest first), each with its
     # attempts (`row.sync_attempts.all()`, the vendor's response on each).
     outbox: list[m.OutboxMessage]
+    # Outbox rows on the case beyond the latest DETAIL_ROWS shown.
+    more_outbox: int
     group: list[ExceptionCase]
     comments: list[CaseComment]
     events: list[CaseEvent]
@@ -672,12 +675,15 @@ def case_detail(*, user: Any, case_id: int) -> CaseDetail:
     attempts = Prefetch(
         "sync_attempts", queryset=m.SyncAttempt.objects.order_by("started_at", "id")
     )
+    on_case = m.OutboxMessage.objects.filter(exception_case=case)
     outbox = list(
-        m.OutboxMessage.objects.filter(exception_case=case)
-        .select_related("content_type")
+        on_case.select_related("content_type")
         .prefetch_related(attempts)
         .order_by("-id")[:DETAIL_ROWS]
     )
+    # One count (an index range of the case's rows), so the page costs the same queries
+    # whatever the case holds.
+    outbox_total = on_case.count()
     return CaseDetail(
         case=case,
         kind=CATALOGUE.get(case.case_type),
@@ -686,6 +692,7 @@ def case_detail(*, user: Any, case_id: int) -> CaseDetail:
         more_records=max(0, case.record_count - len(held)),
         inbound=inbound,
         outbox=outbox,
+        more_outbox=outbox_total - len(outbox),
         group=case_group(case=case, access=case_access(user)),
         comments=list(case.comments.select_related("author").order_by("id")),
         events=list(case.events.select_related("actor").order_by("-id")[:DETAIL_EVENTS]),

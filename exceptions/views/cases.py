@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 from django.apps import apps
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
@@ -253,15 +254,21 @@ def sla_of(case: ExceptionCase, *, now: datetime, windows: dict[int, timedelta])
     return Sla("ok", f"On time: due in {timeuntil(due, now)}")
 
 
+PRETTY = orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
 def pretty(value: Any) -> str:
     """A payload as indented JSON, cut at SHOWN_CHARS."""
-    return _cut(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False, default=str))
+    # orjson: a page showing 50 outbox rows and 200 vendor answers indents them in C, several
+    # times faster than json's pure-Python indenting encoder.
+    text = orjson.dumps(value, option=PRETTY, default=str).decode()
+    return _cut(text)
 
 
 def pretty_text(text: str) -> str:
     """A vendor's answer: indented when it is JSON, as it came otherwise; cut at SHOWN_CHARS."""
     try:
-        return pretty(json.loads(text))
+        return pretty(orjson.loads(text))
     except ValueError:
         return _cut(text)
 

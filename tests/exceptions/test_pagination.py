@@ -209,10 +209,14 @@ def test_the_case_page_costs_the_same_queries_whatever_the_case_holds() -> None:
     shown = selectors.case_detail(user=User.objects.get(pk=admin_pk), case_id=large.pk)
     assert len(shown.records) == 50
     assert len(shown.inbound) == 25
-    assert len(shown.outbox) == 25
+    assert (len(shown.outbox), shown.more_outbox) == (
+        selectors.DETAIL_ROWS,
+        25 - selectors.DETAIL_ROWS,
+    )
     assert all(len(row.sync_attempts.all()) == 2 for row in shown.outbox)
     assert len(shown.group) == 21  # itself and the 20 first others
     assert all(held.vendor for held in shown.records if held.record.record_type == "timeentry")
     # The user, access (role groups), the case, its blocked records, their cross-references,
-    # the inbound messages, the outbox rows, their attempts, the group, comments, audit trail.
-    assert counts[0] == counts[1] == 11
+    # the inbound messages, the outbox rows, their count, their attempts, the group, comments,
+    # audit trail.
+    assert counts[0] == counts[1] == 12
