@@ -161,6 +161,8 @@ def demo_data_seed(*, sandbox_url: str, weeks: int = 6, seed: int = 7) -> dict[s
             requires_customer_tax_number=country == "DE",
             source_system="erp",
         )
+    # Their match keys: the same tax type code polled from an ERP organisation links to these.
+    match_keys_refresh(records=list(tax.values()))
     _demo_routes(entities)
     for base, quote, fx in [
         ("EUR", "USD", "1.08"),
