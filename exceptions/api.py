@@ -246,8 +246,16 @@ class CurrencyTotalSerializer(serializers.Serializer[Any]):
 
 class TotalsSerializer(serializers.Serializer[Any]):
     cases = serializers.IntegerField()
-    by_currency = CurrencyTotalSerializer(many=True)
+    by_currency = CurrencyTotalSerializer(
+        many=True, help_text="What the open cases of the set block, per currency."
+    )
     mixed_left_out = serializers.IntegerField()
+    capped = serializers.BooleanField(
+        help_text="More closed cases match than are counted (10,000): `cases` is a floor."
+    )
+    closed = serializers.IntegerField(
+        help_text="Closed cases counted in `cases`; they block no amount."
+    )
 
 
 class CasePageSerializer(serializers.Serializer[Any]):
@@ -540,7 +548,13 @@ class CaseViewSet(viewsets.ViewSet):
                 cursor=params.get("cursor"),
                 limit=_limit(params.get("limit")),
             )
-            totals = None if params.get("cursor") else selectors.case_totals(cases=cases)
+            totals = (
+                None
+                if params.get("cursor")
+                else selectors.case_totals(
+                    cases=cases, status=filters.get("status") or selectors.OPEN
+                )
+            )
         except CaseActionError as error:
             return _refused(error)
         return self._page(page, totals)

@@ -332,7 +332,11 @@ def _list_context(request: HttpRequest, params: QueryDict) -> tuple[dict[str, An
         context.update(_page_context(path, params, page))
         # On the first page only, like the API: the totals are over the whole filtered set, the
         # same on every page, and a deep page should cost one index range scan.
-        context["totals"] = selectors.case_totals(cases=cases) if query.cursor is None else None
+        context["totals"] = (
+            selectors.case_totals(cases=cases, status=query.filters.get("status") or selectors.OPEN)
+            if query.cursor is None
+            else None
+        )
     except CaseActionError as error:
         context["error"] = str(error)
         status = STATUS_OF.get(type(error), 400)

@@ -179,3 +179,24 @@ def test_the_queues_and_the_sla_view_count_due_soon_and_breached() -> None:
     (view,) = selectors.queue_sla_overview(user=ada)
     assert [c.pk for c in view.breached] == [late.pk]
     assert [c.pk for c in view.due_soon] == [soon.pk]
+
+
+def test_totals_of_closed_cases_are_counts_to_the_cap_without_amounts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ada = admin_user()
+    finance_case("open one", records=entries(2, amount="100", currency="EUR"))
+    for n in range(3):
+        case = finance_case(f"closed {n}", records=entries(1, amount="50", currency="EUR"))
+        ExceptionCase.objects.filter(pk=case.pk).update(status=ExceptionCase.Status.WAIVED)
+    open_ones = selectors.case_totals(cases=selectors.case_queryset(user=ada))
+    assert (open_ones.cases, open_ones.closed, open_ones.capped) == (1, 0, False)
+    assert [(t.currency, t.cases, t.amount) for t in open_ones.by_currency] == [
+        ("EUR", 1, Decimal("200"))
+    ]
+    waived = selectors.case_queryset(user=ada, filters={"status": "waived"})
+    totals = selectors.case_totals(cases=waived, status="waived")
+    assert (totals.cases, totals.closed, totals.capped, totals.by_currency) == (3, 3, False, [])
+    monkeypatch.setattr(selectors, "COUNT_CAP", 2)
+    capped = selectors.case_totals(cases=waived, status="waived")
+    assert (capped.cases, capped.capped) == (2, True)
