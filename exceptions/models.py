@@ -129,6 +129,15 @@ class ExceptionCase(models.Model):
             # "My work": a person's open cases, soonest due first.
             models.Index(fields=["assignee", "status", "sla_due_at", "id"], name="case_assignee"),
             models.Index(fields=["group_key", "status"], name="case_group"),
+            # The legal-entity filter: its page in the default (SLA due) order, and its totals
+            # (an index-only scan of the entity's open cases, not a bitmap of all of them).
+            models.Index(
+                fields=["legal_entity", "status", "sla_due_at", "id"], name="case_entity_sla"
+            ),
+            models.Index(
+                fields=["legal_entity", "status", "queue", "currency", "amount_blocked"],
+                name="case_entity_totals",
+            ),
             # The totals' second read: the cases blocking several currencies (currency "",
             # amounts not empty), about 2 in 100. Without it that read walks every case of the
             # set whose currency is "" (those blocking no amount too): 300 ms for the resolved

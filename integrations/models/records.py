@@ -6,6 +6,7 @@ from decimal import Decimal
 
 from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Upper
 
 from integrations.models.base import CanonicalRecord
 from integrations.models.fields import CURRENCY_RE, CurrencyField, money_field
@@ -135,6 +136,8 @@ class Contract(CanonicalRecord):
 
     class Meta:
         ordering = ["number"]
+        # The case search's number look-up (number__iexact: UPPER(number) = UPPER(term)).
+        indexes = [models.Index(Upper("number"), name="contract_number_upper")]
         constraints = [
             _currency_check("contract"),
             models.CheckConstraint(condition=Q(total_value__gte=0), name="contract_value_nonneg"),
@@ -185,7 +188,11 @@ class Project(CanonicalRecord):
 
     class Meta:
         ordering = ["code"]
-        indexes = [models.Index(fields=["status", "region"])]
+        indexes = [
+            models.Index(fields=["status", "region"]),
+            # The case search's code look-up (code__iexact: UPPER(code) = UPPER(term)).
+            models.Index(Upper("code"), name="project_code_upper"),
+        ]
         constraints = [
             _currency_check("project"),
             models.CheckConstraint(condition=Q(budget__gte=0), name="project_budget_nonneg"),
