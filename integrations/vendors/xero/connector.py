@@ -127,7 +127,9 @@ def _json(response: httpx.Response) -> Any:
 
 
 def validation_messages(element: dict[str, Any]) -> list[str]:
-    """The ``ValidationErrors`` of an element and of its line items, in Xero's words."""
+    """The ``ValidationErrors`` of an element and of its line items, in Xero's words, each
+    once: Xero repeats a line's complaint on every line (a missing tax number on a 40-line
+    invoice is one problem, not forty)."""
     messages = [
         str(e.get("Message"))
         for e in element.get("ValidationErrors") or []
@@ -140,7 +142,7 @@ def validation_messages(element: dict[str, Any]) -> list[str]:
                 for e in line.get("ValidationErrors") or []
                 if isinstance(e, dict) and e.get("Message")
             )
-    return messages
+    return list(dict.fromkeys(messages))
 
 
 def classify(response: httpx.Response) -> ConnectorError | None:

@@ -11,7 +11,7 @@ from integrations.connectors.errors import BusinessError, PermanentError, Transi
 from integrations.models import Connection, SyncAttempt
 from integrations.timestamps import micros_of
 from integrations.vendors import connector_for
-from integrations.vendors.xero.connector import XeroConnector
+from integrations.vendors.xero.connector import XeroConnector, validation_messages
 from tests.integrations.conftest import NEW_TENANT, Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -295,3 +295,16 @@ def test_post_invoice_updates_one_and_maps_refusals_per_item(
     )[0]
     assert isinstance(missing.error, PermanentError)
     assert missing.error.status_code == 404
+
+
+def test_a_complaint_xero_repeats_on_every_line_is_read_once() -> None:
+    same = {"ValidationErrors": [{"Message": "The contact has no tax number."}]}
+    element = {
+        "ValidationErrors": [{"Message": "Account code is not valid."}],
+        "LineItems": [same, same, same, {"ValidationErrors": [{"Message": "Bad quantity."}]}],
+    }
+    assert validation_messages(element) == [
+        "Account code is not valid.",
+        "The contact has no tax number.",
+        "Bad quantity.",
+    ]
