@@ -62,13 +62,13 @@ from exceptions import actions, selectors
 from exceptions.access import case_access
 from exceptions.catalogue import CaseType
 from exceptions.errors import (
+    HTTP_STATUS,
     CaseActionError,
     CaseConflict,
     CaseForbidden,
-    CaseNotFound,
     CaseRefused,
 )
-from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm
+from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm, fix_admin_path
 from exceptions.models import CaseComment, CaseEvent, ExceptionCase
 from integrations.workflows.fixes import (
     FixActions,
@@ -78,13 +78,6 @@ from integrations.workflows.fixes import (
     fix_case_get,
     fix_target,
 )
-
-STATUS_OF: dict[type[CaseActionError], int] = {
-    CaseNotFound: status.HTTP_404_NOT_FOUND,
-    CaseForbidden: status.HTTP_403_FORBIDDEN,
-    CaseConflict: status.HTTP_409_CONFLICT,
-    CaseRefused: status.HTTP_400_BAD_REQUEST,
-}
 
 
 class WorksInAQueue(BasePermission):
@@ -494,7 +487,7 @@ PAGING = [
 
 
 def _refused(error: CaseActionError) -> Response:
-    return Response({"detail": str(error)}, status=STATUS_OF.get(type(error), 400))
+    return Response({"detail": str(error)}, status=HTTP_STATUS.get(type(error), 400))
 
 
 class CaseViewSet(viewsets.ViewSet):
@@ -881,13 +874,8 @@ def _fix_form(request: Request, case: ExceptionCase, kind: CaseType) -> FixFormF
 
 def _admin_url(request: Request, kind: CaseType, found: FixActions) -> str | None:
     """The admin page the cause is fixed in (as the page links it)."""
-    if kind.fix_form == "connection_settings" and found.connection_id is not None:
-        path = reverse("admin:integrations_connection_change", args=[found.connection_id])
-    elif kind.fix_form == "mapping_edit" and found.mapping_set_id is not None:
-        path = reverse("admin:integrations_mappingset_change", args=[found.mapping_set_id])
-    else:
-        return None
-    return request.build_absolute_uri(path)
+    path = fix_admin_path(kind, found)
+    return request.build_absolute_uri(path) if path else None
 
 
 def _elsewhere(kind: CaseType, admin_url: str | None, retry_url: str | None) -> str:

@@ -27,3 +27,12 @@ class CaseConflict(CaseActionError):
 
 class CaseRefused(CaseActionError):
     """The request lacks what the action needs (a waiver's reason, an assignee of the queue)."""
+
+
+# The HTTP status of each refusal, for the pages (exceptions/views/) and the API alike.
+HTTP_STATUS: dict[type[CaseActionError], int] = {
+    CaseNotFound: 404,
+    CaseForbidden: 403,
+    CaseConflict: 409,
+    CaseRefused: 400,
+}

@@ -13,11 +13,14 @@ from typing import Any
 
 from django import forms
 from django.db.models import Model
+from django.urls import reverse
 from stdnum import get_cc_module
 from stdnum.exceptions import ValidationError as NumberError
 from stdnum.util import clean
 
+from exceptions.catalogue import CaseType
 from integrations.models import Connection, Contract, LegalEntity, Project, SystemRole
+from integrations.workflows.fixes import FixActions
 
 # A tax number's first two letters that are not the ISO code of their country (Greece's VAT
 # numbers start with EL; a UK number is often written with UK).
@@ -243,6 +246,18 @@ class OwnershipDecisionForm(FixForm):
 
 # The fixes that are a link to where the cause is fixed (an admin page) plus Retry, not a form.
 LINK_FORMS = frozenset({"outbox_replay", "inbound_replay", "connection_settings", "mapping_edit"})
+
+
+def fix_admin_path(kind: CaseType, found: FixActions) -> str | None:
+    """The admin page a link fix's cause is fixed in (the connection, the mapping set), as the
+    page and the API link it; None when the case names none."""
+    if kind.fix_form == "connection_settings" and found.connection_id is not None:
+        return reverse("admin:integrations_connection_change", args=[found.connection_id])
+    if kind.fix_form == "mapping_edit" and found.mapping_set_id is not None:
+        return reverse("admin:integrations_mappingset_change", args=[found.mapping_set_id])
+    return None
+
+
 # fix_form (catalogue) -> the form. Every catalogue fix is here or in LINK_FORMS (a test checks).
 FIX_FORMS: dict[str, type[FixForm]] = {
     "customer_billing_profile": CustomerBillingProfileForm,

@@ -27,17 +27,17 @@ from django.shortcuts import redirect, render
 from django.utils import timezone
 from django.utils.timesince import timesince, timeuntil
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from exceptions import actions, selectors
 from exceptions.errors import (
+    HTTP_STATUS,
     CaseActionError,
-    CaseConflict,
     CaseForbidden,
     CaseNotFound,
     CaseRefused,
 )
 from exceptions.models import ExceptionCase
+from exceptions.views import HtmxHttpRequest
 
 OPEN = ExceptionCase.Status.OPEN
 TEMPLATE = "exceptions/case.html"
@@ -56,19 +56,9 @@ ACTIONS = (
     "comment",
     "resolve",
 )
-STATUS_OF: dict[type[CaseActionError], int] = {
-    CaseNotFound: 404,
-    CaseForbidden: 403,
-    CaseConflict: 409,
-    CaseRefused: 400,
-}
 # What the page shows of a payload or a vendor's answer: 4,000 characters is a screenful; the
 # API (/api/v1/cases/<id>/) has the whole of it.
 SHOWN_CHARS = 4_000
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 # --- The page -------------------------------------------------------------------------------------
@@ -144,7 +134,7 @@ def _act(request: HttpRequest, case_id: int, action: str) -> str:
 def _refused(
     request: HtmxHttpRequest, case_id: int, action: str, error: CaseActionError
 ) -> HttpResponse:
-    status = STATUS_OF.get(type(error), 400)
+    status = HTTP_STATUS.get(type(error), 400)
     if isinstance(error, CaseNotFound | CaseForbidden):
         if not request.htmx:
             raise (Http404 if status == 404 else PermissionDenied)(str(error))

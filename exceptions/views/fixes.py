@@ -17,22 +17,19 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied, ValidationError
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
-from django.urls import reverse
 from django.views.decorators.http import require_http_methods
-from django_htmx.middleware import HtmxDetails
 
 from exceptions.catalogue import CaseType
 from exceptions.errors import (
+    HTTP_STATUS,
     CaseActionError,
-    CaseConflict,
     CaseForbidden,
-    CaseNotFound,
-    CaseRefused,
 )
-from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm
+from exceptions.forms import FIX_FORMS, LINK_FORMS, FixForm, fix_admin_path
 from exceptions.models import ExceptionCase
+from exceptions.views import HtmxHttpRequest
 from integrations.workflows.fixes import (
     FixTarget,
     fix_actions,
@@ -43,16 +40,6 @@ from integrations.workflows.fixes import (
 
 TEMPLATE = "exceptions/fix/page.html"
 FRAGMENT = f"{TEMPLATE}#fix"
-STATUS_OF: dict[type[CaseActionError], int] = {
-    CaseNotFound: 404,
-    CaseForbidden: 403,
-    CaseConflict: 409,
-    CaseRefused: 400,
-}
-
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
 
 
 @require_http_methods(["GET", "POST"])
@@ -101,7 +88,7 @@ def case_fix(request: HtmxHttpRequest, case_id: int) -> HttpResponse:
         _errors_onto(form, invalid)
         return _render(request, case, kind, target, form=form, status=400)
     except CaseActionError as error:
-        status = STATUS_OF.get(type(error), 400)
+        status = HTTP_STATUS.get(type(error), 400)
         if status in (403, 404):
             return _refused(request, error)
         notice = {"ok": False, "text": str(error)}
@@ -135,11 +122,7 @@ def _links(request: HtmxHttpRequest, case: ExceptionCase, kind: CaseType) -> Htt
     """The forms that are a way to where the cause is fixed, plus Retry (its action posts to
     the case's retry with the revision seen)."""
     found = fix_actions(case=case)
-    admin_url = ""
-    if kind.fix_form == "connection_settings" and found.connection_id is not None:
-        admin_url = reverse("admin:integrations_connection_change", args=[found.connection_id])
-    elif kind.fix_form == "mapping_edit" and found.mapping_set_id is not None:
-        admin_url = reverse("admin:integrations_mappingset_change", args=[found.mapping_set_id])
+    admin_url = fix_admin_path(kind, found) or ""
     context = {
         "case": case,
         "kind": kind,
@@ -183,7 +166,7 @@ def _render(
 
 
 def _refused(request: HtmxHttpRequest, error: CaseActionError) -> HttpResponse:
-    status = STATUS_OF.get(type(error), 400)
+    status = HTTP_STATUS.get(type(error), 400)
     if not request.htmx:
         if status == 404:
             raise Http404(str(error))

@@ -28,33 +28,21 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.cache import patch_vary_headers
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.middleware import HtmxDetails
 
 from exceptions import actions, selectors
 from exceptions.access import CaseAccess, case_access
 from exceptions.catalogue import CATALOGUE
 from exceptions.errors import (
+    HTTP_STATUS,
     CaseActionError,
-    CaseConflict,
     CaseForbidden,
-    CaseNotFound,
     CaseRefused,
 )
 from exceptions.models import ExceptionCase, WorkQueue
+from exceptions.views import HtmxHttpRequest
 from integrations import models as m
 
-
-class HtmxHttpRequest(HttpRequest):
-    htmx: HtmxDetails
-
-
 NO_QUEUE = "You work in no exception queue; ask an integration admin to add you to one."
-STATUS_OF: dict[type[CaseActionError], int] = {
-    CaseNotFound: 404,
-    CaseForbidden: 403,
-    CaseConflict: 409,
-    CaseRefused: 400,
-}
 # The query parameters CaseFilterSet reads; everything else (sort, cursor, ...) is paging.
 FILTER_KEYS = (
     "queue",
@@ -339,7 +327,7 @@ def _list_context(request: HttpRequest, params: QueryDict) -> tuple[dict[str, An
         )
     except CaseActionError as error:
         context["error"] = str(error)
-        status = STATUS_OF.get(type(error), 400)
+        status = HTTP_STATUS.get(type(error), 400)
     context["queue_options"] = [
         {"code": code, "name": name, "checked": code in chosen} for code, name in visible
     ]
@@ -424,7 +412,7 @@ def case_export(request: HtmxHttpRequest) -> HttpResponseBase:
     except CaseActionError as error:
         context, _ = _list_context(request, request.GET)
         context["error"] = str(error)
-        return _render(request, "exceptions/queue.html", context, STATUS_OF.get(type(error), 400))
+        return _render(request, "exceptions/queue.html", context, HTTP_STATUS.get(type(error), 400))
     response = StreamingHttpResponse(
         _export_lines(cases, query.sort), content_type="text/csv; charset=utf-8"
     )
@@ -511,7 +499,7 @@ def case_bulk(request: HtmxHttpRequest) -> HttpResponse:
         messages.success(request, _bulk_message(action, revisions, done))
     except CaseActionError as error:
         messages.error(request, str(error))
-        status = STATUS_OF.get(type(error), 400)
+        status = HTTP_STATUS.get(type(error), 400)
     path, params = _next(request)
     if not _partial(request):
         return redirect(_url(path, params))
@@ -546,7 +534,7 @@ def _my_work_context(request: HttpRequest, params: QueryDict) -> tuple[dict[str,
         context.update(_page_context(path, params, page))
     except CaseActionError as error:
         context["error"] = str(error)
-        return context, STATUS_OF.get(type(error), 400)
+        return context, HTTP_STATUS.get(type(error), 400)
     return context, 200
 
 
