@@ -21,5 +21,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include("integrations.api.urls")),
     path("cases/", include("exceptions.urls")),
+    path("config/", include("integrations.console.urls")),
     path("", include("dashboards.urls")),
 ]

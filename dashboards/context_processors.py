@@ -17,6 +17,7 @@ SECTIONS: list[tuple[str, str, str | tuple[str, ...] | None]] = [
     ("Sales ops", "dashboards:sales_ops", "dashboards.view_sales_ops"),
     ("Actuals", "dashboards:actuals", ACTUALS_PERMISSIONS),
     ("Integration admin", "dashboards:integration_admin", "dashboards.view_integration_admin"),
+    ("Configuration", "console:index", "dashboards.view_integration_admin"),
 ]
 # The exception queues: shown to whoever works in at least one queue (exceptions/access.py).
 CASE_SECTIONS = [

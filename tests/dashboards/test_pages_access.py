@@ -15,6 +15,7 @@ PAGES = {
     "/pmo/": PMO,
     "/sales-ops/": SALES_OPS,
     "/integration-admin/": INTEGRATION_ADMIN,
+    "/config/": INTEGRATION_ADMIN,
 }
 
 
