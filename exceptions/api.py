@@ -545,7 +545,10 @@ class CaseViewSet(viewsets.ViewSet):
                 None
                 if params.get("cursor")
                 else selectors.case_totals(
-                    cases=cases, status=filters.get("status") or selectors.OPEN
+                    cases=cases,
+                    status=filters.get("status") or selectors.OPEN,
+                    user=request.user,
+                    filters=filters,
                 )
             )
         except CaseActionError as error:

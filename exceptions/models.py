@@ -422,3 +422,67 @@ class QueueDigest(models.Model):
 
     def __str__(self) -> str:
         return f"{self.queue_id} digest at {self.last_run_at}"
+
+
+class CaseTally(models.Model):
+    """The open cases' totals (count and amount blocked per currency) by the dimensions the queue
+    list filters on, so the totals over a queue of 100,000 open cases read a few dozen rows, not
+    100,000. Kept by PostgreSQL itself: a trigger on ExceptionCase appends every change of an
+    open case's contribution to CaseTallyDelta (insert only, so concurrent workers never wait on
+    a shared row), and `case_tally_compact` (beat, every few seconds) folds the deltas in here.
+    A read sums both in one statement (exceptions.selectors.case_totals). Migration 0009 holds
+    the trigger; on SQLite (the embedded default) there is none and the totals are counted.
+
+    `kind`: "s" a case in one currency (currency, 1, its amount); "m" a case blocking several
+    (currency "", 1, 0); "c" one currency of such a case (currency, 1, that amount); "n" a case
+    blocking no amount (currency "", 1, 0). A case counts once in s + m + n."""
+
+    queue = models.CharField(max_length=32)
+    process = models.CharField(max_length=32)
+    case_type = models.CharField(max_length=64)
+    # 0: none (a sentinel, not a key, so the unique constraint below covers them).
+    legal_entity_id = models.BigIntegerField()
+    region = models.CharField(max_length=16)
+    assignee_id = models.BigIntegerField()
+    kind = models.CharField(max_length=1)
+    currency = models.CharField(max_length=3)
+    cases = models.BigIntegerField()
+    amount = models.DecimalField(max_digits=20, decimal_places=2)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=[
+                    "queue",
+                    "process",
+                    "case_type",
+                    "legal_entity_id",
+                    "region",
+                    "assignee_id",
+                    "kind",
+                    "currency",
+                ],
+                name="casetally_unique_dimensions",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.queue} {self.case_type} {self.kind} {self.currency}: {self.cases}"
+
+
+class CaseTallyDelta(models.Model):
+    """A change to CaseTally not folded in yet (see there): written by the trigger only."""
+
+    queue = models.CharField(max_length=32)
+    process = models.CharField(max_length=32)
+    case_type = models.CharField(max_length=64)
+    legal_entity_id = models.BigIntegerField()
+    region = models.CharField(max_length=16)
+    assignee_id = models.BigIntegerField()
+    kind = models.CharField(max_length=1)
+    currency = models.CharField(max_length=3)
+    cases = models.BigIntegerField()
+    amount = models.DecimalField(max_digits=20, decimal_places=2)
+
+    def __str__(self) -> str:
+        return f"{self.queue} {self.case_type} {self.kind} {self.currency}: {self.cases:+d}"

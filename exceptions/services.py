@@ -24,6 +24,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from exceptions import tally_sql
 from exceptions.catalogue import (
     AUTO_CLOSING,
     CATALOGUE,
@@ -738,3 +739,30 @@ def work_queues_ensure() -> None:
     AlertThreshold.objects.get_or_create(
         process="", currency="", defaults={"amount": DEFAULT_ALERT_THRESHOLD}
     )
+
+
+# --- The open cases' tally (CaseTally) ------------------------------------------------------------
+
+
+def case_tally_compact() -> int:
+    """Fold CaseTally's deltas into it (exceptions/tally_sql.py); the number of deltas folded.
+    Cheap when there are none; beat runs it every few seconds so a read sums few deltas."""
+    if connection.vendor != "postgresql":
+        return 0
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [tally_sql.COMPACT_LOCK])
+        if not cursor.fetchone()[0]:
+            return 0  # another compaction is folding them
+        cursor.execute(tally_sql.COMPACT)
+        folded = cursor.rowcount
+        cursor.execute(tally_sql.PRUNE)
+    return max(folded, 0)
+
+
+def case_tally_rebuild() -> None:
+    """Count every open case afresh into CaseTally (after a restore or a bulk load)."""
+    if connection.vendor != "postgresql":
+        return
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_xact_lock(%s)", [tally_sql.COMPACT_LOCK])
+        cursor.execute(tally_sql.REBUILD)

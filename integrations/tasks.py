@@ -15,6 +15,7 @@ from celery import shared_task
 from django.core.cache import cache
 
 from exceptions.alerts import case_digests_send
+from exceptions.services import case_tally_compact
 from integrations.sync import ring
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
@@ -103,6 +104,12 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
 def check_stale_polls() -> dict[str, int]:
     """Open a case for each connection whose polls have not succeeded within their SLA."""
     return poll_stale_check()
+
+
+@shared_task(name="exceptions.compact_case_tally")
+def compact_case_tally() -> int:
+    """Fold the open cases' tally deltas into the tally the queue pages' totals read."""
+    return case_tally_compact()
 
 
 @shared_task(name="exceptions.send_case_digests")
