@@ -684,7 +684,7 @@ def queue_members(*, queues: Sequence[str], limit: int = MEMBERS_MAX) -> list[An
         .objects.filter(is_active=True)
         .filter(Q(groups__work_queues__code__in=queues) | Q(work_queues__code__in=queues))
         .distinct()
-        .only("id", "username")
+        .only("id", "username", "first_name", "last_name")
         .order_by("username")[:limit]
     )
 
