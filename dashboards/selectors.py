@@ -26,6 +26,7 @@ from integrations.models import (
     billing_basis,
 )
 from integrations.selectors import poll_health
+from integrations.services.schedules import poll_staleness
 
 
 def invoices_by_entity_and_status() -> list[Mapping[str, Any]]:
@@ -118,7 +119,7 @@ def _count_per_connection(rows: QuerySet[Any]) -> Coalesce:
 def connections_overview() -> list[Connection]:
     """Connections with their circuit state, the last hour's calls by outcome and their polls'
     health (``poll``: last error, failing since, cursor age; integrations.selectors.poll_health),
-    in three queries.
+    in three queries (four once a connection has been polled: its schedule's interval).
 
     Each count is a subquery per connection, so rows never multiply and only the last hour's
     attempts are read (through the ``(connection, -started_at)`` index).
@@ -137,8 +138,13 @@ def connections_overview() -> list[Connection]:
         .order_by("role", "name")
     )
     now = timezone.now()
+    # Each connection's own polling interval: one more query, when any has been polled.
+    polled = any(c.cursors.all() for c in connections)
+    staleness = poll_staleness() if polled else None
     for connection in connections:
-        connection.poll = poll_health(connection.cursors.all(), now=now)  # type: ignore[attr-defined]
+        connection.poll = poll_health(  # type: ignore[attr-defined]
+            connection.cursors.all(), now=now, staleness=staleness
+        )
     return connections
 
 

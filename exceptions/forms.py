@@ -19,7 +19,14 @@ from stdnum.exceptions import ValidationError as NumberError
 from stdnum.util import clean
 
 from exceptions.catalogue import CaseType
-from integrations.models import Connection, Contract, LegalEntity, Project, SystemRole
+from integrations.models import (
+    Connection,
+    Contract,
+    LegalEntity,
+    MappingSet,
+    Project,
+    SystemRole,
+)
 from integrations.workflows.fixes import FixActions
 
 # A tax number's first two letters that are not the ISO code of their country (Greece's VAT
@@ -249,12 +256,18 @@ LINK_FORMS = frozenset({"outbox_replay", "inbound_replay", "connection_settings"
 
 
 def fix_admin_path(kind: CaseType, found: FixActions) -> str | None:
-    """The admin page a link fix's cause is fixed in (the connection, the mapping set), as the
-    page and the API link it; None when the case names none."""
+    """The page a link fix's cause is fixed in (the connection's admin page; the mapping
+    editor of the configuration console, on the mapping's connection and object), as the page
+    and the API link it; None when the case names none."""
     if kind.fix_form == "connection_settings" and found.connection_id is not None:
         return reverse("admin:integrations_connection_change", args=[found.connection_id])
     if kind.fix_form == "mapping_edit" and found.mapping_set_id is not None:
-        return reverse("admin:integrations_mappingset_change", args=[found.mapping_set_id])
+        where = (
+            MappingSet.objects.filter(pk=found.mapping_set_id)
+            .values_list("connection_id", "object_type")
+            .first()
+        )
+        return reverse("console:mapping", args=list(where)) if where else None
     return None
 
 

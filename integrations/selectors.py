@@ -6,13 +6,33 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
+from django.db.models import (
+    CharField,
+    Count,
+    F,
+    IntegerField,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+)
+from django.db.models.fields.json import KT
+from django.db.models.functions import Cast, Coalesce
 from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
 
 from exceptions.models import BlockedRecord
 from integrations import models as m
+from integrations.services.schedules import (
+    POLL_INTERVAL_S,
+    STALE_AFTER_INTERVALS,
+    PollStaleness,
+    poll_staleness,
+)
 
 
 def record_list(*, model: type[m.CanonicalRecord]) -> QuerySet[m.CanonicalRecord]:
@@ -22,6 +42,79 @@ def record_list(*, model: type[m.CanonicalRecord]) -> QuerySet[m.CanonicalRecord
 def connection_list() -> QuerySet[m.Connection]:
     """With what their health shows (``poll_health``): the breaker's row and the cursors."""
     return m.Connection.objects.select_related("health").prefetch_related("cursors").order_by("pk")
+
+
+def _per_connection(rows: QuerySet[Any]) -> Coalesce:
+    """How many of ``rows`` belong to the outer query's connection (a subquery; 0 if none)."""
+    counted = (
+        rows.filter(connection=OuterRef("pk"))
+        .order_by()
+        .values("connection")
+        .annotate(n=Count("pk"))
+        .values("n")
+    )
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+def connection_console_list(*, now: datetime | None = None) -> QuerySet[m.Connection]:
+    """Connections with what the console's list shows: the breaker's row, the cursors, the last
+    hour's calls by outcome (subqueries through the ``(connection, -started_at)`` index, so rows
+    never multiply) and the last test (through the audit trail's ``(object_type, object_id,
+    -at)`` index)."""
+    hour_ago = (now or timezone.now()) - timedelta(hours=1)
+    recent = m.SyncAttempt.objects.filter(started_at__gte=hour_ago)
+    tests = m.AuditEvent.objects.filter(
+        object_type="connection",
+        object_id=Cast(OuterRef("pk"), output_field=CharField()),
+        action=m.AuditEvent.Action.TEST,
+    ).order_by("-at", "-id")
+    return (
+        m.Connection.objects.select_related("health")
+        .prefetch_related("cursors")
+        .annotate(
+            calls_ok=_per_connection(recent.filter(outcome=m.SyncAttempt.Outcome.SUCCESS)),
+            calls_failed=_per_connection(recent.exclude(outcome=m.SyncAttempt.Outcome.SUCCESS)),
+            calls_throttled=_per_connection(recent.filter(status_code=429)),
+            last_test_at=Subquery(tests.values("at")[:1]),
+            last_test_outcome=Subquery(
+                tests.annotate(outcome=KT("changes__outcome")).values("outcome")[:1]
+            ),
+        )
+    )
+
+
+def connection_tests(*, connection_id: int, limit: int = 5) -> list[m.AuditEvent]:
+    """The connection's latest tests from the console, newest first."""
+    return list(
+        m.AuditEvent.objects.filter(
+            object_type="connection",
+            object_id=str(connection_id),
+            action=m.AuditEvent.Action.TEST,
+        ).order_by("-at", "-id")[:limit]
+    )
+
+
+def audit_trail(
+    *, object_type: str, object_ids: Iterable[Any] | None = None, limit: int = 10
+) -> list[m.AuditEvent]:
+    """Who changed rows of one kind (or these rows of it), newest first."""
+    events = m.AuditEvent.objects.filter(object_type=object_type)
+    if object_ids is not None:
+        events = events.filter(object_id__in=[str(pk) for pk in object_ids])
+    return list(events.order_by("-at", "-id")[:limit])
+
+
+def routing_rule_list() -> QuerySet[m.RoutingRule]:
+    """The ERP routes per legal entity, each with a sort value for the entity (the default
+    rule, with none, sorts first)."""
+    return (
+        m.RoutingRule.objects.filter(role=m.SystemRole.ERP)
+        .select_related("legal_entity", "connection")
+        .annotate(
+            entity_code=Coalesce("legal_entity__code", Value("")),
+            connection_name=F("connection__name"),
+        )
+    )
 
 
 def cross_reference_list() -> QuerySet[m.CrossReference]:
@@ -35,6 +128,11 @@ def audit_event_list() -> QuerySet[m.AuditEvent]:
 
 def ownership_rule_list() -> QuerySet[m.OwnershipRule]:
     return m.OwnershipRule.objects.order_by("object_type", "field")
+
+
+def periodic_task_list() -> QuerySet[PeriodicTask]:
+    """Beat's periodic tasks with their schedules loaded."""
+    return PeriodicTask.objects.select_related("interval", "crontab", "solar", "clocked")
 
 
 def outbox_message_list() -> QuerySet[m.OutboxMessage]:
@@ -82,21 +180,43 @@ def inbound_held(
 
 # -- poll health ---------------------------------------------------------------------------------
 
-# Polling runs every 120 s (integrations.sync.polling.POLL_INTERVAL_S, beat's ``poll-all``).
-POLL_INTERVAL_S = 120
+# Polling runs every 120 s by default (beat's ``poll-all`` and each connection's own row, which
+# a person may change: integrations/services/schedules.py).
 
 
 def poll_stale_after_s() -> float:
-    """How old a poll cursor's last success may get before it is a case: three polling
-    intervals (one failed poll is noise, three in a row a broken connection);
-    ``CONCORD_POLL_STALE_AFTER_S`` overrides it."""
-    return float(getattr(settings, "CONCORD_POLL_STALE_AFTER_S", 3 * POLL_INTERVAL_S))
+    """How old a poll cursor's last success may get before it is a case, at the default
+    polling interval: three intervals (one failed poll is noise, three in a row a broken
+    connection); ``CONCORD_POLL_STALE_AFTER_S`` overrides it. A connection polled on another
+    interval has its own (``poll_staleness``)."""
+    return float(
+        getattr(settings, "CONCORD_POLL_STALE_AFTER_S", STALE_AFTER_INTERVALS * POLL_INTERVAL_S)
+    )
+
+
+def _older_than(limit: datetime) -> Q:
+    return Q(last_success_at__lt=limit) | Q(last_success_at__isnull=True, last_polled_at__lt=limit)
 
 
 def poll_stale_q(now: datetime | None = None) -> Q:
-    """The cursors past their SLA. One that never succeeded is as old as its first poll."""
-    limit = (now or timezone.now()) - timedelta(seconds=poll_stale_after_s())
-    return Q(last_success_at__lt=limit) | Q(last_success_at__isnull=True, last_polled_at__lt=limit)
+    """The cursors past their SLA: three of their connection's polling intervals (its own
+    schedule's, else poll-all's). One that never succeeded is as old as its first poll. A
+    connection whose polling is paused is not polled, so never stale. One query (the
+    schedules), then a condition per distinct interval."""
+    now = now or timezone.now()
+    staleness = poll_staleness()
+    by_after: dict[float, list[int]] = {}
+    for connection_id, after in staleness.by_connection.items():
+        if after is not None:
+            by_after.setdefault(after, []).append(connection_id)
+    stale = Q(pk__in=[])
+    if staleness.default_after_s is not None:
+        stale |= ~Q(connection_id__in=list(staleness.by_connection)) & _older_than(
+            now - timedelta(seconds=staleness.default_after_s)
+        )
+    for after, ids in sorted(by_after.items()):
+        stale |= Q(connection_id__in=ids) & _older_than(now - timedelta(seconds=after))
+    return stale
 
 
 @dataclass(frozen=True)
@@ -121,10 +241,21 @@ class PollHealth:
     objects: list[PollObjectHealth] = field(default_factory=list)
 
 
-def poll_health(cursors: Iterable[m.PollCursor], *, now: datetime | None = None) -> PollHealth:
-    """From a connection's cursors (prefetched: no query here)."""
+def poll_health(
+    cursors: Iterable[m.PollCursor],
+    *,
+    now: datetime | None = None,
+    staleness: PollStaleness | None = None,
+) -> PollHealth:
+    """From a connection's cursors (prefetched: no query here). ``staleness``: the
+    connections' own polling intervals (``poll_staleness()``, read once for a list), else the
+    default interval's."""
     now = now or timezone.now()
-    limit = timedelta(seconds=poll_stale_after_s())
+    cursors = list(cursors)
+    after: float | None = poll_stale_after_s()
+    if staleness is not None and cursors:
+        after = staleness.after_s(cursors[0].connection_id)  # None: not scheduled, never stale
+    limit = timedelta(seconds=after) if after is not None else None
     objects = []
     for c in sorted(cursors, key=lambda c: c.object_type):
         since = c.last_success_at or c.last_polled_at
@@ -136,7 +267,7 @@ def poll_health(cursors: Iterable[m.PollCursor], *, now: datetime | None = None)
                 failing_since=c.failing_since,
                 last_error=c.last_error,
                 cursor_age_s=age,
-                stale=since is not None and now - since > limit,
+                stale=since is not None and limit is not None and now - since > limit,
             )
         )
     if not objects:

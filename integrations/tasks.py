@@ -20,7 +20,8 @@ from integrations.sync import ring
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
-from integrations.sync.polling import poll_connection, poll_stale_check, polling_kick_off
+from integrations.sync.poll_schedules import polling_kick_off_unscheduled
+from integrations.sync.polling import poll_connection, poll_stale_check
 from integrations.workflows.time_to_erp import billing_run
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,9 @@ def billing_run_task() -> dict[str, Any]:
 
 @shared_task(name="integrations.poll_all")
 def poll_all() -> int:
-    """Kick-off: one polling task per enabled connection."""
-    return polling_kick_off()
+    """Kick-off: one polling task per enabled connection without a polling schedule of its own
+    (each connection normally has one: integrations/services/schedules.py)."""
+    return polling_kick_off_unscheduled()
 
 
 @shared_task(name=ring.POLL_CONNECTION, bind=True)

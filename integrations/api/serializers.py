@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.contenttypes.models import ContentType
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -10,10 +10,12 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from integrations import models as m
+from integrations.mapping.ownership_rules import ownership_rule_create, ownership_rule_update
 from integrations.roles import CANONICAL_MODELS
 from integrations.selectors import poll_health
 from integrations.services.config_rows import config_row_create, config_row_update
 from integrations.services.connections import connection_create, connection_update
+from integrations.services.schedules import PollStaleness, poll_staleness
 from integrations.sync.records import record_create, record_update
 
 # Set by the sync engine, not by people: shown, never written through the API.
@@ -138,6 +140,14 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
         ]
         read_only_fields = ["created_at", "updated_at"]
 
+    def _staleness(self) -> PollStaleness:
+        """Each connection's own polling interval, read once per request."""
+        context = cast(dict[str, Any], self.context)  # the dict the view passed
+        if "poll_staleness" not in context:
+            context["poll_staleness"] = poll_staleness()
+        staleness: PollStaleness = context["poll_staleness"]
+        return staleness
+
     def get_credential_origins(self, connection: m.Connection) -> list[str]:
         return list(connection.credential_origins or ()) if connection.credentials else []
 
@@ -150,7 +160,7 @@ class ConnectionSerializer(serializers.ModelSerializer[m.Connection]):
                 "last_call_success_at": calls.last_success_at if calls else None,
                 "last_call_failure_at": calls.last_failure_at if calls else None,
                 "last_call_error": calls.last_error if calls else "",
-                "poll": poll_health(connection.cursors.all()),
+                "poll": poll_health(connection.cursors.all(), staleness=self._staleness()),
             }
         ).data
 
@@ -189,10 +199,22 @@ class CrossReferenceSerializer(ConfigRowSerializer):
 
 
 class OwnershipRuleSerializer(ConfigRowSerializer):
+    """Checked against the canonical models, as on the console's page."""
+
     class Meta:
         model = m.OwnershipRule
         fields = ["id", "object_type", "field", "owner_role", "note", "updated_at"]
         read_only_fields = ["updated_at"]
+
+    def create(self, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return ownership_rule_create(data=validated_data, actor=self.context["request"].user)
+
+    def update(self, instance: Any, validated_data: dict[str, Any]) -> Any:
+        with django_errors_as_api_errors():
+            return ownership_rule_update(
+                rule=instance, data=validated_data, actor=self.context["request"].user
+            )
 
 
 class AuditEventSerializer(serializers.ModelSerializer[m.AuditEvent]):

@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from integrations.api import actuals, auth, identity, sync, views
+from integrations.api import actuals, auth, identity, mappings, sync, views
 
 router = DefaultRouter()
 router.APIRootView = auth.ApiRootView
@@ -17,6 +17,7 @@ router.register("inbound", sync.InboundMessageViewSet, basename="inboundmessage"
 router.register("sync-attempts", sync.SyncAttemptViewSet, basename="syncattempt")
 router.register("ownership-rules", views.OwnershipRuleViewSet, basename="ownershiprule")
 router.register("merges", identity.RecordMergeViewSet, basename="recordmerge")
+router.register("mappings", mappings.MappingSetViewSet, basename="mappingset")
 
 urlpatterns = [
     *(

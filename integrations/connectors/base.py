@@ -72,6 +72,20 @@ def _version_text(value: Any) -> str:
 
 
 @dataclass
+class Probe:
+    """What one authenticated read made to test a connection found (the console's test button,
+    integrations/vendors/connection_test.py): the request, the vendor's status, and the answer
+    in a few words and facts a person recognises (an account's name, an organisation's base
+    currency). Never a credential: the facts are chosen from the answer, not copied whole."""
+
+    request: str  # "GET /company"
+    status_code: int
+    summary: str
+    facts: list[tuple[str, str]] = field(default_factory=list)
+    attempt_id: int | None = None  # the SyncAttempt that recorded the read
+
+
+@dataclass
 class Page:
     records: list[dict[str, Any]]
     next_cursor: str | None  # opaque, for paging within one read; None at the end
@@ -130,6 +144,11 @@ class Connector(Protocol):
     def fetch(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         """One record by its id, as the vendor holds it now; None when it does not exist.
         Webhooks name what changed without the data: this reads it."""
+        ...
+
+    def probe(self) -> Probe:
+        """One small authenticated read that shows the credentials work and reach the right
+        account (the console's test button). Raises ``ConnectorError`` like any call."""
         ...
 
     def close(self) -> None: ...
@@ -219,3 +238,18 @@ class BaseConnector:
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    def probe(self) -> Probe:
+        raise NotImplementedError
+
+
+def probe_facts(record: Any, fields: tuple[str, ...]) -> list[tuple[str, str]]:
+    """``(field, value)`` for the named fields of a vendor record that are set, as text."""
+    if not isinstance(record, dict):
+        return []
+    facts = []
+    for name in fields:
+        value = record.get(name)
+        if value is not None and value != "":
+            facts.append((name, str(value)[:200]))
+    return facts

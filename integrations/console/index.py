@@ -10,7 +10,42 @@ from django.views.decorators.http import require_GET
 from integrations.console.access import admin_required
 
 # (label, url name, what is edited there). An area's module adds its line when it lands.
-AREAS: list[tuple[str, str, str]] = []
+AREAS: list[tuple[str, str, str]] = [
+    (
+        "Mappings",
+        "console:mappings",
+        "How each connection's payloads become Concord's records and back: drafts, value maps, "
+        "checks, preview against real payloads and open cases, versions, four eyes.",
+    ),
+    (
+        "Connections",
+        "console:connections",
+        "Each system's base URL, credentials (write-only), rate limits and health; test one "
+        "with a real call.",
+    ),
+    (
+        "Schedules",
+        "console:schedules",
+        "How often each connection is polled and the system's own periodic work runs; last "
+        "and next runs; pause or change them.",
+    ),
+    (
+        "Ownership rules",
+        "console:ownership_rules",
+        "Which system owns each object and field.",
+    ),
+    (
+        "Case routing",
+        "console:case_routes",
+        "Which queue and priority cases get, by case type, process, legal entity and region; "
+        "the SLA per priority.",
+    ),
+    (
+        "ERP routing",
+        "console:erp_routes",
+        "Which ERP connection serves each legal entity.",
+    ),
+]
 
 
 @require_GET

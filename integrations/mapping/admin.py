@@ -1,7 +1,8 @@
 """Admin for mapping configuration: MappingSet versions with their fields, and value maps.
 
-A draft is edited freely; publishing goes through `mapping_set_publish` (checks, retires the
-previous version, reloads workers). Published and retired versions are read-only: to change one,
+A draft is edited freely; publishing goes through `mapping_set_request_publish` (the console's
+checks, four eyes when it is on; then `mapping_set_publish` retires the previous version and
+reloads workers). Published and retired versions are read-only: to change one,
 use "New draft from selected", edit, preview, publish. The change page previews the version on the
 latest stored inbound payloads of its connection and object.
 """
@@ -27,10 +28,10 @@ from integrations.mapping.services import (
     mapping_preview,
     mapping_set_create_draft,
     mapping_set_problems,
-    mapping_set_publish,
     value_map_create,
     value_map_set_entries,
 )
+from integrations.mapping.versions import four_eyes, mapping_set_request_publish
 from integrations.models import (
     FieldMapping,
     InboundMessage,
@@ -183,7 +184,9 @@ class MappingSetAdmin(admin.ModelAdmin[MappingSet]):
     def publish_selected(self, request: HttpRequest, queryset: QuerySet[MappingSet]) -> None:
         for mapping_set in queryset.select_related("connection"):
             try:
-                mapping_set_publish(mapping_set=mapping_set, actor=request.user)
+                # The console's checks and, when it is on, four eyes (integrations/mapping/
+                # versions.py): the admin is no way around a second admin's approval.
+                done = mapping_set_request_publish(mapping_set=mapping_set, actor=request.user)
             except ValidationError as exc:
                 self.message_user(
                     request,
@@ -191,7 +194,9 @@ class MappingSetAdmin(admin.ModelAdmin[MappingSet]):
                     messages.ERROR,
                 )
             else:
-                self.message_user(request, f"{mapping_set} published.", messages.SUCCESS)
+                waits = done.status == MappingSet.Status.PENDING
+                text = "waits for another admin's approval" if waits else "published"
+                self.message_user(request, f"{mapping_set} {text}.", messages.SUCCESS)
 
     @admin.action(description="New draft from selected", permissions=["add"])
     def new_draft_from_selected(self, request: HttpRequest, queryset: QuerySet[MappingSet]) -> None:
@@ -224,6 +229,11 @@ class ValueMapAdmin(admin.ModelAdmin[ValueMap]):
     inlines = [ValueMapEntryInline]
     list_display = ["name", "description", "default"]
     search_fields = ["name", "description", "entries__vendor_value"]
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        # Under four eyes a value map changes only with a mapping version another admin
+        # approves (the console's editor): editing it here would apply at once.
+        return super().has_change_permission(request, obj) and not four_eyes()
 
     def save_model(self, request: HttpRequest, obj: ValueMap, form: Any, change: bool) -> None:
         if not change:

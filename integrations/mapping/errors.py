@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError
+
 
 class MappingError(ValueError):
     """One field could not be mapped (bad value, missing required path, unknown map entry)."""
@@ -65,3 +67,8 @@ class OutboundMappingError(MappingError):
     def __init__(self, errors: list[MappingError]) -> None:
         super().__init__("; ".join(str(e) for e in errors))
         self.errors = errors
+
+
+class EditNeedsConfirmation(ValidationError):
+    """A mapping edit that recent payloads put in doubt (a path none of them has, values the
+    row cannot read): saved only when the admin confirms it (integrations/mapping/versions.py)."""

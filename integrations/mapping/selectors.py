@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from django.core.cache import cache
 
@@ -96,6 +97,12 @@ def value_map_tables(names: Iterable[str]) -> dict[str, ValueMapTable]:
     return tables
 
 
+def value_map_table_of(name: str, table: Mapping[str, Any]) -> ValueMapTable:
+    """A version's own copy of a value map ({"entries": {...}, "default": "..."}) as a table."""
+    entries = {str(k): str(v) for k, v in dict(table.get("entries") or {}).items()}
+    return ValueMapTable.build(name, entries, str(table.get("default") or "") or None)
+
+
 def field_specs(fields: Iterable[FieldMapping]) -> list[FieldSpec]:
     return [
         FieldSpec(
@@ -111,16 +118,25 @@ def field_specs(fields: Iterable[FieldMapping]) -> list[FieldSpec]:
 
 
 def mapping_set_compile(mapping_set: MappingSet) -> CompiledMapping:
-    """Compile one version from the database (fields, then the value maps they name)."""
+    """Compile one version from the database (fields, then the value maps they name). A
+    version not yet published reads the value maps it changes from its own copy
+    (`MappingSet.value_maps`), the others from the global maps."""
     specs = field_specs(mapping_set.fields.all())
     names = [str(s.options.get("value_map", "")) for s in specs if s.transform == "value_map"]
+    tables = value_map_tables(names)
+    if mapping_set.status in (MappingSet.Status.DRAFT, MappingSet.Status.PENDING):
+        tables.update(
+            (name, value_map_table_of(name, table))
+            for name, table in (mapping_set.value_maps or {}).items()
+            if name in names
+        )
     return compile_mapping(
         object_type=mapping_set.object_type,
         canonical_model=mapping_set.canonical_model,
         external_id_path=mapping_set.external_id_path,
         version_path=mapping_set.version_path,
         fields=specs,
-        value_maps=value_map_tables(names),
+        value_maps=tables,
         mapping_set_id=mapping_set.pk,
         connection_id=mapping_set.connection_id,
         version=mapping_set.version,

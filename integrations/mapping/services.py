@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 
 Actor = AbstractBaseUser | AnonymousUser | None
 
+# A version that is not (yet) applied: edited as a draft, or waiting for a second admin.
+UNPUBLISHED = (MappingSet.Status.DRAFT, MappingSet.Status.PENDING)
+
 
 def _user(actor: Actor) -> Any:
     return actor if isinstance(actor, get_user_model()) else None
@@ -69,8 +72,13 @@ def mapping_set_create_draft(
     # Lock the connection so two admins cannot allocate the same version number.
     Connection.objects.select_for_update().get(pk=connection.pk)
     versions = MappingSet.objects.filter(connection=connection, object_type=object_type)
-    draft = versions.filter(status=MappingSet.Status.DRAFT).first()
+    draft = versions.filter(status__in=UNPUBLISHED).first()
     if draft is not None:
+        if draft.status == MappingSet.Status.PENDING:
+            raise ValidationError(
+                f"{object_type} on {connection.name} has v{draft.version} waiting for approval: "
+                "approve or reject it first."
+            )
         raise ValidationError(
             f"{object_type} on {connection.name} already has a draft (v{draft.version}): "
             "edit or delete it first."
@@ -91,6 +99,7 @@ def mapping_set_create_draft(
         external_id_path=source.external_id_path if source else external_id_path,
         version_path=source.version_path if source else version_path,
         notes=source.notes if source else notes,
+        based_on=source.version if source else None,
     )
     if source is not None:
         _fields_add(mapping_set, field_specs(source.fields.all()))
@@ -174,10 +183,16 @@ def mapping_set_problems(
 
 @transaction.atomic
 def mapping_set_publish(*, mapping_set: MappingSet, actor: Actor) -> MappingSet:
-    """Check the draft, retire the published version, publish this one, reload workers."""
+    """Check the draft, retire the published version, publish this one, reload workers.
+
+    The value maps the draft changes (`MappingSet.value_maps`) are written to the global value
+    maps first (audited there), and the version keeps a copy of every map its fields read, as
+    published. Under four-eyes the console asks for approval instead of calling this
+    (integrations/mapping/versions.py); a version pending approval is published by its
+    approver."""
     Connection.objects.select_for_update().get(pk=mapping_set.connection_id)
     locked = MappingSet.objects.select_for_update().get(pk=mapping_set.pk)
-    if locked.status != MappingSet.Status.DRAFT:
+    if locked.status not in UNPUBLISHED:
         raise ValidationError(
             f"Only a draft can be published; {locked.object_type} v{locked.version} is "
             f"{locked.status}."
@@ -185,6 +200,10 @@ def mapping_set_publish(*, mapping_set: MappingSet, actor: Actor) -> MappingSet:
     problems = mapping_set_problems(locked)
     if problems:
         raise ValidationError(problems)
+    was = locked.status
+    # Only the maps its rows read: a map the draft changed and no longer reads stays as it is.
+    read = value_map_names(locked)
+    _value_maps_apply({n: t for n, t in (locked.value_maps or {}).items() if n in read}, actor)
     previous = MappingSet.objects.filter(
         connection_id=locked.connection_id,
         object_type=locked.object_type,
@@ -195,12 +214,24 @@ def mapping_set_publish(*, mapping_set: MappingSet, actor: Actor) -> MappingSet:
     locked.status = MappingSet.Status.PUBLISHED
     locked.published_at = timezone.now()
     locked.published_by = _user(actor)
-    locked.save(update_fields=["status", "published_at", "published_by"])
+    if locked.submitted_at is None:  # published at once, not on approval
+        locked.submitted_at, locked.submitted_by = locked.published_at, locked.published_by
+    locked.value_maps = value_maps_snapshot(locked)
+    locked.save(
+        update_fields=[
+            "status",
+            "published_at",
+            "published_by",
+            "submitted_at",
+            "submitted_by",
+            "value_maps",
+        ]
+    )
     audit_record(
         actor=actor,
         action=AuditEvent.Action.UPDATE,
         instance=locked,
-        changes={"status": ["draft", "published"], "retired_versions": [None, retired]},
+        changes={"status": [str(was), "published"], "retired_versions": [None, retired]},
     )
     transaction.on_commit(mapping_cache_bump)
     logger.info(
@@ -213,7 +244,48 @@ def mapping_set_publish(*, mapping_set: MappingSet, actor: Actor) -> MappingSet:
     mapping_set.status = locked.status
     mapping_set.published_at = locked.published_at
     mapping_set.published_by = locked.published_by
+    mapping_set.value_maps = locked.value_maps
     return locked
+
+
+def _value_maps_apply(changes: Mapping[str, Any], actor: Actor) -> None:
+    """Write a draft's value maps to the global ones (creating those that do not exist)."""
+    for name in sorted(changes):
+        table = changes[name]
+        entries = {str(k): str(v) for k, v in dict(table.get("entries") or {}).items()}
+        default = str(table.get("default") or "")
+        existing = ValueMap.objects.filter(name=name).first()
+        if existing is None:
+            value_map_create(
+                name=name,
+                entries=entries,
+                default=default,
+                description=str(table.get("description") or ""),
+                actor=actor,
+            )
+        else:
+            value_map_set_entries(value_map=existing, entries=entries, default=default, actor=actor)
+
+
+def value_map_names(mapping_set: MappingSet) -> set[str]:
+    return {
+        str(spec.options.get("value_map", ""))
+        for spec in field_specs(mapping_set.fields.all())
+        if spec.transform == "value_map"
+    } - {""}
+
+
+def value_maps_snapshot(mapping_set: MappingSet) -> dict[str, dict[str, Any]]:
+    """The global value maps this version's fields read, as they stand: what a published
+    version keeps (`MappingSet.value_maps`)."""
+    names = value_map_names(mapping_set)
+    return {
+        vm.name: {
+            "entries": {e.vendor_value: e.canonical_value for e in vm.entries.all()},
+            "default": vm.default,
+        }
+        for vm in ValueMap.objects.filter(name__in=names).prefetch_related("entries")
+    }
 
 
 # -- value maps --------------------------------------------------------------------------------

@@ -10,7 +10,13 @@ from integrations.models.connections import (
     Vendor,
 )
 from integrations.models.identity import MatchKey, MatchRule, RecordMerge
-from integrations.models.mapping import FieldMapping, MappingSet, ValueMap, ValueMapEntry
+from integrations.models.mapping import (
+    ConsoleSettings,
+    FieldMapping,
+    MappingSet,
+    ValueMap,
+    ValueMapEntry,
+)
 from integrations.models.records import (
     ApprovalState,
     Assignment,
@@ -51,6 +57,7 @@ __all__ = [
     "CircuitState",
     "Connection",
     "ConnectionHealth",
+    "ConsoleSettings",
     "Contract",
     "CrossReference",
     "Customer",

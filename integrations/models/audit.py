@@ -11,6 +11,9 @@ class AuditEvent(models.Model):
         CREATE = "create", "Created"
         UPDATE = "update", "Updated"
         DELETE = "delete", "Deleted"
+        # A connection tested from the console: one authenticated read (integrations/vendors/
+        # connection_test.py); ``changes`` then holds its outcome, not [old, new] pairs.
+        TEST = "test", "Tested"
 
     at = models.DateTimeField(auto_now_add=True, db_index=True)
     actor = models.ForeignKey(

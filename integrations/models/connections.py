@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 from django.contrib.contenttypes.fields import GenericForeignKey
 from django.contrib.contenttypes.models import ContentType
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
 
@@ -309,3 +310,19 @@ class RoutingRule(models.Model):
     def __str__(self) -> str:
         entity = self.legal_entity.code if self.legal_entity else "default"
         return f"{self.get_role_display()} for {entity}: {self.connection.name}"
+
+    def clean(self) -> None:
+        # A route sends a role's work to a connection playing that role: an ERP route to a CRM
+        # would post invoices to the CRM's API.
+        try:
+            connection = self.connection if self.connection_id else None
+        except Connection.DoesNotExist:  # refused by the field's own check already
+            connection = None
+        if connection is not None and connection.role != self.role:
+            raise ValidationError(
+                {
+                    "connection": f"{connection.name} is a {connection.get_role_display()} "
+                    f"connection; a {self.get_role_display()} route needs a "
+                    f"{self.get_role_display()} connection."
+                }
+            )

@@ -1,5 +1,9 @@
 """Mapping configuration: how a vendor payload becomes canonical fields and back. Data, not code;
-versioned (a draft is edited, then published; the published version is the one applied)."""
+versioned (a draft is edited, then published; the published version is the one applied).
+
+Value maps are global tables (one map may serve several connections' mappings); a version keeps
+its own copy of the maps it reads in `MappingSet.value_maps`, so versions can be compared and an
+earlier one published again with the value maps it had (integrations/mapping/versions.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from integrations.models.connections import Connection
 class MappingSet(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
+        # Four-eyes (ConsoleSettings.mapping_four_eyes): published by one admin, waiting for
+        # another to approve; the published version stays in effect until then.
+        PENDING = "pending", "Pending approval"
         PUBLISHED = "published", "Published"
         RETIRED = "retired", "Retired"
 
@@ -26,7 +33,23 @@ class MappingSet(models.Model):
         max_length=200, blank=True, help_text="Path of the vendor's modification stamp."
     )
     notes = models.TextField(blank=True)
+    # The version this one was copied from (a draft from the published one, a rollback's copy).
+    based_on = models.PositiveIntegerField(null=True, blank=True)
+    # {value map name: {"entries": {vendor value: canonical value}, "default": "..."}}. A draft
+    # (or a version pending approval) holds the maps it changes, applied to the global value
+    # maps when it is published; a published or retired version holds every map its fields
+    # read, as they stood when it was published.
+    value_maps = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Who asked for it to be published, and when (under four-eyes, another admin publishes it).
+    submitted_at = models.DateTimeField(null=True, blank=True)
+    submitted_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
     published_at = models.DateTimeField(null=True, blank=True)
     published_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
@@ -119,3 +142,27 @@ class ValueMapEntry(models.Model):
 
     def __str__(self) -> str:
         return f"{self.vendor_value} -> {self.canonical_value}"
+
+
+class ConsoleSettings(models.Model):
+    """Settings of this installation that integration admins change in the configuration
+    console (/config/). One row (`ConsoleSettings.load()`); changed through an audited service."""
+
+    # Four-eyes: a mapping version published by one admin takes effect only once another
+    # admin approves it (integrations/mapping/versions.py).
+    mapping_four_eyes = models.BooleanField(
+        default=False,
+        help_text="A published mapping waits for a second admin's approval before it applies.",
+    )
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "console settings"
+
+    def __str__(self) -> str:
+        return "Console settings"
+
+    @classmethod
+    def load(cls) -> ConsoleSettings:
+        row, _ = cls.objects.get_or_create(pk=1)
+        return row

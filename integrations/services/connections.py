@@ -35,6 +35,7 @@ from integrations.models.connections import (
     url_origin,
 )
 from integrations.services.audit import audit_record, field_changes
+from integrations.services.schedules import connection_schedule_ensure
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +163,8 @@ def connection_create(
     if connection.credentials:
         changes["credential_origins"] = [[], list(connection.credential_origins or ())]
     audit_record(actor=actor, action=AuditEvent.Action.CREATE, instance=connection, changes=changes)
+    # Its own polling schedule (integrations/services/schedules.py), in the same transaction.
+    connection_schedule_ensure(connection=connection, actor=actor)
     logger.info(
         "connection %s created (%s %s), %d credential(s) stored",
         connection.pk,
@@ -217,6 +220,9 @@ def connection_update(
         audit_record(
             actor=actor, action=AuditEvent.Action.UPDATE, instance=connection, changes=changes
         )
+    # Kept: made again if it went missing (a connection enabled again must be polled), and
+    # named after the connection; its interval and pause stay as a person set them.
+    connection_schedule_ensure(connection=connection, actor=actor)
     logger.info(
         "connection %s updated, credential keys now: %s",
         connection.pk,

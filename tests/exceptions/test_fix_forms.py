@@ -298,8 +298,8 @@ def test_connection_and_mapping_cases_link_to_their_admin_pages() -> None:
     mapping = MappingSet.objects.get(connection=xero, object_type="Contacts", status="published")
     case = mapping_case(xero.pk, "Contacts", "TaxNumber: not a string")
     html = admin.get(f"/cases/{case.pk}/fix/", headers=HTMX).content.decode()
-    assert f'href="/admin/integrations/mappingset/{mapping.pk}/change/"' in html
-    assert "Editing mappings in the portal itself is a later issue." in html
+    assert f'href="/config/mappings/{xero.pk}/Contacts/">Open the mapping editor</a>' in html
+    assert mapping.object_type == "Contacts"
 
 
 def test_a_possible_duplicate_is_merged_into_the_record_kept() -> None:

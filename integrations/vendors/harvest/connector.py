@@ -41,6 +41,8 @@ from integrations.connectors.base import (
     BaseConnector,
     ItemResult,
     Page,
+    Probe,
+    probe_facts,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -340,6 +342,25 @@ class HarvestConnector(BaseConnector):
         )
         body = result.json()
         return body if isinstance(body, dict) else None
+
+    def probe(self) -> Probe:
+        """``GET /company``: the account the token and account id open (its name and domain)."""
+        result = self.http.call("GET", "/company", operation="test:company")
+        body = result.json()
+        company = body if isinstance(body, dict) else {}
+        name = company.get("name") or "(no name)"
+        state = "active" if company.get("is_active") else "not active"
+        return Probe(
+            request="GET /company",
+            status_code=result.status_code,
+            summary=f"Harvest account {name} ({company.get('full_domain') or 'no domain'}), "
+            f"{state}.",
+            facts=probe_facts(
+                company,
+                ("name", "full_domain", "is_active", "plan_type", "time_format", "week_start_day"),
+            ),
+            attempt_id=result.attempt_id,
+        )
 
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
         return str(record.get("id", "")), micros_of(record.get("updated_at"))

@@ -32,6 +32,7 @@ from integrations.connectors.base import (
     BaseConnector,
     ItemResult,
     Page,
+    Probe,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -492,6 +493,23 @@ class SalesforceConnector(BaseConnector):
         )
         body = result.json()
         return body if isinstance(body, dict) else None
+
+    def probe(self) -> Probe:
+        """``SELECT COUNT() FROM Account``: the smallest query that proves the token, the API
+        version and the integration user's read access (how many accounts it sees)."""
+        soql = "SELECT COUNT() FROM Account"
+        result = self.http.call("GET", f"{DATA}/query", operation="test:query", params={"q": soql})
+        body = result.json()
+        answer = body if isinstance(body, dict) else {}
+        count = answer.get("totalSize")
+        return Probe(
+            request=f"GET {DATA}/query?q={soql}",
+            status_code=result.status_code,
+            summary=f"Salesforce answered the query: the integration user sees {count} "
+            f"account{'' if count == 1 else 's'} (API {API_VERSION}).",
+            facts=[("totalSize", str(count)), ("api_version", API_VERSION)],
+            attempt_id=result.attempt_id,
+        )
 
     def version_of(self, object_type: str, record: dict[str, Any]) -> tuple[str, int]:
         return str(record.get("Id") or ""), micros_of(record.get("SystemModstamp"))

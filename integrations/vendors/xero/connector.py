@@ -45,6 +45,8 @@ from integrations.connectors.base import (
     BaseConnector,
     ItemResult,
     Page,
+    Probe,
+    probe_facts,
 )
 from integrations.connectors.errors import (
     BusinessError,
@@ -693,6 +695,27 @@ class XeroConnector(BaseConnector):
         )
         organisations = (result.json() or {}).get("Organisations") or []
         return organisations[0] if organisations and isinstance(organisations[0], dict) else {}
+
+    def probe(self) -> Probe:
+        """``GET /Organisation`` of the connection's tenant: the organisation the client
+        credentials and tenant open (its name, country and base currency)."""
+        result = self.http.call(
+            "GET", "/Organisation", operation="test:Organisation", headers=self._headers()
+        )
+        organisations = (result.json() or {}).get("Organisations") or []
+        found = organisations[0] if organisations and isinstance(organisations[0], dict) else {}
+        return Probe(
+            request="GET /Organisation",
+            status_code=result.status_code,
+            summary=f"Xero organisation {found.get('Name') or '(no name)'} "
+            f"({found.get('CountryCode') or 'no country'}, base currency "
+            f"{found.get('BaseCurrency') or 'not set'}).",
+            facts=probe_facts(
+                found,
+                ("Name", "LegalName", "CountryCode", "BaseCurrency", "OrganisationType", "Version"),
+            ),
+            attempt_id=result.attempt_id,
+        )
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         if object_type not in PAGED_ID:
