@@ -4,26 +4,33 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('exceptions', '0009_case_tally'),
+        ("exceptions", "0009_case_tally"),
     ]
 
     operations = [
         migrations.RemoveIndex(
-            model_name='exceptioncase',
-            name='case_queue_sla',
+            model_name="exceptioncase",
+            name="case_queue_sla",
         ),
         migrations.RemoveIndex(
-            model_name='exceptioncase',
-            name='case_sla',
+            model_name="exceptioncase",
+            name="case_sla",
         ),
         migrations.AddIndex(
-            model_name='exceptioncase',
-            index=models.Index(fields=['queue', 'status', 'sla_due_at', 'id'], include=('priority', 'currency', 'amount_blocked'), name='case_queue_sla'),
+            model_name="exceptioncase",
+            index=models.Index(
+                fields=["queue", "status", "sla_due_at", "id"],
+                include=("priority", "currency", "amount_blocked"),
+                name="case_queue_sla",
+            ),
         ),
         migrations.AddIndex(
-            model_name='exceptioncase',
-            index=models.Index(fields=['status', 'sla_due_at', 'id'], include=('priority', 'currency', 'amount_blocked'), name='case_sla'),
+            model_name="exceptioncase",
+            index=models.Index(
+                fields=["status", "sla_due_at", "id"],
+                include=("priority", "currency", "amount_blocked"),
+                name="case_sla",
+            ),
         ),
     ]
