@@ -26,48 +26,73 @@ def snapshot_published_value_maps(apps, schema_editor):
 
 
 class Migration(migrations.Migration):
-
     dependencies = [
-        ('integrations', '0017_search_indexes'),
+        ("integrations", "0017_search_indexes"),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
     operations = [
         migrations.CreateModel(
-            name='ConsoleSettings',
+            name="ConsoleSettings",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('mapping_four_eyes', models.BooleanField(default=False, help_text="A published mapping waits for a second admin's approval before it applies.")),
-                ('updated_at', models.DateTimeField(auto_now=True)),
+                (
+                    "id",
+                    models.BigAutoField(
+                        auto_created=True, primary_key=True, serialize=False, verbose_name="ID"
+                    ),
+                ),
+                (
+                    "mapping_four_eyes",
+                    models.BooleanField(
+                        default=False,
+                        help_text="A published mapping waits for a second admin's approval before it applies.",
+                    ),
+                ),
+                ("updated_at", models.DateTimeField(auto_now=True)),
             ],
             options={
-                'verbose_name_plural': 'console settings',
+                "verbose_name_plural": "console settings",
             },
         ),
         migrations.AddField(
-            model_name='mappingset',
-            name='based_on',
+            model_name="mappingset",
+            name="based_on",
             field=models.PositiveIntegerField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='mappingset',
-            name='submitted_at',
+            model_name="mappingset",
+            name="submitted_at",
             field=models.DateTimeField(blank=True, null=True),
         ),
         migrations.AddField(
-            model_name='mappingset',
-            name='submitted_by',
-            field=models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL),
+            model_name="mappingset",
+            name="submitted_by",
+            field=models.ForeignKey(
+                blank=True,
+                null=True,
+                on_delete=django.db.models.deletion.SET_NULL,
+                related_name="+",
+                to=settings.AUTH_USER_MODEL,
+            ),
         ),
         migrations.AddField(
-            model_name='mappingset',
-            name='value_maps',
+            model_name="mappingset",
+            name="value_maps",
             field=models.JSONField(blank=True, default=dict),
         ),
         migrations.AlterField(
-            model_name='mappingset',
-            name='status',
-            field=models.CharField(choices=[('draft', 'Draft'), ('pending', 'Pending approval'), ('published', 'Published'), ('retired', 'Retired')], default='draft', max_length=16),
+            model_name="mappingset",
+            name="status",
+            field=models.CharField(
+                choices=[
+                    ("draft", "Draft"),
+                    ("pending", "Pending approval"),
+                    ("published", "Published"),
+                    ("retired", "Retired"),
+                ],
+                default="draft",
+                max_length=16,
+            ),
         ),
         migrations.RunPython(snapshot_published_value_maps, migrations.RunPython.noop),
     ]
