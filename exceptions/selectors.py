@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections import defaultdict
@@ -29,7 +30,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection as db_connection
 from django.db.models import Count, Prefetch, Q, QuerySet, Sum
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_script_prefix, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -735,6 +736,8 @@ def case_get(*, user: Any, case_id: int) -> ExceptionCase:
         ExceptionCase.objects.select_related(
             "assignee", "legal_entity", "project", "customer", "connection"
         )
+        # A page never needs the connection's secrets: not decrypted for it.
+        .defer("connection__credentials")
         .filter(pk=case_id)
         .first()
     )
@@ -848,10 +851,20 @@ def case_group(
 
 
 def _api_url(record_type: str, record_id: int) -> str | None:
+    prefix = _api_prefix(get_script_prefix(), record_type)
+    return None if prefix is None else f"{prefix}{record_id}/"
+
+
+@functools.lru_cache(maxsize=64)
+def _api_prefix(script_prefix: str, record_type: str) -> str | None:
+    """The API path of a record type's details up to the id ("/api/v1/time-entries/" for
+    "timeentry", under the script prefix reverse adds): one reverse per type for the process,
+    not one per record shown."""
     try:
-        return reverse(f"{record_type}-detail", args=[record_id])
+        url = reverse(f"{record_type}-detail", args=[0])
     except NoReverseMatch:
         return None
+    return url[: -len("0/")] if url.endswith("/0/") else None
 
 
 def _attach_vendor_records(records: Sequence[HeldRecord]) -> None:
@@ -868,7 +881,12 @@ def _attach_vendor_records(records: Sequence[HeldRecord]) -> None:
             object_id__in=ids
         )
     refs: dict[tuple[str, int], list[VendorRecord]] = defaultdict(list)
-    for ref in m.CrossReference.objects.filter(wanted).select_related("content_type", "connection"):
+    found = (
+        m.CrossReference.objects.filter(wanted)
+        .select_related("content_type", "connection")
+        .defer("connection__credentials")
+    )
+    for ref in found:
         refs[(ref.content_type.model, ref.object_id)].append(
             VendorRecord(
                 connection_id=ref.connection_id,
