@@ -217,7 +217,7 @@ def test_index_lists_each_object_with_its_versions_and_open_cases(harvest: Conne
 
     csv = client.get(reverse("console:mappings"), {"format": "csv", "q": "projects"})
     assert csv["Content-Type"].startswith("text/csv")
-    assert b"".join(csv.streaming_content).decode().splitlines() == [
+    assert csv.getvalue().decode().splitlines() == [
         "connection,object,canonical_model,published_version,unpublished,open_cases",
         '"Harvest",projects,project,1,,1',
     ]

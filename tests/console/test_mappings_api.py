@@ -78,7 +78,9 @@ def test_an_admin_reads_compares_previews_and_publishes_through_the_api(
     v1 = MappingSet.objects.get(connection=harvest, object_type=PROJECTS, version=1)
     admin = api_client_as(INTEGRATION_ADMIN, username="ada")
 
-    listed = admin.get("/api/v1/mappings/", {"connection": harvest.pk, "object_type": PROJECTS})
+    listed = admin.get(
+        "/api/v1/mappings/", {"connection": str(harvest.pk), "object_type": PROJECTS}
+    )
     assert [(r["version"], r["status"]) for r in listed.json()["results"]] == [
         (2, "draft"),
         (1, "published"),

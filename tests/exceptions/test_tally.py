@@ -77,7 +77,10 @@ def test_the_tally_adds_up_like_the_cases_through_every_kind_of_change() -> None
     for n in range(120):
         entity = rng.choice([*entities, None])
         region = rng.choice(["emea", "americas", ""])
-        kwargs = {"legal_entity_id": entity.pk if entity else None, "region": region}
+        kwargs: dict[str, Any] = {
+            "legal_entity_id": entity.pk if entity else None,
+            "region": region,
+        }
         if n % 3:
             cases.append(finance_case(f"customer {n}", records=_records(rng), **kwargs))
         else:
