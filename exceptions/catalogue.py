@@ -128,6 +128,10 @@ class CaseType:
 
 _SENT = "{held} for {about} cannot be sent: "
 _INVOICED = " cannot be invoiced: "
+_PROVISIONED = "{held} ({opportunity}) cannot be provisioned: "
+_GOES_ON = (
+    " Provisioning goes on from this check once it is fixed (retry, or the CRM's next change)."
+)
 
 CATALOGUE: dict[str, CaseType] = {
     t.name: t
@@ -409,6 +413,92 @@ CATALOGUE: dict[str, CaseType] = {
             fix_form="record_merge",
             fix_permission="integrations.change_customer",
             auto_close=False,
+        ),
+        # --- Project provisioning (integrations/workflows/provisioning.py): what a closed-won
+        # opportunity lacks before its project can be set up. The case holds the run; its retry
+        # resumes the run at the check that failed. --------------------------------------------
+        CaseType(
+            name="provisioning_account_unknown",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("account",),
+            template=_PROVISIONED + "its account {account} has not reached Concord from the "
+            "CRM, so there is no customer to provision for. Check the account in the CRM."
+            + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            name="provisioning_legal_entity_missing",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("customer_id",),
+            template=_PROVISIONED + "{why}, so there is no company of the firm to deliver and "
+            "invoice it. Set the legal entity on the account or the opportunity in the CRM."
+            + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            name="provisioning_contract_missing",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("customer_id", "currency"),
+            template=_PROVISIONED + "{why}. Create or activate the contract in the CRM." + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            name="provisioning_billing_terms_missing",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("contract_id", "missing"),
+            template=_PROVISIONED + "contract {contract} lacks billing terms: {missing}. Complete "
+            "them in the CRM." + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            # The contract's tax profile needs the customer's tax number (EU reverse charge):
+            # finance keeps the billing profile; the fix writes it to the ERP, then the run
+            # goes on.
+            name="provisioning_tax_number_missing",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("customer_id", "tax_rate"),
+            template=_PROVISIONED + "customer {customer} has no tax number, which the tax profile "
+            "{tax_rate} of contract {contract} requires on every invoice. Enter the customer's "
+            "tax number." + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="customer_billing_profile",
+            fix_permission="integrations.change_customer",
+        ),
+        CaseType(
+            # The contract must name another tax profile: a contract edit, so sales ops'.
+            name="provisioning_tax_profile_inactive",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("contract_id", "tax_rate"),
+            template=_PROVISIONED + "contract {contract} names the tax profile {tax_rate}, which "
+            "is no longer active in the ERP. Give the contract an active tax profile." + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            name="provisioning_no_route",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("legal_entity_id", "system"),
+            template=_PROVISIONED + "no {system} connection serves legal entity {legal_entity}. "
+            "Route the legal entity to a connection." + _GOES_ON,
+            noun="closed-won opportunity",
+            fix_form="routing_rule",
+            fix_permission="integrations.add_routingrule",
         ),
         # --- Reference data (integrations/sync/project_links.py) ------------------------------
         CaseType(

@@ -3,7 +3,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from integrations.api import actuals, auth, identity, mappings, sync, views
+from integrations.api import actuals, auth, config_files, identity, mappings, sync, views
 
 router = DefaultRouter()
 router.APIRootView = auth.ApiRootView
@@ -32,6 +32,8 @@ urlpatterns = [
     # The exception queues: /cases/ and /queues/ (exceptions/api.py).
     path("", include("exceptions.api")),
     path("actuals/", actuals.ActualsView.as_view(), name="api-actuals"),
+    path("config/export/", config_files.ConfigExportView.as_view(), name="api-config-export"),
+    path("config/import/", config_files.ConfigImportView.as_view(), name="api-config-import"),
     path("auth/token/", auth.TokenObtainView.as_view(), name="api-token"),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     # Swagger UI with no inline script or style: the split view serves its start-up script from

@@ -45,6 +45,12 @@ AREAS: list[tuple[str, str, str]] = [
         "console:erp_routes",
         "Which ERP connection serves each legal entity.",
     ),
+    (
+        "Configuration as files",
+        "console:files",
+        "Download mappings, value maps, rules and connections (never credentials) as one JSON "
+        "file; upload one from another installation, preview what it changes, then apply it.",
+    ),
 ]
 
 

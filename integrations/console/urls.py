@@ -1,6 +1,6 @@
 """The console's URLs: each area's module brings its own `urlpatterns` (see console/__init__)."""
 
-from integrations.console import connections, index, mappings, rules, schedules
+from integrations.console import connections, files, index, mappings, rules, schedules
 
 app_name = "console"
 
@@ -10,4 +10,5 @@ urlpatterns = [
     *connections.urlpatterns,
     *schedules.urlpatterns,
     *rules.urlpatterns,
+    *files.urlpatterns,
 ]

@@ -13,6 +13,8 @@ attributes of related records sent by value, its lines, constants only the mappi
 ``opportunity`` has no table: the CRM opportunity is the trigger and input of project
 provisioning, which reads the mapped fields directly. It is declared here so its mapping can be
 validated like any other; if an Opportunity model is added, remove it from VIRTUAL_MODELS.
+``project_dimension`` (a project's tracking option in the ERP) has none either: provisioning
+writes it and it is never read back as a record of its own (polls skip virtual models).
 """
 
 from __future__ import annotations
@@ -44,6 +46,9 @@ VIRTUAL_MODELS: dict[str, frozenset[str]] = {
             "erp_project_id",
         }
     ),
+    # A project's dimension in the ERP (a Xero tracking option): written by provisioning
+    # (integrations/workflows/provisioning.py), never read back as a record of its own.
+    "project_dimension": frozenset({"name", "category"}),
 }
 
 
@@ -70,6 +75,21 @@ OUTBOUND_FIELDS: dict[str, frozenset[str]] = {
             "lines[].amount",
         }
     ),
+    # The project provisioning creates in the PSA (integrations/workflows/provisioning.py).
+    "project": frozenset(
+        {
+            # The contract's billing model, by value: how the PSA bills the project's time.
+            "billing_model",
+            # Constants the PSA needs on a new project (billable, what the budget counts).
+            "billable",
+            "budget_by",
+            # Where the project came from and its ids in the other systems, in words (the
+            # opportunity, the legal entity's code, the ERP's ids): the PSA has no fields for them.
+            "notes",
+        }
+    ),
+    # The ids provisioning writes back to the CRM contract it provisioned.
+    "contract": frozenset({"psa_project_id", "erp_project_id"}),
 }
 
 

@@ -364,6 +364,59 @@ def mapping_field_remove(*, mapping_set: MappingSet, field_id: int, actor: Actor
     )
 
 
+@transaction.atomic
+def mapping_draft_replace(
+    *,
+    mapping_set: MappingSet,
+    canonical_model: str,
+    external_id_path: str,
+    version_path: str,
+    notes: str,
+    specs: Sequence[FieldSpec],
+    value_maps: dict[str, dict[str, Any]],
+    source: str,
+    actor: Actor,
+) -> MappingSet:
+    """Give a draft the whole content of a version kept elsewhere: its settings, its rows in
+    the order given, and the value maps it changes (`MappingSet.value_maps`, applied to the
+    global maps when it is published). For a configuration file promoted from another
+    installation (integrations/workflows/config_files.py), as a rollback copies an earlier
+    version. Nothing is checked here that publishing does not check again
+    (`mapping_set_request_publish`: the same review as the editor's); one audit event on the
+    draft holds each row's before and after, as the editor records them, and `source`."""
+    locked = _locked_draft(mapping_set)
+    before_rows = {
+        (s.canonical_field, s.direction): _spec_dict(s) for s in field_specs(locked.fields.all())
+    }
+    after_rows = {(s.canonical_field, s.direction): _spec_dict(s) for s in specs}
+    settings = {
+        "canonical_model": canonical_model,
+        "external_id_path": external_id_path,
+        "version_path": version_path,
+        "notes": notes,
+    }
+    changes: dict[str, Any] = {"source": [None, source]}
+    changes.update(field_changes({name: getattr(locked, name) for name in settings}, settings))
+    for key in sorted(set(before_rows) | set(after_rows)):
+        if before_rows.get(key) != after_rows.get(key):
+            changes[f"field {key[0]} ({key[1]})"] = [before_rows.get(key), after_rows.get(key)]
+    for name in sorted(set(value_maps) | set(locked.value_maps or {})):
+        old, new = (locked.value_maps or {}).get(name), value_maps.get(name)
+        if old != new:
+            changes[f"{name}: value map"] = [old, new]
+    for name, value in settings.items():
+        setattr(locked, name, value)
+    locked.value_maps = {name: dict(table) for name, table in value_maps.items()}
+    locked.save(update_fields=[*settings, "value_maps"])
+    locked.fields.all().delete()
+    FieldMapping.objects.bulk_create(
+        FieldMapping(mapping_set=locked, position=position, **_spec_dict(spec))
+        for position, spec in enumerate(specs)
+    )
+    audit_record(actor=actor, action=AuditEvent.Action.UPDATE, instance=locked, changes=changes)
+    return locked
+
+
 # -- a draft's value maps ----------------------------------------------------------------------
 
 

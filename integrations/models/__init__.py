@@ -45,6 +45,7 @@ from integrations.models.sync import (
     PollCursor,
     SyncAttempt,
 )
+from integrations.models.workflows import RunState, StepState, WorkflowRun, WorkflowStep
 
 __all__ = [
     "VENDOR_ROLES",
@@ -81,6 +82,8 @@ __all__ = [
     "RecordMerge",
     "Resource",
     "RoutingRule",
+    "RunState",
+    "StepState",
     "SyncAttempt",
     "SystemRole",
     "TaxRate",
@@ -88,5 +91,7 @@ __all__ = [
     "ValueMap",
     "ValueMapEntry",
     "Vendor",
+    "WorkflowRun",
+    "WorkflowStep",
     "billing_basis",
 ]

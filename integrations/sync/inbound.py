@@ -26,6 +26,7 @@ from integrations.selectors import inbound_held
 from integrations.sync.errors import InboundRetry
 from integrations.sync.project_links import projects_link_applied
 from integrations.sync.ring import ring_inbound
+from integrations.sync.steps import Arrival, on_arrival
 from integrations.sync.tenancy import tenant_facts, tenant_fill
 from integrations.sync.upsert import (
     FailureCause,
@@ -135,6 +136,17 @@ def _process(message: InboundMessage, context: _Context) -> str:
             projects_link_applied(
                 canonical_model=mapped.canonical_model, record_id=result.record_id, payload=record
             )
+    if result.state in (UpsertState.APPLIED, UpsertState.SKIPPED):
+        # The workflows that start from (or wait for) this record (integrations/sync/steps.py).
+        on_arrival(
+            arrival=Arrival(
+                connection,
+                mapped.canonical_model,
+                mapped.external_id,
+                mapped.fields,
+                result.record_id,
+            )
+        )
     return _finish(message, *message_state(result))
 
 

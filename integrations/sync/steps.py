@@ -1,4 +1,4 @@
-"""Workflow steps that follow a delivery, registered by the workflows themselves.
+"""Workflow steps that follow a delivery or an arrival, registered by the workflows themselves.
 
 The sync layer delivers outbox rows; what happens next is the business process's decision.
 Workflows sit above sync, so sync never imports them: each workflow registers, when it is
@@ -6,14 +6,24 @@ imported (integrations/apps.py imports the workflows package at start-up), the h
 (process, step) whose delivered rows it wants to see. The outbox calls `on_delivered` in the
 same transaction that marks the rows done, so the next step's rows commit with them or not at
 all (explicitly, never through signals).
+
+Arrivals work the same way: a workflow that starts from a record a system sends (provisioning
+from a CRM opportunity turning closed-won) registers for the canonical model, and inbound
+processing hands it each such record once it has been applied (or, for a model without a table,
+mapped), with its mapped fields.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from integrations.models import OutboxMessage
+from integrations.models import Connection, OutboxMessage
+
+logger = logging.getLogger(__name__)
 
 DeliveredHandler = Callable[[Sequence[OutboxMessage]], None]
 
@@ -36,3 +46,43 @@ def on_delivered(*, messages: Sequence[OutboxMessage]) -> None:
         handler = _handlers.get(key)
         if handler is not None:
             handler(delivered)
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A record a system sent, as inbound processing applied it: its canonical model, the
+    sender's id for it, the mapped fields, and the canonical record's id when it has a table."""
+
+    connection: Connection
+    canonical_model: str
+    external_id: str
+    fields: Mapping[str, Any]
+    record_id: int | None = None
+
+
+ArrivalHandler = Callable[[Arrival], None]
+
+_arrivals: dict[str, list[ArrivalHandler]] = defaultdict(list)
+
+
+def arrival_register(*, canonical_model: str, handler: ArrivalHandler) -> None:
+    """Call `handler` with every record of `canonical_model` a system sends, once applied."""
+    if handler not in _arrivals[canonical_model]:
+        _arrivals[canonical_model].append(handler)
+
+
+def on_arrival(*, arrival: Arrival) -> None:
+    """Hand an applied record to the workflows that wait for its model (no handler: nothing).
+    A handler that fails is logged and does not undo the record's own processing: the record
+    is stored, and the workflow's run can be resumed (its trigger delivered again, or its
+    case retried)."""
+    for handler in _arrivals.get(arrival.canonical_model, ()):
+        try:
+            handler(arrival)
+        except Exception:
+            logger.exception(
+                "the %s step after %s %s failed",
+                getattr(handler, "__qualname__", handler),
+                arrival.canonical_model,
+                arrival.external_id,
+            )

@@ -89,6 +89,9 @@ FIELDS: dict[str, dict[str, str]] = {
         "Payment_Terms__c": "pick:Net 15|Net 30|Net 45|Net 60",
         "Tax_Profile__c": "string",
         "Budget__c": "double",
+        # Written back by the integration that provisions the contract's project.
+        "PSA_Project_Id__c": "string",
+        "ERP_Project_Id__c": "string",
     },
 }
 REQUIRED = {

@@ -36,6 +36,13 @@ RAISED = {
     "inbound_record_unreadable",
     "possible_duplicate",
     "poll_stale",
+    "provisioning_account_unknown",
+    "provisioning_legal_entity_missing",
+    "provisioning_contract_missing",
+    "provisioning_billing_terms_missing",
+    "provisioning_tax_number_missing",
+    "provisioning_tax_profile_inactive",
+    "provisioning_no_route",
 }
 
 

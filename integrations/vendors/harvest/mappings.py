@@ -11,6 +11,9 @@
 - A user without a cost rate is not stored with a silent 0: ``cost_rate`` has no default, so
   the record is refused by validation and PMO gets a case naming the users (fix the cost rate
   in Harvest: its next change is read).
+- A project provisioning creates is billable; its ``bill_by`` follows its contract's billing
+  model (value map ``harvest_bill_by``, keyed by the canonical value: a fixed fee bills no
+  hours); its notes name the opportunity, the legal entity and the ERP's ids.
 - Rate cards are the sandbox's ``x_rate_cards`` extension: the firm's default bill rate per
   role and currency (no contract). Harvest keeps bill rates in the PSA (people, projects,
   tasks), so the PSA is the owner of the firm's default rate card (migration
@@ -33,6 +36,13 @@ VALUE_MAPS: tuple[ValueMapDefault, ...] = (
             "approved": "approved",
             "rejected": "rejected",
         },
+    ),
+    ValueMapDefault(
+        "harvest_bill_by",
+        "Canonical contract billing model -> Harvest project bill_by (keyed by the canonical "
+        "value: time and materials and retainers bill people's hours, fixed fee bills none)",
+        {"tm": "People", "retainer": "People", "fixed_fee": "none"},
+        default="People",
     ),
     ValueMapDefault(
         "harvest_project_active",
@@ -83,6 +93,19 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             F("currency", "client.currency", "in"),
             F("customer__external_id", "client.id", "in", required=True),
             F("customer__external_id", "client_id", "out", vendor_type="int"),
+            # A new project (provisioning): how it bills, by its contract's billing model.
+            F(
+                "billing_model",
+                "bill_by",
+                "out",
+                "value_map",
+                value_map="harvest_bill_by",
+                keyed_by="canonical",
+            ),
+            F("billable", "is_billable", "out", "default", default=True),
+            F("budget_by", "budget_by", "out", "default", default="project_cost"),
+            # The opportunity, legal entity and ERP ids in words (Harvest has no such fields).
+            F("notes", "notes", "out"),
         ),
     ),
     MappingDefault(

@@ -113,6 +113,8 @@ FIELDS: dict[str, list[str]] = {
         "Payment_Terms__c",
         "Tax_Profile__c",
         "Budget__c",
+        "PSA_Project_Id__c",
+        "ERP_Project_Id__c",
         *_STAMPS,
     ],
 }

@@ -106,6 +106,9 @@ MAPPINGS: tuple[MappingDefault, ...] = (
                 transform="value_map",
                 value_map="salesforce_contract_status",
             ),
+            # Written back by project provisioning (custom fields, as on the opportunity).
+            F("psa_project_id", "PSA_Project_Id__c", "out"),
+            F("erp_project_id", "ERP_Project_Id__c", "out"),
         ),
         "Commercial terms. A null Payment_Terms__c maps to None: the workflow reports it.",
     ),

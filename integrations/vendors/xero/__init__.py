@@ -18,6 +18,11 @@ OPERATIONS = {
     ("customer", "create"): VendorOperation("put_contacts", "Contacts", requires=("Name",)),
     # A contact update (a fixed tax number, billing e-mail): POST by ContactID, 50 to a call.
     ("customer", "update"): VendorOperation("post_contacts", "Contacts", requires=("ContactID",)),
+    # A project's dimension: an option of a tracking category (project provisioning), 50 to a
+    # call per category.
+    ("project_dimension", "create"): VendorOperation(
+        "put_tracking_options", "TrackingOptions", requires=("Name", "TrackingCategoryName")
+    ),
 }
 WEBHOOK = XERO_WEBHOOK
 

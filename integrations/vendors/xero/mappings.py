@@ -19,6 +19,9 @@
   reverse-charge, which is when it is (value map ``xero_tax_needs_number``). The country is
   the organisation's (``CountryCode``), filled by integrations/sync/tenancy.py. Xero lists no
   modification stamp for tax rates: the poll compares their content instead.
+- A project's dimension (``TrackingOptions``, outbound only): the option named by the project's
+  code in the tracking category ``Project``, created by project provisioning; invoice lines
+  name it to post revenue by project.
 - Exchange rates: the Accounting API offers none (``Currencies`` lists codes only; an
   invoice's ``CurrencyRate`` is the rate Xero used for that invoice). They stay finance's
   table, kept with the fix form of a ``missing_exchange_rate`` case.
@@ -213,5 +216,19 @@ MAPPINGS: tuple[MappingDefault, ...] = (
         ),
         "Xero tax rates (reference data); the country is the organisation's. Xero gives them "
         "no modification stamp: a poll applies the ones whose content changed.",
+    ),
+    MappingDefault(
+        "TrackingOptions",
+        "project_dimension",
+        "TrackingOptionID",
+        "",
+        (
+            F("name", "Name", required=True),
+            # The tracking category that holds the firm's projects; edit the default where the
+            # organisation calls it otherwise.
+            F("category", "TrackingCategoryName", "out", "default", default="Project"),
+        ),
+        "A project's dimension: an option of the tracking category of projects, created by "
+        "project provisioning (outbound only: never polled).",
     ),
 )

@@ -30,6 +30,7 @@ FIXTURE_FOR = {
     ("salesforce", "Contract"): "salesforce_contract",
     ("harvest", "x_rate_cards"): "harvest_rate_card",
     ("xero", "TaxRates"): "xero_tax_rate",
+    ("xero", "TrackingOptions"): "xero_tracking_option",
 }
 
 

@@ -1,0 +1,935 @@
+"""Workflow 1: project provisioning, from a closed-won opportunity to a project in every system.
+
+An opportunity the CRM sends (a signed webhook; inbound processing maps it and hands it here,
+integrations/sync/steps.py) that is won opens one run per opportunity (integrations/workflows/
+runs.py). Its steps, each idempotent and visible to PMO as a stage:
+
+1. ``validate``: the account is a customer Concord holds, it has one live contract in the
+   opportunity's currency with billing terms (activated, a billing model, a budget, payment
+   terms), the tax profile can be invoiced (an active tax rate; the customer's tax number where
+   it requires one), the opportunity (or contract, or account) names a legal entity, and an ERP
+   and a PSA serve it. Each missing item is a business-readable case for the queue that owns
+   the data (sales ops the commercial data, finance the tax profile, integration admins the
+   routes) holding the run; the run stops here until it is fixed.
+2. ``erp_customer``: the customer in the ERP, unless the ERP has it already.
+3. ``psa_client``: the customer in the PSA, unless the PSA has it already.
+4. ``psa_project``: the project in Concord (linked to its contract and legal entity from the
+   start, so sync/project_links.py never has to guess) and in the PSA, under the client, with
+   the contract's budget and billing model.
+5. ``erp_dimension``: the project's dimension in the ERP (an option of its project tracking
+   category), which invoice lines name.
+6. ``write_back``: the PSA project's and the ERP dimension's ids written to the CRM opportunity
+   and contract, and the ERP's ids to the PSA project.
+
+Every write goes through the outbox (idempotency keys from process, step, record and version)
+and is rendered by the target connection's published mapping: nothing here names a vendor
+field. A step that wrote waits for its delivery; the delivered handler moves the run on in the
+same transaction. A step that fails leaves the run there: a case's retry (or the CRM sending
+the fixed account or contract, or the opportunity again) runs that step again, never the ones
+before it. A second delivery of the same closed-won event finds the same run and sends nothing
+twice.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.db.models import Q
+
+from exceptions.models import ExceptionCase, Queue
+from exceptions.retry import RetryResult, retry_handler_register
+from exceptions.services import Blocked, case_open_or_join, case_records_clear
+from integrations.mapping.apply import map_outbound
+from integrations.mapping.errors import OutboundMappingError
+from integrations.mapping.paths import MISSING, compile_path
+from integrations.mapping.selectors import mapping_load_published
+from integrations.models import (
+    Connection,
+    Contract,
+    CrossReference,
+    Customer,
+    LegalEntity,
+    OutboxMessage,
+    Project,
+    RoutingRule,
+    RunState,
+    SystemRole,
+    WorkflowRun,
+)
+from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_messages
+from integrations.sync.outbox import idempotency_key, outbox_enqueue, outbox_message
+from integrations.sync.records import record_create
+from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
+from integrations.vendors import vendor_operation
+from integrations.workflows.runs import (
+    RUN_RECORD,
+    Process,
+    StepResult,
+    run_advance,
+    run_lock,
+    run_lock_by_subject,
+    run_open,
+    run_subject_set,
+    runs_held_by,
+)
+
+logger = logging.getLogger(__name__)
+
+PROCESS = "provisioning"
+VALIDATE = "validate"
+ERP_CUSTOMER = "erp_customer"
+PSA_CLIENT = "psa_client"
+PSA_PROJECT = "psa_project"
+ERP_DIMENSION = "erp_dimension"
+WRITE_BACK = "write_back"
+
+# The case types validation raises (exceptions/catalogue.py); each holds the run.
+VALIDATION_CASE_TYPES = (
+    "provisioning_account_unknown",
+    "provisioning_legal_entity_missing",
+    "provisioning_contract_missing",
+    "provisioning_billing_terms_missing",
+    "provisioning_tax_number_missing",
+    "provisioning_tax_profile_inactive",
+    "provisioning_no_route",
+)
+OPEN = ExceptionCase.Status.OPEN
+DONE_STATES = (OutboxMessage.State.DONE,)
+
+
+# --- The trigger ----------------------------------------------------------------------------------
+
+
+def provisioning_start(
+    *, connection: Connection, external_id: str, fields: Mapping[str, Any]
+) -> WorkflowRun | None:
+    """An opportunity as the CRM sent it (mapped): won, its run is opened (or found) and moved
+    on from where it stands; not won, only a run it already has is resumed (it was won before:
+    a blocked run checks again). Returns the run, or None when there is none."""
+    with transaction.atomic():
+        key = subject_key(connection=connection, external_id=external_id)
+        if fields.get("is_won") is not True:
+            run = run_lock_by_subject(process=PROCESS, subject_key=key)
+            if run is not None and run.state == RunState.BLOCKED:
+                run_advance(run=run, process=PROVISIONING)
+            return run
+        opportunity = {
+            **{name: _plain(value) for name, value in fields.items()},
+            "connection_id": connection.pk,
+            "external_id": external_id,
+        }
+        run, created = run_open(
+            process=PROVISIONING,
+            subject_key=key,
+            label=str(fields.get("name") or f"Opportunity {external_id}"),
+            input=opportunity,
+            region=str(fields.get("region") or ""),
+        )
+        if run.state == RunState.DONE:
+            return run
+        if created or run.current_step == VALIDATE:
+            # The commercial data as it is now, until validation has accepted it.
+            run.input = opportunity
+            run.context["account"] = str(fields.get("customer__external_id") or "")
+        return run_advance(run=run, process=PROVISIONING)
+
+
+def subject_key(*, connection: Connection, external_id: str) -> str:
+    return f"opportunity:{connection.pk}:{external_id}"
+
+
+def provisioning_arrival(arrival: Arrival) -> None:
+    """After inbound processing (integrations/sync/steps.py): an opportunity starts or resumes
+    its run; a CRM account or contract applied resumes the runs of its customer that wait at
+    validation (one indexed query when none does, the usual state)."""
+    if arrival.canonical_model == "opportunity":
+        provisioning_start(
+            connection=arrival.connection, external_id=arrival.external_id, fields=arrival.fields
+        )
+        return
+    if arrival.record_id is None or arrival.connection.role != SystemRole.CRM:
+        return
+    waiting = WorkflowRun.objects.filter(
+        process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
+    )
+    if not waiting.exists():
+        return
+    if arrival.canonical_model == "contract":
+        customer_id = Contract.objects.filter(pk=arrival.record_id).values("customer_id")
+        customer = Customer.objects.filter(pk__in=customer_id).first()
+    else:
+        customer = Customer.objects.filter(pk=arrival.record_id).first()
+    if customer is None:
+        return
+    accounts = _crm_ids(customer)
+    ids = list(
+        waiting.filter(Q(context__customer_id=customer.pk) | Q(context__account__in=accounts))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    provisioning_resume(run_ids=ids)
+
+
+def provisioning_resume(*, run_ids: Sequence[int]) -> int:
+    """Move these runs on from where they stand (one transaction each). Returns how many."""
+    moved = 0
+    for run_id in sorted(set(run_ids)):
+        with transaction.atomic():
+            run = run_lock(run_id=run_id)
+            if run is None or run.state == RunState.DONE:
+                continue
+            run_advance(run=run, process=PROVISIONING)
+            moved += 1
+    return moved
+
+
+# --- Step 1: validation -------------------------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    case_type: str
+    subject: dict[str, Any]
+    why: str  # the step's detail
+
+
+def _validate(run: WorkflowRun) -> StepResult:
+    opportunity = run.input
+    crm_id = int(opportunity["connection_id"])
+    label = _opportunity_label(run)
+    problems: list[_Problem] = []
+    customer = _customer_by_crm_id(crm_id, str(opportunity.get("customer__external_id") or ""))
+    contract: Contract | None = None
+    entity: LegalEntity | None = None
+    if customer is None:
+        account = str(opportunity.get("customer__external_id") or "(none)")
+        problems.append(
+            _Problem(
+                "provisioning_account_unknown",
+                {"account": account, "opportunity": label},
+                f"account {account} is not known to Concord",
+            )
+        )
+    else:
+        currency = str(opportunity.get("currency") or "")
+        contract, why = _contract_of(customer, currency)
+        if contract is None:
+            problems.append(
+                _Problem(
+                    "provisioning_contract_missing",
+                    {
+                        "customer_id": customer.pk,
+                        "currency": currency,
+                        "why": why,
+                        "opportunity": label,
+                    },
+                    why,
+                )
+            )
+        entity, why = _entity_of(opportunity, customer, contract)
+        if entity is None:
+            problems.append(
+                _Problem(
+                    "provisioning_legal_entity_missing",
+                    {"customer_id": customer.pk, "why": why, "opportunity": label},
+                    why,
+                )
+            )
+        if contract is not None:
+            problems += _terms_problems(contract, customer, label)
+        if entity is not None:
+            for role in (SystemRole.ERP, SystemRole.PSA):
+                if route_for(role, entity) is None:
+                    problems.append(
+                        _Problem(
+                            "provisioning_no_route",
+                            {
+                                "legal_entity_id": entity.pk,
+                                "legal_entity": entity.code,
+                                "system": role.label,
+                                "opportunity": label,
+                            },
+                            f"no {role.label} connection serves legal entity {entity.code}",
+                        )
+                    )
+    held = _run_blocked(run)
+    cases = [
+        case_open_or_join(
+            case_type=p.case_type,
+            subject=p.subject,
+            records=[held],
+            process=PROCESS,
+            step=VALIDATE,
+            legal_entity_id=entity.pk if entity is not None else None,
+            region=run.region,
+        )
+        for p in problems
+    ]
+    # The run leaves the cases whose cause is fixed; a case holding nothing more closes.
+    fixed = [t for t in VALIDATION_CASE_TYPES if t not in {p.case_type for p in problems}]
+    case_records_clear(
+        records=[(RUN_RECORD, run.pk)],
+        process=PROCESS,
+        case_types=fixed,
+        note="Closed automatically: the opportunities it held passed this check.",
+    )
+    if problems:
+        return StepResult.blocked(cases[0], "; ".join(p.why for p in problems))
+    assert customer is not None  # noqa: S101 - no problem means each was found
+    assert contract is not None  # noqa: S101
+    assert entity is not None  # noqa: S101
+    run.context.update(customer_id=customer.pk, contract_id=contract.pk, legal_entity_id=entity.pk)
+    run.legal_entity = entity
+    return StepResult.done(
+        f"Account {customer.name}, contract {contract.number} "
+        f"({contract.get_billing_model_display()}), legal entity {entity.code}."
+    )
+
+
+def _terms_problems(contract: Contract, customer: Customer, label: str) -> list[_Problem]:
+    problems: list[_Problem] = []
+    missing = []
+    if contract.status != Contract.Status.ACTIVE:
+        missing.append(f"it is not activated (status {contract.get_status_display().lower()})")
+    if not contract.billing_model:
+        missing.append("no billing model")
+    if not contract.total_value or contract.total_value <= 0:
+        missing.append("no budget")
+    if not contract.payment_terms_days:
+        missing.append("no payment terms")
+    if contract.start_date is None:
+        missing.append("no start date")
+    if missing:
+        text = ", ".join(missing)
+        problems.append(
+            _Problem(
+                "provisioning_billing_terms_missing",
+                {
+                    "contract_id": contract.pk,
+                    "contract": contract.number,
+                    "missing": text,
+                    "opportunity": label,
+                },
+                f"contract {contract.number}: {text}",
+            )
+        )
+    tax = contract.tax_rate
+    if tax is not None and not tax.active:
+        problems.append(
+            _Problem(
+                "provisioning_tax_profile_inactive",
+                {
+                    "contract_id": contract.pk,
+                    "contract": contract.number,
+                    "tax_rate": tax.code,
+                    "opportunity": label,
+                },
+                f"tax profile {tax.code} is not active",
+            )
+        )
+    elif tax is not None and tax.requires_customer_tax_number and not customer.tax_number:
+        problems.append(
+            _Problem(
+                "provisioning_tax_number_missing",
+                {
+                    "customer_id": customer.pk,
+                    "customer": customer.name,
+                    # The contract names the case's customer and legal entity (its scope).
+                    "contract_id": contract.pk,
+                    "contract": contract.number,
+                    "tax_rate": tax.code,
+                    "opportunity": label,
+                },
+                f"customer {customer.name} has no tax number for tax profile {tax.code}",
+            )
+        )
+    return problems
+
+
+def _customer_by_crm_id(connection_id: int, account: str) -> Customer | None:
+    if not account:
+        return None
+    xref = CrossReference.objects.filter(
+        connection_id=connection_id,
+        content_type=ContentType.objects.get_for_model(Customer),
+        external_id=account,
+    ).first()
+    return Customer.objects.filter(pk=xref.object_id).first() if xref is not None else None
+
+
+def _crm_ids(customer: Customer) -> list[str]:
+    return list(
+        CrossReference.objects.filter(
+            content_type=ContentType.objects.get_for_model(Customer),
+            object_id=customer.pk,
+            connection__role=SystemRole.CRM,
+        ).values_list("external_id", flat=True)
+    )
+
+
+def _contract_of(customer: Customer, currency: str) -> tuple[Contract | None, str]:
+    """The customer's one live contract in the opportunity's currency (an activated one before
+    drafts), or None and why, in words."""
+    live = list(
+        Contract.objects.filter(customer=customer)
+        .exclude(status=Contract.Status.ENDED)
+        .select_related("tax_rate")
+        .order_by("number")
+    )
+    same = [c for c in live if not currency or c.currency == currency]
+    if not same:
+        if live:
+            numbers = ", ".join(c.number for c in live)
+            return None, f"customer {customer.name} has no contract in {currency} (only {numbers})"
+        return None, f"customer {customer.name} has no contract in Concord"
+    active = [c for c in same if c.status == Contract.Status.ACTIVE]
+    candidates = active or same
+    if len(candidates) == 1:
+        return candidates[0], ""
+    numbers = ", ".join(c.number for c in candidates)
+    return None, (
+        f"customer {customer.name} has {len(candidates)} live contracts in {currency} "
+        f"({numbers}) and the opportunity names none of them"
+    )
+
+
+def _entity_of(
+    opportunity: Mapping[str, Any], customer: Customer, contract: Contract | None
+) -> tuple[LegalEntity | None, str]:
+    code = str(opportunity.get("legal_entity__code") or "")
+    if code:
+        entity = LegalEntity.objects.filter(code=code).first()
+        if entity is None:
+            return None, f"the opportunity names legal entity {code}, which Concord does not know"
+        return entity, ""
+    entity_id = (contract.legal_entity_id if contract is not None else None) or (
+        customer.legal_entity_id
+    )
+    if entity_id is None:
+        return None, f"neither the opportunity nor its account {customer.name} names a legal entity"
+    return LegalEntity.objects.get(pk=entity_id), ""
+
+
+def route_for(role: str, entity: LegalEntity) -> Connection | None:
+    """The connection of `role` that serves the legal entity: its routing rule, else the
+    role's default rule, else the one enabled connection of the role (none, or several without
+    a rule: None)."""
+    rules = RoutingRule.objects.filter(role=role, connection__enabled=True).select_related(
+        "connection"
+    )
+    rule = rules.filter(legal_entity=entity).first() or rules.filter(legal_entity=None).first()
+    if rule is not None:
+        return rule.connection
+    enabled = list(Connection.objects.filter(role=role, enabled=True).order_by("pk")[:2])
+    return enabled[0] if len(enabled) == 1 else None
+
+
+# --- Steps 2 and 3: the customer in the ERP and in the PSA --------------------------------------
+
+
+def _erp_customer(run: WorkflowRun) -> StepResult:
+    return _customer_in(run, SystemRole.ERP, ERP_CUSTOMER, Queue.FINANCE)
+
+
+def _psa_client(run: WorkflowRun) -> StepResult:
+    return _customer_in(run, SystemRole.PSA, PSA_CLIENT, Queue.PMO)
+
+
+def _customer_in(run: WorkflowRun, role: SystemRole, step: str, queue: str) -> StepResult:
+    customer = Customer.objects.get(pk=run.context["customer_id"])
+    connection = _route(run, role)
+    found = _xref(customer, connection)
+    if found is not None:
+        sent = _sent(connection, step, customer, 1)
+        words = f"{customer.name} is in {_system(connection)} ({found})"
+        if sent is not None and sent.state in DONE_STATES:
+            return StepResult.done(f"Created {words}.", **{role: {"customer": found}})
+        return StepResult.skipped(f"Already there: {words}.", **{role: {"customer": found}})
+    canonical: dict[str, Any] = {
+        "name": customer.name,
+        "currency": customer.currency,
+        "active": True,
+    }
+    if role == SystemRole.ERP:
+        canonical.update(tax_number=customer.tax_number, billing_email=customer.billing_email)
+    item = OutboundItem(
+        connection=connection,
+        record=customer,
+        canonical=canonical,
+        context=_context(run, what="customer", label=f"Customer {customer.name}", queue=queue),
+    )
+    return _send(run, step, [item], canonical_model="customer", action="create")
+
+
+# --- Step 4: the project, in Concord and in the PSA ---------------------------------------------
+
+
+def _psa_project(run: WorkflowRun) -> StepResult:
+    psa = _route(run, SystemRole.PSA)
+    project = _project(run)
+    found = _xref(project, psa)
+    if found is not None:
+        return StepResult.done(
+            f"Project {project.code} is in {_system(psa)} ({found}).", psa={"project": found}
+        )
+    customer = project.customer
+    client = _xref(customer, psa)
+    if client is None:  # the client step saw it there; only a deleted cross-reference gets here
+        raise LookupError(f"{customer} has no client in {psa}")
+    contract = project.contract
+    canonical: dict[str, Any] = {
+        "code": project.code,
+        "name": project.name,
+        "status": project.status,
+        "budget": project.budget,
+        "start_date": project.start_date,
+        "end_date": project.end_date,
+        "customer__external_id": client,
+        "billing_model": contract.billing_model if contract is not None else "",
+        "notes": _notes(run, project),
+    }
+    item = OutboundItem(
+        connection=psa,
+        record=project,
+        canonical=canonical,
+        context=_context(run, what="project", label=f"Project {project.code}", queue=Queue.PMO),
+    )
+    return _send(run, PSA_PROJECT, [item], canonical_model="project", action="create")
+
+
+def _project(run: WorkflowRun) -> Project:
+    """The run's project in Concord, made the first time: linked to its contract and legal
+    entity from the start (the project link of sync/project_links.py, made by provisioning),
+    through the one write path, audited as Concord's."""
+    project_id = run.context.get("project_id")
+    if project_id is not None:
+        return Project.objects.select_related("customer", "contract", "legal_entity").get(
+            pk=project_id
+        )
+    contract = Contract.objects.get(pk=run.context["contract_id"])
+    entity = LegalEntity.objects.get(pk=run.context["legal_entity_id"])
+    opportunity = run.input
+    region = run.region if run.region in Project.Region.values else ""
+    project = record_create(
+        model=Project,
+        data={
+            "code": project_code(run, entity),
+            "name": str(opportunity.get("name") or contract.number)[:200],
+            "customer": contract.customer_id,
+            "contract": contract.pk,
+            "legal_entity": entity.pk,
+            "region": region,
+            "currency": contract.currency,
+            "budget": contract.total_value,
+            "status": Project.Status.ACTIVE,
+            "start_date": contract.start_date,
+            "end_date": contract.end_date,
+        },
+        actor=None,
+    )
+    run.context["project_id"] = project.pk
+    run_subject_set(run=run, record=project)
+    return Project.objects.select_related("customer", "contract", "legal_entity").get(pk=project.pk)
+
+
+def project_code(run: WorkflowRun, entity: LegalEntity) -> str:
+    """``PUK-00042``: the entity's country and the run's number (unique in Concord; the PSA
+    keeps codes unique within a client)."""
+    return f"P{entity.code[:2].upper()}-{run.pk:05d}"
+
+
+# --- Step 5: the project's dimension in the ERP -------------------------------------------------
+
+
+def _erp_dimension(run: WorkflowRun) -> StepResult:
+    erp = _route(run, SystemRole.ERP)
+    project = _project(run)
+    found = _xref(project, erp)
+    if found is not None:
+        return StepResult.done(
+            f"Project {project.code} is a dimension in {_system(erp)} ({found}).",
+            erp={"project": found},
+        )
+    item = OutboundItem(
+        connection=erp,
+        record=project,
+        canonical={"name": project.code},
+        context=_context(
+            run, what="project", label=f"Project {project.code}", queue=Queue.INTEGRATION_ADMIN
+        ),
+    )
+    return _send(run, ERP_DIMENSION, [item], canonical_model="project_dimension", action="create")
+
+
+# --- Step 6: the ids written back ---------------------------------------------------------------
+
+
+def _write_back(run: WorkflowRun) -> StepResult:
+    project = _project(run)
+    psa, erp = _route(run, SystemRole.PSA), _route(run, SystemRole.ERP)
+    psa_id, erp_id = _xref(project, psa), _xref(project, erp)
+    customer_erp_id = _xref(project.customer, erp)
+    if psa_id is None or erp_id is None:
+        raise LookupError(f"project {project} lost its PSA or ERP cross-reference")
+    crm = Connection.objects.get(pk=run.input["connection_id"])
+    ids = {"psa_project_id": psa_id, "erp_project_id": erp_id}
+    writes: list[tuple[models.Model, Connection, str, str, dict[str, Any]]] = [
+        (run, crm, "opportunity", str(run.input["external_id"]), ids)
+    ]
+    contract = project.contract
+    contract_id = _xref(contract, crm) if contract is not None else None
+    if contract is not None and contract_id is not None:
+        writes.append((contract, crm, "contract", contract_id, ids))
+    notes = _notes(run, project, erp_project=erp_id, erp_customer=customer_erp_id)
+    writes.append((project, psa, "project", psa_id, {"notes": notes}))
+
+    messages: list[OutboxMessage] = []
+    refused: list[tuple[Connection, str]] = []
+    for record, connection, model_name, external_id, values in writes:
+        message = _update_message(run, connection, record, model_name, external_id, values)
+        if isinstance(message, str):
+            refused.append((connection, message))
+        else:
+            messages.append(message)
+    if refused:
+        # Nothing is sent until every write renders: the step's rows go together.
+        reason = "; ".join(words for _, words in refused)
+        return StepResult.blocked(_render_case(run, refused[0][0], reason), reason)
+    return _await(run, WRITE_BACK, messages, what="the ids written back")
+
+
+def _update_message(
+    run: WorkflowRun,
+    connection: Connection,
+    record: models.Model,
+    model_name: str,
+    external_id: str,
+    values: dict[str, Any],
+) -> OutboxMessage | str:
+    """The outbox row updating `values` on the connection's copy of a record, rendered by its
+    published mapping (only the fields sent: an update of two ids), with the record's id where
+    the mapping reads it; or why it cannot be rendered."""
+    operation = vendor_operation(connection.vendor, model_name, "update")
+    if operation is None:
+        return f"{_system(connection)} has no operation to update a {model_name}"
+    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
+    if mapping is None or mapping.canonical_model != model_name:
+        return f"{_system(connection)} has no published {operation.object_type} mapping"
+    carried = {f.name for f in mapping.outbound}
+    sent = {k: v for k, v in values.items() if k in carried}
+    if not sent:
+        return (
+            f"the published {operation.object_type} mapping of {_system(connection)} writes "
+            f"no {', '.join(values)}"
+        )
+    try:
+        payload = map_outbound(mapping, sent, partial=True)
+    except OutboundMappingError as exc:
+        return f"the published {operation.object_type} mapping cannot render it: {exc}"
+    mapping.external_id_path.set(payload, external_id)
+    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
+    if unmapped:
+        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
+    return outbox_message(
+        connection=connection,
+        process=PROCESS,
+        step=WRITE_BACK,
+        operation=operation.name,
+        record=record,
+        version=1,
+        payload=payload,
+        context=_context(
+            run,
+            what=model_name,
+            label=f"Project ids on {model_name} {external_id}",
+            queue=Queue.INTEGRATION_ADMIN,
+        ),
+    )
+
+
+def _render_case(run: WorkflowRun, connection: Connection, reason: str) -> ExceptionCase:
+    return case_open_or_join(
+        case_type=RENDER_CASE,
+        subject={
+            "connection_id": connection.pk,
+            "connection": connection.name,
+            "object_type": "write-back",
+            "reason": reason,
+            "noun": "closed-won opportunity",
+        },
+        records=[_run_blocked(run)],
+        process=PROCESS,
+        step=WRITE_BACK,
+        connection_id=connection.pk,
+    )
+
+
+# --- Sending and waiting ------------------------------------------------------------------------
+
+
+def _send(
+    run: WorkflowRun,
+    step: str,
+    items: Sequence[OutboundItem],
+    *,
+    canonical_model: str,
+    action: str,
+) -> StepResult:
+    """Render the items by their connection's published mapping (sync/outbound.py) and wait
+    for their delivery; an item its mapping cannot render holds the run on the integration
+    admins' case it went on."""
+    messages = outbound_messages(
+        items=items,
+        canonical_model=canonical_model,
+        action=action,
+        process=PROCESS,
+        step=step,
+        version=1,
+        # Rendered now after an earlier refusal: it takes itself off the mapping's case.
+        retried=True,
+    )
+    if len(messages) < len(items):
+        rendered = {m.object_id for m in messages}
+        missed = next(i for i in items if i.record.pk not in rendered)
+        case = (
+            ExceptionCase.objects.filter(
+                status=OPEN,
+                case_type=RENDER_CASE,
+                process=PROCESS,
+                step=step,
+                blocked_records__record_type=missed.record._meta.model_name,
+                blocked_records__record_id=missed.record.pk,
+            )
+            .order_by("-pk")
+            .first()
+        )
+        if case is not None:
+            reason = str(case.subject.get("reason", ""))
+            return StepResult.blocked(
+                case,
+                f"{missed.context['label']} cannot be rendered for "
+                f"{_system(missed.connection)}: {reason}",
+            )
+    return _await(run, step, messages, what=", ".join(i.context["label"] for i in items))
+
+
+def _await(
+    run: WorkflowRun, step: str, messages: Sequence[OutboxMessage], *, what: str
+) -> StepResult:
+    """Queue the rows not queued yet and say where they stand: all delivered (DONE), one
+    parked (BLOCKED by its case), else WAITING for the dispatcher."""
+    existing = {
+        m.idempotency_key: m
+        for m in OutboxMessage.objects.filter(
+            idempotency_key__in=[m.idempotency_key for m in messages]
+        )
+    }
+    outbox_enqueue(messages=[m for m in messages if m.idempotency_key not in existing])
+    states = [
+        _latest(existing[m.idempotency_key]) if m.idempotency_key in existing else None
+        for m in messages
+    ]
+    if messages and all(s is not None and s.state in DONE_STATES for s in states):
+        return StepResult.done(f"Delivered: {what}.")
+    parked = next((s for s in states if s is not None and s.state == "parked"), None)
+    if parked is not None and parked.exception_case_id is not None:
+        case = ExceptionCase.objects.get(pk=parked.exception_case_id)
+        if case.status == OPEN:
+            return StepResult.blocked(
+                case, f"Refused by {_system(parked.connection)}: {parked.last_error[:300]}"
+            )
+    return StepResult.waiting(f"Sent through the outbox: {what}.")
+
+
+def _latest(message: OutboxMessage) -> OutboxMessage:
+    """The row as it stands now: a parked row's newest replay, when it has one."""
+    replay = OutboxMessage.objects.filter(replay_of=message).order_by("-pk").first()
+    return _latest(replay) if replay is not None else message
+
+
+def _sent(
+    connection: Connection, step: str, record: models.Model, version: int
+) -> OutboxMessage | None:
+    key = idempotency_key(process=PROCESS, step=step, record=record, version=version)
+    row = OutboxMessage.objects.filter(idempotency_key=key, connection=connection).first()
+    return _latest(row) if row is not None else None
+
+
+# --- After delivery -----------------------------------------------------------------------------
+
+
+def provisioning_delivered(messages: Sequence[OutboxMessage]) -> None:
+    """Rows of a provisioning step were delivered (in the outbox's transaction): the runs that
+    sent them, and those waiting at the same step for the same record (two opportunities of one
+    customer share its ERP customer), move on."""
+    run_ids = {int(m.context["run_id"]) for m in messages if m.context.get("run_id")}
+    customers = [
+        m.object_id
+        for m in messages
+        if m.step in (ERP_CUSTOMER, PSA_CLIENT) and m.content_type.model == "customer"
+    ]
+    if customers:
+        run_ids |= set(
+            WorkflowRun.objects.filter(
+                process=PROCESS,
+                state=RunState.RUNNING,
+                current_step__in=[ERP_CUSTOMER, PSA_CLIENT],
+                context__customer_id__in=customers,
+            ).values_list("pk", flat=True)
+        )
+    for run_id in sorted(run_ids):
+        try:
+            # A savepoint: a run that cannot move on (a route removed since) must not undo
+            # the outbox's record of the delivery; it stays at its step for a retry.
+            with transaction.atomic():
+                run = run_lock(run_id=run_id)
+                if run is not None and run.state != RunState.DONE:
+                    run_advance(run=run, process=PROVISIONING)
+        except Exception:
+            logger.exception("provisioning run %s could not move on after a delivery", run_id)
+
+
+# --- Cases --------------------------------------------------------------------------------------
+
+
+def provisioning_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry a provisioning case (exceptions/retry.py): the runs it holds (or that it blocks)
+    go on from the step where they stopped."""
+    ids = set(runs_held_by(case=case)) | set(
+        WorkflowRun.objects.filter(exception_case=case).values_list("pk", flat=True)
+    )
+    before = dict(WorkflowRun.objects.filter(pk__in=ids).values_list("pk", "current_step"))
+    moved = provisioning_resume(run_ids=list(ids))
+    after = WorkflowRun.objects.filter(pk__in=ids)
+    went_on = sum(1 for r in after if r.current_step != before.get(r.pk) or r.state == "done")
+    return RetryResult(
+        count=moved,
+        summary=f"resumed {moved} provisioning run(s); {went_on} got past the step that "
+        "stopped them",
+    )
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+class NoRoute(LookupError):
+    """A step after validation found no connection for its system (a route removed since)."""
+
+
+def _route(run: WorkflowRun, role: SystemRole) -> Connection:
+    entity = LegalEntity.objects.get(pk=run.context["legal_entity_id"])
+    connection = route_for(role, entity)
+    if connection is None:
+        raise NoRoute(f"no {role.label} connection serves legal entity {entity.code}")
+    return connection
+
+
+def _xref(record: models.Model, connection: Connection) -> str | None:
+    return (
+        CrossReference.objects.filter(
+            content_type=ContentType.objects.get_for_model(record),
+            object_id=record.pk,
+            connection=connection,
+        )
+        .values_list("external_id", flat=True)
+        .first()
+    )
+
+
+def _run_blocked(run: WorkflowRun) -> Blocked:
+    amount = _decimal(run.input.get("amount"))
+    return Blocked(
+        record_type=RUN_RECORD,
+        record_id=run.pk,
+        label=_opportunity_label(run),
+        amount=amount,
+        currency=str(run.input.get("currency") or "") if amount else "",
+    )
+
+
+def _opportunity_label(run: WorkflowRun) -> str:
+    return f"opportunity {run.label} ({run.input.get('external_id', '')})"
+
+
+def _context(run: WorkflowRun, *, what: str, label: str, queue: str) -> dict[str, Any]:
+    """What the outbox row (and a case about it) says, and which run it moves on."""
+    amount = _decimal(run.input.get("amount"))
+    return {
+        "what": what,
+        "subject": _opportunity_label(run),
+        "label": label,
+        "amount": str(amount),
+        "currency": str(run.input.get("currency") or ""),
+        "hours": "0",
+        "queue": queue,
+        "run_id": run.pk,
+    }
+
+
+def _notes(
+    run: WorkflowRun,
+    project: Project,
+    *,
+    erp_project: str | None = None,
+    erp_customer: str | None = None,
+) -> str:
+    """Where the PSA project came from, in words: the opportunity and the legal entity (which
+    sync/project_links.py reads back), then the ERP's ids once they exist."""
+    parts = [f"Opportunity {run.input.get('external_id', '')}"]
+    if project.legal_entity is not None:
+        parts.append(f"legal entity {project.legal_entity.code}")
+    if erp_customer:
+        parts.append(f"ERP customer {erp_customer}")
+    if erp_project:
+        parts.append(f"ERP project {erp_project}")
+    return "; ".join(parts)
+
+
+def _system(connection: Connection) -> str:
+    return f"{connection.get_vendor_display()} ({connection.name})"
+
+
+def _decimal(value: Any) -> Decimal:
+    try:
+        return Decimal(str(value)) if value not in (None, "") else Decimal("0")
+    except InvalidOperation:
+        return Decimal("0")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date | datetime):
+        return value.isoformat()
+    return value
+
+
+PROVISIONING = Process(
+    PROCESS,
+    (
+        (VALIDATE, _validate),
+        (ERP_CUSTOMER, _erp_customer),
+        (PSA_CLIENT, _psa_client),
+        (PSA_PROJECT, _psa_project),
+        (ERP_DIMENSION, _erp_dimension),
+        (WRITE_BACK, _write_back),
+    ),
+)
+
+arrival_register(canonical_model="opportunity", handler=provisioning_arrival)
+arrival_register(canonical_model="customer", handler=provisioning_arrival)
+arrival_register(canonical_model="contract", handler=provisioning_arrival)
+for _step in (ERP_CUSTOMER, PSA_CLIENT, PSA_PROJECT, ERP_DIMENSION, WRITE_BACK):
+    delivered_step_register(process=PROCESS, step=_step, handler=provisioning_delivered)
+retry_handler_register(
+    case_types=(*VALIDATION_CASE_TYPES, RENDER_CASE),
+    handler=provisioning_case_retry,
+    process=PROCESS,
+)

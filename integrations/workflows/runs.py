@@ -1,0 +1,260 @@
+"""Workflow runs (integrations/models/workflows.py): opening one per business object, moving it
+step by step, holding it on a case, resuming it where it stopped.
+
+A process is an ordered list of steps, each an idempotent function of the run (`StepFn`): it
+looks at what exists already (a cross-reference, a delivered outbox row) and either finishes
+(DONE, or SKIPPED when nothing was needed), or writes outbox rows and waits for their delivery
+(WAITING: the process's after-delivery handler calls `run_advance` again), or names the case
+that holds it up (BLOCKED). `run_advance` runs the steps from the first one not finished, so
+calling it again, for a trigger delivered twice or a case retried, never repeats a finished
+step and never sends a write twice (the outbox keys it by process, step, record and version).
+
+Every change of a run is made with its row locked (`run_lock`), so a delivery and a retry of
+the same run apply one after the other. A person's action on a run (`run_retry`) is audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from exceptions.models import BlockedRecord, ExceptionCase
+from exceptions.services import Actor
+from integrations.models import (
+    AuditEvent,
+    LegalEntity,
+    RunState,
+    StepState,
+    WorkflowRun,
+    WorkflowStep,
+)
+from integrations.services.audit import audit_record
+
+# How a case names the run it holds (its BlockedRecord's record_type).
+RUN_RECORD = "workflowrun"
+
+
+class Progress(StrEnum):
+    """What one try of a step came to."""
+
+    DONE = "done"
+    SKIPPED = "skipped"  # nothing to do: what it makes exists already
+    WAITING = "waiting"  # its writes are in the outbox; their delivery calls run_advance
+    BLOCKED = "blocked"  # a case holds it up
+
+
+@dataclass
+class StepResult:
+    progress: Progress
+    # {system role: {what: id}}: the ids this step produced (or found) in each system.
+    ids: dict[str, dict[str, str]] = field(default_factory=dict)
+    detail: str = ""
+    case: ExceptionCase | None = None
+
+    @classmethod
+    def done(cls, detail: str = "", **ids: dict[str, str]) -> StepResult:
+        return cls(Progress.DONE, dict(ids), detail)
+
+    @classmethod
+    def skipped(cls, detail: str, **ids: dict[str, str]) -> StepResult:
+        return cls(Progress.SKIPPED, dict(ids), detail)
+
+    @classmethod
+    def waiting(cls, detail: str) -> StepResult:
+        return cls(Progress.WAITING, {}, detail)
+
+    @classmethod
+    def blocked(cls, case: ExceptionCase, detail: str) -> StepResult:
+        return cls(Progress.BLOCKED, {}, detail, case)
+
+
+StepFn = Callable[[WorkflowRun], StepResult]
+
+
+@dataclass(frozen=True)
+class Process:
+    """A business process as runs carry it out: its name and its steps in order."""
+
+    name: str
+    steps: tuple[tuple[str, StepFn], ...]
+
+    @property
+    def step_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _ in self.steps)
+
+
+# --- Opening and locking ------------------------------------------------------------------------
+
+
+def run_open(
+    *,
+    process: Process,
+    subject_key: str,
+    label: str,
+    input: Mapping[str, Any],
+    legal_entity: LegalEntity | None = None,
+    region: str = "",
+) -> tuple[WorkflowRun, bool]:
+    """The run of `process` for `subject_key`, locked; created with its steps (all pending)
+    when there is none. Returns (run, created). Call inside a transaction."""
+    existing = run_lock_by_subject(process=process.name, subject_key=subject_key)
+    if existing is not None:
+        return existing, False
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            run = WorkflowRun.objects.create(
+                process=process.name,
+                subject_key=subject_key,
+                label=label[:200],
+                input=dict(input),
+                legal_entity=legal_entity,
+                region=region,
+                started_at=now,
+                current_step=process.step_names[0],
+            )
+            WorkflowStep.objects.bulk_create(
+                WorkflowStep(run=run, position=n, name=name)
+                for n, name in enumerate(process.step_names)
+            )
+    except IntegrityError:
+        # Opened by another worker meanwhile (the same trigger delivered twice at once).
+        found = run_lock_by_subject(process=process.name, subject_key=subject_key)
+        if found is None:
+            raise
+        return found, False
+    return run, True
+
+
+def run_lock_by_subject(*, process: str, subject_key: str) -> WorkflowRun | None:
+    return (
+        WorkflowRun.objects.select_for_update()
+        .filter(process=process, subject_key=subject_key)
+        .first()
+    )
+
+
+def run_lock(*, run_id: int) -> WorkflowRun | None:
+    return WorkflowRun.objects.select_for_update().filter(pk=run_id).first()
+
+
+def run_subject_set(*, run: WorkflowRun, record: models.Model) -> None:
+    """The canonical record the run is about, once it exists (the project it provisioned)."""
+    run.subject_type = ContentType.objects.get_for_model(record)
+    run.subject_id = record.pk
+    run.save(update_fields=["subject_type", "subject_id", "updated_at"])
+
+
+# --- Moving on ----------------------------------------------------------------------------------
+
+
+def run_advance(*, run: WorkflowRun, process: Process) -> WorkflowRun:
+    """Run the steps of a locked run from the first one not finished, until one waits or is
+    blocked, or the run is done. Each step's state, timings, tries and ids are written as it
+    goes; the run's own state and current step follow."""
+    if run.state == RunState.DONE:
+        return run
+    steps = {s.name: s for s in WorkflowStep.objects.filter(run=run).order_by("position")}
+    run.attempts += 1
+    for name, fn in process.steps:
+        step = steps[name]
+        if step.state in (StepState.DONE, StepState.SKIPPED):
+            continue
+        _step_begin(run, step)
+        result = fn(run)
+        _step_record(run, step, result)
+        if result.progress in (Progress.WAITING, Progress.BLOCKED):
+            run.save()
+            return run
+    run.state = RunState.DONE
+    run.current_step = ""
+    run.exception_case = None
+    run.finished_at = timezone.now()
+    run.save()
+    return run
+
+
+def _step_begin(run: WorkflowRun, step: WorkflowStep) -> None:
+    now = timezone.now()
+    if run.current_step != step.name or run.step_started_at is None:
+        run.current_step = step.name
+        run.step_started_at = now
+    if step.started_at is None:
+        step.started_at = now
+    step.attempts += 1
+
+
+def _step_record(run: WorkflowRun, step: WorkflowStep, result: StepResult) -> None:
+    now = timezone.now()
+    for role, ids in result.ids.items():
+        step.external_ids.setdefault(role, {}).update(ids)
+    step.detail = result.detail[:2000]
+    if result.progress in (Progress.DONE, Progress.SKIPPED):
+        step.state = StepState.DONE if result.progress == Progress.DONE else StepState.SKIPPED
+        step.finished_at = now
+        step.exception_case = None
+    elif result.progress == Progress.WAITING:
+        step.state = StepState.RUNNING
+        step.exception_case = None
+        run.state = RunState.RUNNING
+        run.exception_case = None
+    else:
+        step.state = StepState.BLOCKED
+        step.exception_case = result.case
+        run.state = RunState.BLOCKED
+        run.exception_case = result.case
+    step.save()
+
+
+def run_ids(run: WorkflowRun) -> dict[str, dict[str, str]]:
+    """Every id the run's steps produced, by system role: {"erp": {"customer": ...}, ...}."""
+    merged: dict[str, dict[str, str]] = {}
+    for ids in (
+        WorkflowStep.objects.filter(run=run)
+        .order_by("position")
+        .values_list("external_ids", flat=True)
+    ):
+        for role, found in (ids or {}).items():
+            merged.setdefault(role, {}).update(found)
+    return merged
+
+
+# --- A person's hand ----------------------------------------------------------------------------
+
+
+def run_retry(*, run_id: int, process: Process, actor: Actor) -> WorkflowRun | None:
+    """A person runs a blocked (or waiting) run again from the step where it stopped. Audited
+    with the step it stood at before and after. None when there is no such run."""
+    with transaction.atomic():
+        run = run_lock(run_id=run_id)
+        if run is None:
+            return None
+        before = {"state": run.state, "current_step": run.current_step}
+        run = run_advance(run=run, process=process)
+        audit_record(
+            actor=actor,
+            action=AuditEvent.Action.UPDATE,
+            instance=run,
+            changes={
+                key: [value, getattr(run, key)]
+                for key, value in before.items()
+                if value != getattr(run, key)
+            }
+            or {"retried": [before["current_step"], run.current_step]},
+        )
+        return run
+
+
+def runs_held_by(*, case: ExceptionCase) -> list[int]:
+    """The runs a case holds (its blocked records of type workflowrun), oldest first."""
+    return sorted(
+        BlockedRecord.objects.filter(case=case, record_type=RUN_RECORD).values_list(
+            "record_id", flat=True
+        )
+    )
