@@ -303,6 +303,15 @@ CONCORD_OUTBOX_BACKOFF_CAP_S = env_int("CONCORD_OUTBOX_BACKOFF_CAP_S", 60)
 CONCORD_OUTBOX_MIN_ATTEMPTS = env_int("CONCORD_OUTBOX_MIN_ATTEMPTS", 15)
 CONCORD_OUTBOX_RETRY_WINDOW_S = env_int("CONCORD_OUTBOX_RETRY_WINDOW_S", 3600)
 
+# --- Reconciliation (integrations/workflows/reconciliation.py): the months compared, how long
+# approved work may stay unbilled, and how long a billed event may take to reach the ERP.
+CONCORD_RECONCILIATION_MONTHS = env_int("CONCORD_RECONCILIATION_MONTHS", 12)
+CONCORD_UNBILLED_SLA_DAYS = env_int("CONCORD_UNBILLED_SLA_DAYS", 40)
+CONCORD_POST_GRACE_HOURS = env_int("CONCORD_POST_GRACE_HOURS", 24)
+# Unbilled expenses are gaps only once Concord bills expenses (issue 11, item 2): until then
+# every approved expense would be one, and the finance queue would hold nothing else.
+CONCORD_RECONCILE_EXPENSES = env_bool("CONCORD_RECONCILE_EXPENSES", False)
+
 # --- Health: how old a heartbeat may be before /healthz calls the component down. The worker
 # beats every 10 s and beat ticks at least every 5 s, so 45 s tolerates a few missed beats.
 CONCORD_HEARTBEAT_INTERVAL_S = env_int("CONCORD_HEARTBEAT_INTERVAL_S", 10)

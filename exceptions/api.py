@@ -897,6 +897,12 @@ def _elsewhere(kind: CaseType, admin_url: str | None, retry_url: str | None) -> 
             if admin_url
             else "This case names no mapping: fix the cause where it lives, then retry it."
         )
+    elif kind.fix_form == "reconciliation":
+        where = (
+            "A gap between the PSA, Concord's billing and the ERP: correct the record where it "
+            "is wrong (the ERP invoice, the time or expense in the PSA); the next "
+            "reconciliation closes the case, and retrying it reconciles now."
+        )
     elif kind.fix_form == "outbox_replay":
         where = (
             "The system refused or never took these records for a passing reason: retry the "

@@ -129,6 +129,8 @@ class CaseType:
 _SENT = "{held} for {about} cannot be sent: "
 _INVOICED = " cannot be invoiced: "
 _PROVISIONED = "{held} ({opportunity}) cannot be provisioned: "
+_RECONCILED = "Reconciliation of project {project} for {month}: "
+_CHECKED_AGAIN = "; the next reconciliation checks again and closes this case once it matches."
 _GOES_ON = (
     " Provisioning goes on from this check once it is fixed (retry, or the CRM's next change)."
 )
@@ -518,6 +520,87 @@ CATALOGUE: dict[str, CaseType] = {
             noun="project",
             fix_form="project_contract",
             fix_permission="integrations.change_project",
+        ),
+        # --- Reconciliation (integrations/workflows/reconciliation.py): the PSA, Concord's
+        # billing and the ERP compared per project and month on a schedule. Each case holds the
+        # records of one gap; a later run that no longer finds a record takes it off, so a gap
+        # that is fixed (where it lives: the PSA, the ERP, the billing run) closes its case.
+        # Retry re-runs the reconciliation of the case's ERP connection now. -----------------
+        CaseType(
+            name="reconciliation_posting_mismatch",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("project_id", "period"),
+            template=_RECONCILED + "the ERP does not hold what the PSA approved and Concord "
+            "billed: {expected} approved, {found} posted to the ERP. {held} differ ({why}). "
+            "Correct the side that is wrong (the invoice in the ERP, or the time in the PSA)"
+            + _CHECKED_AGAIN,
+            noun="billing event",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            name="reconciliation_invoice_mismatch",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("invoice_id",),
+            template="Reconciliation of invoice {invoice} for {customer} ({month}): its billing "
+            "events add up to {expected}, but the invoice's subtotal is {found} (difference "
+            "{difference}). A line was added, changed or removed on one side only; correct the "
+            "invoice in the ERP or its billing events" + _CHECKED_AGAIN,
+            noun="invoice",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_invoice",
+        ),
+        CaseType(
+            name="reconciliation_invoice_missing",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("project_id", "period"),
+            template=_RECONCILED + "{held} are marked invoiced, but {why}, so this work is not "
+            "billed in the ERP. Invoice it again in the ERP, or set the billing events back to "
+            "pending for the billing run" + _CHECKED_AGAIN,
+            noun="billing event",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            # The project's status is delivery data: PMO reopens it (the billing run then bills
+            # the time) or has the time made non-billable in the PSA.
+            name="reconciliation_closed_project_unbilled",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id", "period"),
+            template=_RECONCILED + "the project is closed in the PSA, but {held} of the month "
+            "were never billed ({expected} approved, {found} billed). Reopen the project so the "
+            "billing run invoices them, or make the time non-billable in the PSA" + _CHECKED_AGAIN,
+            noun="approved time entry",
+            fix_form="project_status",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            name="reconciliation_time_unbilled",
+            queue=Queue.FINANCE,
+            priority=Priority.P3,
+            fingerprint=("project_id", "period"),
+            template=_RECONCILED + "{held} are still not billed more than {sla_days} days "
+            "after the work ({expected} approved, {found} billed). The billing run's own cases "
+            "say what holds them (a rate, a contract, an exchange rate, a route)" + _CHECKED_AGAIN,
+            noun="approved time entry",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            name="reconciliation_expenses_unbilled",
+            queue=Queue.FINANCE,
+            priority=Priority.P3,
+            fingerprint=("project_id", "period", "currency"),
+            template=_RECONCILED + "{held} are approved and billable but not billed more than "
+            "{sla_days} days after they were incurred ({expected} approved, {found} billed). "
+            "Bill them in the ERP, or make them non-billable in the PSA" + _CHECKED_AGAIN,
+            noun="approved expense",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
         ),
     )
 }

@@ -252,7 +252,11 @@ class OwnershipDecisionForm(FixForm):
 
 
 # The fixes that are a link to where the cause is fixed (an admin page) plus Retry, not a form.
-LINK_FORMS = frozenset({"outbox_replay", "inbound_replay", "connection_settings", "mapping_edit"})
+# "reconciliation": a gap between the PSA, Concord's billing and the ERP, fixed where it lives
+# (integrations/workflows/reconciliation.py); its retry reconciles again now.
+LINK_FORMS = frozenset(
+    {"outbox_replay", "inbound_replay", "connection_settings", "mapping_edit", "reconciliation"}
+)
 
 
 def fix_admin_path(kind: CaseType, found: FixActions) -> str | None:

@@ -49,6 +49,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
     FINANCE: _view(*CANONICAL_MODELS)
     | _edit("customer", "legalentity", "taxrate", "exchangerate", "invoice", "payment")
     | _edit("billingevent")
+    | _view("reconciliationrun", "reconciliationgap")
     | {"dashboards.view_finance"},
     PMO: _view(*CANONICAL_MODELS)
     | _edit("project", "assignment", "resource", "timeentry", "expense", "milestone")
@@ -61,6 +62,7 @@ ROLE_PERMISSIONS: dict[str, set[str]] = {
     | _edit("mappingset", "fieldmapping", "valuemap", "valuemapentry")
     | _edit("outboxmessage", "inboundmessage")  # change = replay
     | _view("syncattempt", "connectionhealth", "pollcursor")
+    | _view("reconciliationrun", "reconciliationgap")
     | {
         "integrations.delete_crossreference",
         "integrations.view_auditevent",

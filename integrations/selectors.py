@@ -150,6 +150,18 @@ def sync_attempt_list() -> QuerySet[m.SyncAttempt]:
     return m.SyncAttempt.objects.order_by("-started_at", "-id")
 
 
+def reconciliation_run_list() -> QuerySet[m.ReconciliationRun]:
+    """Newest first, with their connection."""
+    return m.ReconciliationRun.objects.select_related("connection").order_by("-started_at", "-id")
+
+
+def reconciliation_gap_list() -> QuerySet[m.ReconciliationGap]:
+    """Newest run first, then by kind and month; with the project, invoice and case shown."""
+    return m.ReconciliationGap.objects.select_related(
+        "run", "project", "invoice", "exception_case"
+    ).order_by("-run_id", "kind", "period", "id")
+
+
 def outbox_parked(
     *, ids: list[int] | None = None, exception_case_id: int | None = None, limit: int
 ) -> list[m.OutboxMessage]:

@@ -16,12 +16,14 @@ from django.core.cache import cache
 
 from exceptions.alerts import case_digests_send
 from exceptions.services import case_tally_compact
+from integrations.services.schedules import RECONCILE_CONNECTION_TASK
 from integrations.sync import ring
 from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
 from integrations.sync.poll_schedules import polling_kick_off_unscheduled
 from integrations.sync.polling import poll_connection, poll_stale_check
+from integrations.workflows.reconciliation import reconcile_connection
 from integrations.workflows.time_to_erp import billing_run
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,24 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
         return {}
     reports = poll_connection(connection_id=connection_id)
     return {object_type: asdict(report) for object_type, report in reports.items()}
+
+
+@shared_task(name=RECONCILE_CONNECTION_TASK, bind=True)
+def reconcile_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
+    """One ERP connection's reconciliation (its ``reconcile connection <id>`` beat row)."""
+    if too_many_deliveries(self):
+        return {}
+    run = reconcile_connection(connection_id=connection_id)
+    if run is None:  # not an ERP connection (any more), or a run of it is under way
+        return {}
+    return {
+        "run": run.pk,
+        "state": run.state,
+        "gaps": run.gap_count,
+        "records_cleared": run.records_cleared,
+        "cases_resolved": run.cases_resolved,
+        "duration_ms": run.duration_ms,
+    }
 
 
 @shared_task(name="integrations.check_stale_polls")

@@ -3,7 +3,16 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 from rest_framework.routers import DefaultRouter
 
-from integrations.api import actuals, auth, config_files, identity, mappings, sync, views
+from integrations.api import (
+    actuals,
+    auth,
+    config_files,
+    identity,
+    mappings,
+    reconciliation,
+    sync,
+    views,
+)
 
 router = DefaultRouter()
 router.APIRootView = auth.ApiRootView
@@ -18,6 +27,12 @@ router.register("sync-attempts", sync.SyncAttemptViewSet, basename="syncattempt"
 router.register("ownership-rules", views.OwnershipRuleViewSet, basename="ownershiprule")
 router.register("merges", identity.RecordMergeViewSet, basename="recordmerge")
 router.register("mappings", mappings.MappingSetViewSet, basename="mappingset")
+router.register(
+    "reconciliation/runs", reconciliation.ReconciliationRunViewSet, basename="reconciliationrun"
+)
+router.register(
+    "reconciliation/gaps", reconciliation.ReconciliationGapViewSet, basename="reconciliationgap"
+)
 
 urlpatterns = [
     *(

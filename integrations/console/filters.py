@@ -12,7 +12,12 @@ from django_celery_beat.models import PeriodicTask
 from exceptions.catalogue import CATALOGUE
 from exceptions.models import CaseRoute, ExceptionCase, WorkQueue
 from integrations import models as m
-from integrations.services.schedules import POLL_ROW_PREFIX, poll_task_name
+from integrations.services.schedules import (
+    POLL_ROW_PREFIX,
+    RECONCILE_ROW_PREFIX,
+    poll_task_name,
+    reconcile_task_name,
+)
 
 YES_NO = [("yes", "Yes"), ("no", "No")]
 
@@ -39,7 +44,11 @@ class ConnectionFilterSet(django_filters.FilterSet):
         return _yes_no(rows, "enabled", value)
 
 
-KINDS = [("polling", "Polling a connection"), ("system", "System work")]
+KINDS = [
+    ("polling", "Polling a connection"),
+    ("reconciliation", "Reconciling a connection"),
+    ("system", "System work"),
+]
 
 
 class ScheduleFilterSet(django_filters.FilterSet):
@@ -64,7 +73,9 @@ class ScheduleFilterSet(django_filters.FilterSet):
     def filter_connection(
         self, rows: QuerySet[Any], name: str, value: m.Connection | None
     ) -> QuerySet[Any]:
-        return rows.filter(name=poll_task_name(value.pk)) if value is not None else rows
+        if value is None:
+            return rows
+        return rows.filter(name__in=[poll_task_name(value.pk), reconcile_task_name(value.pk)])
 
     def filter_q(self, rows: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
         value = value.strip()
@@ -76,7 +87,12 @@ class ScheduleFilterSet(django_filters.FilterSet):
 
     def filter_kind(self, rows: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
         polling = Q(name__startswith=POLL_ROW_PREFIX)
-        return rows.filter(polling) if value == "polling" else rows.exclude(polling)
+        reconciling = Q(name__startswith=RECONCILE_ROW_PREFIX)
+        if value == "polling":
+            return rows.filter(polling)
+        if value == "reconciliation":
+            return rows.filter(reconciling)
+        return rows.exclude(polling | reconciling)
 
     def filter_enabled(self, rows: QuerySet[Any], name: str, value: str) -> QuerySet[Any]:
         return _yes_no(rows, "enabled", value)

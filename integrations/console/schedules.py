@@ -1,13 +1,13 @@
 """Schedules in the console: every periodic task beat runs (django-celery-beat's rows), with its
 last and next run, and an admin's change of its interval and whether it runs.
 
-Each connection is polled by a task of its own (``poll connection <id>``,
+Each connection is polled by a task of its own (``poll connection <id>``), and each ERP
+connection is reconciled by one (``reconcile connection <id>``, hourly by default;
 integrations/services/schedules.py); the system's work (the sweepers, the billing run, the
 digests, ``poll-all`` for connections without a task of their own) comes from config/celery.py.
 The next run is the last run plus the interval, as beat counts it; one in the past means beat
 is late or not running. A change takes effect at beat's next tick (it rereads the rows when one
-changes) and stays when beat restarts. Reconciliation (issue 11) is not built: there is no
-reconciliation task, so none is listed; the page says so.
+changes) and stays when beat restarts.
 
 A row changes in place (htmx): the answer is the row again, with the result in words; without
 JavaScript the same form posts and the list comes back with a message.
@@ -50,9 +50,10 @@ from integrations.services.schedules import (
     MIN_INTERVAL_S,
     Seen,
     interval_seconds,
-    polled_connection_id,
+    reconciled_connection_id,
     schedule_next_run,
     schedule_update,
+    task_connection_id,
 )
 
 # What each of the code's tasks does, and what pausing it means (config/celery.py).
@@ -125,11 +126,12 @@ def _span(delta: timedelta) -> str:
 
 
 def _rows(tasks: list[PeriodicTask], now: datetime) -> list[ScheduleRow]:
-    ids = [pk for pk in (polled_connection_id(t.name) for t in tasks) if pk is not None]
+    ids = [pk for pk in (task_connection_id(t.name) for t in tasks) if pk is not None]
     connections = m.Connection.objects.in_bulk(ids)
     rows = []
     for task in tasks:
-        connection_id = polled_connection_id(task.name)
+        connection_id = task_connection_id(task.name)
+        reconciles = reconciled_connection_id(task.name) is not None
         connection = connections.get(connection_id) if connection_id else None
         seconds = interval_seconds(task)
         schedule_words = (
@@ -145,7 +147,20 @@ def _rows(tasks: list[PeriodicTask], now: datetime) -> list[ScheduleRow]:
             next_words = f"due {_span(now - next_run)} ago: is beat running?"
         else:
             next_words = f"in {_span(next_run - now)}"
-        if connection_id is not None:
+        if reconciles:
+            what = (
+                f"Reconciles {connection.name} ({connection.get_vendor_display()}) with the PSA "
+                "and Concord's billing, per project and month; each gap becomes a case"
+                + (
+                    ""
+                    if connection.enabled
+                    else " (the connection is disabled; its records are still compared)"
+                )
+                + "."
+                if connection
+                else f"Reconciles connection {connection_id}, which no longer exists."
+            )
+        elif connection_id is not None:
             what = (
                 f"Polls {connection.name} ({connection.get_vendor_display()})"
                 + (
@@ -162,7 +177,11 @@ def _rows(tasks: list[PeriodicTask], now: datetime) -> list[ScheduleRow]:
         rows.append(
             ScheduleRow(
                 task=task,
-                kind="polling" if connection_id is not None else "system",
+                kind="reconciliation"
+                if reconciles
+                else "polling"
+                if connection_id is not None
+                else "system",
                 connection=connection,
                 interval_s=seconds,
                 schedule_words=schedule_words,

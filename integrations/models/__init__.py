@@ -17,6 +17,13 @@ from integrations.models.mapping import (
     ValueMap,
     ValueMapEntry,
 )
+from integrations.models.reconciliation import (
+    GapKind,
+    GapMeasure,
+    ReconciliationGap,
+    ReconciliationRun,
+    ReconciliationState,
+)
 from integrations.models.records import (
     ApprovalState,
     Assignment,
@@ -65,6 +72,8 @@ __all__ = [
     "ExchangeRate",
     "Expense",
     "FieldMapping",
+    "GapKind",
+    "GapMeasure",
     "Heartbeat",
     "InboundMessage",
     "Invoice",
@@ -79,6 +88,9 @@ __all__ = [
     "PollCursor",
     "Project",
     "RateCard",
+    "ReconciliationGap",
+    "ReconciliationRun",
+    "ReconciliationState",
     "RecordMerge",
     "Resource",
     "RoutingRule",

@@ -16,6 +16,10 @@ is enabled (``connection_schedule_ensure``); a person pauses it on the schedules
 before these rows existed keep being polled by ``poll-all`` until migrate gives them theirs
 (``connection_schedules_ensure``, integrations/apps.py).
 
+**Reconciliation per ERP connection.** Every ERP connection also has ``reconcile connection
+<id>``, calling ``integrations.reconcile_connection`` every ``RECONCILE_INTERVAL_S``
+(integrations/workflows/reconciliation.py), made and kept like its polling row.
+
 **When a poll counts as stale** follows its schedule: three of its intervals
 (``poll_staleness``), and never while it is not scheduled at all (a paused row, a paused
 ``poll-all`` for the connections it polls), as for a disabled connection.
@@ -36,7 +40,7 @@ from django.db import transaction
 from django.db.models import Q
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from integrations.models import AuditEvent, Connection
+from integrations.models import AuditEvent, Connection, SystemRole
 from integrations.services.audit import audit_record
 
 Actor = AbstractBaseUser | AnonymousUser | None
@@ -51,6 +55,15 @@ POLL_CONNECTION_TASK = "integrations.poll_connection"
 POLL_ALL = "poll-all"
 POLL_ROW_PREFIX = "poll connection "
 _POLL_ROW = re.compile(rf"^{POLL_ROW_PREFIX}(\d+)$")
+
+# Reconciliation runs hourly per ERP connection unless a person changes its row: a handful of
+# set-based queries per run, and a gap found within the hour is soon enough for finance (its
+# cases carry a day's SLA at the least).
+RECONCILE_INTERVAL_S = 3600
+# The task every reconciliation row calls (integrations/tasks.py): a contract, like the above.
+RECONCILE_CONNECTION_TASK = "integrations.reconcile_connection"
+RECONCILE_ROW_PREFIX = "reconcile connection "
+_RECONCILE_ROW = re.compile(rf"^{RECONCILE_ROW_PREFIX}(\d+)$")
 
 # What a person may set. 10 s: below that a poll (a token, one page per object) is hardly done
 # before the next is due; a week: a schedule longer than that is a schedule paused by mistake.
@@ -77,6 +90,21 @@ def polled_connection_id(task_name: str) -> int | None:
     """The connection a ``poll connection <id>`` row polls; None for any other row."""
     match = _POLL_ROW.match(task_name)
     return int(match.group(1)) if match else None
+
+
+def reconcile_task_name(connection_id: int) -> str:
+    return f"{RECONCILE_ROW_PREFIX}{connection_id}"
+
+
+def reconciled_connection_id(task_name: str) -> int | None:
+    """The connection a ``reconcile connection <id>`` row reconciles; None for any other row."""
+    match = _RECONCILE_ROW.match(task_name)
+    return int(match.group(1)) if match else None
+
+
+def task_connection_id(task_name: str) -> int | None:
+    """The connection a connection's own row (polling or reconciliation) works for."""
+    return polled_connection_id(task_name) or reconciled_connection_id(task_name)
 
 
 def interval_seconds(task: PeriodicTask) -> float | None:
@@ -106,23 +134,35 @@ def _poll_description(connection: Connection) -> str:
     return f"Polls {connection.name} ({connection.get_vendor_display()}) for changes."
 
 
-@transaction.atomic
-def connection_schedule_ensure(*, connection: Connection, actor: Actor) -> PeriodicTask:
-    """The connection's own polling row, made if missing (every ``POLL_INTERVAL_S``, expiring
-    within its own period, so a lagging worker runs the latest poll and not a pile of old ones).
-    A row that exists keeps its interval and whether it runs, as a person set them; only its
-    description follows the connection's name."""
-    name = poll_task_name(connection.pk)
+def _reconcile_description(connection: Connection) -> str:
+    return (
+        f"Reconciles {connection.name} ({connection.get_vendor_display()}) with the PSA and "
+        "Concord's billing, per project and month."
+    )
+
+
+def _row_ensure(
+    *,
+    name: str,
+    task_name: str,
+    interval_s: int,
+    connection: Connection,
+    description: str,
+    actor: Actor,
+) -> PeriodicTask:
+    """A connection's own row, made if missing (expiring within its own period, so a lagging
+    worker runs the latest and not a pile of old ones). A row that exists keeps its interval
+    and whether it runs, as a person set them; only its description follows the connection."""
     task = PeriodicTask.objects.select_related("interval").filter(name=name).first()
     if task is None:
         task = PeriodicTask(
             name=name,
-            task=POLL_CONNECTION_TASK,
-            interval=_interval_row(POLL_INTERVAL_S),
+            task=task_name,
+            interval=_interval_row(interval_s),
             args=f"[{connection.pk}]",
-            expire_seconds=POLL_INTERVAL_S,
+            expire_seconds=interval_s,
             enabled=True,
-            description=_poll_description(connection),
+            description=description,
         )
         task.save()
         audit_record(
@@ -130,35 +170,62 @@ def connection_schedule_ensure(*, connection: Connection, actor: Actor) -> Perio
             action=AuditEvent.Action.CREATE,
             instance=task,
             changes={
-                "task": [None, POLL_CONNECTION_TASK],
+                "task": [None, task_name],
                 "connection": [None, connection.pk],
-                "interval": [None, _seconds_text(POLL_INTERVAL_S)],
+                "interval": [None, _seconds_text(interval_s)],
                 "enabled": [None, True],
             },
         )
         return task
-    description = _poll_description(connection)
     if task.description != description:
         task.description = description
         task.save(update_fields=["description"])
     return task
 
 
-def connection_schedules_ensure() -> int:
-    """Every connection's polling row, where missing (after migrate: connections made before
-    the rows existed). Returns how many were made."""
-    have = {
-        polled_connection_id(name)
-        for name in PeriodicTask.objects.filter(name__startswith=POLL_ROW_PREFIX).values_list(
-            "name", flat=True
+@transaction.atomic
+def connection_schedule_ensure(*, connection: Connection, actor: Actor) -> PeriodicTask:
+    """The connection's own polling row (every ``POLL_INTERVAL_S``) and, for an ERP connection,
+    its reconciliation row (every ``RECONCILE_INTERVAL_S``), each made if missing and kept as a
+    person set it. Returns the polling row."""
+    if connection.role == SystemRole.ERP:
+        _row_ensure(
+            name=reconcile_task_name(connection.pk),
+            task_name=RECONCILE_CONNECTION_TASK,
+            interval_s=RECONCILE_INTERVAL_S,
+            connection=connection,
+            description=_reconcile_description(connection),
+            actor=actor,
         )
-    }
+    return _row_ensure(
+        name=poll_task_name(connection.pk),
+        task_name=POLL_CONNECTION_TASK,
+        interval_s=POLL_INTERVAL_S,
+        connection=connection,
+        description=_poll_description(connection),
+        actor=actor,
+    )
+
+
+def connection_schedules_ensure() -> int:
+    """Every connection's own rows (polling; reconciliation for ERP connections), where missing
+    (after migrate: connections made before the rows existed). Returns how many rows were
+    made."""
+    names = set(
+        PeriodicTask.objects.filter(
+            Q(name__startswith=POLL_ROW_PREFIX) | Q(name__startswith=RECONCILE_ROW_PREFIX)
+        ).values_list("name", flat=True)
+    )
     made = 0
     # Without the credentials: migrate must not need the key that decrypts them.
-    missing = Connection.objects.exclude(pk__in=[pk for pk in have if pk is not None])
-    for connection in missing.only("pk", "name"):
-        connection_schedule_ensure(connection=connection, actor=None)
-        made += 1
+    for connection in Connection.objects.only("pk", "name", "role", "vendor").order_by("pk"):
+        wanted = {poll_task_name(connection.pk)}
+        if connection.role == SystemRole.ERP:
+            wanted.add(reconcile_task_name(connection.pk))
+        missing = wanted - names
+        if missing:
+            connection_schedule_ensure(connection=connection, actor=None)
+            made += len(missing)
     return made
 
 

@@ -2,6 +2,6 @@
 deliveries with the sync layer (integrations/sync/steps.py) when imported; importing this
 package (integrations/apps.py does, at start-up) registers them all."""
 
-from integrations.workflows import fixes, provisioning, time_to_erp
+from integrations.workflows import fixes, provisioning, reconciliation, time_to_erp
 
-__all__ = ["fixes", "provisioning", "time_to_erp"]
+__all__ = ["fixes", "provisioning", "reconciliation", "time_to_erp"]

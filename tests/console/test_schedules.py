@@ -27,6 +27,7 @@ from integrations.selectors import poll_health, poll_stale_q
 from integrations.services.connections import connection_update
 from integrations.services.schedules import (
     POLL_CONNECTION_TASK,
+    RECONCILE_CONNECTION_TASK,
     Seen,
     connection_schedules_ensure,
     poll_staleness,
@@ -45,6 +46,12 @@ HX = {"HX-Request": "true"}
 def _own(connection: Connection) -> PeriodicTask:
     return PeriodicTask.objects.select_related("interval").get(
         name=f"poll connection {connection.pk}"
+    )
+
+
+def _reconciles(connection: Connection) -> PeriodicTask:
+    return PeriodicTask.objects.select_related("interval").get(
+        name=f"reconcile connection {connection.pk}"
     )
 
 
@@ -76,7 +83,9 @@ def test_a_new_connection_gets_its_own_polling_task() -> None:
     assert task.expire_seconds == 120  # a lagging worker runs the latest poll, not a pile
     assert task.enabled
     assert task.description == f"Polls {connection.name} (Xero) for changes."
-    (made,) = AuditEvent.objects.filter(object_type="periodictask", action="create")
+    (made,) = AuditEvent.objects.filter(
+        object_type="periodictask", action="create", object_id=str(task.pk)
+    )
     assert made.changes["connection"] == [None, connection.pk]
 
 
@@ -98,8 +107,9 @@ def test_migrate_gives_connections_made_before_their_own_task() -> None:
         name="Legacy ERP", role="erp", vendor="xero", base_url="https://api.xero.com/api.xro/2.0"
     )
     old.save()
-    assert connection_schedules_ensure() == 1
+    assert connection_schedules_ensure() == 2  # an ERP connection: polling and reconciliation
     assert _own(old).enabled
+    assert _reconciles(old).enabled
     assert connection_schedules_ensure() == 0
 
 
@@ -251,7 +261,8 @@ def test_the_page_lists_every_periodic_task_with_its_last_and_next_run(admin: Cl
         assert name in text
     assert "Polls Xero (new) (Xero)." in text
     assert "Reconciliation per connection" in text
-    assert "not built yet" in text
+    assert "not built yet" not in text
+    assert f"reconcile connection {connection.pk}" in text
     row = text[text.index(f'id="schedule-{task.pk}"') :]
     row = row[: row.index("</tr>")]
     assert 'value="120"' in row
@@ -261,7 +272,7 @@ def test_the_page_lists_every_periodic_task_with_its_last_and_next_run(admin: Cl
     assert f"poll connection {connection.pk}" in polling
     assert "sweep-outbox" not in polling
     mine = admin.get(f"/config/schedules/?connection={connection.pk}").content.decode()
-    assert "1 periodic task" in mine
+    assert "2 periodic tasks" in mine  # its polling and its reconciliation
 
     body = b"".join(admin.get("/config/schedules/?format=csv").streaming_content).decode()  # type: ignore[attr-defined]
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(body))}
@@ -310,3 +321,68 @@ def test_an_admin_changes_a_row_in_place_and_sees_the_result(admin: Client) -> N
     assert "is paused" in admin.get(plain["Location"]).content.decode()
     assert not _own(Connection.objects.get()).enabled
     assert AuditEvent.objects.filter(object_type="periodictask", action="update").count() == 2
+
+
+# --- Reconciliation per ERP connection ------------------------------------------------------------
+
+
+def test_an_erp_connection_gets_an_hourly_reconciliation_task_and_a_psa_none() -> None:
+    erp = make_connection()
+    task = _reconciles(erp)
+    assert task.task == RECONCILE_CONNECTION_TASK == "integrations.reconcile_connection"
+    assert RECONCILE_CONNECTION_TASK in celery_app.tasks
+    assert task.args == f"[{erp.pk}]"
+    assert (task.interval.every, task.interval.period) == (3600, IntervalSchedule.SECONDS)
+    assert task.expire_seconds == 3600
+    assert task.enabled
+    assert task.description == (
+        f"Reconciles {erp.name} (Xero) with the PSA and Concord's billing, per project and month."
+    )
+    made = AuditEvent.objects.get(
+        object_type="periodictask", action="create", object_id=str(task.pk)
+    )
+    assert made.changes["task"] == [None, RECONCILE_CONNECTION_TASK]
+    psa = make_connection(
+        name="Harvest", role="psa", vendor="harvest", base_url="https://api.harvestapp.com/v2"
+    )
+    assert not PeriodicTask.objects.filter(name=f"reconcile connection {psa.pk}").exists()
+    # A person's pause and interval stand when the connection changes; the name follows it.
+    schedule_update(task=task, actor=None, enabled=False, interval_s=7200)
+    connection_update(connection=erp, name="Xero (renamed)")
+    kept = _reconciles(erp)
+    assert (kept.enabled, kept.interval.every) == (False, 7200)
+    assert kept.description.startswith("Reconciles Xero (renamed) (Xero)")
+    # Its own row is no polling row: poll-all and the staleness check leave it alone.
+    assert poll_staleness().after_s(erp.pk) == 360  # by its polling row, not this one
+    kept.delete()
+    connection_update(connection=erp, enabled=True)
+    assert _reconciles(erp).enabled
+
+
+def test_the_page_lists_and_filters_the_reconciliation_rows(admin: Client) -> None:
+    _system_rows()
+    erp = make_connection(name="Xero (new)")
+    task = _reconciles(erp)
+    text = admin.get("/config/schedules/?kind=reconciliation", headers=HX).content.decode()
+    assert f"reconcile connection {erp.pk}" in text
+    assert "Reconciles Xero (new) (Xero) with the PSA and Concord&#x27;s billing" in text
+    assert f"poll connection {erp.pk}" not in text
+    assert "sweep-outbox" not in text
+    polling = admin.get("/config/schedules/?kind=polling", headers=HX).content.decode()
+    assert f"reconcile connection {erp.pk}" not in polling
+    system = admin.get("/config/schedules/?kind=system", headers=HX).content.decode()
+    assert "sweep-outbox" in system
+    assert f"reconcile connection {erp.pk}" not in system
+    saved = admin.post(
+        f"/config/schedules/{task.pk}/",
+        {"interval_s": "1800", "enabled": "on", "seen_interval_s": "3600", "seen_enabled": "True"},
+        headers=HX,
+    )
+    assert saved.status_code == 200
+    assert f"reconcile connection {erp.pk} now runs every 1800 s (was 3600 s)" in (
+        saved.content.decode()
+    )
+    body = b"".join(admin.get("/config/schedules/?format=csv").streaming_content).decode()  # type: ignore[attr-defined]
+    rows = {r["name"]: r for r in csv.DictReader(io.StringIO(body))}
+    assert rows[f"reconcile connection {erp.pk}"]["connection"] == "Xero (new)"
+    assert rows[f"reconcile connection {erp.pk}"]["interval_s"] == "1800"

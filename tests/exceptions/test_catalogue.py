@@ -43,6 +43,12 @@ RAISED = {
     "provisioning_tax_number_missing",
     "provisioning_tax_profile_inactive",
     "provisioning_no_route",
+    "reconciliation_posting_mismatch",
+    "reconciliation_invoice_mismatch",
+    "reconciliation_invoice_missing",
+    "reconciliation_closed_project_unbilled",
+    "reconciliation_time_unbilled",
+    "reconciliation_expenses_unbilled",
 }
 
 
