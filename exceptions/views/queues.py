@@ -12,7 +12,6 @@ Who sees what is exceptions/access.py: a user in no queue is refused (403), like
 from __future__ import annotations
 
 import csv
-import html
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -41,7 +40,7 @@ from exceptions.errors import (
     CaseRefused,
 )
 from exceptions.models import ExceptionCase, WorkQueue
-from exceptions.views import HtmxHttpRequest
+from exceptions.views import HtmxHttpRequest, esc
 from integrations import models as m
 
 NO_QUEUE = "You work in no exception queue; ask an integration admin to add you to one."
@@ -115,11 +114,6 @@ def _render(
     return response
 
 
-def _e(value: object) -> str:
-    """Text escaped for HTML (quotes too), as Django's templates escape it."""
-    return html.escape(str(value), quote=True)
-
-
 @dataclass(frozen=True)
 class Row:
     """One case as its table row shows it, its text made here in plain Python: a page of 200
@@ -142,39 +136,39 @@ class Row:
 
     def table_row(self) -> SafeString:
         """The row of the queue table (templates/exceptions/_queue_table.html). Built here with
-        every value escaped by `_e`: 50 rows of a dozen cells each through template tags (or
+        every value escaped by `esc`: 50 rows of a dozen cells each through template tags (or
         format_html, whose lazy escaping costs as much) cost more than the page's SQL."""
         case = self.case
         pk = case.pk
         if self.sla:
-            sla = f'<span class="sla-badge sla-{_e(self.sla)}">{_e(self.sla_words)}</span>'
+            sla = f'<span class="sla-badge sla-{esc(self.sla)}">{esc(self.sla_words)}</span>'
         else:
-            sla = _e(case.get_status_display())
+            sla = esc(case.get_status_display())
         if self.due_iso:
-            sla += f'<br><time datetime="{_e(self.due_iso)}">{_e(self.due_words)}</time>'
+            sla += f'<br><time datetime="{esc(self.due_iso)}">{esc(self.due_words)}</time>'
         amounts = (
-            "<br>".join(_e(a) for a in self.amounts)
+            "<br>".join(esc(a) for a in self.amounts)
             if self.amounts
             else '<span class="muted">none</span>'
         )
         assignee = (
-            _e(case.assignee.get_username())
+            esc(case.assignee.get_username())
             if case.assignee
             else '<span class="muted">nobody</span>'
         )
-        sla_class = f" sla-{_e(self.sla)}" if self.sla else ""
-        return mark_safe(  # noqa: S308 - every value above and below goes through _e
+        sla_class = f" sla-{esc(self.sla)}" if self.sla else ""
+        return mark_safe(  # noqa: S308 - every value above and below goes through esc
             f'<tr id="case-{pk}" class="case-row{sla_class}">'
             f'<td><input type="checkbox" name="case" value="{pk}" aria-label="Select case #{pk}">'
             f'<input type="hidden" name="rev-{pk}" value="{case.revision}"></td>'
             f'<td><span class="priority p{case.priority}">P{case.priority}</span></td>'
             f'<td class="sla">{sla}</td>'
-            f"<td>{_e(case.get_queue_display())}</td><td>{_e(self.type_words)}</td>"
-            f'<td class="message"><a href="{_e(self.url)}">{_e(self.message_short)}</a> '
+            f"<td>{esc(case.get_queue_display())}</td><td>{esc(self.type_words)}</td>"
+            f'<td class="message"><a href="{esc(self.url)}">{esc(self.message_short)}</a> '
             f'<span class="case-id">#{pk}</span></td>'
-            f'<td class="num">{amounts}</td><td class="num">{_e(self.hours)}</td>'
-            f'<td class="num">{_e(self.records)}</td><td>{assignee}</td>'
-            f'<td><time datetime="{_e(self.age_iso)}">{_e(self.age_words)}</time></td></tr>'
+            f'<td class="num">{amounts}</td><td class="num">{esc(self.hours)}</td>'
+            f'<td class="num">{esc(self.records)}</td><td>{assignee}</td>'
+            f'<td><time datetime="{esc(self.age_iso)}">{esc(self.age_words)}</time></td></tr>'
         )
 
 
