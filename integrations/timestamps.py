@@ -22,6 +22,7 @@ Arithmetic is on integers and timedeltas, never floats: a millisecond stamp stay
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -84,7 +85,14 @@ def from_micros(micros: int) -> datetime:
 
 def micros_of(value: str | None) -> int:
     """A vendor's modification stamp as microseconds since the epoch; 0 when it has none."""
-    return to_micros(parse_timestamp(value)) if value else 0
+    return _stamp_micros(value) if value else 0
+
+
+@lru_cache(maxsize=4096)
+def _stamp_micros(value: str) -> int:
+    # A polled page's records share few stamps (2,000 time entries: a few hundred), so each
+    # distinct one is parsed once; a text that is no stamp raises every time (not kept).
+    return to_micros(parse_timestamp(value))
 
 
 def version_micros(value: str | int | None) -> int:

@@ -35,6 +35,7 @@ import copy
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any
 
@@ -296,12 +297,44 @@ def _failing(message: str) -> Converter:
 
 
 def _inbound_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTable]) -> Converter:
-    options = spec.options
-    kind = spec.transform
-    if kind in ("copy", "default", "concat"):
+    if spec.transform in ("copy", "default", "concat"):
         # Identifiers are text everywhere (cross-references store text): Harvest's integer ids
         # become "1000011", so a batch keyed by external id never mixes 1000011 and "1000011".
         return _text if spec.canonical_field.endswith(EXTERNAL_ID_SUFFIX) else _identity
+    return _memoized(_parsing_converter(spec, value_maps))
+
+
+# Distinct values a converter remembers: a polled page repeats few (2,000 time entries carry a
+# few dozen amounts of hours and a few hundred dates).
+MEMO_SIZE = 4096
+
+
+def _memoized(convert: Converter) -> Converter:
+    """`convert`, remembering its result per vendor value (of its own class: 1, 1.0 and True
+    are equal keys otherwise). The results are immutable (Decimal, date, datetime, text, a
+    number), so sharing one is safe; a value that fails is converted (and fails) every time,
+    and an unhashable one is converted as it comes."""
+    memo: dict[tuple[type, Any], Any] = {}
+
+    def remembered(value: Any) -> Any:
+        key = (value.__class__, value)
+        try:
+            return memo[key]
+        except KeyError:
+            pass
+        except TypeError:
+            return convert(value)
+        result = convert(value)
+        if len(memo) < MEMO_SIZE:
+            memo[key] = result
+        return result
+
+    return remembered
+
+
+def _parsing_converter(spec: FieldSpec, value_maps: Mapping[str, t.ValueMapTable]) -> Converter:
+    options = spec.options
+    kind = spec.transform
     if kind == "date":
         return t.parse_date
     if kind == "datetime":
@@ -559,12 +592,21 @@ def map_inbound(mapping: CompiledMapping, payload: Mapping[str, Any]) -> MappedR
             errors.append(_missing_error(stamp_path, payload, "source_version"))
         else:
             try:
-                source_version = t.to_microseconds(stamp)
+                source_version = (
+                    _stamp_micros(stamp) if stamp.__class__ is str else t.to_microseconds(stamp)
+                )
             except MappingError as exc:
                 errors.append(exc.located(field="source_version", path=stamp_path.text))
 
+    # A field read from one key of a dict payload (most are) is one dict lookup, no path walk.
+    plain = payload.__class__ is dict
     for f in mapping.inbound:
-        raw = f.read(payload)
+        key = f.key
+        raw = (
+            payload.get(key, MISSING)
+            if plain and key is not None and not f.parts
+            else f.read(payload)
+        )
         if raw is MISSING or raw is None or (raw == "" and f.has_default):
             if f.has_default:
                 values[f.name] = f.default
@@ -584,6 +626,13 @@ def map_inbound(mapping: CompiledMapping, payload: Mapping[str, Any]) -> MappedR
         fields=values,
         errors=errors,
     )
+
+
+@lru_cache(maxsize=MEMO_SIZE)
+def _stamp_micros(stamp: str) -> int:
+    """``to_microseconds`` of a text stamp, each distinct one parsed once (a page's records
+    share few)."""
+    return t.to_microseconds(stamp)
 
 
 def _missing_error(

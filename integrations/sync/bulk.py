@@ -4,7 +4,9 @@ Two entry points: ``copy_insert`` for model instances a caller already holds, an
 ``copy_insert_values`` for plain ``{attname: value}`` rows, which skips building model
 instances altogether (for tens of thousands of polled records, constructing the instances alone
 cost more than the COPY). Both draw the ids from the table's sequence first, so callers learn
-them as bulk_create would tell them. Other databases go through bulk_create.
+them as bulk_create would tell them (``copy_insert_values(..., ids=False)``: none are drawn, for
+rows nobody needs the ids of). ``copy_insert_values(..., binary=True)`` sends the rows in
+COPY's binary format (see `_copy`). Other databases go through bulk_create.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import contextlib
 import gc
 import json
 import operator
-from collections.abc import Callable, Iterator, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +25,7 @@ import orjson
 from django.db import connection as db
 from django.db import models
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
 # Python values psycopg's COPY writes as they are; anything else goes through the field.
 _PLAIN = (str, int, bool, Decimal, date, datetime)
@@ -102,9 +106,116 @@ def next_ids(model: type[models.Model], count: int) -> list[int]:
         return [pk for (pk,) in cursor.fetchall()]
 
 
-def _copy(model: type[models.Model], rows: Sequence[Sequence[Any]]) -> None:
+# Binary COPY: the PostgreSQL type of each column (its type name without modifiers, as the
+# database names it) -> the Python classes psycopg's binary dumper for it takes as they are.
+_BINARY_CLASSES: dict[str, tuple[type, ...]] = {
+    "bigint": (int, bool),
+    "integer": (int, bool),
+    "smallint": (int, bool),
+    "numeric": (Decimal, int),
+    "varchar": (str,),
+    "text": (str,),
+    "boolean": (bool,),
+    "date": (date,),
+    "timestamp with time zone": (datetime,),
+    "jsonb": (),
+    "uuid": (uuid.UUID,),
+}
+
+
+# Django's own fields whose values binary COPY sends (converted as above when needed).
+_BINARY_FIELDS = _AS_IS | {"JSONField", "UUIDField"}
+
+
+def _json_bytes(value: Any, encoder: type[json.JSONEncoder] | None) -> bytes:
+    """``json_text`` as bytes: what psycopg sends for a jsonb column, without a round trip
+    through ``str``."""
+    if encoder is None:
+        try:
+            return orjson.dumps(value)
+        except TypeError:
+            pass
+    return json.dumps(value, cls=encoder).encode()
+
+
+def _as_is(data: bytes) -> bytes:
+    return data
+
+
+def _jsonb_converter(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    """JSON for a binary COPY: the bytes it is encoded to, each distinct object once (rows of
+    one insert often share one value, as `_converter` notes)."""
+    encoder = getattr(field, "encoder", None)
+    memo: dict[int, tuple[Any, Jsonb]] = {}
+
+    def to_jsonb(value: Any) -> Any:
+        if value is None:
+            return None
+        hit = memo.get(id(value))
+        if hit is None:
+            hit = memo[id(value)] = (value, Jsonb(_json_bytes(value, encoder), _as_is))
+        return hit[1]
+
+    return to_jsonb
+
+
+def _takes_subclass(pg_type: str, value: Any) -> bool:
+    """Whether a binary dumper sends this value of a subclass of its classes as it is: text of
+    any str, numbers of any int or Decimal. Dates and times only of their own class (a datetime
+    is a date to isinstance, and a date column must not get one unconverted)."""
+    if pg_type in ("varchar", "text"):
+        return isinstance(value, str)
+    if pg_type in ("bigint", "integer", "smallint"):
+        return isinstance(value, int)
+    if pg_type == "numeric":
+        return isinstance(value, int | Decimal)
+    return False
+
+
+def _prepared(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+    """A value of another class than its column's binary dumper takes, as Django prepares it
+    for a save (a value it cannot convert still fails, loudly, in the dumper)."""
+    return lambda value: field.get_db_prep_save(field.to_python(value), db)
+
+
+def _binary_types(fields: Sequence[models.Field[Any, Any]]) -> list[str] | None:
+    """The columns' PostgreSQL types for a binary COPY, or None when one is not a plain type
+    this module knows how to send in binary (COPY then goes as text)."""
+    names = []
+    for field in fields:
+        if field.get_internal_type() not in _BINARY_FIELDS:
+            return None  # a field of its own kind may prepare its values in its own way
+        db_type = field.db_type(db)
+        name = db_type.split("(", 1)[0].strip() if db_type else ""
+        if name == "character varying":
+            name = "varchar"
+        if name not in _BINARY_CLASSES:
+            return None
+        names.append(name)
+    return names
+
+
+def _copy(
+    model: type[models.Model],
+    rows: Sequence[Sequence[Any]],
+    fields: Sequence[models.Field[Any, Any]] | None = None,
+    *,
+    binary: bool = False,
+) -> None:
+    """COPY rows (values in the order of `fields`, the model's concrete fields by default).
+    ``binary``: in PostgreSQL's binary format when every column's type allows, which halves
+    the client's work per row (no text formatting and escaping of each value; a JSON document
+    goes as the bytes it was encoded to) and a third of the server's (no parsing of numbers and
+    times) on a page of 2,000 polled records. Binary dumpers are strict about the Python class
+    of a value (a str for an integer column fails), so it is for rows whose values were
+    validated or built with their fields' own types: the values are checked on the way, and
+    converted by the field when their class is not the column's."""
     meta = model._meta
-    fields = meta.concrete_fields
+    fields = meta.concrete_fields if fields is None else fields
+    types = _binary_types(fields) if binary else None
+    if types is not None:
+        _copy_binary(meta.db_table, fields, types, rows)
+        return
     converters = [(i, c) for i, c in enumerate(_converter(f) for f in fields) if c is not None]
     columns = ", ".join(db.ops.quote_name(str(f.column)) for f in fields)
     # COPY goes through psycopg's own cursor: its errors are translated here, so callers see
@@ -119,6 +230,48 @@ def _copy(model: type[models.Model], rows: Sequence[Sequence[Any]]) -> None:
                 row = list(row)
                 for i, convert in converters:
                     row[i] = convert(row[i])
+            cp.write_row(row)
+
+
+def _copy_binary(
+    table: str,
+    fields: Sequence[models.Field[Any, Any]],
+    types: list[str],
+    rows: Iterable[Sequence[Any]],
+) -> None:
+    jsons = [
+        (i, _jsonb_converter(f))
+        for i, (f, t) in enumerate(zip(fields, types, strict=True))
+        if t == "jsonb"
+    ]
+    # Per other column: the classes its dumper takes as they are (a set that learns the
+    # subclasses it may, such as a TextChoices member for a text column), and the field's
+    # conversion for the rest.
+    checks = [
+        (i, set(_BINARY_CLASSES[t]), t, _prepared(f))
+        for i, (f, t) in enumerate(zip(fields, types, strict=True))
+        if t != "jsonb"
+    ]
+    columns = ", ".join(db.ops.quote_name(str(f.column)) for f in fields)
+    with (
+        db.wrap_database_errors,
+        db.cursor() as cursor,
+        cursor.cursor.copy(
+            f"COPY {db.ops.quote_name(table)} ({columns}) FROM STDIN (FORMAT BINARY)"
+        ) as cp,
+    ):
+        cp.set_types(types)
+        for row in rows:
+            row = list(row)
+            for i, to_jsonb in jsons:
+                row[i] = to_jsonb(row[i])
+            for i, classes, pg_type, prepare in checks:
+                value = row[i]
+                if value is not None and value.__class__ not in classes:
+                    if _takes_subclass(pg_type, value):
+                        classes.add(value.__class__)
+                    else:
+                        row[i] = prepare(value)
             cp.write_row(row)
 
 
@@ -144,10 +297,18 @@ def copy_insert(model: type[models.Model], objs: list[Any]) -> None:
         obj._state.db = db.alias
 
 
-def copy_insert_values(model: type[models.Model], rows: Sequence[Mapping[str, Any]]) -> list[int]:
+def copy_insert_values(
+    model: type[models.Model],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    ids: bool = True,
+    binary: bool = False,
+) -> list[int]:
     """Insert rows given as ``{attname: value}``; a field a row leaves out takes its default
     (as the model's constructor would give it), ``auto_now(_add)`` fields the current time.
-    Returns the new ids in the rows' order."""
+    Returns the new ids in the rows' order; with ``ids=False`` the table's identity numbers
+    the rows as COPY stores them and nothing is returned (no query drawing the ids first).
+    ``binary``: the rows' values have their fields' types (see `_copy`)."""
     if not rows:
         return []
     meta = model._meta
@@ -155,25 +316,72 @@ def copy_insert_values(model: type[models.Model], rows: Sequence[Mapping[str, An
         created = model._default_manager.bulk_create(
             [model(**dict(row)) for row in rows], batch_size=1000
         )
-        return [obj.pk for obj in created]
+        return [obj.pk for obj in created] if ids else []
     now = timezone.now()
-    pks = next_ids(model, len(rows))
     fixed: dict[str, Any] = {}
     for field in meta.concrete_fields:
         if getattr(field, "auto_now", False) or getattr(field, "auto_now_add", False):
             fixed[field.attname] = now
-    defaults = {f.attname: f.get_default() for f in meta.concrete_fields if f is not meta.pk}
-    attnames = [f.attname for f in meta.concrete_fields]
-    unknown = set().union(*rows) - set(attnames)
+    fields = [f for f in meta.concrete_fields if ids or f is not meta.pk]
+    defaults = {f.attname: f.get_default() for f in fields if f is not meta.pk}
+    attnames = [f.attname for f in fields]
+    unknown = set().union(*rows) - {f.attname for f in meta.concrete_fields}
     if unknown:  # as the model's constructor would refuse them, instead of dropping them
         raise TypeError(f"{meta.label} has no field(s) {', '.join(sorted(unknown))}")
     pick = operator.itemgetter(*attnames)
+    if not ids:
+        _copy(model, [pick({**defaults, **row, **fixed}) for row in rows], fields, binary=binary)
+        return []
+    pks = next_ids(model, len(rows))
     pk_name = meta.pk.attname
     table = [
         pick({**defaults, **row, **fixed, pk_name: pk}) for pk, row in zip(pks, rows, strict=True)
     ]
-    _copy(model, table)
+    _copy(model, table, binary=binary)
     return pks
+
+
+def update_rows(model: type[models.Model], objs: Sequence[Any], fields: Sequence[str]) -> None:
+    """Write these fields of these saved instances, as ``bulk_update(objs, fields)`` writes
+    them: the values the instances hold (an auto_now field named is written as it is held, not
+    set to now). On PostgreSQL one ``UPDATE ... FROM (VALUES ...)``: bulk_update builds a CASE
+    WHEN expression per row and field, and resolving those cost far more CPU than the database
+    took to write the rows (a dispatched batch of 50 outbox rows and their 50 invoices: 80 ms of
+    CPU, against 5 ms). Other databases go through bulk_update."""
+    if not objs:
+        return
+    if db.vendor != "postgresql":
+        model._default_manager.bulk_update(objs, list(fields), batch_size=500)
+        return
+    meta = model._meta
+    columns: list[models.Field[Any, Any]] = []
+    for name in fields:
+        field = meta.get_field(name)
+        if not isinstance(field, models.Field) or field.primary_key:
+            raise TypeError(f"{meta.label}.{name} is not a column update_rows can write")
+        columns.append(field)
+    converters = [(i, c) for i, c in enumerate(_converter(f) for f in columns) if c is not None]
+    attnames = [f.attname for f in columns]
+    quote = db.ops.quote_name
+    names = ", ".join(quote(str(f.column)) for f in columns)
+    sets = ", ".join(
+        f"{quote(str(f.column))} = v.{quote(str(f.column))}::{f.db_type(db)}" for f in columns
+    )
+    row = "(" + ", ".join(["%s"] * (len(columns) + 1)) + ")"
+    params: list[Any] = []
+    for obj in objs:
+        values = [getattr(obj, name) for name in attnames]
+        for i, convert in converters:
+            values[i] = convert(values[i])
+        params += [obj.pk, *values]
+    pk = quote(str(meta.pk.column))
+    sql = (
+        f"UPDATE {quote(meta.db_table)} AS t SET {sets} "  # noqa: S608 - names, not values
+        f"FROM (VALUES {', '.join([row] * len(objs))}) AS v({pk}, {names}) "
+        f"WHERE t.{pk} = v.{pk}"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
 
 
 @contextlib.contextmanager

@@ -314,13 +314,16 @@ def identity_resolve(
     connection: Connection,
     object_type: str,
     records: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any] | None, bool]],
+    rules: tuple[Rule, ...] | None = None,
 ) -> Resolution:
     """Match keys for every record of a batch, and for the new ones (those with `True`: no
     cross-reference yet) the existing record each is, certainly or probably. `records` are
-    (external id, mapped fields, vendor payload or None, new). One query for the rules, one
-    per rule with something to look up, three to check the candidates. `records` is read only
-    when the object has rules."""
-    rules = match_rules_load(object_type)
+    (external id, mapped fields, vendor payload or None, new). One query for the rules (none
+    when the caller passes them: a poll loads them once for all its pages), one per rule with
+    something to look up, three to check the candidates. `records` is read only when the
+    object has rules."""
+    if rules is None:
+        rules = match_rules_load(object_type)
     resolution = Resolution(rules=rules)
     if not rules:
         return resolution

@@ -19,7 +19,8 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
-from django.db import models, transaction
+from django.db import IntegrityError, models, transaction
+from django.db import connection as db
 from django.db.models import Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -29,6 +30,7 @@ from exceptions.retry import RetryResult, retry_handler_register
 from integrations.classification import ErrorClass
 from integrations.models import Connection, CrossReference, OutboxMessage
 from integrations.selectors import outbox_parked
+from integrations.sync.bulk import copy_insert, update_rows
 from integrations.sync.failures import PARKING_CASE_TYPES, close_cases_for, park_with_cases
 from integrations.sync.outcome import Outcome
 from integrations.sync.ring import ring_dispatch
@@ -151,11 +153,37 @@ def outbox_enqueue(*, messages: Sequence[OutboxMessage]) -> int:
             "idempotency_key", flat=True
         )
     )
-    OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
+    _insert_new([m for m in messages if m.idempotency_key not in before])
     connection_ids = {m.connection_id for m in messages}
     # robust: a broker outage must not fail the caller's committed work; the sweeper rings later.
     ring_dispatch(connection_ids)
     return len(set(keys) - before)
+
+
+# Rows from which a COPY beats an INSERT: below this the savepoint and the id query it needs
+# cost more than they save.
+COPY_FROM_ROWS = 10
+
+
+def _insert_new(messages: Sequence[OutboxMessage]) -> None:
+    """Insert rows whose keys were not there a moment ago. Many rows go by COPY: Django's bulk
+    INSERT on PostgreSQL sends each column as an array, and psycopg escapes every JSON payload
+    in Python to quote it (a billing chunk's 50 invoices of 100 lines: 100 ms of CPU per
+    INSERT, 5 ms by COPY). A key another transaction inserted since the look-up (or one key
+    twice in `messages`) fails the COPY; its savepoint is rolled back and the INSERT that skips
+    conflicting keys stores the rest, as it always did."""
+    if not messages:
+        return
+    if db.vendor == "postgresql" and len(messages) >= COPY_FROM_ROWS:
+        try:
+            with transaction.atomic():
+                copy_insert(OutboxMessage, list(messages))
+            return
+        except IntegrityError:
+            for message in messages:
+                message.pk = None
+                message._state.adding = True
+    OutboxMessage.objects.bulk_create(messages, batch_size=1000, ignore_conflicts=True)
 
 
 # --- Claiming ---------------------------------------------------------------------------------
@@ -240,18 +268,22 @@ def _order_by_version(
     by_record: dict[tuple[int, int, str], list[OutboxMessage]] = defaultdict(list)
     for message in candidates:
         by_record[(message.content_type_id, message.object_id, message.operation)].append(message)
-    siblings = Q()
-    for content_type_id, object_id, operation in by_record:
-        siblings |= Q(content_type_id=content_type_id, object_id=object_id, operation=operation)
     candidate_ids = {m.pk for m in candidates}
     others: dict[tuple[int, int, str], list[tuple[int, str]]] = defaultdict(list)
+    # The other rows of the same records, by the record index (content type, object id); rows
+    # of another operation on them are dropped here. An OR of one condition per record cost
+    # Django 40 ms of CPU per 200-row claim to build.
     for row in (
-        OutboxMessage.objects.filter(siblings)
-        .filter(state__in=[State.PENDING, State.IN_FLIGHT, State.DONE])
+        OutboxMessage.objects.filter(
+            content_type_id__in={key[0] for key in by_record},
+            object_id__in={key[1] for key in by_record},
+            state__in=[State.PENDING, State.IN_FLIGHT, State.DONE],
+        )
         .exclude(pk__in=candidate_ids)
         .values_list("content_type_id", "object_id", "operation", "record_version", "state")
     ):
-        others[(row[0], row[1], row[2])].append((row[3], row[4]))
+        if (row[0], row[1], row[2]) in by_record:
+            others[(row[0], row[1], row[2])].append((row[3], row[4]))
 
     ready: list[OutboxMessage] = []
     stale: list[OutboxMessage] = []
@@ -307,10 +339,10 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
             }
             message.last_error = ""
             message.error_class = ""
-        OutboxMessage.objects.bulk_update(
+        update_rows(
+            OutboxMessage,
             [o.message for o in succeeded],
             ["state", "done_at", "result", "last_error", "error_class", "updated_at"],
-            batch_size=500,
         )
         _write_cross_references(succeeded, now)
         # A success supersedes older versions of the same record that were parked.
@@ -332,7 +364,8 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
             message.last_error = outcome.error[:2000]
             message.error_class = outcome.error_class
             message.needs_lookup = message.needs_lookup or outcome.maybe_applied
-        OutboxMessage.objects.bulk_update(
+        update_rows(
+            OutboxMessage,
             [o.message for o in retry_now],
             [
                 "state",
@@ -344,7 +377,6 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
                 "needs_lookup",
                 "updated_at",
             ],
-            batch_size=500,
         )
         counts["retry"] = len(retry_now)
 
@@ -418,17 +450,27 @@ def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None
 
 
 def _supersede_parked(succeeded: Sequence[Outcome]) -> None:
-    newer = Q()
+    """Parked rows of an older version of a record just delivered (same operation) are
+    skipped. Found by the record index and matched here: usually there are none, and one
+    small read says so (an OR of one condition per row cost Django more CPU than the read)."""
+    if not succeeded:
+        return
+    delivered: dict[tuple[int, int, str], int] = {}
     for outcome in succeeded:
         m = outcome.message
-        newer |= Q(
-            content_type_id=m.content_type_id,
-            object_id=m.object_id,
-            operation=m.operation,
-            record_version__lt=m.record_version,
-        )
-    if succeeded:
-        OutboxMessage.objects.filter(newer, state=State.PARKED).update(
+        key = (m.content_type_id, m.object_id, m.operation)
+        delivered[key] = max(delivered.get(key, m.record_version), m.record_version)
+    older = [
+        pk
+        for pk, content_type_id, object_id, operation, version in OutboxMessage.objects.filter(
+            content_type_id__in={key[0] for key in delivered},
+            object_id__in={key[1] for key in delivered},
+            state=State.PARKED,
+        ).values_list("pk", "content_type_id", "object_id", "operation", "record_version")
+        if version < delivered.get((content_type_id, object_id, operation), version)
+    ]
+    if older:
+        OutboxMessage.objects.filter(pk__in=older, state=State.PARKED).update(
             state=State.SKIPPED, last_error="Superseded by a newer version that was delivered."
         )
 

@@ -36,7 +36,7 @@ import json
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -62,6 +62,7 @@ from integrations.models import (
 )
 from integrations.selectors import POLL_INTERVAL_S, poll_stale_after_s, poll_stale_q
 from integrations.sync.bulk import copy_insert_values, cyclic_gc_paused
+from integrations.sync.identity import Rule, match_rules_load
 from integrations.sync.inbound import inbound_page_cases, mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.project_links import projects_link
@@ -130,8 +131,12 @@ def _poll_object(
         writer = PageWriter()
         try:
             facts = tenant_facts(connection=connection, connector=connector, mapping=mapping)
+            # The object's match rules, once for every page (identity resolution).
+            matching = match_rules_load(mapping.canonical_model)
             with cyclic_gc_paused():
-                _poll(connector, connection, mapping, cursor, rules, report, writer, facts)
+                _poll(
+                    connector, connection, mapping, cursor, rules, report, writer, facts, matching
+                )
         finally:
             writer.close()
             connector.close()
@@ -157,6 +162,7 @@ def _poll(
     report: PollReport,
     writer: PageWriter,
     facts: TenantFacts,
+    matching: tuple[Rule, ...],
 ) -> None:
     since = micros_to_iso(int(cursor.position)) if cursor.position else None
     # The records the last poll read at the cursor's stamp (read again by `>=`: skipped) ...
@@ -198,10 +204,13 @@ def _poll(
             progress = _progress(cursor, ordered, page, newest, at_newest)
             if fresh:
                 outcomes.append(
-                    _submit_page(writer, connection, mapping, cursor, fresh, rules, facts, progress)
+                    _submit_page(
+                        writer, connection, mapping, cursor, fresh, rules, facts, progress, matching
+                    )
                 )
             else:
-                writer.submit(PageJob(steps=[], final=partial(_save_cursor, cursor, progress)))
+                save = partial(_save_cursor, cursor, progress)
+                writer.submit(PageJob(steps=[], final=_page_step(writer, save)))
     except ConnectorError:
         # Keep what was read: the pages in flight commit (with their positions), and the
         # next poll goes on from the page that failed.
@@ -341,6 +350,7 @@ def _submit_page(
     rules: OwnershipRules,
     facts: TenantFacts,
     progress: dict[str, Any],
+    matching: tuple[Rule, ...] | None = None,
 ) -> dict[str, Any]:
     """Map a page, prepare its writes from what is committed, and hand them to the writer.
     Returns the page's outcome counts, complete once the writer has committed the page."""
@@ -354,6 +364,7 @@ def _submit_page(
         mapped=mapped,
         rules=rules,
         payloads=[record for _, _, record in fresh],
+        match_rules=matching,
     )
     now = timezone.now()
     raw = [
@@ -413,23 +424,60 @@ def _submit_page(
 
     writer.submit(
         PageJob(
-            steps=[lambda: _keep_raw(raw), lambda: write_upsert(plan)],
-            final=finish,
+            steps=[
+                _page_step(writer, partial(_keep_raw, raw)),
+                _page_step(writer, partial(write_upsert, plan)),
+            ],
+            final=_page_step(writer, finish),
             external_ids=ids,
         )
     )
     return plan.outcome
 
 
+def _page_step(writer: PageWriter, step: Callable[[], None]) -> Callable[[], None]:
+    """A step of a page as the writer runs it: in a transaction of its own (threaded, on
+    PostgreSQL), committed without waiting for the log flush; inline, as it is, in the
+    caller's transaction (whose commit is the caller's to make)."""
+    return partial(_unflushed, step) if writer.threaded else step
+
+
+def _unflushed(step: Callable[[], None]) -> None:
+    """Run a page writer's step with ``synchronous_commit = off`` for its transaction only:
+    the commit returns once the commit record is in the log, not once the log is on disk
+    (PostgreSQL flushes it within 3 x wal_writer_delay, 0.6 s by default).
+
+    Why: each page commits three transactions (raw records, canonical rows, the cursor) while
+    the other lane streams megabytes of log, and the canonical lane is the poll's slowest: on
+    a loaded machine waiting for those flushes cost a quarter of the poll (20,000 time
+    entries: 4,600 -> 5,800 and 5,300 -> 7,000 records/s, measured back to back); on a quiet
+    one, a few per cent.
+
+    Why it is safe: a crash can lose only the newest of these commits, never an older one
+    while keeping a newer one (the log is replayed in order, and every commit that waits for
+    the flush, anyone's, makes every commit before it durable). The cursor moves in the page's
+    last transaction, after the others committed; so a lost commit is one the cursor did not
+    move past either, and the next poll reads that page again (raw records deduplicated by
+    their key, canonical rows skipped by their version). What acts outside the database on
+    what a page wrote commits work of its own normally first (a billing run its invoices and
+    outbox rows, before the outbox posts anything), which makes the page durable before any
+    vendor sees an effect of it. The 0.6 s window can at worst lose a case a page opened and
+    that a digest already mentioned: the page's next read opens it again."""
+    with db.cursor() as cursor:
+        cursor.execute("SET LOCAL synchronous_commit TO OFF")
+    step()
+
+
 def _keep_raw(rows: list[dict[str, Any]]) -> None:
-    """Store the raw polled records. With COPY on PostgreSQL: the payloads are most of the
-    bytes, and COPY streams them without per-value quoting in Python. A record read twice (a
-    poll repeated after a crash) makes COPY fail on the unique key; the page then goes through
-    INSERT ... ON CONFLICT DO NOTHING."""
+    """Store the raw polled records. With COPY on PostgreSQL, in its binary format: the
+    payloads are most of the bytes, and each goes as the bytes it was encoded to, without
+    per-value quoting; the table numbers the rows (nobody needs their ids here, so none are
+    drawn first). A record read twice (a poll repeated after a crash) makes COPY fail on the
+    unique key; the page then goes through INSERT ... ON CONFLICT DO NOTHING."""
     if db.vendor == "postgresql":
         try:
             with transaction.atomic():
-                copy_insert_values(InboundMessage, rows)
+                copy_insert_values(InboundMessage, rows, ids=False, binary=True)
             return
         except IntegrityError:
             pass

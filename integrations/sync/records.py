@@ -205,7 +205,7 @@ def _store(
     positions: Iterable[int],
     along: Along | None,
 ) -> Stored:
-    new_ids = copy_insert_values(model, creates)
+    new_ids = copy_insert_values(model, creates, binary=True)
     if updates:
         now = timezone.now()  # bulk_update does not run auto_now
         for record in updates:

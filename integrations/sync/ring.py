@@ -12,11 +12,22 @@ The database is the source of truth and the broker only a doorbell (ARCHITECTURE
   queued task will see every row committed before it starts. The flag is cleared by the task
   when it starts (``ring_answered``); its lifetime only matters when a message is lost, and the
   sweepers ring regardless (``force``).
+- **Soon, for bursts.** The webhook receiver rings with ``soon=True``: after the commit the
+  ring goes to a helper thread of the process, which sends, SOON_WINDOW_S later, one ring per
+  (task, key) for everything committed meanwhile. A delivery then costs no Redis round trip of
+  its own (75 us of CPU and a 130 us wait each, measured); every commit is still followed by a
+  ring, at most a few tens of milliseconds later. A process killed inside the window loses
+  its rings, not its rows: the sweepers ring for them.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
+import os
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -68,17 +79,81 @@ def ring(
     same (task, key) is already waiting. ``options`` go to ``send_task`` (queue, expires,
     countdown)."""
     options.setdefault("expires", RING_EXPIRES_S)
+    transaction.on_commit(
+        lambda: _send(task_name, key, args, force=force, debounce=debounce, options=options),
+        robust=True,
+    )
 
-    def send() -> None:
-        if debounce and not force and not flag_set(_flag(task_name, key), DEBOUNCE_S):
-            return
-        try:
-            current_app.send_task(task_name, args=args, **options)
-        except Exception:
-            # The work is in the database; the sweepers ring for it again.
-            logger.exception("could not ring %s for %s", task_name, key)
 
-    transaction.on_commit(send, robust=True)
+def _send(
+    task_name: str,
+    key: object,
+    args: tuple[Any, ...],
+    *,
+    force: bool,
+    debounce: bool,
+    options: dict[str, Any],
+) -> None:
+    if debounce and not force and not flag_set(_flag(task_name, key), DEBOUNCE_S):
+        return
+    try:
+        current_app.send_task(task_name, args=args, **options)
+    except Exception:
+        # The work is in the database; the sweepers ring for it again.
+        logger.exception("could not ring %s for %s", task_name, key)
+
+
+# How long the helper thread gathers rings before it sends them: at 400 webhooks a second per
+# web process, 20 ms turns eight Redis round trips into one, and a worker hears of a row at
+# most this much later than it would have.
+SOON_WINDOW_S = 0.02
+
+
+class _Bell:
+    """The helper thread behind ``soon`` rings: the latest ring per (task, key), sent a window
+    after the first one arrived. Started in the process that rings (a forked child starts its
+    own), a daemon: what it holds at exit is sent by the atexit hook, and a kill loses rings
+    only, which the sweepers make good."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._due: dict[tuple[str, object], tuple[tuple[Any, ...], dict[str, Any]]] = {}
+        self._thread: threading.Thread | None = None
+
+    def add(
+        self, task_name: str, key: object, args: tuple[Any, ...], options: dict[str, Any]
+    ) -> None:
+        with self._lock:
+            self._due[(task_name, key)] = (args, options)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="concord-ring", daemon=True)
+                self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(SOON_WINDOW_S)
+            # Cleared before the rings are taken: one added from now on wakes the next round.
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            due, self._due = self._due, {}
+        for (task_name, key), (args, options) in due.items():
+            _send(task_name, key, args, force=False, debounce=True, options=options)
+
+
+_bell = _Bell()
+atexit.register(_bell.flush)
+# A forked child (a gunicorn or Celery worker) has no helper thread and must not inherit a lock
+# some parent thread held at the fork.
+os.register_at_fork(after_in_child=_bell._reset)
 
 
 def ring_answered(task_name: str, key: object) -> None:
@@ -90,10 +165,20 @@ def ring_answered(task_name: str, key: object) -> None:
 # --- The rings the sync engine uses -----------------------------------------------------------
 
 
-def ring_inbound(connection_ids: Iterable[int], *, force: bool = False) -> None:
-    """Ask a worker to process these connections' received inbound messages."""
+def ring_inbound(connection_ids: Iterable[int], *, force: bool = False, soon: bool = False) -> None:
+    """Ask a worker to process these connections' received inbound messages. ``soon``: through
+    the helper thread, for bursts (the webhook receiver); not with ``force``."""
     for connection_id in set(connection_ids):
-        ring(PROCESS_INBOUND_BATCH, key=connection_id, args=(connection_id,), force=force)
+        if soon and not force:
+            options = {"expires": RING_EXPIRES_S}
+            transaction.on_commit(
+                functools.partial(
+                    _bell.add, PROCESS_INBOUND_BATCH, connection_id, (connection_id,), options
+                ),
+                robust=True,
+            )
+        else:
+            ring(PROCESS_INBOUND_BATCH, key=connection_id, args=(connection_id,), force=force)
 
 
 def ring_dispatch(connection_ids: Iterable[int], *, force: bool = False, **options: Any) -> None:

@@ -42,6 +42,7 @@ from integrations.sync.bulk import copy_insert_values
 from integrations.sync.errors import UnresolvedReference
 from integrations.sync.identity import (
     Resolution,
+    Rule,
     identity_resolve,
     match_keys_write,
     possible_duplicates_open,
@@ -224,11 +225,13 @@ def plan_upsert(
     rules: OwnershipRules,
     lock: bool = False,
     payloads: Sequence[Mapping[str, Any] | None] | None = None,
+    match_rules: tuple[Rule, ...] | None = None,
 ) -> UpsertPlan:
     """Decide, with a handful of reads for the whole batch, what each record needs (see the
     module's docstring). ``lock``: read the cross-references and records FOR UPDATE (inside
     the caller's transaction), as the one-record path does. ``payloads``: the vendor records,
-    by position, for the match rules that read what the mapping does not.
+    by position, for the match rules that read what the mapping does not. ``match_rules``:
+    the object's match rules, when the caller loaded them already (a poll, once for its pages).
 
     A record no cross-reference names that the object's match rules find, with certainty, to
     be a record Concord holds from another system links to it: an update of that record (the
@@ -279,10 +282,12 @@ def plan_upsert(
             fresh.append(m)
     counts["stale"] += len(good) - len(latest)
 
-    # Objects without match rules (time entries) pay one small query per batch for this.
+    # Objects without match rules (time entries) skip this; loading the rules is one small
+    # query, per poll (``match_rules``) or per batch.
     identity = plan.identity = identity_resolve(
         connection=connection,
         object_type=model_name,
+        rules=match_rules,
         records=(
             (
                 m.external_id,
@@ -324,7 +329,8 @@ def plan_upsert(
                 reason = f"{model_name} {m.external_id}: {describe(errors)}"
                 plan.fail(m, reason, cause=invalid_cause(errors))
                 continue
-            sources = with_sources(None, fields, source)
+            # with_sources(None, fields, source): a new record's fields have one stamp.
+            sources = {source.stamp: sorted(fields)}
             fields["source_system"] = stamp_role
             fields["source_version"] = m.source_version
             fields["field_sources"] = sources
@@ -429,7 +435,7 @@ def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
                 "last_synced_at": now,
             }
         )
-    copy_insert_values(CrossReference, rows)
+    copy_insert_values(CrossReference, rows, ids=False, binary=True)
     for xref, m in changed:
         xref.external_version = str(m.source_version)
         xref.last_synced_at = now

@@ -14,6 +14,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 from django.db import IntegrityError, transaction
 from django.db import connection as db_connection
 from django.utils import timezone
@@ -108,13 +109,17 @@ def _store(rows: list[Row]) -> Receipt:
     store = _store_postgresql if db_connection.vendor == "postgresql" else _store_each
     receipt = store(rows)
     if receipt.accepted:
-        ring_inbound([rows[0]["connection_id"]])
+        # Soon rather than now: a burst of deliveries shares one ring (integrations/sync/ring.py).
+        ring_inbound([rows[0]["connection_id"]], soon=True)
     return receipt
 
 
 # One statement, one round trip, whatever the number of events: duplicates are skipped by the
 # database (ON CONFLICT on the delivery key), not raised and caught. Outside a transaction it
-# is its own commit, so the 200 that follows it means the events are durable.
+# is its own commit, so the 200 that follows it means the events are durable. Sent with its
+# parameters bound by the server (psycopg's plain cursor) rather than quoted into the text in
+# Python by Django's client-side cursor and its wrapper: about 60 us less CPU per webhook
+# (measured). Not prepared, so a pooler in transaction mode is no concern.
 _INSERT = (
     "INSERT INTO integrations_inboundmessage (connection_id, source, object_type, external_id, "
     "dedupe_key, source_version, payload, state, error, received_at) VALUES {values} "
@@ -139,7 +144,10 @@ def _store_postgresql(rows: list[Row]) -> Receipt:
             now,
         ]
     values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s::jsonb, %s, %s, %s)"] * len(rows))
-    with db_connection.cursor() as cursor:
+    db_connection.ensure_connection()
+    # Errors are translated as Django's own cursor would (the receiver reconnects on an
+    # OperationalError or InterfaceError and tries once more).
+    with db_connection.wrap_database_errors, psycopg.Cursor(db_connection.connection) as cursor:
         cursor.execute(_INSERT.format(values=values), params)
         created = [pk for (pk,) in cursor.fetchall()]
     return Receipt(accepted=len(created), duplicates=len(rows) - len(created), message_ids=created)

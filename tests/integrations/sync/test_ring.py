@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    time.sleep(2 * ring.SOON_WINDOW_S)  # a soon ring of an earlier test lands first
     for queue in ("celery", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
         client.delete(queue)
     yield client
@@ -111,3 +113,44 @@ def test_one_sweep_rings_each_connection_once_however_many_rows_wait(
     assert sorted(args[0] for _, args in _queued(broker, "outbox.xero")) == sorted(
         c.pk for c in connections
     )
+
+
+def _wait_for(broker: redis.Redis, count: int) -> list[tuple[str, list[int]]]:
+    deadline = time.monotonic() + 5
+    while len(queued := _queued(broker, "celery")) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return queued
+
+
+def test_soon_rings_of_a_burst_share_one_round_trip(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:45")
+    asked: list[str] = []
+    real_flag_set = ring.flag_set
+
+    def counting_flag_set(name: str, ttl_s: int) -> bool:
+        asked.append(name)
+        return real_flag_set(name, ttl_s)
+
+    monkeypatch.setattr(ring, "flag_set", counting_flag_set)
+    for _ in range(50):
+        ring.ring_inbound([45], soon=True)
+
+    assert _wait_for(broker, 1) == [(ring.PROCESS_INBOUND_BATCH, [45])]
+    time.sleep(3 * ring.SOON_WINDOW_S)
+    assert len(_queued(broker, "celery")) == 1
+    assert 1 <= len(asked) <= 2  # one per window, not one per ring
+
+
+def test_a_soon_ring_waits_for_the_commit_and_follows_a_started_task(broker: redis.Redis) -> None:
+    flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:46")
+    with transaction.atomic():
+        ring.ring_inbound([46], soon=True)
+        time.sleep(3 * ring.SOON_WINDOW_S)
+        assert _queued(broker, "celery") == []  # not before the commit
+    assert len(_wait_for(broker, 1)) == 1
+
+    ring.ring_answered(ring.PROCESS_INBOUND_BATCH, 46)  # the queued task has started
+    ring.ring_inbound([46], soon=True)  # a row committed after it read its rows
+    assert len(_wait_for(broker, 2)) == 2
