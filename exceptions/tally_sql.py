@@ -39,6 +39,20 @@ END $$;
 
 CREATE OR REPLACE FUNCTION exceptions_case_tally() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
+    -- The common change, a join or a clear moving the amount of an open case in one currency:
+    -- one row of the difference instead of the old contribution out and the new one in.
+    IF TG_OP = 'UPDATE' AND OLD.status = 'open' AND NEW.status = 'open'
+       AND OLD.currency <> '' AND NEW.currency = OLD.currency
+       AND NEW.queue = OLD.queue AND NEW.process = OLD.process
+       AND NEW.case_type = OLD.case_type AND NEW.region = OLD.region
+       AND NEW.legal_entity_id IS NOT DISTINCT FROM OLD.legal_entity_id
+       AND NEW.assignee_id IS NOT DISTINCT FROM OLD.assignee_id THEN
+        INSERT INTO exceptions_casetallydelta ({DIMENSIONS}, cases, amount)
+        VALUES (NEW.queue, NEW.process, NEW.case_type, coalesce(NEW.legal_entity_id, 0),
+                NEW.region, coalesce(NEW.assignee_id, 0), 's', NEW.currency, 0,
+                NEW.amount_blocked - OLD.amount_blocked);
+        RETURN NULL;
+    END IF;
     IF TG_OP IN ('UPDATE', 'DELETE') AND OLD.status = 'open' THEN
         PERFORM exceptions_case_tally_add(OLD, -1);
     END IF;
