@@ -40,7 +40,7 @@ from integrations.models import (
 )
 from integrations.services.audit import audit_record
 from integrations.vendors import VENDORS
-from integrations.workflows.time_to_erp import _contact_ids, _invoice_canonical
+from integrations.workflows.time_to_erp import invoice_canonical, invoice_contact_ids
 
 # Records an outbound preview renders: enough to see a pattern on a page (an invoice of 100
 # lines renders in about 0.2 ms; reading it and its lines is two queries).
@@ -112,12 +112,12 @@ def _invoices(ids: list[int], connection: Connection) -> dict[int, tuple[str, di
     lines: dict[int, list[BillingEvent]] = defaultdict(list)
     for event in BillingEvent.objects.filter(invoice__in=invoices).order_by("pk"):
         lines[event.invoice_id].append(event)  # type: ignore[index]
-    contacts = _contact_ids([(i, lines[i.pk]) for i in invoices])
+    contacts = invoice_contact_ids([(i, lines[i.pk]) for i in invoices])
     return {
         invoice.pk: (
             f"Invoice {invoice.number or invoice.pk} ({invoice.customer.name}, "
             f"{invoice.legal_entity.code})",
-            _invoice_canonical(
+            invoice_canonical(
                 invoice, lines[invoice.pk], contacts.get((connection.pk, invoice.customer_id))
             ),
         )

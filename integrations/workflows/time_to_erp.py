@@ -370,7 +370,7 @@ def _close_cases(billed: Sequence[_Entry]) -> None:
 # --- Invoices ---------------------------------------------------------------------------------
 
 
-class _InvoiceLine(Protocol):
+class InvoiceLine(Protocol):
     """What an invoice's canonical record and case context read of a line: a billing event as
     stored, or a `_Line` of this run."""
 
@@ -482,14 +482,14 @@ def _invoice(billable: Sequence[tuple[_Entry, Decimal]], routes: _Routes) -> int
 
 
 def _post(
-    invoices: Sequence[tuple[Invoice, Sequence[_InvoiceLine]]],
+    invoices: Sequence[tuple[Invoice, Sequence[InvoiceLine]]],
     routes: _Routes,
     *,
     retried: bool = False,
 ) -> None:
     """Hand each invoice to the sync layer, which renders its ERP's payload and writes its outbox
     row (or puts it on an integration admin's case when the mapping cannot render it)."""
-    contact_ids = _contact_ids(invoices)
+    contact_ids = invoice_contact_ids(invoices)
     items = []
     for invoice, lines in invoices:
         connection = routes.connection_for(invoice.legal_entity_id)
@@ -501,7 +501,7 @@ def _post(
             OutboundItem(
                 connection=connection,
                 record=invoice,
-                canonical=_invoice_canonical(invoice, lines, contact_id),
+                canonical=invoice_canonical(invoice, lines, contact_id),
                 context=_invoice_context(invoice, lines),
             )
         )
@@ -517,8 +517,8 @@ def _post(
     outbox_enqueue(messages=messages)
 
 
-def _invoice_canonical(
-    invoice: Invoice, lines: Sequence[_InvoiceLine], contact_id: str | None
+def invoice_canonical(
+    invoice: Invoice, lines: Sequence[InvoiceLine], contact_id: str | None
 ) -> dict[str, Any]:
     """The draft invoice as the sync layer renders it (see OUTBOUND_FIELDS in
     integrations/mapping/canonical.py): its fields, the customer both by its id in the target
@@ -553,7 +553,7 @@ def _invoice_canonical(
     return canonical
 
 
-def _invoice_context(invoice: Invoice, lines: Sequence[_InvoiceLine]) -> dict[str, Any]:
+def _invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine]) -> dict[str, Any]:
     """What the outbox row and any case about the invoice say about it."""
     hours = sum((e.quantity for e in lines), Decimal("0"))
     return {
@@ -567,8 +567,8 @@ def _invoice_context(invoice: Invoice, lines: Sequence[_InvoiceLine]) -> dict[st
     }
 
 
-def _contact_ids(
-    invoices: Sequence[tuple[Invoice, Sequence[_InvoiceLine]]],
+def invoice_contact_ids(
+    invoices: Sequence[tuple[Invoice, Sequence[InvoiceLine]]],
 ) -> dict[tuple[int, int], str]:
     """The customer's id in each target ERP, where Concord knows it."""
     customer_type = ContentType.objects.get_for_model(Customer)
@@ -725,7 +725,7 @@ def _resend_invoices(parked: Sequence[OutboxMessage], case: ExceptionCase) -> in
         .values_list("object_id", "top")
     )
     routes = _Routes.load()
-    contact_ids = _contact_ids([(i, lines[i.pk]) for i in invoices])
+    contact_ids = invoice_contact_ids([(i, lines[i.pk]) for i in invoices])
     by_version: dict[int, list[OutboundItem]] = defaultdict(list)
     for invoice in invoices:
         connection = routes.connection_for(invoice.legal_entity_id)
@@ -736,7 +736,7 @@ def _resend_invoices(parked: Sequence[OutboxMessage], case: ExceptionCase) -> in
             OutboundItem(
                 connection=connection,
                 record=invoice,
-                canonical=_invoice_canonical(
+                canonical=invoice_canonical(
                     invoice,
                     lines[invoice.pk],
                     contact_ids.get((connection.pk, invoice.customer_id)),
