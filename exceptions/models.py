@@ -434,7 +434,42 @@ class QueueDigest(models.Model):
         return f"{self.queue_id} digest at {self.last_run_at}"
 
 
-class CaseTally(models.Model):
+class CaseTallyRow(models.Model):
+    """What a row of CaseTally and a row of CaseTallyDelta both are: the dimensions the queue list
+    filters on, then a count of cases and an amount (a total in the one, a change to it in the
+    other). Abstract, so the two tables keep their own columns (no table of its own, no join);
+    the trigger's SQL names the same columns in the same order (exceptions/tally_sql.py
+    DIMENSIONS, checked by tests/exceptions/test_tally.py)."""
+
+    # The columns a tally row is unique by, in the order tally_sql.DIMENSIONS lists them.
+    DIMENSIONS = (
+        "queue",
+        "process",
+        "case_type",
+        "legal_entity_id",
+        "region",
+        "assignee_id",
+        "kind",
+        "currency",
+    )
+
+    queue = models.CharField(max_length=32)
+    process = models.CharField(max_length=32)
+    case_type = models.CharField(max_length=64)
+    # 0: none (a sentinel, not a key, so CaseTally's unique constraint covers them).
+    legal_entity_id = models.BigIntegerField()
+    region = models.CharField(max_length=16)
+    assignee_id = models.BigIntegerField()
+    kind = models.CharField(max_length=1)
+    currency = models.CharField(max_length=3)
+    cases = models.BigIntegerField()
+    amount = models.DecimalField(max_digits=20, decimal_places=2)
+
+    class Meta:
+        abstract = True
+
+
+class CaseTally(CaseTallyRow):
     """The open cases' totals (count and amount blocked per currency) by the dimensions the queue
     list filters on, so the totals over a queue of 100,000 open cases read a few dozen rows, not
     100,000. Kept by PostgreSQL itself: a trigger on ExceptionCase appends every change of an
@@ -447,32 +482,10 @@ class CaseTally(models.Model):
     (currency "", 1, 0); "c" one currency of such a case (currency, 1, that amount); "n" a case
     blocking no amount (currency "", 1, 0). A case counts once in s + m + n."""
 
-    queue = models.CharField(max_length=32)
-    process = models.CharField(max_length=32)
-    case_type = models.CharField(max_length=64)
-    # 0: none (a sentinel, not a key, so the unique constraint below covers them).
-    legal_entity_id = models.BigIntegerField()
-    region = models.CharField(max_length=16)
-    assignee_id = models.BigIntegerField()
-    kind = models.CharField(max_length=1)
-    currency = models.CharField(max_length=3)
-    cases = models.BigIntegerField()
-    amount = models.DecimalField(max_digits=20, decimal_places=2)
-
     class Meta:
         constraints = [
             models.UniqueConstraint(
-                fields=[
-                    "queue",
-                    "process",
-                    "case_type",
-                    "legal_entity_id",
-                    "region",
-                    "assignee_id",
-                    "kind",
-                    "currency",
-                ],
-                name="casetally_unique_dimensions",
+                fields=list(CaseTallyRow.DIMENSIONS), name="casetally_unique_dimensions"
             )
         ]
 
@@ -480,19 +493,8 @@ class CaseTally(models.Model):
         return f"{self.queue} {self.case_type} {self.kind} {self.currency}: {self.cases}"
 
 
-class CaseTallyDelta(models.Model):
+class CaseTallyDelta(CaseTallyRow):
     """A change to CaseTally not folded in yet (see there): written by the trigger only."""
-
-    queue = models.CharField(max_length=32)
-    process = models.CharField(max_length=32)
-    case_type = models.CharField(max_length=64)
-    legal_entity_id = models.BigIntegerField()
-    region = models.CharField(max_length=16)
-    assignee_id = models.BigIntegerField()
-    kind = models.CharField(max_length=1)
-    currency = models.CharField(max_length=3)
-    cases = models.BigIntegerField()
-    amount = models.DecimalField(max_digits=20, decimal_places=2)
 
     def __str__(self) -> str:
         return f"{self.queue} {self.case_type} {self.kind} {self.currency}: {self.cases:+d}"

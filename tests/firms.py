@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
@@ -129,6 +130,87 @@ def approved_time_firm(
         batch_size=5000,
     )
     return connection
+
+
+# --- One T&M project's approved time billed to an ERP (tests/workflows/test_fixes.py) ---
+
+BILLING_MONTH = date(2026, 11, 1)
+
+
+def uk_entity() -> LegalEntity:
+    return LegalEntity.objects.create(
+        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
+    )
+
+
+def consultant() -> Resource:
+    """Ada Byron, a consultant, billed at the firm's default Consultant rate (GBP 140 an hour)."""
+    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
+    return Resource.objects.create(
+        name="Ada Byron",
+        email="ada@example.invalid",
+        role="Consultant",
+        cost_rate=Decimal("60"),
+        cost_currency="GBP",
+    )
+
+
+def approved_time(project: Project, *, days: Sequence[int], hours: str) -> list[TimeEntry]:
+    """Ada Byron's approved entries of `hours` on the `days` of the billing month."""
+    worker = Resource.objects.get(name="Ada Byron")
+    return [
+        TimeEntry.objects.create(
+            resource=worker,
+            project=project,
+            date=BILLING_MONTH.replace(day=day),
+            hours=Decimal(hours),
+            approval_state=ApprovalState.APPROVED,
+        )
+        for day in days
+    ]
+
+
+def tm_project_firm(
+    erp: Connection,
+    *,
+    customer: dict[str, Any],
+    contract_number: str,
+    project: dict[str, Any],
+    days: Sequence[int],
+    hours: str,
+    tax_rate: TaxRate | None = None,
+) -> Project:
+    """A UK entity billing one time-and-materials project in GBP to `erp` (its default mappings
+    published, the default ERP route) with Ada Byron's approved time (`approved_time`).
+    `customer` and `project` name them (name; code and name) and may override their fields."""
+    entity = uk_entity()
+    mapping_defaults_install(connection=erp)
+    RoutingRule.objects.create(role="erp", connection=erp)
+    consultant()
+    client = Customer.objects.create(
+        **{"legal_entity": entity, "country": "GB", "tax_number": "", "currency": "GBP", **customer}
+    )
+    contract = Contract.objects.create(
+        number=contract_number,
+        customer=client,
+        legal_entity=entity,
+        billing_model="tm",
+        currency="GBP",
+        tax_rate=tax_rate,
+        status="active",
+    )
+    fields: dict[str, Any] = {
+        "customer": client,
+        "contract": contract,
+        "legal_entity": entity,
+        "region": "emea",
+        "currency": "GBP",
+        "status": "active",
+        **project,
+    }
+    made = Project.objects.create(**fields)
+    approved_time(made, days=days, hours=hours)
+    return made
 
 
 # --- Project provisioning (tests/workflows/ and tests/e2e/ test_provisioning.py) ---

@@ -338,8 +338,8 @@ def _editor(
     rows = [r for r in all_rows if r.direction in (direction, "both")]
     blank = FieldRowForm(initial={"direction": direction, "transform": "copy"})
     editing, edit_form = request.GET.get("edit", ""), None
-    if forms.get("row_form_for") is not None:  # an edit refused: the row's form as typed
-        editing, edit_form = str(forms["row_form_for"]), forms["row_form"]
+    if forms.get("row_form_of") is not None:  # an edit refused: the row's form as typed
+        editing, edit_form = str(forms["row_form_of"]), forms["row_form"]
     else:
         edited = next((r for r in rows if str(r.pk) == editing), None)
         if edited is not None:
@@ -367,10 +367,10 @@ def _editor(
             }
         ),
         entry_form=forms.get("entry_form"),
-        entry_form_map=forms.get("entry_form_map"),
+        entry_form_map=forms.get("entry_form_of"),
         map_form=forms.get("map_form") or NewValueMapForm(),
         import_form=forms.get("import_form") or CsvImportForm(),
-        import_form_map=forms.get("import_form_map"),
+        import_form_map=forms.get("import_form_of"),
         refusal=forms.get("refusal"),
         reject_form=forms.get("reject_form") or RejectForm(),
     )
@@ -424,17 +424,22 @@ def _action(
     object_type: str,
     act: Callable[[Connection, list[MappingSet]], str],
     *,
-    on_refusal: Callable[[ValidationError], dict[str, Any]] | None = None,
     to: Callable[[Connection], str] | None = None,
+    of: Any = None,
+    **form: Any,
 ) -> HttpResponse:
     """Run one write; its summary as a message and back to the editor, or its refusal on the
-    editor page (400), onto the form it concerns (`on_refusal`) or at the top."""
+    editor page (400): on the form it concerns, passed by the editor's name for it (e.g.
+    `entry_form=form`, `of` the value map or row it is for), or at the top when none is."""
     connection, versions = _object(connection_id, object_type)
     try:
         text = act(connection, versions)
     except ValidationError as refused:
-        forms = on_refusal(refused) if on_refusal else {"refusal": refused.messages}
-        return _editor(request, connection, object_type, versions, status=400, **forms)
+        shown: dict[str, Any] = {"refusal": refused.messages}
+        if form:
+            ((name, bound),) = form.items()
+            shown = {name: _with(bound, refused), f"{name}_of": of}
+        return _editor(request, connection, object_type, versions, status=400, **shown)
     target = to(connection) if to else _back(request, connection, object_type)
     return _done(request, text, target)
 
@@ -478,13 +483,7 @@ def draft_settings(request: HttpRequest, connection_id: int, object_type: str) -
         mapping_draft_settings(mapping_set=draft, actor=request.user, **form.cleaned_data)
         return "Draft settings saved."
 
-    return _action(
-        request,
-        connection_id,
-        object_type,
-        act,
-        on_refusal=lambda refused: {"settings_form": _with(form, refused)},
-    )
+    return _action(request, connection_id, object_type, act, settings_form=form)
 
 
 def _with(form: Any, refused: ValidationError) -> Any:
@@ -506,7 +505,6 @@ def field_save(
 ) -> HttpResponse:
     """Add a row to the draft, or change one (`field_id`)."""
     form = FieldRowForm(request.POST)
-    doubts: list[str] = []
 
     def act(connection: Connection, versions: list[MappingSet]) -> str:
         if not form.is_valid():
@@ -524,17 +522,12 @@ def field_save(
                 confirmed=bool(form.cleaned_data.get("confirm")),
             )
         except EditNeedsConfirmation as doubt:
-            doubts.extend(doubt.messages)
+            form.doubts = doubt.messages  # type: ignore[attr-defined]
             raise
         verb = "changed" if field_id else "added"
         return f"Row {spec.canonical_field} ← {spec.vendor_path} {verb} in the draft."
 
-    def refused(error: ValidationError) -> dict[str, Any]:
-        _with(form, error)
-        form.doubts = doubts  # type: ignore[attr-defined]
-        return {"row_form": form, "row_form_for": field_id}
-
-    return _action(request, connection_id, object_type, act, on_refusal=refused)
+    return _action(request, connection_id, object_type, act, row_form=form, of=field_id)
 
 
 @require_POST
@@ -565,13 +558,7 @@ def value_map_new(request: HttpRequest, connection_id: int, object_type: str) ->
             "(transform value-map lookup). It is created for everyone when the draft is published."
         )
 
-    return _action(
-        request,
-        connection_id,
-        object_type,
-        act,
-        on_refusal=lambda refused: {"map_form": _with(form, refused)},
-    )
+    return _action(request, connection_id, object_type, act, map_form=form)
 
 
 @require_POST
@@ -598,13 +585,7 @@ def entry_save(
             "the draft."
         )
 
-    return _action(
-        request,
-        connection_id,
-        object_type,
-        act,
-        on_refusal=lambda refused: {"entry_form": _with(form, refused), "entry_form_map": name},
-    )
+    return _action(request, connection_id, object_type, act, entry_form=form, of=name)
 
 
 @require_POST
@@ -670,13 +651,7 @@ def entries_import(
             f"{found.unchanged} unchanged in the draft."
         )
 
-    return _action(
-        request,
-        connection_id,
-        object_type,
-        act,
-        on_refusal=lambda refused: {"import_form": _with(form, refused), "import_form_map": name},
-    )
+    return _action(request, connection_id, object_type, act, import_form=form, of=name)
 
 
 @require_GET
@@ -776,13 +751,7 @@ def mapping_reject(
         )
         return f"v{version} is a draft again; the reason is in its history."
 
-    return _action(
-        request,
-        connection_id,
-        object_type,
-        act,
-        on_refusal=lambda refused: {"reject_form": _with(form, refused)},
-    )
+    return _action(request, connection_id, object_type, act, reject_form=form)
 
 
 @admin_required

@@ -24,6 +24,16 @@ kind, project and month, joined again by later runs while the gap stands. A reco
 no longer finds in a gap is taken off its case (``case_records_clear``), so a fixed gap closes
 its case by itself.
 
+A fact is reported to a person once:
+- time on a closed project that the billing run already holds on its own case (time on an
+  inactive project, PMO's, open or waived) stays on that case: the closed-project gap is stored
+  with that case and opens none of its own for those entries (only for any the billing run has
+  not seen yet);
+- a waived case holds for its gap: while a run finds the gap as the last run left it (the same
+  figures: expected, found, hours and amount blocked, per currency and measure), the gap is
+  stored with the waived case and no case opens again. Once the gap changes (more hours, a
+  different amount), a new case opens for the gap as it now is.
+
 Time on fixed-fee contracts is billed by milestone and is not expected on hourly invoices, so
 it is left out of the time comparisons, as the billing run leaves it out.
 """
@@ -43,6 +53,7 @@ from django.conf import settings
 from django.db import connection as db
 from django.db import transaction
 from django.db.models import (
+    BigIntegerField,
     Case,
     CharField,
     DateField,
@@ -62,7 +73,7 @@ from django.utils import timezone
 
 from exceptions.models import BlockedRecord, ExceptionCase
 from exceptions.retry import RetryResult, retry_handler_register
-from exceptions.services import Blocked, case_open_or_join, case_records_clear
+from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
 from integrations.models import (
     ApprovalState,
     AuditEvent,
@@ -111,6 +122,9 @@ UNBILLED_SLA_DAYS = 40
 # A billing event not in the ERP this long after it was billed counts as not posted: delivery
 # takes seconds; a day covers an ERP outage and a parked invoice's fix without false alarms.
 POST_GRACE_HOURS = 24
+# The billing run's case for approved time on a project that is not active (PMO's: the same
+# fact as a closed project's unbilled time; integrations/workflows/time_to_erp.py _validate).
+BILLING_INACTIVE_PROJECT = "time_on_inactive_project"
 # Distinguishes this workflow's advisory locks (two-key form, keyed by connection id).
 LOCK_SPACE = 0x5245434F  # "RECO"
 
@@ -141,17 +155,44 @@ class _Gap:
     invoice_id: int | None = None
     expected: Decimal = ZERO
     found: Decimal = ZERO
-    records: list[Blocked] = field(default_factory=list)
+    records: list[Blocked] = field(default_factory=list)  # what the gap's own case holds
+    # Records of the gap another case already reports (the billing run's), and that case.
+    elsewhere: list[Blocked] = field(default_factory=list)
+    elsewhere_case_id: int | None = None
     reasons: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     subject: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def every_record(self) -> list[Blocked]:
+        return self.records + self.elsewhere
+
+    @property
     def hours(self) -> Decimal:
-        return sum((r.hours for r in self.records), ZERO)
+        return sum((r.hours for r in self.every_record), ZERO)
 
     @property
     def amount(self) -> Decimal:
-        return sum((r.amount for r in self.records), ZERO)
+        return sum((r.amount for r in self.every_record), ZERO)
+
+    @property
+    def case_type(self) -> str:
+        return CASE_TYPES[self.kind]
+
+    def fingerprint(self) -> str:
+        """Its case's root cause (after _describe): gaps of one case share it."""
+        return case_fingerprint(
+            case_type=self.case_type, process=PROCESS, step=STEP, subject=self.subject
+        )
+
+    def figures(self) -> tuple[Any, ...]:
+        """What a waiver was given for: a change in any of these is a changed gap."""
+        return (
+            self.kind,
+            self.currency,
+            self.measure,
+            self.invoice_id or 0,
+            *(v.quantize(CENT) for v in (self.expected, self.found, self.hours, self.amount)),
+        )
 
 
 # (kind, project, month, currency, invoice, measure): one gap each.
@@ -260,20 +301,25 @@ def _reconcile(run: ReconciliationRun, connection: Connection, today: date) -> N
             _expenses_unbilled(gaps, scope, cutoff)
     _describe(gaps.values())
     cleared, resolved = _clear_gone(run, connection, gaps.values())
-    stored = []
+    waived = _waivers_holding(run, connection, gaps.values())
+    stored, touched = [], set()
     for gap in sorted(gaps.values(), key=_order):
-        case = case_open_or_join(
-            case_type=CASE_TYPES[gap.kind],
-            subject=gap.subject,
-            records=gap.records,
-            process=PROCESS,
-            step=STEP,
-            connection_id=connection.pk,
-        )
-        stored.append(_row(run, gap, case))
+        # All of it on the billing run's case already, or on a waived case that still holds.
+        case_id = waived.get(gap.fingerprint()) if gap.records else gap.elsewhere_case_id
+        if case_id is None:
+            case_id = case_open_or_join(
+                case_type=gap.case_type,
+                subject=gap.subject,
+                records=gap.records,
+                process=PROCESS,
+                step=STEP,
+                connection_id=connection.pk,
+            ).pk
+            touched.add(case_id)
+        stored.append(_row(run, gap, case_id))
     ReconciliationGap.objects.bulk_create(stored, batch_size=500)
     run.gap_count = len(stored)
-    run.cases_touched = len({g.exception_case_id for g in stored})
+    run.cases_touched = len(touched)
     run.records_cleared, run.cases_resolved = cleared, resolved
 
 
@@ -591,26 +637,40 @@ def _time_unbilled(gaps: _Gaps, scope: Scope, cutoff: date) -> None:
             period=_month("date"),
             closed=Case(When(closed, then=Value("y")), default=Value(""), output_field=CharField()),
             amount=Round(F("hours") * _bill_rate(), 2),
+            # The billing run's case already holding a closed project's entry (its open case
+            # first): the entry stays there. Looked up for closed projects only (CASE).
+            reported=Case(When(closed, then=_billing_case_of()), default=None),
         )
         .values_list(
-            "pk", "project_id", "period", "date", "hours", "project__currency", "closed", "amount"
+            "pk",
+            "project_id",
+            "period",
+            "date",
+            "hours",
+            "project__currency",
+            "closed",
+            "amount",
+            "reported",
         )
         .order_by("pk")
     )
     touched: set[int] = set()
-    for pk, project_id, period, day, hours, currency, is_closed, amount in rows:
+    for pk, project_id, period, day, hours, currency, is_closed, amount, reported in rows:
         kind = GapKind.CLOSED_UNBILLED if is_closed else GapKind.TIME_UNBILLED
         gap = gaps.get_or_add(kind, project_id, period, currency, GapMeasure.HOURS)
-        gap.records.append(
-            Blocked(
-                record_type="timeentry",
-                record_id=pk,
-                label=f"TE-{pk} {day:%Y-%m-%d} ({hours} h)",
-                amount=amount or ZERO,
-                currency=currency if amount is not None else "",
-                hours=hours,
-            )
+        record = Blocked(
+            record_type="timeentry",
+            record_id=pk,
+            label=f"TE-{pk} {day:%Y-%m-%d} ({hours} h)",
+            amount=amount or ZERO,
+            currency=currency if amount is not None else "",
+            hours=hours,
         )
+        if reported is None:
+            gap.records.append(record)
+        else:
+            gap.elsewhere.append(record)
+            gap.elsewhere_case_id = gap.elsewhere_case_id or reported
         touched.add(project_id)
     if not touched:
         return
@@ -639,6 +699,22 @@ def _time_unbilled(gaps: _Gaps, scope: Scope, cutoff: date) -> None:
             row = by_month.get((gap.project_id, gap.period))
             if row is not None:
                 gap.expected, gap.found = row["approved"], row["billed"]
+
+
+def _billing_case_of() -> Subquery:
+    """The billing run's time-on-inactive-project case (open, else waived: PMO decided) that
+    holds the outer time entry, as a subquery of its id."""
+    return Subquery(
+        BlockedRecord.objects.filter(
+            record_type="timeentry",
+            record_id=OuterRef("pk"),
+            case__case_type=BILLING_INACTIVE_PROJECT,
+            case__status__in=[ExceptionCase.Status.OPEN, ExceptionCase.Status.WAIVED],
+        )
+        .order_by("case__status", "-case_id")  # "open" sorts before "waived"
+        .values("case_id")[:1],
+        output_field=BigIntegerField(),
+    )
 
 
 def _expenses_unbilled(gaps: _Gaps, scope: Scope, cutoff: date) -> None:
@@ -746,7 +822,7 @@ def _describe(gaps: Iterable[_Gap]) -> None:
             gap.subject["invoice_id"] = gap.invoice_id
 
 
-def _row(run: ReconciliationRun, gap: _Gap, case: ExceptionCase) -> ReconciliationGap:
+def _row(run: ReconciliationRun, gap: _Gap, case_id: int | None) -> ReconciliationGap:
     words = gap.subject.get("why") or ""
     return ReconciliationGap(
         run=run,
@@ -761,9 +837,9 @@ def _row(run: ReconciliationRun, gap: _Gap, case: ExceptionCase) -> Reconciliati
         hours=gap.hours,
         amount=gap.amount,
         currency=gap.currency,
-        records=len(gap.records),
+        records=len(gap.every_record),
         detail=str(words)[:400],
-        exception_case=case,
+        exception_case_id=case_id,
     )
 
 
@@ -771,11 +847,14 @@ def _clear_gone(
     run: ReconciliationRun, connection: Connection, gaps: Iterable[_Gap]
 ) -> tuple[int, int]:
     """Take the records no gap holds any more off this connection's open reconciliation cases
-    (one read of what they hold, one clear per case type); a case left with none resolves
-    itself. Returns (records taken off, cases resolved)."""
+    (one read of what they hold, one clear per case type and reason), and those another case
+    reports now (the billing run's); a case left with none resolves itself. Returns (records
+    taken off, cases resolved)."""
     found: dict[str, set[tuple[str, int]]] = defaultdict(set)
+    elsewhere: set[tuple[str, int]] = set()
     for gap in gaps:
-        found[CASE_TYPES[gap.kind]].update(r.key for r in gap.records)
+        found[gap.case_type].update(r.key for r in gap.records)
+        elsewhere.update(r.key for r in gap.elsewhere)
     held: dict[str, set[tuple[str, int]]] = defaultdict(set)
     for case_type, record_type, record_id in (
         BlockedRecord.objects.filter(
@@ -787,22 +866,77 @@ def _clear_gone(
         .order_by()
     ):
         held[case_type].add((record_type, record_id))
+    notes = (
+        f"Closed automatically: reconciliation run #{run.pk} no longer finds this gap.",
+        f"Closed automatically: reconciliation run #{run.pk} finds this time on the billing "
+        "run's case for time on an inactive project, which reports it.",
+    )
     cleared, resolved = 0, 0
     for case_type in sorted(held):
         gone = held[case_type] - found[case_type]
-        if not gone:
-            continue
-        cleared += len(gone)
-        resolved += len(
-            case_records_clear(
-                records=sorted(gone),
-                process=PROCESS,
-                case_types=[case_type],
-                note=f"Closed automatically: reconciliation run #{run.pk} no longer finds "
-                "this gap.",
+        for records, note in zip((gone - elsewhere, gone & elsewhere), notes, strict=True):
+            if not records:
+                continue
+            cleared += len(records)
+            resolved += len(
+                case_records_clear(
+                    records=sorted(records), process=PROCESS, case_types=[case_type], note=note
+                )
             )
-        )
     return cleared, resolved
+
+
+def _waivers_holding(
+    run: ReconciliationRun, connection: Connection, gaps: Iterable[_Gap]
+) -> dict[str, int]:
+    """The waived cases that still hold for this run's gaps, by fingerprint: the last finished
+    run of this connection stored the root cause's gaps with a case since waived (or held by a
+    waiver already), and this run finds them with the same figures. One read of that run's
+    gaps of waived cases."""
+    last = (
+        ReconciliationRun.objects.filter(connection=connection, state=ReconciliationState.DONE)
+        .exclude(pk=run.pk)
+        .order_by("-pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    if last is None:
+        return {}
+    before: dict[str, tuple[int, list[tuple[Any, ...]]]] = {}
+    for case_id, fingerprint, *figures in (
+        ReconciliationGap.objects.filter(
+            run_id=last,
+            exception_case__status=ExceptionCase.Status.WAIVED,
+            exception_case__process=PROCESS,
+        )
+        .values_list(
+            "exception_case_id",
+            "exception_case__fingerprint",
+            "kind",
+            "currency",
+            "measure",
+            "invoice_id",
+            "expected",
+            "found",
+            "hours",
+            "amount",
+        )
+        .order_by()
+    ):
+        kind, currency, measure, invoice_id, *values = figures
+        row = (kind, currency, measure, invoice_id or 0, *(v.quantize(CENT) for v in values))
+        before.setdefault(fingerprint, (case_id, []))[1].append(row)
+    if not before:
+        return {}
+    now: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
+    for gap in gaps:
+        if gap.records:  # a gap all on the billing run's case needs no waiver of ours
+            now[gap.fingerprint()].append(gap.figures())
+    return {
+        fingerprint: case_id
+        for fingerprint, (case_id, figures) in before.items()
+        if sorted(figures) == sorted(now.get(fingerprint, []))
+    }
 
 
 # --- Retry: reconcile again now -------------------------------------------------------------------

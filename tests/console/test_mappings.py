@@ -329,6 +329,54 @@ def test_a_row_is_checked_before_it_is_saved(harvest: Connection) -> None:
     assert published.fields.filter(canonical_field="end_date", vendor_path="ends_on").exists()
 
 
+def test_a_refusal_comes_back_on_the_form_it_concerns_as_it_was_typed(
+    harvest: Connection,
+) -> None:
+    """Each write's refusal lands on its own form (the edited row, the value map's new entry,
+    the draft's settings), keeping what was typed; the other forms stay blank."""
+    client = admin_client()
+    client.post(url(harvest, "mapping_draft"))
+    draft = draft_of(harvest)
+    edited = draft.fields.get(canonical_field="end_date")
+    row = {"direction": "in", "transform": "copy", "tab": "in", "canonical_field": "colour"}
+
+    refused = text(
+        client.post(url(harvest, "mapping_field", edited.pk), {**row, "vendor_path": "x.y"})
+    )
+    # The edited row is open as a form holding what was typed; the add form is blank and closed.
+    editing = re.search(rf'<tr id="field-{edited.pk}" class="mapping-editing">(.*?)</tr>', refused)
+    assert editing is not None
+    assert 'value="colour"' in editing.group(1)
+    assert "is not a field of project" in editing.group(1)
+    assert refused.count('value="colour"') == 1
+    assert '<details class="mapping-add">' in refused
+
+    added = text(client.post(url(harvest, "mapping_field_add"), {**row, "vendor_path": "x.y"}))
+    assert '<details class="mapping-add" open>' in added
+    assert "mapping-editing" not in added
+
+    entry = client.post(
+        url(harvest, "mapping_entry", "harvest_project_active"),
+        {"vendor_value": "maybe", "canonical_value": "perhaps"},
+    )
+    assert entry.status_code == 400
+    new_entry = re.search(r'<tr class="mapping-new-entry">(.*?)</tr>', text(entry))
+    assert new_entry is not None
+    assert 'value="maybe"' in new_entry.group(1)
+    assert 'value="perhaps"' in new_entry.group(1)
+
+    settings = client.post(
+        url(harvest, "mapping_draft_settings"),
+        {"external_id_path": "", "version_path": "updated_at", "notes": "typed", "tab": "in"},
+    )
+    assert settings.status_code == 400
+    form = re.search(r'<form class="mapping-settings-form".*?</form>', text(settings))
+    assert form is not None
+    assert "typed</textarea>" in form.group(0)
+    assert "This field is required." in form.group(0)
+    assert draft_of(harvest).notes != "typed"
+
+
 def test_a_published_version_is_never_edited(harvest: Connection) -> None:
     client = admin_client()
     response = client.post(

@@ -12,8 +12,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 
-from exceptions import selectors
-from exceptions.models import BlockedRecord, CaseTally, CaseTallyDelta, ExceptionCase
+from exceptions import selectors, tally_sql
+from exceptions.models import (
+    BlockedRecord,
+    CaseTally,
+    CaseTallyDelta,
+    CaseTallyRow,
+    ExceptionCase,
+)
 from exceptions.services import case_records_clear, case_tally_compact, case_tally_rebuild
 from integrations.models import LegalEntity
 from tests.exceptions.cases import admin_user, entries, finance_case, finance_user, pmo_case
@@ -154,3 +160,31 @@ def test_a_user_sees_the_totals_of_their_queues_only() -> None:
     assert tallied is not None
     assert _as_rows(tallied) == (1, [("EUR", 1, Decimal("10.00"))])
     assert connection.vendor == "postgresql"
+
+
+# --- The two tables and the trigger's SQL agree -----------------------------------------------
+
+
+def _columns(table: str) -> list[tuple[str, str]]:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT column_name, data_type FROM information_schema.columns"
+            " WHERE table_name = %s ORDER BY ordinal_position",
+            [table],
+        )
+        return list(cursor.fetchall())
+
+
+def test_the_tally_and_its_deltas_are_one_row_shape_with_the_columns_the_trigger_writes() -> None:
+    shared = [f.column for f in CaseTallyRow._meta.concrete_fields]
+    assert shared[: len(CaseTallyRow.DIMENSIONS)] == list(CaseTallyRow.DIMENSIONS)
+    assert shared[len(CaseTallyRow.DIMENSIONS) :] == ["cases", "amount"]
+    # The trigger, the rebuild and the compaction name the dimensions in the model's order.
+    assert ", ".join(CaseTallyRow.DIMENSIONS) == tally_sql.DIMENSIONS
+    tally, delta = _columns(CaseTally._meta.db_table), _columns(CaseTallyDelta._meta.db_table)
+    assert tally == delta
+    assert [name for name, _ in tally] == ["id", *shared]
+    # The compaction's ON CONFLICT needs a unique constraint on exactly the dimensions.
+    [unique] = CaseTally._meta.constraints
+    assert list(unique.fields) == list(CaseTallyRow.DIMENSIONS)  # type: ignore[attr-defined]
+    assert not CaseTallyDelta._meta.constraints

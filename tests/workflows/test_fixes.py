@@ -17,10 +17,8 @@ from exceptions.errors import CaseConflict, CaseForbidden, CaseRefused
 from exceptions.models import CaseEvent, ExceptionCase
 from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
-    ApprovalState,
     AuditEvent,
     Connection,
-    Contract,
     CrossReference,
     Customer,
     ExchangeRate,
@@ -30,7 +28,6 @@ from integrations.models import (
     OwnershipRule,
     Project,
     RateCard,
-    Resource,
     RoutingRule,
     TaxRate,
     TimeEntry,
@@ -41,6 +38,7 @@ from integrations.vendors import connector_for
 from integrations.workflows.fixes import fix_apply
 from integrations.workflows.time_to_erp import billing_run, invoice_reference
 from tests.factories import UserFactory
+from tests.firms import approved_time, tm_project_firm
 from tests.integrations.conftest import (  # noqa: F401 - fixtures
     NEW_TENANT,
     Sandbox,
@@ -68,9 +66,6 @@ def umbrella_firm(xero: Connection, *, contact_id: str = "") -> Customer:
     """A UK entity billing Umbrella GmbH, which has no VAT number, under EU reverse charge (a
     tax type Xero accepts only for a contact with a tax number): 3 approved entries of 7.5 h.
     With `contact_id`, Concord knows Umbrella's contact in Xero (a cross-reference)."""
-    entity = LegalEntity.objects.create(
-        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
-    )
     reverse = TaxRate.objects.create(
         code="ECZROUTPUTSERVICES",
         name="Reverse charge",
@@ -79,46 +74,15 @@ def umbrella_firm(xero: Connection, *, contact_id: str = "") -> Customer:
         requires_customer_tax_number=True,
     )
     customer_rules()
-    mapping_defaults_install(connection=xero)
-    RoutingRule.objects.create(role="erp", connection=xero)
-    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
-    worker = Resource.objects.create(
-        name="Ada Byron",
-        email="ada@example.invalid",
-        role="Consultant",
-        cost_rate=Decimal("60"),
-        cost_currency="GBP",
-    )
-    customer = Customer.objects.create(
-        name="Umbrella GmbH", legal_entity=entity, country="DE", tax_number="", currency="GBP"
-    )
-    contract = Contract.objects.create(
-        number="C-UMB",
-        customer=customer,
-        legal_entity=entity,
-        billing_model="tm",
-        currency="GBP",
+    customer = tm_project_firm(
+        xero,
+        customer={"name": "Umbrella GmbH", "country": "DE"},
+        contract_number="C-UMB",
         tax_rate=reverse,
-        status="active",
-    )
-    project = Project.objects.create(
-        code="P-UMB",
-        name="Umbrella rollout",
-        customer=customer,
-        contract=contract,
-        legal_entity=entity,
-        region="emea",
-        currency="GBP",
-        status="active",
-    )
-    for day in range(1, 4):
-        TimeEntry.objects.create(
-            resource=worker,
-            project=project,
-            date=date(2026, 11, day),
-            hours=Decimal("7.5"),
-            approval_state=ApprovalState.APPROVED,
-        )
+        project={"code": "P-UMB", "name": "Umbrella rollout"},
+        days=(1, 2, 3),
+        hours="7.5",
+    ).customer
     if contact_id:
         CrossReference.objects.create(
             content_type=ContentType.objects.get_for_model(Customer),
@@ -356,51 +320,14 @@ def billing_firm(xero: Connection, **project: object) -> Project:
         OwnershipRule.objects.get_or_create(
             object_type=object_type, field="", defaults={"owner_role": owner}
         )
-    entity = LegalEntity.objects.create(
-        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
+    return tm_project_firm(
+        xero,
+        customer={"name": "Globex Ltd"},
+        contract_number="C-GLX",
+        project={"code": "P-GLX", "name": "Globex rollout", **project},
+        days=(1, 2),
+        hours="4",
     )
-    mapping_defaults_install(connection=xero)
-    RoutingRule.objects.create(role="erp", connection=xero)
-    RateCard.objects.create(role="Consultant", currency="GBP", bill_rate=Decimal("140"))
-    worker = Resource.objects.create(
-        name="Ada Byron",
-        email="ada@example.invalid",
-        role="Consultant",
-        cost_rate=Decimal("60"),
-        cost_currency="GBP",
-    )
-    customer = Customer.objects.create(
-        name="Globex Ltd", legal_entity=entity, country="GB", tax_number="", currency="GBP"
-    )
-    contract = Contract.objects.create(
-        number="C-GLX",
-        customer=customer,
-        legal_entity=entity,
-        billing_model="tm",
-        currency="GBP",
-        status="active",
-    )
-    fields: dict[str, object] = {
-        "code": "P-GLX",
-        "name": "Globex rollout",
-        "customer": customer,
-        "contract": contract,
-        "legal_entity": entity,
-        "region": "emea",
-        "currency": "GBP",
-        "status": "active",
-        **project,
-    }
-    made = Project.objects.create(**fields)
-    for day in (1, 2):
-        TimeEntry.objects.create(
-            resource=worker,
-            project=made,
-            date=date(2026, 11, day),
-            hours=Decimal("4"),
-            approval_state=ApprovalState.APPROVED,
-        )
-    return made
 
 
 def blocked_case(case_type: str) -> ExceptionCase:
@@ -506,15 +433,7 @@ def billing_firm_second_project(first: Project) -> Project:
         currency="GBP",
         status="active",
     )
-    worker = Resource.objects.get()
-    for day in (3, 4):
-        TimeEntry.objects.create(
-            resource=worker,
-            project=second,
-            date=date(2026, 11, day),
-            hours=Decimal("4"),
-            approval_state=ApprovalState.APPROVED,
-        )
+    approved_time(second, days=(3, 4), hours="4")
     return second
 
 

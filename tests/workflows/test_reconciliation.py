@@ -17,18 +17,21 @@ from django.db import connection as db
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from exceptions.actions import case_waive
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import retry_handler_for
 from integrations import models as m
 from integrations import tasks
 from integrations.roles import FINANCE, INTEGRATION_ADMIN, PMO, VIEWER
 from integrations.workflows.reconciliation import reconcile_connection
+from integrations.workflows.time_to_erp import billing_run
 from tests.factories import (
     ContractFactory,
     CustomerFactory,
     LegalEntityFactory,
     ProjectFactory,
     ResourceFactory,
+    UserFactory,
     make_connection,
 )
 
@@ -394,6 +397,102 @@ def test_a_failed_run_is_stored_with_its_error(monkeypatch: pytest.MonkeyPatch) 
     assert run.error == "RuntimeError: database went away"
     assert not m.ReconciliationGap.objects.exists()
     assert not ExceptionCase.objects.filter(process="reconciliation").exists()
+
+
+# --- One report per fact -------------------------------------------------------------------------
+
+
+def _held(case: ExceptionCase) -> list[int]:
+    return sorted(BlockedRecord.objects.filter(case=case).values_list("record_id", flat=True))
+
+
+def _run(firm: Firm) -> m.ReconciliationRun:
+    run = reconcile_connection(connection_id=firm.erp.pk)
+    assert run is not None
+    assert run.state == "done", run.error
+    return run
+
+
+def test_time_on_a_closed_project_is_reported_once_on_the_billing_runs_case() -> None:
+    firm = _firm()
+    closed = _project(firm, "P-SHUT", status=m.Project.Status.CLOSED)
+    seen = _entry(firm, closed, RECENT, "3")
+    # The billing run met the entry first: PMO has its case for time on an inactive project.
+    assert billing_run(entry_ids=[seen.pk]).blocked == 1
+    billing = ExceptionCase.objects.get(case_type="time_on_inactive_project", status="open")
+    assert billing.queue == Queue.PMO
+    assert _held(billing) == [seen.pk]
+
+    run = _run(firm)
+    (gap,) = run.gaps.all()
+    assert (gap.kind, gap.hours, gap.amount, gap.records) == ("closed_unbilled", 3, 300, 1)
+    assert gap.exception_case_id == billing.pk  # the gap is known, on the case that reports it
+    assert not ExceptionCase.objects.filter(process="reconciliation").exists()
+    assert run.cases_touched == 0
+
+    # Time the billing run has not seen yet is reconciliation's to report, and only that.
+    unseen = _entry(firm, closed, RECENT, "2")
+    run = _run(firm)
+    own = ExceptionCase.objects.get(case_type="reconciliation_closed_project_unbilled")
+    assert _held(own) == [unseen.pk]
+    (gap,) = run.gaps.all()
+    assert (gap.hours, gap.records, gap.exception_case_id) == (5, 2, own.pk)
+
+    # Once the billing run holds it too, the next run takes it off reconciliation's case.
+    billing_run(entry_ids=[unseen.pk])
+    assert _held(billing) == [seen.pk, unseen.pk]
+    run = _run(firm)
+    own.refresh_from_db()
+    assert own.status == "resolved"
+    assert "billing run's case for time on an inactive project" in own.resolution_note
+    assert (run.records_cleared, run.cases_resolved) == (1, 1)
+    open_for_project = ExceptionCase.objects.filter(status="open", project=closed)
+    assert list(open_for_project) == [billing]
+
+    # PMO waived the billing run's case (the time will not be billed): reconciliation does not
+    # report the same time again.
+    pmo = UserFactory.create(role=PMO)
+    case_waive(actor=pmo, case_id=billing.pk, revision=billing.revision, reason="Goodwill")
+    run = _run(firm)
+    (gap,) = run.gaps.all()
+    assert gap.exception_case_id == billing.pk
+    assert not ExceptionCase.objects.filter(status="open", project=closed).exists()
+
+
+def test_a_waived_gap_stays_waived_until_its_figures_change() -> None:
+    firm = _firm()
+    late = _project(firm, "P-LATE")
+    entry = _entry(firm, late, OLD, "5")
+    other = _project(firm, "P-OTHER")
+    _entry(firm, other, OLD, "1")
+    _run(firm)
+    cases = {c.project_id: c for c in ExceptionCase.objects.filter(process="reconciliation")}
+    waived = cases[late.pk]
+    finance = UserFactory.create(role=FINANCE)
+    case_waive(
+        actor=finance, case_id=waived.pk, revision=waived.revision, reason="Agreed not to bill"
+    )
+
+    for _ in range(2):  # the waiver holds run after run while the gap is as it was
+        run = _run(firm)
+        gaps = {g.project_id: g for g in run.gaps.all()}
+        assert gaps[late.pk].exception_case_id == waived.pk
+        assert gaps[late.pk].hours == 5
+        assert run.cases_touched == 1  # the other project's case only, joined again
+        assert set(_open_cases().values()) == {cases[other.pk]}
+        waived.refresh_from_db()
+        assert waived.status == "waived"
+    assert ExceptionCase.objects.filter(process="reconciliation").count() == 2
+
+    # The gap changes (more hours approved on the entry): a new case for the gap as it is now.
+    m.TimeEntry.objects.filter(pk=entry.pk).update(hours=Decimal("7"))
+    run = _run(firm)
+    reopened = ExceptionCase.objects.get(process="reconciliation", status="open", project=late)
+    assert reopened.pk != waived.pk
+    assert reopened.hours_blocked == 7
+    assert run.gaps.get(project=late).exception_case_id == reopened.pk
+    waived.refresh_from_db()
+    assert waived.status == "waived"
 
 
 # --- At scale -----------------------------------------------------------------------------------
