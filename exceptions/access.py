@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Q
+from django.contrib.auth.models import Group
+from django.db.models import Q, Value
 
 from exceptions.models import WorkQueue
 from integrations.roles import INTEGRATION_ADMIN
 
 # Cached on the user object for the rest of its request or task (two queries once).
 _CACHE_ATTR = "_concord_case_access"
+# What the access query answers for an integration admin, besides their queues' codes.
+ALL_QUEUES = "*"
 
 
 @dataclass(frozen=True)
@@ -49,16 +52,25 @@ def case_access(user: Any) -> CaseAccess:
     cached = getattr(user, _CACHE_ATTR, None)
     if isinstance(cached, CaseAccess):
         return cached
-    if user.is_superuser or user.groups.filter(name=INTEGRATION_ADMIN).exists():
+    if user.is_superuser:
         access = CaseAccess(all_queues=True, queues=frozenset())
     else:
-        codes = (
+        # One query: the codes of the user's queues, and ALL_QUEUES if they are an integration
+        # admin (no queue code is "*").
+        codes = set(
             WorkQueue.objects.filter(Q(members=user) | Q(groups__user=user))
             .order_by()
             .values_list("code", flat=True)
-            .distinct()
+            .union(
+                Group.objects.filter(user=user, name=INTEGRATION_ADMIN)
+                .annotate(mark=Value(ALL_QUEUES))
+                .values_list("mark", flat=True)
+            )
         )
-        access = CaseAccess(all_queues=False, queues=frozenset(codes))
+        if ALL_QUEUES in codes:
+            access = CaseAccess(all_queues=True, queues=frozenset())
+        else:
+            access = CaseAccess(all_queues=False, queues=frozenset(codes))
     setattr(user, _CACHE_ATTR, access)
     return access
 

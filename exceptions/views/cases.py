@@ -13,6 +13,7 @@ holds). Each action form carries the case's `revision` as the person saw it; the
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -24,6 +25,7 @@ from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import get_script_prefix, reverse
 from django.utils import timezone
 from django.utils.safestring import SafeString, mark_safe
 from django.utils.timesince import timesince, timeuntil
@@ -39,6 +41,7 @@ from exceptions.errors import (
 )
 from exceptions.models import CaseEvent, ExceptionCase
 from exceptions.views import HtmxHttpRequest, esc
+from integrations.models import SyncAttempt
 
 OPEN = ExceptionCase.Status.OPEN
 TEMPLATE = "exceptions/case.html"
@@ -320,6 +323,39 @@ def _blocked_row(held: selectors.HeldRecord) -> SafeString:
     )
 
 
+def _attempt_row(attempt: SyncAttempt) -> SafeString:
+    """One attempt of an outbox row (templates/exceptions/_case_payloads.html), with the
+    vendor's answer; a huge case shows 40 of them."""
+    at = timezone.localtime(attempt.started_at)
+    response = pretty_text(attempt.vendor_response)
+    status = "no answer" if attempt.status_code is None else attempt.status_code
+    return mark_safe(  # noqa: S308 - every value goes through esc
+        f'<tr>\n<td><time datetime="{at.isoformat()}">{at.day} {at.strftime("%b %Y %H:%M:%S")}'
+        f'</time><br><span class="meta">{esc(attempt.latency_ms)} ms</span></td>\n'
+        f'<td class="num">{esc(status)}</td>\n<td>{esc(attempt.get_outcome_display())}</td>\n'
+        f"<td>{esc(attempt.error)}</td>\n"
+        f"<td>{f'<pre>{esc(response)}</pre>' if response else ''}</td>\n</tr>"
+    )
+
+
+def _group_row(other: ExceptionCase) -> SafeString:
+    """Another open case of the root-cause group: a link and its message (up to 20 shown)."""
+    message = other.message if len(other.message) <= 160 else f"{other.message[:159]}…"
+    return mark_safe(  # noqa: S308 - every value goes through esc
+        f'<li><a href="{esc(case_path(other.pk))}">#{other.pk}</a> {esc(message)}</li>'
+    )
+
+
+def case_path(case_id: int) -> str:
+    """/cases/<id>/ under the script prefix, without a reverse per link."""
+    return f"{_case_prefix(get_script_prefix())}{case_id}/"
+
+
+@functools.lru_cache(maxsize=8)
+def _case_prefix(script_prefix: str) -> str:
+    return reverse("exceptions:case", args=[0])[: -len("0/")]
+
+
 def _trail_row(event: CaseEvent) -> SafeString:
     """One row of the audit trail (templates/exceptions/_case_trail.html), escaped by `esc`."""
     at = timezone.localtime(event.at)
@@ -355,17 +391,13 @@ def _context(
         "records": [_blocked_row(held) for held in detail.records],
         "inbound": [(message, pretty(message.payload)) for message in detail.inbound],
         "outbox": [
-            (
-                row,
-                pretty(row.payload),
-                [
-                    (attempt, pretty_text(attempt.vendor_response))
-                    for attempt in row.sync_attempts.all()
-                ],
-            )
+            (row, pretty(row.payload), [_attempt_row(a) for a in row.sync_attempts.all()])
             for row in detail.outbox
         ],
-        "others": detail.group[1:],
+        "others": [_group_row(other) for other in detail.group[1:]],
+        # The case's own path, which its action URLs extend (exceptions/urls.py): one reverse
+        # for the page, not two per form.
+        "case_url": case_path(case.pk),
         "trail": [_trail_row(event) for event in detail.events],
         "members": selectors.queue_members(queues=[case.queue]) if is_open else [],
         "mine": case.assignee_id == request.user.pk,
