@@ -66,6 +66,13 @@ app.conf.beat_schedule = {
         "schedule": 60.0,
         "options": {"expires": 60},
     },
+    "check-expected-work": {
+        "task": "integrations.check_expected_work",
+        # Approved time late for the ERP, runs stuck at a step, polls beat has not sent: each
+        # check is one query, and its threshold is minutes to days, so every 5 minutes is soon.
+        "schedule": 300.0,
+        "options": {"expires": 300},
+    },
     "billing-run": {
         "task": "integrations.billing_run",
         # Approved time becomes draft invoices within a minute; a run takes seconds.

@@ -312,6 +312,13 @@ CONCORD_POST_GRACE_HOURS = env_int("CONCORD_POST_GRACE_HOURS", 24)
 # every approved expense would be one, and the finance queue would hold nothing else.
 CONCORD_RECONCILE_EXPENSES = env_bool("CONCORD_RECONCILE_EXPENSES", False)
 
+# --- Expected work that did not happen (integrations/workflows/checks.py, beat's
+# "check-expected-work"): a workflow run at one step for longer than this is stuck (the PMO
+# provisioning board highlights the same runs), and a polling schedule beat has not sent for
+# this many of its intervals has not run. Approved time not in the ERP uses the unbilled SLA above.
+CONCORD_RUN_STUCK_AFTER_MINUTES = env_int("CONCORD_RUN_STUCK_AFTER_MINUTES", 60)
+CONCORD_POLL_NOT_RUN_INTERVALS = env_int("CONCORD_POLL_NOT_RUN_INTERVALS", 3)
+
 # --- Health: how old a heartbeat may be before /healthz calls the component down. The worker
 # beats every 10 s and beat ticks at least every 5 s, so 45 s tolerates a few missed beats.
 CONCORD_HEARTBEAT_INTERVAL_S = env_int("CONCORD_HEARTBEAT_INTERVAL_S", 10)

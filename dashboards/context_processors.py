@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from django.http import HttpRequest
-from django.urls import reverse
+from django.urls import get_script_prefix, reverse
 
+from dashboards.provisioning import BOARD_PERMISSIONS
 from exceptions.access import case_access
 from integrations.actuals import ACTUALS_PERMISSIONS
 
@@ -14,6 +16,7 @@ SECTIONS: list[tuple[str, str, str | tuple[str, ...] | None]] = [
     ("Overview", "dashboards:home", None),
     ("Finance", "dashboards:finance", "dashboards.view_finance"),
     ("PMO", "dashboards:pmo", "dashboards.view_pmo"),
+    ("Provisioning", "dashboards:provisioning", BOARD_PERMISSIONS),
     ("Sales ops", "dashboards:sales_ops", "dashboards.view_sales_ops"),
     ("Actuals", "dashboards:actuals", ACTUALS_PERMISSIONS),
     ("Integration admin", "dashboards:integration_admin", "dashboards.view_integration_admin"),
@@ -41,9 +44,17 @@ def navigation(request: HttpRequest) -> dict[str, Any]:
     if not case_access(user).none:
         names += [name for _, name in CASE_SECTIONS]
         labels.update({name: label for label, name in CASE_SECTIONS})
+    prefix = get_script_prefix()
     return {
         "nav_sections": [
-            {"label": labels[name], "url": reverse(name), "active": request.path == reverse(name)}
+            {"label": labels[name], "url": url, "active": request.path == url}
             for name in names
+            for url in (_path(prefix, name),)
         ]
     }
+
+
+@functools.lru_cache(maxsize=64)
+def _path(script_prefix: str, name: str) -> str:
+    """A section's path: reversed once per process (and script prefix), not twice per page."""
+    return reverse(name)

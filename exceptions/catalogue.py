@@ -134,6 +134,14 @@ _CHECKED_AGAIN = "; the next reconciliation checks again and closes this case on
 _GOES_ON = (
     " Provisioning goes on from this check once it is fixed (retry, or the CRM's next change)."
 )
+_MILESTONE = (
+    "{held} of project {project} for customer {customer} cannot be invoiced (latest: milestone "
+    "{milestone}): "
+)
+_MILESTONE_GOES_ON = (
+    " The invoice is created from this check once it is fixed (retry, or the next change of "
+    "the milestone, project or contract)."
+)
 
 CATALOGUE: dict[str, CaseType] = {
     t.name: t
@@ -600,6 +608,283 @@ CATALOGUE: dict[str, CaseType] = {
             "Bill them in the ERP, or make them non-billable in the PSA" + _CHECKED_AGAIN,
             noun="approved expense",
             fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
+        ),
+        # --- Expected work that did not happen (integrations/workflows/checks.py, from beat) ---
+        # Each is one case per root cause, held records per late item, closed by the next check
+        # that no longer finds them.
+        CaseType(
+            # Approved time past the unbilled SLA (CONCORD_UNBILLED_SLA_DAYS, the
+            # reconciliation's) and a day more, still not in the ERP, that no other open case
+            # explains (a billing-run, reconciliation or ERP case holding the entry, its
+            # billing event or its invoice): nobody has been told. One case per legal entity.
+            name="expected_time_not_posted",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("legal_entity_id",),
+            template="{held} for {legal_entity} were approved more than {sla_days} days ago "
+            "and are still not in the ERP, and no case says why: neither the billing run nor "
+            "the reconciliation holds them. Check that the billing run and the reconciliation "
+            "run (Configuration, Schedules) and that an ERP connection serves {legal_entity}; "
+            "this case closes by itself once they are posted or another case explains them.",
+            noun="approved time entry",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            # Workflow runs (any process) at one step for longer than
+            # CONCORD_RUN_STUCK_AFTER_MINUTES with no open case holding them: their writes
+            # never came back delivered, or nothing moved them on. One case per process and step.
+            name="workflow_run_stuck",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("step_name",),
+            template="{held} of {process_words} have been at step \u201c{step_words}\u201d for "
+            "more than {threshold} with no case holding them (last: {detail}). Look at the "
+            "outbox rows of that step (parked, or never delivered) and retry this case to move "
+            "them on; it closes by itself once they are past the step.",
+            noun="workflow run",
+            fix_form="outbox_replay",
+            fix_permission="integrations.change_outboxmessage",
+            # Retry the group: every stuck step of the same process.
+            group_by=("process_name",),
+        ),
+        CaseType(
+            # Polling schedules (each connection's own row, or poll-all) that beat has not sent
+            # for CONCORD_POLL_NOT_RUN_INTERVALS of their intervals: the scheduler, not the
+            # connection (poll_stale says which connections' data is late). One case.
+            name="poll_schedule_not_run",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P2,
+            fingerprint=("scheduler",),
+            template="{held} have not been run by {scheduler} for more than {intervals} of "
+            "their intervals, so changes in those systems are not being read. Check that beat "
+            "is running (the overview page's health) and the schedules on Configuration, "
+            "Schedules; this case closes by itself once each of them runs again.",
+            noun="polling schedule",
+            fix_form="connection_settings",
+            fix_permission="django_celery_beat.change_periodictask",
+        ),
+        # --- Milestone to invoice (integrations/workflows/milestones.py): what a milestone the
+        # PSA marked complete lacks before its ERP invoice can be created. The case holds the
+        # milestone's run (the milestone's amount blocked); its retry, or the next change of
+        # the milestone, project or contract, resumes the run at the check that failed. -------
+        CaseType(
+            name="milestone_project_without_contract",
+            queue=Queue.PMO,
+            priority=Priority.P2,
+            fingerprint=("project_id",),
+            template=_MILESTONE + "the project is linked to no contract, so there are no terms "
+            "to invoice it by. Link the project to its contract." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="project_contract",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            name="milestone_project_without_legal_entity",
+            queue=Queue.PMO,
+            priority=Priority.P2,
+            fingerprint=("project_id",),
+            template=_MILESTONE + "the project has no legal entity to invoice it from. Set the "
+            "project's legal entity." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="project_legal_entity",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            # Contract terms are the CRM's (sales ops correct them there); finance owns the
+            # billing they block and retries it once the corrected contract has arrived. The
+            # contract form edits only a contract a system sent invalid, so for this case the
+            # page says where to fix it and offers the retry.
+            name="milestone_contract_terms",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("contract_id", "missing"),
+            template=_MILESTONE + "contract {contract} does not allow it: {missing}. Have the "
+            "contract corrected in the CRM." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="contract",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            # The milestone disagrees with its contract (currency, or more than the contract's
+            # value left to invoice): corrected in the PSA (the milestone) or the CRM (the
+            # contract), then retried by finance.
+            name="milestone_amount_mismatch",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("milestone_id",),
+            template=_MILESTONE + "{why}. Correct the milestone in the PSA or the contract in "
+            "the CRM." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="contract",
+            fix_permission="integrations.change_billingevent",
+        ),
+        CaseType(
+            # Milestones are invoiced in their order (due date) within a project: an earlier
+            # one still open in the PSA holds a later one back. PMO completes it there (or
+            # corrects the due dates); its completion resumes the later milestone's run.
+            name="milestone_dependency_open",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("milestone_id",),
+            template=_MILESTONE + "the earlier {earlier} of the project must be complete "
+            "first. Complete it in the PSA, or correct the due dates." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="project",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            # The contract's tax profile needs the customer's tax number (EU reverse charge):
+            # finance keeps the billing profile; the fix writes it to the ERP, then the run
+            # goes on.
+            name="milestone_tax_number_missing",
+            queue=Queue.FINANCE,
+            priority=Priority.P2,
+            fingerprint=("customer_id", "tax_rate"),
+            template=_MILESTONE + "the customer has no tax number, which the tax profile "
+            "{tax_rate} of contract {contract} requires on every invoice. Enter the customer's "
+            "tax number." + _MILESTONE_GOES_ON,
+            noun="completed milestone",
+            fix_form="customer_billing_profile",
+            fix_permission="integrations.change_customer",
+        ),
+        # --- Status back-sync (integrations/workflows/back_sync.py) ------------------------------
+        CaseType(
+            # The contract's record in the CRM is commercial data: sales ops links it (or has
+            # the CRM send it), then retries.
+            name="back_sync_contract_not_in_crm",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P3,
+            fingerprint=("contract_id",),
+            template="Contract {contract} of {customer} has no record in the CRM, so the "
+            "billing status of {held} (invoiced and paid in the ERP) cannot be shown to the "
+            "account team. Make sure the contract exists in the CRM and is synced to Concord, "
+            "then retry.",
+            noun="invoice",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_contract",
+        ),
+        CaseType(
+            # The PSA's client is delivery data: PMO has the customer created in the PSA (or
+            # linked to its client), then retries.
+            name="back_sync_client_not_in_psa",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("customer_id",),
+            template="Customer {customer} is not a client in {connection}, so {held} issued "
+            "in the ERP cannot be shown there with their payments, and their time stays "
+            "unbilled in the PSA. Create or link the client in the PSA, then retry.",
+            noun="invoice",
+            fix_form="reconciliation",
+            fix_permission="integrations.change_project",
+        ),
+        # --- Change orders (integrations/workflows/change_orders.py) ------------------------------
+        CaseType(
+            # An amendment the CRM sent that cannot be right: its budget is below what is
+            # already invoiced on the contract's project. The contract's terms are the CRM's:
+            # sales ops has it corrected there (the corrected amendment supersedes the run it
+            # holds, and the case closes), or retries once finance has credited the invoices.
+            name="change_order_budget_below_invoiced",
+            queue=Queue.SALES_OPS,
+            priority=Priority.P2,
+            fingerprint=("contract_id",),
+            template="{held} cannot be propagated to the PSA and the ERP: its budget of "
+            "{budget} is below the {invoiced} already invoiced on project {project} for "
+            "{customer}. Correct the amendment of contract {contract} in the CRM (its next "
+            "version is propagated instead of this one), or retry once the invoices are "
+            "credited.",
+            noun="contract amendment",
+            fix_form="contract",
+            fix_permission="integrations.change_contract",
+        ),
+        # --- Approved expenses that cannot be billed (integrations/workflows/time_to_erp.py, the
+        # expense pass of the billing run). Their own types, not the time ones: a case's wording
+        # counts one kind of record ("3 approved expenses (GBP 412.50)"), and the time types
+        # speak of entries and hours. Same owners and fixes as the time rule they mirror; the
+        # retry bills the held expenses again, and billing them closes the case. ---------------
+        CaseType(
+            name="expense_on_inactive_project",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project is {status}, "
+                "so its expenses cannot be billed."
+            ),
+            noun="approved expense",
+            fix_form="project_status",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            name="expense_project_without_legal_entity",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project has no legal entity "
+                "to invoice from."
+            ),
+            noun="approved expense",
+            fix_form="project_legal_entity",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            name="expense_project_without_contract",
+            queue=Queue.PMO,
+            priority=Priority.P3,
+            fingerprint=("project_id",),
+            template=(
+                "{held} on project {project}" + _INVOICED + "the project has no contract, "
+                "so there are no billing terms."
+            ),
+            noun="approved expense",
+            fix_form="project_contract",
+            fix_permission="integrations.change_project",
+        ),
+        CaseType(
+            name="expense_missing_exchange_rate",
+            queue=Queue.FINANCE,
+            priority=Priority.P3,
+            fingerprint=("currency", "base"),
+            template=(
+                "{held} in {currency}" + _INVOICED + "no exchange rate from {currency} to "
+                "{base} in the last {days} days."
+            ),
+            noun="approved expense",
+            fix_form="exchange_rate",
+            fix_permission="integrations.add_exchangerate",
+        ),
+        CaseType(
+            name="expense_no_erp_route",
+            queue=Queue.INTEGRATION_ADMIN,
+            priority=Priority.P3,
+            fingerprint=("legal_entity_id",),
+            template=(
+                "{held} for legal entity {legal_entity}" + _INVOICED + "no ERP connection is "
+                "routed for this legal entity."
+            ),
+            noun="approved expense",
+            fix_form="routing_rule",
+            fix_permission="integrations.add_routingrule",
+        ),
+        CaseType(
+            # The contract's tax profile must be one its legal entity can charge: active, of
+            # the entity's country, and, where it needs one (EU reverse charge), with the
+            # customer's tax number known. Contract terms are the CRM's and the tax profile the
+            # ERP's; finance owns the billing they block and retries once they are corrected.
+            name="expense_tax_treatment",
+            queue=Queue.FINANCE,
+            priority=Priority.P3,
+            fingerprint=("contract_id", "tax_rate", "why"),
+            template=(
+                "{held} on contract {contract} for legal entity {legal_entity}"
+                + _INVOICED
+                + "its tax profile {tax_rate} {why}. Correct the contract's tax profile (or the "
+                "customer's tax number), then retry."
+            ),
+            noun="approved expense",
+            fix_form="contract",
             fix_permission="integrations.change_billingevent",
         ),
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 from celery import shared_task
 from django.core.cache import cache
+from django.utils import timezone
 
 from exceptions.alerts import case_digests_send
 from exceptions.services import case_tally_compact
@@ -23,6 +24,9 @@ from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
 from integrations.sync.poll_schedules import polling_kick_off_unscheduled
 from integrations.sync.polling import poll_connection, poll_stale_check
+from integrations.workflows.back_sync import back_sync_sweep
+from integrations.workflows.checks import expected_work_check
+from integrations.workflows.milestones import milestone_billing_sweep
 from integrations.workflows.reconciliation import reconcile_connection
 from integrations.workflows.time_to_erp import billing_run
 
@@ -100,7 +104,13 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
     ring.ring_answered(ring.POLL_CONNECTION, connection_id)
     if too_many_deliveries(self):
         return {}
+    started = timezone.now()
     reports = poll_connection(connection_id=connection_id)
+    # Polled records reach no workflow by themselves: the ERP's invoices and payments this poll
+    # read move status back-sync on (a no-op for other connections), and milestones it found
+    # completed start their billing (one query when there are none).
+    back_sync_sweep(connection_id=connection_id, since=started)
+    milestone_billing_sweep()
     return {object_type: asdict(report) for object_type, report in reports.items()}
 
 
@@ -126,6 +136,12 @@ def reconcile_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
 def check_stale_polls() -> dict[str, int]:
     """Open a case for each connection whose polls have not succeeded within their SLA."""
     return poll_stale_check()
+
+
+@shared_task(name="integrations.check_expected_work")
+def check_expected_work() -> dict[str, dict[str, int]]:
+    """Cases for expected work that did not happen (integrations/workflows/checks.py)."""
+    return expected_work_check()
 
 
 @shared_task(name="exceptions.compact_case_tally")

@@ -64,6 +64,9 @@ WHAT: dict[str, str] = {
     "poll-all": "Polls the enabled connections that have no polling schedule of their own.",
     "check-stale-polls": "Opens a case for a connection whose polls have not succeeded for "
     "three of its intervals, and closes it when they do.",
+    "check-expected-work": "Opens a case for expected work that did not happen: approved time "
+    "not in the ERP within its SLA, a workflow run stuck at a step, a poll beat has not sent; "
+    "closes each once it is no longer so.",
     "billing-run": "Turns approved time into draft invoices for the ERP.",
     "case-digests": "Sends each queue its digest of SLA breaches and new high-impact cases.",
     "celery.backend_cleanup": "Celery's clean-up of stored task results (Concord keeps none).",

@@ -14,7 +14,8 @@ attributes of related records sent by value, its lines, constants only the mappi
 provisioning, which reads the mapped fields directly. It is declared here so its mapping can be
 validated like any other; if an Opportunity model is added, remove it from VIRTUAL_MODELS.
 ``project_dimension`` (a project's tracking option in the ERP) has none either: provisioning
-writes it and it is never read back as a record of its own (polls skip virtual models).
+writes it and it is never read back as a record of its own (polls skip virtual models, except
+those a workflow waits for: the opportunity, handed to provisioning, integrations/sync/polling.py).
 """
 
 from __future__ import annotations
@@ -44,11 +45,52 @@ VIRTUAL_MODELS: dict[str, frozenset[str]] = {
             "legal_entity__code",
             "psa_project_id",
             "erp_project_id",
+            # Emails of who delivers the deal (the team's separated by semicolons).
+            "delivery_lead",
+            "delivery_team",
         }
     ),
     # A project's dimension in the ERP (a Xero tracking option): written by provisioning
     # (integrations/workflows/provisioning.py), never read back as a record of its own.
     "project_dimension": frozenset({"name", "category"}),
+    # The ERP invoice mirrored in the PSA, and each of its payments recorded there, by status
+    # back-sync (integrations/workflows/back_sync.py): written only, never read back as records
+    # of their own (the ERP's invoice and payment are the canonical ones).
+    "psa_invoice": frozenset(
+        {
+            "customer__external_id",
+            "number",
+            "currency",
+            "issue_date",
+            "due_date",
+            "subject",
+            "notes",
+            "tax_percent",
+            # A constant the mapping supplies (Harvest's invoice item category).
+            "kind",
+            "lines[].project",
+            "lines[].description",
+            "lines[].quantity",
+            "lines[].unit_amount",
+            "lines[].taxed",
+        }
+    ),
+    "psa_payment": frozenset({"invoice__external_id", "amount", "date", "notes"}),
+    # A contract's negotiated bill rate for a role as the CRM keeps it (a custom child object
+    # of the contract): read by change orders (integrations/workflows/change_orders.py), which
+    # give the contract's rate card in Concord the amended rate. No table of its own: the rate
+    # card is the canonical record, and the PSA owns the firm's default ones.
+    "contract_rate": frozenset(
+        {"contract__external_id", "role", "currency", "bill_rate", "modified_at"}
+    ),
+    # The PSA's standard tasks assigned to a project provisioning created there
+    # (integrations/workflows/provisioning.py): written once per project, never read back.
+    "project_tasks": frozenset({"project__external_id", "active"}),
+    # A person staffed on that project (the opportunity's delivery lead or team): the canonical
+    # Assignment is the record; this is its PSA write, never read back.
+    "psa_user_assignment": frozenset(
+        {"project__external_id", "resource__external_id", "project_manager", "active"}
+    ),
 }
 
 
@@ -89,7 +131,23 @@ OUTBOUND_FIELDS: dict[str, frozenset[str]] = {
         }
     ),
     # The ids provisioning writes back to the CRM contract it provisioned.
-    "contract": frozenset({"psa_project_id", "erp_project_id"}),
+    # Status back-sync (integrations/workflows/back_sync.py): the contract's billing status,
+    # summed from the ERP's invoices and payments.
+    "contract": frozenset(
+        {
+            "psa_project_id",
+            "erp_project_id",
+            "billing_status",
+            "amount_invoiced",
+            "amount_paid",
+            "amount_due",
+            "last_invoice_number",
+            "last_payment_date",
+        }
+    ),
+    # Status back-sync (integrations/workflows/back_sync.py): a time entry marked billed in the
+    # PSA once its ERP invoice is issued.
+    "timeentry": frozenset({"is_billed"}),
 }
 
 

@@ -133,6 +133,17 @@ class Contract(CanonicalRecord):
     start_date = models.DateField(null=True, blank=True)
     end_date = models.DateField(null=True, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT)
+    # Finance's choice per contract: one running draft a month rather than one per billing run.
+    # The billing run adds its lines (time and expenses) to the contract's draft of the same
+    # currency, legal entity and month while that draft has not been sent to the ERP yet; a
+    # draft already sent is never changed (the run opens a new one).
+    # A database default as well: set-based seeding (tests/benchmarks/) inserts contracts by SQL.
+    add_to_open_draft = models.BooleanField(
+        default=False,
+        db_default=False,
+        help_text="Bill new approved time and expenses onto this contract's unsent draft "
+        "invoice of the same currency, legal entity and month instead of a new invoice.",
+    )
 
     class Meta:
         ordering = ["number"]
@@ -341,7 +352,17 @@ class TimeEntry(CanonicalRecord):
         return f"{self.resource} {self.date} {self.hours}h"
 
 
+class ExpenseQuerySet(models.QuerySet["Expense"]):
+    def unbilled(self) -> ExpenseQuerySet:
+        """Approved billable expenses with no billing event yet: what a billing run considers."""
+        return self.filter(
+            approval_state=ApprovalState.APPROVED, billable=True, billing_event__isnull=True
+        )
+
+
 class Expense(CanonicalRecord):
+    objects = ExpenseQuerySet.as_manager()
+
     resource = models.ForeignKey(Resource, on_delete=models.PROTECT, related_name="expenses")
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="expenses")
     date = models.DateField()

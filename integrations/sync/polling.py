@@ -67,6 +67,7 @@ from integrations.sync.inbound import inbound_page_cases, mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.project_links import projects_link
 from integrations.sync.ring import ring_poll
+from integrations.sync.steps import Arrival, arrival_awaited, on_arrival
 from integrations.sync.tenancy import TenantFacts, tenant_facts, tenant_fill
 from integrations.sync.upsert import plan_upsert, write_upsert
 from integrations.timestamps import micros_to_iso
@@ -123,6 +124,8 @@ def _poll_object(
     if mapping is None:
         logger.warning("no published mapping for %s on %s: not polled", object_type, connection)
         return
+    if mapping.canonical_model in VIRTUAL_MODELS and not arrival_awaited(mapping.canonical_model):
+        return  # written only (a project's dimension), or read by no workflow
     cursor, _ = PollCursor.objects.get_or_create(connection=connection, object_type=object_type)
     PollCursor.objects.filter(pk=cursor.pk).update(last_polled_at=timezone.now())
     try:
@@ -131,12 +134,24 @@ def _poll_object(
         writer = PageWriter()
         try:
             facts = tenant_facts(connection=connection, connector=connector, mapping=mapping)
-            # The object's match rules, once for every page (identity resolution).
-            matching = match_rules_load(mapping.canonical_model)
-            with cyclic_gc_paused():
-                _poll(
-                    connector, connection, mapping, cursor, rules, report, writer, facts, matching
-                )
+            if mapping.canonical_model in VIRTUAL_MODELS:
+                # No table: the records go to the workflow that waits for them.
+                _poll_arrivals(connector, connection, mapping, cursor, report, facts)
+            else:
+                # The object's match rules, once for every page (identity resolution).
+                matching = match_rules_load(mapping.canonical_model)
+                with cyclic_gc_paused():
+                    _poll(
+                        connector,
+                        connection,
+                        mapping,
+                        cursor,
+                        rules,
+                        report,
+                        writer,
+                        facts,
+                        matching,
+                    )
         finally:
             writer.close()
             connector.close()
@@ -222,6 +237,106 @@ def _poll(
         report.stale += outcome["stale"]
         report.conflicts += outcome["conflicts"]
         report.failed += len(outcome["failed"])
+
+
+# --- Records without a table that a workflow waits for -------------------------------------------
+
+
+def _poll_arrivals(
+    connector: Connector,
+    connection: Connection,
+    mapping: CompiledMapping,
+    cursor: PollCursor,
+    report: PollReport,
+    facts: TenantFacts,
+) -> None:
+    """Poll a model without a table (a CRM opportunity: integrations/mapping/canonical.py)
+    that a workflow waits for: each record changed since the cursor is kept raw, mapped and
+    handed to the workflow (integrations/sync/steps.py `on_arrival`), as a webhook's would be,
+    so a closed-won opportunity starts its provisioning run whichever way it arrives (the run
+    is keyed by the opportunity: both ways find the same one).
+
+    The connection's first read of the object (until one succeeds) is a baseline: it moves the
+    cursor and hands nothing over. What was won before Concord watched was provisioned then
+    (the sandbox's and a real org's history), and polls, like webhooks, carry what changes from
+    now on. The cursor moves after each page's records are handed over: a poll that dies reads
+    the page again, and the workflow finds its run for a record it has seen (nothing is sent
+    twice)."""
+    baseline = cursor.last_success_at is None
+    since = micros_to_iso(int(cursor.position)) if cursor.position else None
+    stamp, at_stamp = int(cursor.position or 0), frozenset(cursor.ids_at_position)
+    newest, at_newest = stamp, set(at_stamp)
+    for page in _read_pages(connector, cursor.object_type, since, None, report):
+        report.pages += 1
+        fresh = []
+        for record in page.records:
+            external_id, version = connector.version_of(cursor.object_type, record)
+            if (version == stamp and external_id in at_stamp) or (
+                version == newest and external_id in at_newest
+            ):
+                continue
+            fresh.append((external_id, version, record))
+        newest, at_newest = _next_position(
+            [(external_id, version) for external_id, version, _ in fresh], newest, at_newest
+        )
+        report.read += len(fresh)
+        if fresh and not baseline:
+            _hand_over(connection, mapping, cursor.object_type, fresh, report, facts)
+        if connector.ordered_reads or not page.next_cursor:
+            # Unordered reads (newest first) move the cursor only once the read is whole.
+            _save_cursor(
+                cursor,
+                {
+                    "position": str(newest) if newest else "",
+                    "ids_at_position": sorted(at_newest),
+                    "resume": {},
+                },
+            )
+
+
+def _hand_over(
+    connection: Connection,
+    mapping: CompiledMapping,
+    object_type: str,
+    fresh: Sequence[tuple[str, int, dict[str, Any]]],
+    report: PollReport,
+    facts: TenantFacts,
+) -> None:
+    mapped = [map_inbound(mapping, record) for _, _, record in fresh]
+    tenant_fill(mapped, facts, [record for _, _, record in fresh])
+    now = timezone.now()
+    rows = [
+        InboundMessage(
+            connection=connection,
+            source=InboundMessage.Source.POLL,
+            object_type=object_type,
+            external_id=external_id,
+            dedupe_key=_dedupe_key(object_type, external_id, version),
+            source_version=version,
+            payload=record,
+            state=State.APPLIED if result.ok else State.FAILED,
+            error="" if result.ok else "; ".join(str(e) for e in result.errors)[:4000],
+            received_at=now,
+            processed_at=now,
+        )
+        for (external_id, version, record), result in zip(fresh, mapped, strict=True)
+    ]
+    InboundMessage.objects.bulk_create(rows, ignore_conflicts=True)
+    unmapped: dict[str, list[str]] = defaultdict(list)
+    for row, result in zip(rows, mapped, strict=True):
+        if not result.ok:
+            unmapped[row.error].append(row.dedupe_key)
+            report.failed += 1
+            continue
+        report.applied += 1
+        on_arrival(
+            arrival=Arrival(connection, mapping.canonical_model, result.external_id, result.fields)
+        )
+    for reason, keys in unmapped.items():
+        kept = InboundMessage.objects.filter(
+            connection=connection, dedupe_key__in=keys, replay_of__isnull=True
+        ).select_related("connection")
+        mapping_case_open(list(kept), reason)
 
 
 def content_version(record: dict[str, Any]) -> int:
@@ -520,7 +635,7 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
     published.sort(key=lambda pair: rank.get(pair[1], len(rank)))
     reports: dict[str, PollReport] = {}
     for object_type, canonical_model in published:
-        if canonical_model in VIRTUAL_MODELS:
+        if canonical_model in VIRTUAL_MODELS and not arrival_awaited(canonical_model):
             continue
         report = reports[object_type] = PollReport()
         try:

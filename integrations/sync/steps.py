@@ -71,6 +71,12 @@ def arrival_register(*, canonical_model: str, handler: ArrivalHandler) -> None:
         _arrivals[canonical_model].append(handler)
 
 
+def arrival_awaited(canonical_model: str) -> bool:
+    """Whether a workflow waits for records of `canonical_model` (polls of a model without a
+    table read it only then: integrations/sync/polling.py)."""
+    return bool(_arrivals.get(canonical_model))
+
+
 def on_arrival(*, arrival: Arrival) -> None:
     """Hand an applied record to the workflows that wait for its model (no handler: nothing).
     A handler that fails is logged and does not undo the record's own processing: the record

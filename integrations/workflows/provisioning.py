@@ -1,8 +1,10 @@
 """Workflow 1: project provisioning, from a closed-won opportunity to a project in every system.
 
-An opportunity the CRM sends (a signed webhook; inbound processing maps it and hands it here,
-integrations/sync/steps.py) that is won opens one run per opportunity (integrations/workflows/
-runs.py). Its steps, each idempotent and visible to PMO as a stage:
+An opportunity the CRM sends (a signed webhook, or a poll: inbound processing, or the poll of
+a model without a table, maps it and hands it here, integrations/sync/steps.py) that is won
+opens one run per opportunity (integrations/workflows/runs.py), keyed by the opportunity, so a
+webhook and a poll of the same closed-won opportunity find the same run. Its steps, each
+idempotent and visible to PMO as a stage:
 
 1. ``validate``: the account is a customer Concord holds, it has one live contract in the
    opportunity's currency with billing terms (activated, a billing model, a budget, payment
@@ -16,9 +18,22 @@ runs.py). Its steps, each idempotent and visible to PMO as a stage:
 4. ``psa_project``: the project in Concord (linked to its contract and legal entity from the
    start, so sync/project_links.py never has to guess) and in the PSA, under the client, with
    the contract's budget and billing model.
-5. ``erp_dimension``: the project's dimension in the ERP (an option of its project tracking
+5. ``psa_tasks``: the firm's standard tasks assigned to the PSA project: those the PSA marks
+   as added to every new project (Harvest's default tasks), billable as the PSA says; one
+   outbox row per project, which the PSA's connector carries out task by task, skipping the
+   tasks assigned already.
+6. ``psa_milestones``: a fixed-fee contract's milestones, made in Concord from the contract
+   (its value split by the shares of value map ``provisioning_milestone_plan``, due across its
+   term) and created in the PSA under the project (one row per milestone); a contract billed
+   by the hour skips it. The milestone workflow (workflows/milestones.py) invoices them once
+   the PSA marks them complete.
+7. ``psa_team``: the opportunity's delivery lead and team (their emails, custom fields of the
+   CRM's opportunity) staffed on the project: an Assignment in Concord each, and a user
+   assignment in the PSA (the lead as project manager); someone the PSA's users do not
+   include is named in the step's detail for PMO, and does not hold the project up.
+8. ``erp_dimension``: the project's dimension in the ERP (an option of its project tracking
    category), which invoice lines name.
-6. ``write_back``: the PSA project's and the ERP dimension's ids written to the CRM opportunity
+9. ``write_back``: the PSA project's and the ERP dimension's ids written to the CRM opportunity
    and contract, and the ERP's ids to the PSA project.
 
 Every write goes through the outbox (idempotency keys from process, step, record and version)
@@ -35,33 +50,37 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
-from django.db.models import Q
+from django.db.models import F, Q
 
-from exceptions.models import ExceptionCase, Queue
+from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
 from integrations.mapping.apply import map_outbound
 from integrations.mapping.errors import OutboundMappingError
 from integrations.mapping.paths import MISSING, compile_path
-from integrations.mapping.selectors import mapping_load_published
+from integrations.mapping.selectors import mapping_load_published, value_map_tables
 from integrations.models import (
+    Assignment,
     Connection,
     Contract,
     CrossReference,
     Customer,
     LegalEntity,
+    Milestone,
     OutboxMessage,
     Project,
+    Resource,
     RoutingRule,
     RunState,
     SystemRole,
     WorkflowRun,
+    WorkflowStep,
 )
 from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_messages
 from integrations.sync.outbox import idempotency_key, outbox_enqueue, outbox_message
@@ -87,6 +106,9 @@ VALIDATE = "validate"
 ERP_CUSTOMER = "erp_customer"
 PSA_CLIENT = "psa_client"
 PSA_PROJECT = "psa_project"
+PSA_TASKS = "psa_tasks"
+PSA_MILESTONES = "psa_milestones"
+PSA_TEAM = "psa_team"
 ERP_DIMENSION = "erp_dimension"
 WRITE_BACK = "write_back"
 
@@ -102,6 +124,12 @@ VALIDATION_CASE_TYPES = (
 )
 OPEN = ExceptionCase.Status.OPEN
 DONE_STATES = (OutboxMessage.State.DONE,)
+# The firm's milestone plan (a value map: integration admins edit it; the PSA's defaults
+# install it, integrations/vendors/harvest/mappings.py).
+MILESTONE_PLAN = "provisioning_milestone_plan"
+# A contract with no end date spreads its milestones over this many days from its start.
+DEFAULT_TERM_DAYS = 90
+CENT = Decimal("0.01")
 
 
 # --- The trigger ----------------------------------------------------------------------------------
@@ -110,16 +138,24 @@ DONE_STATES = (OutboxMessage.State.DONE,)
 def provisioning_start(
     *, connection: Connection, external_id: str, fields: Mapping[str, Any]
 ) -> WorkflowRun | None:
-    """An opportunity as the CRM sent it (mapped): won, its run is opened (or found) and moved
-    on from where it stands; not won, only a run it already has is resumed (it was won before:
-    a blocked run checks again). Returns the run, or None when there is none."""
+    """An opportunity as the CRM sent it (mapped), by webhook or by poll (the same run, keyed
+    by the opportunity): won, its run is opened (or found) and moved on from where it stands;
+    not won, only a run it already has is resumed (it was won before: a blocked run checks
+    again). A won opportunity that names its PSA project already and has no run opens none.
+    Returns the run, or None when there is none."""
     with transaction.atomic():
         key = subject_key(connection=connection, external_id=external_id)
         if fields.get("is_won") is not True:
             run = run_lock_by_subject(process=PROCESS, subject_key=key)
             if run is not None and run.state == RunState.BLOCKED:
-                run_advance(run=run, process=PROVISIONING)
+                _advance(run)
             return run
+        if fields.get("psa_project_id") and (
+            run_lock_by_subject(process=PROCESS, subject_key=key) is None
+        ):
+            # Won and already naming its PSA project, with no run of Concord's: provisioned
+            # before Concord watched (or by hand). Opening a run would make a second project.
+            return None
         opportunity = {
             **{name: _plain(value) for name, value in fields.items()},
             "connection_id": connection.pk,
@@ -138,7 +174,27 @@ def provisioning_start(
             # The commercial data as it is now, until validation has accepted it.
             run.input = opportunity
             run.context["account"] = str(fields.get("customer__external_id") or "")
-        return run_advance(run=run, process=PROVISIONING)
+        return _advance(run)
+
+
+def _advance(run: WorkflowRun) -> WorkflowRun:
+    """`run_advance` with this process's steps; a run opened before a step was added to the
+    process (the PSA's tasks and milestones) is given the steps it lacks, in their places,
+    first (one query when it has them all)."""
+    if run.state != RunState.DONE:
+        have = set(WorkflowStep.objects.filter(run=run).values_list("name", flat=True))
+        missing = [name for name in PROVISIONING.step_names if name not in have]
+        if missing:
+            steps = WorkflowStep.objects.filter(run=run)
+            # Out of the way of the new positions first (a run's positions are unique).
+            steps.update(position=F("position") + 1000)
+            WorkflowStep.objects.bulk_create(
+                WorkflowStep(run=run, position=2000 + n, name=name)
+                for n, name in enumerate(missing)
+            )
+            for position, name in enumerate(PROVISIONING.step_names):
+                steps.filter(name=name).update(position=position)
+    return run_advance(run=run, process=PROVISIONING)
 
 
 def subject_key(*, connection: Connection, external_id: str) -> str:
@@ -185,7 +241,7 @@ def provisioning_resume(*, run_ids: Sequence[int]) -> int:
             run = run_lock(run_id=run_id)
             if run is None or run.state == RunState.DONE:
                 continue
-            run_advance(run=run, process=PROVISIONING)
+            _advance(run)
             moved += 1
     return moved
 
@@ -272,14 +328,16 @@ def _validate(run: WorkflowRun) -> StepResult:
         )
         for p in problems
     ]
-    # The run leaves the cases whose cause is fixed; a case holding nothing more closes.
+    # The run leaves the cases whose cause is fixed; a case holding nothing more closes. (A run
+    # no case holds, the usual one, costs one indexed look-up.)
     fixed = [t for t in VALIDATION_CASE_TYPES if t not in {p.case_type for p in problems}]
-    case_records_clear(
-        records=[(RUN_RECORD, run.pk)],
-        process=PROCESS,
-        case_types=fixed,
-        note="Closed automatically: the opportunities it held passed this check.",
-    )
+    if BlockedRecord.objects.filter(record_type=RUN_RECORD, record_id=run.pk).exists():
+        case_records_clear(
+            records=[(RUN_RECORD, run.pk)],
+            process=PROCESS,
+            case_types=fixed,
+            note="Closed automatically: the opportunities it held passed this check.",
+        )
     if problems:
         return StepResult.blocked(cases[0], "; ".join(p.why for p in problems))
     assert customer is not None  # noqa: S101 - no problem means each was found
@@ -421,10 +479,19 @@ def route_for(role: str, entity: LegalEntity) -> Connection | None:
     """The connection of `role` that serves the legal entity: its routing rule, else the
     role's default rule, else the one enabled connection of the role (none, or several without
     a rule: None)."""
-    rules = RoutingRule.objects.filter(role=role, connection__enabled=True).select_related(
-        "connection"
+    return _route_of(role, entity.pk)
+
+
+def _route_of(role: str, entity_id: int) -> Connection | None:
+    # One query in the usual case (every step of every run asks): the entity's rule sorts
+    # before the default one.
+    rule = (
+        RoutingRule.objects.filter(role=role, connection__enabled=True)
+        .filter(Q(legal_entity_id=entity_id) | Q(legal_entity__isnull=True))
+        .select_related("connection")
+        .order_by(F("legal_entity_id").asc(nulls_last=True), "pk")
+        .first()
     )
-    rule = rules.filter(legal_entity=entity).first() or rules.filter(legal_entity=None).first()
     if rule is not None:
         return rule.connection
     enabled = list(Connection.objects.filter(role=role, enabled=True).order_by("pk")[:2])
@@ -545,7 +612,235 @@ def project_code(run: WorkflowRun, entity: LegalEntity) -> str:
     return f"P{entity.code[:2].upper()}-{run.pk:05d}"
 
 
-# --- Step 5: the project's dimension in the ERP -------------------------------------------------
+# --- Steps 5 and 6: the project's tasks and milestones in the PSA -------------------------------
+
+
+def _psa_tasks(run: WorkflowRun) -> StepResult:
+    """The firm's standard tasks assigned to the project in the PSA: the tasks the PSA itself
+    marks as added to every new project (Harvest's default tasks, kept where the PSA owns
+    them), billable as the PSA says. One row for the project, which the PSA's connector carries
+    out task by task, posting only the assignments the project does not have yet."""
+    psa = _route(run, SystemRole.PSA)
+    project = _project(run)
+    item = OutboundItem(
+        connection=psa,
+        record=project,
+        canonical={"project__external_id": _psa_id(project, psa), "active": True},
+        context=_context(
+            run,
+            what="project's tasks",
+            label=f"Standard tasks of project {project.code}",
+            queue=Queue.PMO,
+        ),
+    )
+    return _send(run, PSA_TASKS, [item], canonical_model="project_tasks", action="create")
+
+
+def _psa_milestones(run: WorkflowRun) -> StepResult:
+    """A fixed-fee contract's milestones: made in Concord once (planned, in the contract's
+    currency, their amounts adding up to its value), then created in the PSA under the project;
+    a contract billed by the hour has none."""
+    project = _project(run)
+    contract = project.contract
+    if contract is None or contract.billing_model != Contract.BillingModel.FIXED_FEE:
+        return StepResult.skipped("Billed by the hour: the contract has no milestones.")
+    milestones = _milestones(run, project, contract)
+    if not milestones:
+        return StepResult.skipped(f"No milestone plan is configured ({MILESTONE_PLAN}).")
+    psa = _route(run, SystemRole.PSA)
+    psa_id = _psa_id(project, psa)
+    items = []
+    for milestone in milestones:
+        context = _context(
+            run,
+            what="milestone",
+            label=f"Milestone {milestone.name} of project {project.code}",
+            queue=Queue.PMO,
+        )
+        context["amount"] = str(milestone.amount)
+        items.append(
+            OutboundItem(
+                connection=psa,
+                record=milestone,
+                canonical={
+                    "name": milestone.name,
+                    "amount": milestone.amount,
+                    "currency": milestone.currency,
+                    "due_date": milestone.due_date,
+                    "status": milestone.status,
+                    "project__external_id": psa_id,
+                },
+                context=context,
+            )
+        )
+    return _send(run, PSA_MILESTONES, items, canonical_model="milestone", action="create")
+
+
+def _milestones(run: WorkflowRun, project: Project, contract: Contract) -> list[Milestone]:
+    """The project's milestones from its contract, made the first time (their ids kept on the
+    run, so a retry never makes them twice), through the one write path."""
+    made = run.context.get("milestone_ids")
+    if made is not None:
+        return list(Milestone.objects.filter(pk__in=made).order_by("due_date", "pk"))
+    milestones = [
+        record_create(
+            model=Milestone,
+            data={
+                "project": project.pk,
+                "name": name,
+                "amount": amount,
+                "currency": contract.currency,
+                "due_date": due,
+                "status": Milestone.Status.PLANNED,
+            },
+            actor=None,
+        )
+        for name, amount, due in milestone_plan(contract)
+    ]
+    run.context["milestone_ids"] = [m.pk for m in milestones]
+    return milestones
+
+
+def milestone_plan(contract: Contract) -> list[tuple[str, Decimal, date | None]]:
+    """(name, amount, due date) per milestone of the plan (value map ``provisioning_milestone
+    _plan``: name -> "<share %>/<due at % of the term>"), in due order: the contract's value
+    split by the shares (scaled to add up to 100; the last takes the cents' remainder), due
+    across the contract's term (start to end; no end: DEFAULT_TERM_DAYS). Entries that are not
+    two numbers are left out."""
+    table = value_map_tables([MILESTONE_PLAN]).get(MILESTONE_PLAN)
+    rows: list[tuple[Decimal, str, Decimal]] = []
+    for name, value in (table.entries if table is not None else {}).items():
+        share, _, at = str(value).partition("/")
+        try:
+            rows.append((Decimal(at.strip() or "100"), name, Decimal(share.strip())))
+        except InvalidOperation:
+            logger.warning(
+                "milestone plan entry %s = %r is not <share>/<at>: left out", name, value
+            )
+    rows = [r for r in rows if r[2] > 0]
+    total = sum((r[2] for r in rows), Decimal("0"))
+    if not rows or total <= 0:
+        return []
+    rows.sort()
+    start = contract.start_date
+    end = contract.end_date or (start + timedelta(days=DEFAULT_TERM_DAYS) if start else None)
+    days = (end - start).days if start and end else 0
+    plan: list[tuple[str, Decimal, date | None]] = []
+    budget = left = Decimal(contract.total_value)
+    for n, (due_at, title, part) in enumerate(rows):
+        last = n == len(rows) - 1
+        amount = left if last else (budget * part / total).quantize(CENT)
+        left -= amount
+        term = due_at if due_at < 100 else Decimal(100)
+        due = start + timedelta(days=round(days * term / 100)) if start else None
+        plan.append((title[:200], amount, due))
+    return plan
+
+
+# --- Step 7: the delivery lead and team on the project in the PSA ------------------------------
+
+
+def _psa_team(run: WorkflowRun) -> StepResult:
+    """The people the opportunity names as its delivery lead and team (their emails), staffed
+    on the project: an Assignment in Concord each (made once), and a user assignment in the
+    PSA (the lead as its project manager). A person Concord does not hold as a PSA user (the
+    PSA's users are polled) is named in the step's detail and left to PMO to staff by hand: it
+    does not hold the project up."""
+    lead, team = _people(run)
+    if not lead and not team:
+        return StepResult.skipped("The opportunity names no delivery lead or team.")
+    psa = _route(run, SystemRole.PSA)
+    project = _project(run)
+    psa_id = _psa_id(project, psa)
+    resource_type = ContentType.objects.get_for_model(Resource)
+    users = dict(
+        CrossReference.objects.filter(
+            connection=psa, content_type=resource_type, object_id__in=_resources(lead, team)
+        ).values_list("object_id", "external_id")
+    )
+    known = {r.email.casefold(): r for r in Resource.objects.filter(pk__in=users).order_by("pk")}
+    items: list[OutboundItem] = []
+    unknown: list[str] = []
+    for email in [*([lead] if lead else []), *team]:
+        resource = known.get(email)
+        if resource is None:
+            unknown.append(email)
+            continue
+        is_lead = email == lead
+        assignment = _assignment(project, resource, is_lead=is_lead)
+        context = _context(
+            run,
+            what="assignment",
+            label=f"{resource.name} on project {project.code}",
+            queue=Queue.PMO,
+        )
+        items.append(
+            OutboundItem(
+                connection=psa,
+                record=assignment,
+                canonical={
+                    "project__external_id": psa_id,
+                    "resource__external_id": users[resource.pk],
+                    "project_manager": is_lead,
+                    "active": True,
+                },
+                context=context,
+            )
+        )
+    missing = (
+        f" Not PSA users Concord knows, for PMO to staff: {', '.join(unknown)}." if unknown else ""
+    )
+    if not items:
+        return StepResult.skipped(f"No one to staff.{missing}")
+    result = _send(run, PSA_TEAM, items, canonical_model="psa_user_assignment", action="create")
+    result.detail = f"{result.detail}{missing}"
+    return result
+
+
+def _people(run: WorkflowRun) -> tuple[str, list[str]]:
+    """The delivery lead's email and the team's (without the lead), as the opportunity names
+    them, folded to lower case."""
+    lead = str(run.input.get("delivery_lead") or "").strip().casefold()
+    raw = str(run.input.get("delivery_team") or "").replace(",", ";")
+    team = [e.strip().casefold() for e in raw.split(";") if e.strip()]
+    return lead, [e for e in dict.fromkeys(team) if e != lead]
+
+
+def _resources(lead: str, team: list[str]) -> list[int]:
+    """The Resources with these emails (as people type them: any case)."""
+    query = Q(pk__in=[])
+    for email in (lead, *team):
+        if email:
+            query |= Q(email__iexact=email)
+    return list(Resource.objects.filter(query).values_list("pk", flat=True))
+
+
+def _assignment(project: Project, resource: Resource, *, is_lead: bool) -> Assignment:
+    """The person's Assignment on the project, made the first time through the one write
+    path; its role is theirs in the PSA, else what the opportunity made them."""
+    found = Assignment.objects.filter(project=project, resource=resource).first()
+    if found is not None:
+        return found
+    return record_create(
+        model=Assignment,
+        data={
+            "project": project.pk,
+            "resource": resource.pk,
+            "role": (resource.role or ("Delivery lead" if is_lead else "Delivery team"))[:64],
+            "active": True,
+        },
+        actor=None,
+    )
+
+
+def _psa_id(project: Project, psa: Connection) -> str:
+    psa_id = _xref(project, psa)
+    if psa_id is None:  # the project step saw it there; only a deleted cross-reference gets here
+        raise LookupError(f"project {project} has no cross-reference in {psa}")
+    return psa_id
+
+
+# --- Step 8: the project's dimension in the ERP -------------------------------------------------
 
 
 def _erp_dimension(run: WorkflowRun) -> StepResult:
@@ -568,7 +863,7 @@ def _erp_dimension(run: WorkflowRun) -> StepResult:
     return _send(run, ERP_DIMENSION, [item], canonical_model="project_dimension", action="create")
 
 
-# --- Step 6: the ids written back ---------------------------------------------------------------
+# --- Step 9: the ids written back ---------------------------------------------------------------
 
 
 def _write_back(run: WorkflowRun) -> StepResult:
@@ -692,8 +987,11 @@ def _send(
         process=PROCESS,
         step=step,
         version=1,
-        # Rendered now after an earlier refusal: it takes itself off the mapping's case.
-        retried=True,
+        # Rendered now after an earlier refusal: it takes itself off the mapping's case (looked
+        # for only while such a case is open: one indexed look-up in the usual state).
+        retried=ExceptionCase.objects.filter(
+            status=OPEN, case_type=RENDER_CASE, process=PROCESS, step=step
+        ).exists(),
     )
     if len(messages) < len(items):
         rendered = {m.object_id for m in messages}
@@ -791,7 +1089,7 @@ def provisioning_delivered(messages: Sequence[OutboxMessage]) -> None:
             with transaction.atomic():
                 run = run_lock(run_id=run_id)
                 if run is not None and run.state != RunState.DONE:
-                    run_advance(run=run, process=PROVISIONING)
+                    _advance(run)
         except Exception:
             logger.exception("provisioning run %s could not move on after a delivery", run_id)
 
@@ -824,9 +1122,10 @@ class NoRoute(LookupError):
 
 
 def _route(run: WorkflowRun, role: SystemRole) -> Connection:
-    entity = LegalEntity.objects.get(pk=run.context["legal_entity_id"])
-    connection = route_for(role, entity)
+    entity_id = int(run.context["legal_entity_id"])
+    connection = _route_of(role, entity_id)
     if connection is None:
+        entity = LegalEntity.objects.get(pk=entity_id)
         raise NoRoute(f"no {role.label} connection serves legal entity {entity.code}")
     return connection
 
@@ -918,6 +1217,9 @@ PROVISIONING = Process(
         (ERP_CUSTOMER, _erp_customer),
         (PSA_CLIENT, _psa_client),
         (PSA_PROJECT, _psa_project),
+        (PSA_TASKS, _psa_tasks),
+        (PSA_MILESTONES, _psa_milestones),
+        (PSA_TEAM, _psa_team),
         (ERP_DIMENSION, _erp_dimension),
         (WRITE_BACK, _write_back),
     ),
@@ -926,7 +1228,16 @@ PROVISIONING = Process(
 arrival_register(canonical_model="opportunity", handler=provisioning_arrival)
 arrival_register(canonical_model="customer", handler=provisioning_arrival)
 arrival_register(canonical_model="contract", handler=provisioning_arrival)
-for _step in (ERP_CUSTOMER, PSA_CLIENT, PSA_PROJECT, ERP_DIMENSION, WRITE_BACK):
+for _step in (
+    ERP_CUSTOMER,
+    PSA_CLIENT,
+    PSA_PROJECT,
+    PSA_TASKS,
+    PSA_MILESTONES,
+    PSA_TEAM,
+    ERP_DIMENSION,
+    WRITE_BACK,
+):
     delivered_step_register(process=PROCESS, step=_step, handler=provisioning_delivered)
 retry_handler_register(
     case_types=(*VALIDATION_CASE_TYPES, RENDER_CASE),

@@ -1,4 +1,4 @@
-"""Workflow 2: approved time to the ERP, exactly once.
+"""Workflow 2: approved time and expenses to the ERP, exactly once.
 
 A billing run takes approved, billable time entries that have no billing event yet, validates
 them (project active, a rate for the role, a legal entity, a billable contract, an exchange rate
@@ -10,13 +10,32 @@ outbox row; nothing here knows a vendor's field or operation names. Entries that
 stay unbilled and raise one exception case per root cause; the next run tries them again, and a
 case closes by itself once every entry it held has been billed. An invoice the mapping cannot
 render waits on an integration admin's case and is rendered again by the next run.
+
+Expenses join the time. Approved, billable expenses with no billing event yet are re-billed at
+cost, one line each (``EX-<id>``), in their own currency, on the same draft invoices as the time
+of their contract, legal entity and currency: each time chunk also takes (and locks) the waiting
+expenses of the contracts it bills, and a last pass takes the rest. Their checks are the time
+rules that apply to an expense: project active, a legal entity, a contract (whatever its billing
+model: a fixed fee covers the work, not the travel; the reconciliation and the actuals count
+billable expenses the same way), an exchange rate for the expense's currency, an ERP route, and
+a tax treatment the legal entity can apply (the contract's tax profile active, of the entity's
+country, with the customer's tax number where it needs one). A bill rate does not apply. Each
+rule has its own case type (exceptions/catalogue.py, ``expense_*``). The expense work is skipped
+for a whole run, at the cost of one EXISTS, when no expense waits, so the time path's per-chunk
+work is what it was. An expense is on one invoice line ever: its billing event is one-to-one.
+
+Where a contract says so (``Contract.add_to_open_draft``), a run adds its lines to the
+contract's draft of the same currency and legal entity issued this month that has not been sent
+to the ERP yet (no outbox row, or only one never attempted), up to the lines an invoice holds,
+and renders that draft again in place of its unsent row; a draft any attempt has gone out for
+is never changed, and the lines go on a new draft.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -38,6 +57,7 @@ from integrations.models import (
     CrossReference,
     Customer,
     ExchangeRate,
+    Expense,
     Invoice,
     OutboxMessage,
     Project,
@@ -78,12 +98,20 @@ BILLABLE_MODELS = Contract.HOURLY_MODELS
 
 @dataclass
 class BillingRunReport:
+    """What a run did. `considered`, `billed`, `blocked` and `not_billable` count time entries
+    (the figures finance knows the run by); the expenses have their own."""
+
     considered: int = 0
     billed: int = 0
     invoices: int = 0
     blocked: int = 0
     not_billable: int = 0
     cases: set[int] = field(default_factory=set)
+    expenses_considered: int = 0
+    expenses_billed: int = 0
+    expenses_blocked: int = 0
+    # Draft invoices not yet sent that this run added lines to (Contract.add_to_open_draft).
+    drafts_extended: int = 0
 
 
 @dataclass
@@ -101,23 +129,42 @@ class _Problem:
 
 
 def billing_run(
-    *, limit: int | None = None, entry_ids: Collection[int] | None = None
+    *,
+    limit: int | None = None,
+    entry_ids: Collection[int] | None = None,
+    expense_ids: Collection[int] | None = None,
 ) -> BillingRunReport:
-    """Bill every approved, unbilled time entry (up to `limit`), chunk by chunk; with
-    `entry_ids`, only those of them still unbilled (a case's retry: the entries it holds)."""
+    """Bill every approved, unbilled time entry (up to `limit`), chunk by chunk, with the
+    waiting expenses of their contracts, then every expense still waiting (up to `limit` as
+    well); with `entry_ids` or `expense_ids`, only those of them still unbilled (a case's
+    retry: the records it holds)."""
     report = BillingRunReport()
-    # Exchange rates and ERP routes are the same for every chunk of a run: read them once.
-    books = _RunBooks(fx=_FxBook.load(), routes=_Routes.load())
+    # Exchange rates and ERP routes are the same for every chunk of a run: read them once. So
+    # is whether any expense waits: when none does (the usual run of a firm that bills no
+    # expenses), the expense work costs this one EXISTS.
+    retry = entry_ids is not None or expense_ids is not None
+    books = _RunBooks(
+        fx=_FxBook.load(),
+        routes=_Routes.load(),
+        expenses=not retry and Expense.objects.unbilled().exists(),
+    )
     _resend_unrendered(books.routes)
-    if entry_ids is not None:
-        wanted = sorted(set(entry_ids))
+    if retry:
+        wanted = sorted(set(entry_ids or ()))
         for start in range(0, len(wanted), CHUNK):
             _bill_chunk(Q(pk__in=_among(wanted[start : start + CHUNK])), None, report, books)
+        spent = sorted(set(expense_ids or ()))
+        for start in range(0, len(spent), CHUNK):
+            _bill_expense_chunk(Q(pk__in=_among(spent[start : start + CHUNK])), None, report, books)
         return report
     last_id: int | None = 0
     while last_id is not None and (limit is None or report.considered < limit):
         size = CHUNK if limit is None else min(CHUNK, limit - report.considered)
         last_id = _bill_chunk(Q(pk__gt=last_id), size, report, books)
+    last_id = 0 if books.expenses else None
+    while last_id is not None and (limit is None or report.expenses_considered < limit):
+        size = CHUNK if limit is None else min(CHUNK, limit - report.expenses_considered)
+        last_id = _bill_expense_chunk(Q(pk__gt=last_id), size, report, books)
     return report
 
 
@@ -192,9 +239,18 @@ def _bill_chunk(
         problem, held = blocked[fingerprint]
         report.cases.add(_raise(held, problem, rates))
 
+    # The waiting expenses of the contracts this chunk bills go on the same invoices.
+    spends: list[_Spend] = []
+    if books.expenses and billable:
+        contracts = {entry.project.contract_id for entry, _ in billable}
+        spends, _ = _take_expenses(
+            Q(project__contract_id__in=contracts), CHUNK, report, books, projects
+        )
+
     report.billed += len(billable)
-    report.invoices += _invoice(billable, routes)
-    _close_cases([entry for entry, _ in billable])
+    report.invoices += _invoice(billable, routes, spends, report)
+    _close_cases([entry.pk for entry, _ in billable])
+    _close_cases([spend.pk for spend in spends], record_type="expense")
     return int(rows[-1][0])
 
 
@@ -279,6 +335,10 @@ class _Routes:
 class _RunBooks:
     fx: _FxBook
     routes: _Routes
+    # Whether any approved, billable expense waited when the run began: if not, no chunk looks.
+    expenses: bool = False
+    # Expenses this run found blocked: not taken again by a later chunk of the same run.
+    expenses_blocked: set[int] = field(default_factory=set)
 
 
 def _validate(entry: _Entry, rates: _RateBook, fx: _FxBook, routes: _Routes) -> _Problem | None:
@@ -338,19 +398,18 @@ def _blocked_entry(entry: _Entry, rates: _RateBook) -> Blocked:
     )
 
 
-def _close_cases(billed: Sequence[_Entry]) -> None:
-    """Entries billed now take themselves off the cases of this process that held them before.
+def _close_cases(ids: Sequence[int], record_type: str = "timeentry") -> None:
+    """Records billed now take themselves off the cases of this process that held them before.
 
     Which of them an open case holds is read first, by the id range of the chunk through
     BlockedRecord's record index: usually none, and then that one small read is all. Handing
     every entry to `case_records_clear` instead named 5,000 ids twice in one statement per
     chunk, 2 to 3 s of a 100,000-entry run spent finding nothing."""
-    if not billed:
+    if not ids:
         return
-    ids = [e.pk for e in billed]
     held = set(
         BlockedRecord.objects.filter(
-            record_type="timeentry",
+            record_type=record_type,
             record_id__gte=min(ids),
             record_id__lte=max(ids),
             case__status=ExceptionCase.Status.OPEN,
@@ -361,10 +420,208 @@ def _close_cases(billed: Sequence[_Entry]) -> None:
     )
     if held:
         case_records_clear(
-            records=[("timeentry", pk) for pk in ids if pk in held],
+            records=[(record_type, pk) for pk in ids if pk in held],
             process=PROCESS,
             note="Closed automatically: every entry it held has since been billed.",
         )
+
+
+# --- Expenses ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Spend:
+    """An approved, billable expense as billing reads it: its own columns, its project and the
+    worker's name (read as tuples, as the time entries are)."""
+
+    pk: int
+    day: date
+    category: str
+    amount: Decimal
+    currency: str
+    project: Project
+    worker: str
+
+
+def _bill_expense_chunk(
+    where: Q, size: int | None, report: BillingRunReport, books: _RunBooks
+) -> int | None:
+    """Bill the waiting expenses `where` selects (the first `size`, by id) that no time chunk
+    took, on invoices of their own; returns the last id taken, None when there was none."""
+    with transaction.atomic():
+        spends, last_id = _take_expenses(where, size, report, books, {})
+        report.invoices += _invoice((), books.routes, spends, report)
+        _close_cases([spend.pk for spend in spends], record_type="expense")
+    return last_id
+
+
+def _take_expenses(
+    where: Q,
+    size: int | None,
+    report: BillingRunReport,
+    books: _RunBooks,
+    projects: dict[int, Project],
+) -> tuple[list[_Spend], int | None]:
+    """Lock the waiting expenses `where` selects (the first `size`, by id), validate them, put
+    the blocked ones on their cases; returns the billable ones and the last id taken. Four
+    queries (the expenses, their billing events, their workers, the projects not in
+    `projects`), and one case write per root cause: set-based, as the time chunk is. SKIP
+    LOCKED: an expense another run holds is that run's to bill."""
+    unbilled = Expense.objects.unbilled().filter(where)
+    if books.expenses_blocked:
+        unbilled = unbilled.exclude(pk__in=_among(sorted(books.expenses_blocked)))
+    chosen = (
+        unbilled.select_for_update(skip_locked=True, of=("self",))
+        .order_by("pk")
+        .values_list("pk", "project_id", "resource_id", "date", "category", "amount", "currency")
+    )
+    rows = list(chosen if size is None else chosen[:size])
+    if not rows:
+        return [], None
+    last_id = int(rows[-1][0])
+    # Read again, now that they are locked: the statement above saw the table as it was when
+    # it began, so an expense another run billed and committed meanwhile (its lock gone by
+    # the time this one took it) still looked unbilled. Without this the second run's billing
+    # events would break the one-to-one and roll its whole chunk back.
+    billed = set(
+        BillingEvent.objects.filter(expense_id__in=_among([row[0] for row in rows]))
+        .order_by()
+        .values_list("expense_id", flat=True)
+    )
+    rows = [row for row in rows if row[0] not in billed]
+    if not rows:
+        return [], last_id
+    missing = {row[1] for row in rows} - projects.keys()
+    if missing:
+        projects = {
+            **projects,
+            **Project.objects.select_related(
+                "contract__tax_rate", "legal_entity", "customer"
+            ).in_bulk(missing),
+        }
+    workers = dict(
+        Resource.objects.filter(pk__in={row[2] for row in rows}).values_list("pk", "name")
+    )
+    spends = [
+        _Spend(pk, day, category, amount, currency, projects[project_id], workers[resource_id])
+        for pk, project_id, resource_id, day, category, amount, currency in rows
+    ]
+    report.expenses_considered += len(spends)
+    billable: list[_Spend] = []
+    blocked: dict[str, tuple[_Problem, list[_Spend]]] = {}
+    for spend in spends:
+        problem = _validate_expense(spend, books.fx, books.routes)
+        if problem is not None:
+            blocked.setdefault(problem.fingerprint, (problem, []))[1].append(spend)
+            continue
+        billable.append(spend)
+    for fingerprint in sorted(blocked):
+        problem, held = blocked[fingerprint]
+        report.cases.add(_raise_expenses(held, problem))
+        report.expenses_blocked += len(held)
+        books.expenses_blocked.update(spend.pk for spend in held)
+    report.expenses_billed += len(billable)
+    return billable, last_id
+
+
+def _validate_expense(spend: _Spend, fx: _FxBook, routes: _Routes) -> _Problem | None:
+    """The time rules that apply to an expense (no bill rate: it is re-billed at cost), and the
+    tax treatment its legal entity can apply."""
+    project = spend.project
+    on_project = {"project_id": project.pk, "project": f"{project.code} {project.name}"}
+    if project.status != Project.Status.ACTIVE:
+        status = project.get_status_display().lower()
+        return _Problem("expense_on_inactive_project", {**on_project, "status": status})
+    entity = project.legal_entity
+    if entity is None:
+        return _Problem("expense_project_without_legal_entity", on_project)
+    contract = project.contract
+    if contract is None:
+        return _Problem("expense_project_without_contract", on_project)
+    if not fx.has_rate(spend.currency, entity.base_currency):
+        return _Problem(
+            "expense_missing_exchange_rate",
+            {"currency": spend.currency, "base": entity.base_currency, "days": FX_RECENT_DAYS},
+        )
+    if routes.connection_for(entity.pk) is None:
+        return _Problem(
+            "expense_no_erp_route", {"legal_entity_id": entity.pk, "legal_entity": entity.code}
+        )
+    why = _tax_treatment_problem(project)
+    if why:
+        assert contract.tax_rate is not None  # noqa: S101 - only a tax profile has a problem
+        return _Problem(
+            "expense_tax_treatment",
+            {
+                "contract_id": contract.pk,
+                "contract": contract.number,
+                "tax_rate": contract.tax_rate.code,
+                "legal_entity": entity.code,
+                "why": why,
+            },
+        )
+    return None
+
+
+def _tax_treatment_problem(project: Project) -> str:
+    """What keeps the project's legal entity from charging its contract's tax profile ("" when
+    nothing does, or the contract has none: untaxed, as its time is)."""
+    tax = project.contract.tax_rate if project.contract is not None else None
+    entity = project.legal_entity
+    if tax is None or entity is None:
+        return ""
+    if not tax.active:
+        return "is no longer active"
+    if tax.country and entity.country and tax.country.upper() != entity.country.upper():
+        return f"is a {tax.country} tax, which a {entity.country} legal entity cannot charge"
+    if tax.requires_customer_tax_number and not project.customer.tax_number:
+        return f"needs the customer's tax number, and {project.customer.name} has none"
+    return ""
+
+
+def _expense_description(spend: _Spend) -> str:
+    # "EX-<id>" first, as "TE-<id>" for time: how an ERP line is traced back to its expense.
+    return (
+        f"EX-{spend.pk} {spend.day:%Y-%m-%d} {spend.worker} {spend.category} "
+        f"({spend.currency} {spend.amount})"
+    )
+
+
+def _expense_line(spend: _Spend) -> _Line:
+    amount = spend.amount.quantize(CENT, ROUND_HALF_UP)
+    return _Line(
+        description=_expense_description(spend),
+        quantity=Decimal("1"),
+        unit_amount=amount,
+        amount=amount,
+        entry_id=None,
+        project_id=spend.project.pk,
+        expense_id=spend.pk,
+    )
+
+
+def _raise_expenses(spends: Sequence[_Spend], problem: _Problem) -> int:
+    first = spends[0].project
+    case = case_open_or_join(
+        case_type=problem.case_type,
+        subject=problem.subject,
+        records=[
+            Blocked(
+                record_type="expense",
+                record_id=spend.pk,
+                label=_expense_description(spend),
+                amount=spend.amount,
+                currency=spend.currency,
+            )
+            for spend in spends
+        ],
+        process=PROCESS,
+        step="validate",
+        # The case's scope where its subject names no project (a currency pair, a contract).
+        legal_entity_id=first.legal_entity_id,
+        region=first.region,
+    )
+    return case.pk
 
 
 # --- Invoices ---------------------------------------------------------------------------------
@@ -385,53 +642,88 @@ class InvoiceLine(Protocol):
 
 
 class _Line(NamedTuple):
-    """One billing event of this run, before it is stored."""
+    """One billing event of this run, before it is stored: a time entry's (`entry_id`) or an
+    expense's (`expense_id`)."""
 
     description: str
     quantity: Decimal
     unit_amount: Decimal
     amount: Decimal
-    entry_id: int
+    entry_id: int | None
     project_id: int
+    expense_id: int | None = None
 
 
 # A billing event's field_sources: none per field (its source_system says where it came from).
 # One object for every row, so the COPY serialises it once.
 _NO_FIELD_SOURCES: dict[str, Any] = {}
 
+_GroupKey = tuple[int | None, int, str]
 
-def _invoice(billable: Sequence[tuple[_Entry, Decimal]], routes: _Routes) -> int:
-    """Group the billable entries into draft invoices (by contract, legal entity and currency),
-    write the invoices, their billing events (one per entry, pointing at its invoice), and hand
-    each invoice to the sync layer (one outbox row per invoice it can render)."""
-    groups: dict[tuple[int | None, int, str], list[tuple[_Entry, Decimal]]]
+
+def _invoice(
+    billable: Sequence[tuple[_Entry, Decimal]],
+    routes: _Routes,
+    spends: Sequence[_Spend] = (),
+    report: BillingRunReport | None = None,
+) -> int:
+    """Group the billable entries and expenses into draft invoices (by contract, legal entity
+    and currency: an expense's own currency), write the invoices, their billing events (one per
+    entry or expense, pointing at its invoice), and hand each invoice to the sync layer (one
+    outbox row per invoice it can render). Where the contract says so, lines first fill its
+    unsent draft of this month (`_open_drafts`). Returns how many invoices were made."""
+    groups: dict[_GroupKey, list[tuple[_Entry, Decimal]]]
     groups = defaultdict(list)
     for entry, rate in billable:
         project = entry.project
         entity_id = project.legal_entity_id
         assert entity_id is not None  # noqa: S101 - _validate refuses projects without one
         groups[(project.contract_id, entity_id, project.currency)].append((entry, rate))
+    spent: dict[_GroupKey, list[_Spend]] = defaultdict(list)
+    for spend in spends:
+        entity_id = spend.project.legal_entity_id
+        assert entity_id is not None  # noqa: S101 - _validate_expense refuses those without
+        spent[(spend.project.contract_id, entity_id, spend.currency)].append(spend)
+    # Time groups first, in the order they were met; then groups of expenses alone.
+    heads: dict[_GroupKey, Project] = {key: group[0][0].project for key, group in groups.items()}
+    for key, group_spends in spent.items():
+        heads.setdefault(key, group_spends[0].project)
     per_invoice = max_lines_per_invoice()
     today = date.today()
+    drafts = _open_drafts(heads, today)
     invoices: list[tuple[Invoice, list[_Line]]] = []
-    for (_contract_id, _entity_id, currency), group in groups.items():
-        project = group[0][0].project
+    extended: list[tuple[Invoice, list[InvoiceLine]]] = []
+    new_lines: list[tuple[Invoice, list[_Line]]] = []
+    for key, project in heads.items():
+        currency = key[2]
         contract = project.contract
         tax_percent = contract.tax_rate.rate_percent if contract and contract.tax_rate else 0
         terms = contract.payment_terms_days if contract else 30
+        group = [
+            _Line(
+                description=_line_description(entry),
+                quantity=entry.hours,
+                unit_amount=rate,
+                amount=(entry.hours * rate).quantize(CENT, ROUND_HALF_UP),
+                entry_id=entry.pk,
+                project_id=entry.project.pk,
+            )
+            for entry, rate in groups.get(key, ())
+        ]
+        if key in spent:
+            group += [_expense_line(spend) for spend in spent[key]]
+        for draft, held in drafts.get(key, ()):
+            room = per_invoice - len(held)
+            if room <= 0 or not group:
+                continue
+            added, group = group[:room], group[room:]
+            lines: list[InvoiceLine] = [*held, *added]
+            _totals_set(draft, lines, tax_percent)
+            extended.append((draft, lines))
+            new_lines.append((draft, added))
         for start in range(0, len(group), per_invoice):
-            lines = [
-                _Line(
-                    description=_line_description(entry),
-                    quantity=entry.hours,
-                    unit_amount=rate,
-                    amount=(entry.hours * rate).quantize(CENT, ROUND_HALF_UP),
-                    entry_id=entry.pk,
-                    project_id=entry.project.pk,
-                )
-                for entry, rate in group[start : start + per_invoice]
-            ]
-            subtotal = sum((line.amount for line in lines), Decimal("0"))
+            lines_ = group[start : start + per_invoice]
+            subtotal = sum((line.amount for line in lines_), Decimal("0"))
             tax = (subtotal * Decimal(tax_percent) / 100).quantize(CENT, ROUND_HALF_UP)
             invoice = Invoice(
                 legal_entity=project.legal_entity,  # loaded with the project
@@ -447,11 +739,12 @@ def _invoice(billable: Sequence[tuple[_Entry, Decimal]], routes: _Routes) -> int
                 source_system="",
                 field_sources={},
             )
-            invoices.append((invoice, lines))
+            invoices.append((invoice, lines_))
     copy_insert(Invoice, [invoice for invoice, _ in invoices])
-    # One COPY for all the billing events, from plain rows: at 100,000 entries an INSERT is
-    # several times slower, and building 100,000 model instances first cost seconds of CPU. In
-    # binary (the values have their fields' types), and no ids drawn first: none is needed.
+    # One COPY for all the time's billing events, from plain rows: at 100,000 entries an INSERT
+    # is several times slower, and building 100,000 model instances first cost seconds of CPU.
+    # In binary (the values have their fields' types), and no ids drawn first: none is needed.
+    written = [*invoices, *new_lines]
     copy_insert_values(
         BillingEvent,
         [
@@ -470,15 +763,157 @@ def _invoice(billable: Sequence[tuple[_Entry, Decimal]], routes: _Routes) -> int
                 "source_system": SystemRole.PSA,
                 "field_sources": _NO_FIELD_SOURCES,
             }
-            for invoice, lines in invoices
+            for invoice, lines in written
             for line in lines
+            if line.expense_id is None
         ],
         ids=False,
         binary=True,
     )
-
+    if spends:  # the expenses' billing events: a second COPY, only when there are any
+        copy_insert_values(
+            BillingEvent,
+            [
+                {
+                    "source": BillingEvent.Source.EXPENSE,
+                    "expense_id": line.expense_id,
+                    "project_id": line.project_id,
+                    "contract_id": invoice.contract_id,
+                    "legal_entity_id": invoice.legal_entity_id,
+                    "invoice_id": invoice.pk,
+                    "description": line.description,
+                    "quantity": line.quantity,
+                    "unit_amount": line.unit_amount,
+                    "amount": line.amount,
+                    "currency": invoice.currency,
+                    "source_system": SystemRole.PSA,
+                    "field_sources": _NO_FIELD_SOURCES,
+                }
+                for invoice, lines in written
+                for line in lines
+                if line.expense_id is not None
+            ],
+            ids=False,
+            binary=True,
+        )
+    if extended:
+        _drafts_resend(extended, routes)
+        if report is not None:
+            report.drafts_extended += len(extended)
     _post(invoices, routes)
     return len(invoices)
+
+
+def _totals_set(invoice: Invoice, lines: Sequence[InvoiceLine], tax_percent: Decimal | int) -> None:
+    subtotal = sum((line.amount for line in lines), Decimal("0"))
+    tax = (subtotal * Decimal(tax_percent) / 100).quantize(CENT, ROUND_HALF_UP)
+    invoice.subtotal, invoice.tax_total = subtotal, tax
+    invoice.total = invoice.amount_due = subtotal + tax
+
+
+# --- Open drafts (Contract.add_to_open_draft) ---------------------------------------------------
+
+
+def _open_drafts(
+    heads: Mapping[_GroupKey, Project], today: date
+) -> dict[_GroupKey, list[tuple[Invoice, list[BillingEvent]]]]:
+    """The unsent drafts of this month that the groups of contracts with `add_to_open_draft`
+    may add lines to, locked, with the billing events they hold; {} (and no query) when no
+    contract of the chunk asks for it.
+
+    Unsent means nothing of the draft can have reached the ERP: it is not marked posted, and
+    its outbox rows are only this step's rows never attempted (or it has none: its mapping
+    could not render it yet). Those rows are locked here and a claiming worker skips them
+    until this transaction ends; a row a worker holds already, or any other row, makes the
+    draft sent, and its lines go on a new invoice. A draft another run holds is skipped too."""
+    flagged = {
+        key: project
+        for key, project in heads.items()
+        if project.contract is not None and project.contract.add_to_open_draft
+    }
+    if not flagged:
+        return {}
+    ours = Q(source__in=(BillingEvent.Source.TIME, BillingEvent.Source.EXPENSE))
+    candidates = list(
+        Invoice.objects.select_for_update(skip_locked=True, of=("self",))
+        .filter(
+            contract_id__in={key[0] for key in flagged},
+            source_system="",
+            status=Invoice.Status.DRAFT,
+            issue_date__gte=today.replace(day=1),
+            issue_date__lte=today,
+        )
+        # A milestone's invoice has no billing event until the ERP has it (milestones.py).
+        .filter(Exists(BillingEvent.objects.filter(ours, invoice_id=OuterRef("pk"))))
+        .order_by("pk")
+    )
+    # The same contract, legal entity, currency and customer as the group.
+    candidates = [
+        i
+        for i in candidates
+        if (key := (i.contract_id, i.legal_entity_id, i.currency)) in flagged
+        and i.customer_id == flagged[key].customer_id
+    ]
+    if not candidates:
+        return {}
+    invoice_type = ContentType.objects.get_for_model(Invoice)
+    ids = [i.pk for i in candidates]
+    unsent = set(
+        OutboxMessage.objects.select_for_update(skip_locked=True)
+        .filter(
+            content_type=invoice_type,
+            object_id__in=ids,
+            process=PROCESS,
+            step=POST_STEP,
+            state=OutboxMessage.State.PENDING,
+            attempts=0,
+            needs_lookup=False,
+        )
+        .values_list("pk", flat=True)
+    )
+    sent = set(
+        OutboxMessage.objects.filter(content_type=invoice_type, object_id__in=ids)
+        .exclude(pk__in=unsent)
+        .values_list("object_id", flat=True)
+    )
+    held: dict[int, list[BillingEvent]] = defaultdict(list)
+    for event in BillingEvent.objects.filter(invoice_id__in=set(ids) - sent).order_by("pk"):
+        held[event.invoice_id].append(event)  # type: ignore[index]
+    drafts: dict[_GroupKey, list[tuple[Invoice, list[BillingEvent]]]] = defaultdict(list)
+    for invoice in candidates:
+        if invoice.pk in sent or not held[invoice.pk]:
+            continue
+        key = (invoice.contract_id, invoice.legal_entity_id, invoice.currency)
+        project = flagged[key]
+        # The draft's customer, entity and contract are the group's: read with its project.
+        invoice.customer = project.customer
+        invoice.contract = project.contract
+        if project.legal_entity is not None:  # the group key holds it: always
+            invoice.legal_entity = project.legal_entity
+        drafts[key].append((invoice, held[invoice.pk]))
+    return drafts
+
+
+def _drafts_resend(
+    extended: Sequence[tuple[Invoice, Sequence[InvoiceLine]]], routes: _Routes
+) -> None:
+    """The drafts given more lines: their totals stored, their unsent rows (locked by
+    `_open_drafts`) replaced by rows rendered from every line they hold now."""
+    update_rows(
+        Invoice,
+        [invoice for invoice, _ in extended],
+        ["subtotal", "tax_total", "total", "amount_due"],
+    )
+    OutboxMessage.objects.filter(
+        content_type=ContentType.objects.get_for_model(Invoice),
+        object_id__in=[invoice.pk for invoice, _ in extended],
+        process=PROCESS,
+        step=POST_STEP,
+        state=OutboxMessage.State.PENDING,
+        attempts=0,
+    ).delete()
+    # As a retry: a draft its mapping could not render before clears itself off that case.
+    _post(extended, routes, retried=True)
 
 
 def _post(
@@ -555,7 +990,8 @@ def invoice_canonical(
 
 def _invoice_context(invoice: Invoice, lines: Sequence[InvoiceLine]) -> dict[str, Any]:
     """What the outbox row and any case about the invoice say about it."""
-    hours = sum((e.quantity for e in lines), Decimal("0"))
+    # Hours are the time lines' quantities; an expense line's quantity is one expense.
+    hours = sum((e.quantity for e in lines if getattr(e, "expense_id", None) is None), Decimal("0"))
     return {
         "what": "invoice",
         "subject": f"customer {invoice.customer.name}",
@@ -594,8 +1030,14 @@ def _resend_unrendered(routes: _Routes) -> None:
     queued = OutboxMessage.objects.filter(
         content_type=invoice_type, object_id=OuterRef("pk"), process=PROCESS, step=POST_STEP
     )
+    # Time and expenses only: a milestone's billing event is posted by its own workflow
+    # (milestones.py), which links it to its invoice only once the ERP has the invoice.
     billed = (
-        BillingEvent.objects.filter(status=BillingEvent.Status.PENDING, invoice__isnull=False)
+        BillingEvent.objects.filter(
+            status=BillingEvent.Status.PENDING,
+            invoice__isnull=False,
+            source__in=(BillingEvent.Source.TIME, BillingEvent.Source.EXPENSE),
+        )
         .order_by()
         .values("invoice_id")
     )
@@ -668,6 +1110,32 @@ def billing_case_retry(case: ExceptionCase) -> RetryResult:
 retry_handler_register(
     case_types=VALIDATION_CASE_TYPES, handler=billing_case_retry, process=PROCESS
 )
+
+# The case types the expense checks raise (_validate_expense); their retry bills the held
+# expenses.
+EXPENSE_CASE_TYPES = (
+    "expense_on_inactive_project",
+    "expense_project_without_legal_entity",
+    "expense_project_without_contract",
+    "expense_missing_exchange_rate",
+    "expense_no_erp_route",
+    "expense_tax_treatment",
+)
+
+
+def expense_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry an expense validation case (exceptions/retry.py): run the billing run again for
+    the expenses it holds; those billed now take themselves off it."""
+    held = BlockedRecord.objects.filter(case=case, record_type="expense")
+    report = billing_run(expense_ids=list(held.values_list("record_id", flat=True)))
+    return RetryResult(
+        count=report.expenses_considered,
+        summary=f"billed {report.expenses_billed} of {report.expenses_considered} held expenses"
+        + (f"; {report.expenses_blocked} still blocked" if report.expenses_blocked else ""),
+    )
+
+
+retry_handler_register(case_types=EXPENSE_CASE_TYPES, handler=expense_case_retry, process=PROCESS)
 
 
 # --- Invoices an ERP refused, sent again from the current data (a vendor_validation case) -----

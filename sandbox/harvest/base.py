@@ -40,6 +40,8 @@ class HarvestBase(Vendor):
             and parts[3] in ("task_assignments", "user_assignments")
         ):
             return parts[3]
+        if len(parts) >= 4 and parts[1] == "invoices" and parts[3] == "payments":
+            return "invoice_payments"
         return parts[1] if len(parts) > 1 else "other"
 
     def authenticate(self, request: Request) -> str | Response:
@@ -80,6 +82,8 @@ class HarvestBase(Vendor):
         return JSON(body, 429, headers={"Retry-After": str(denied.retry_after)})
 
     def event(self, change: Change) -> dict[str, Any] | None:
+        if change.obj == "invoice_payments":
+            return None  # announced as its invoice's update (it settles the invoice)
         return {
             "id": uuid.uuid4().hex,
             "object": change.obj,

@@ -1,11 +1,13 @@
-"""Harvest invoices: line items per project, with amounts, tax, discount and totals derived."""
+"""Harvest invoices: line items per project, with amounts, tax, discount and totals derived;
+and their payments (``/invoices/{id}/payments``): each lowers the invoice's ``due_amount``, and
+the one that settles it marks the invoice paid (``paid_at``, ``paid_date``), as Harvest does."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
 from ..store import Row
-from .schema import Invalid, Kind
+from .schema import SYSTEM, Invalid, Kind, iso
 
 if TYPE_CHECKING:
     from .base import HarvestBase
@@ -55,9 +57,10 @@ def _derive(h: HarvestBase, data: dict[str, Any], changes: dict[str, Any]) -> No
         round(taxed2 * (data.get("tax2") or 0) / 100, 2) if data.get("tax2") is not None else None
     )
     total = round(subtotal - discount_amount + (tax_amount or 0) + (tax2_amount or 0), 2)
+    paid = float(data.get("_paid") or 0.0)  # what its payments add up to (not rendered)
     data.update(
         amount=total,
-        due_amount=0.0 if data.get("state") in ("paid", "closed") else total,
+        due_amount=0.0 if data.get("state") in ("paid", "closed") else round(total - paid, 2),
         discount_amount=discount_amount,
         tax_amount=tax_amount,
         tax2_amount=tax2_amount,
@@ -65,7 +68,11 @@ def _derive(h: HarvestBase, data: dict[str, Any], changes: dict[str, Any]) -> No
 
 
 def _render(h: HarvestBase, d: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in d.items() if k not in ("client_id", "line_items", "creator_id")}
+    out = {
+        k: v
+        for k, v in d.items()
+        if k not in ("client_id", "line_items", "creator_id") and not k.startswith("_")
+    }
     out["client"] = h.ref("clients", d["client_id"], "name")
     out["creator"] = h.ref("users", d.get("creator_id") or h.admin_id())
     out["line_items"] = [
@@ -125,4 +132,78 @@ INVOICES = Kind(
     validate=_validate,
     derive=_derive,
     render=_render,
+)
+
+
+# -- payments ------------------------------------------------------------------------------------
+
+
+def _validate_payment(
+    h: HarvestBase, data: dict[str, Any], existing: Row | None, changes: dict[str, Any]
+) -> None:
+    invoice = h.need("invoices", data["invoice_id"], "Invoice")
+    amount = data.get("amount")
+    if not isinstance(amount, float) or amount <= 0:
+        raise Invalid("Amount must be greater than 0")
+    if invoice.data.get("state") in ("paid", "closed"):
+        raise Invalid("Invoice is already paid or closed", "invoice_settled")
+    if amount > float(invoice.data.get("due_amount") or 0.0) + 0.005:
+        raise Invalid("Amount exceeds the amount due on the invoice", "overpaid")
+    if data.get("paid_at") and data.get("paid_date"):
+        raise Invalid("Pass either paid_at or paid_date, but not both")
+
+
+def _derive_payment(h: HarvestBase, data: dict[str, Any], changes: dict[str, Any]) -> None:
+    if data.get("paid_at"):
+        data["paid_date"] = str(data["paid_at"])[:10]
+    elif data.get("paid_date"):
+        data["paid_at"] = f"{data['paid_date']}T00:00:00Z"
+    else:
+        now = iso(h.store.clock.now())
+        data.update(paid_at=now, paid_date=now[:10])
+
+
+def _render_payment(h: HarvestBase, d: dict[str, Any]) -> dict[str, Any]:
+    admin = h.store.get(SYSTEM, "users", h.admin_id())
+    name = f"{admin.data['first_name']} {admin.data['last_name']}" if admin else None
+    return {
+        "amount": d["amount"],
+        "paid_at": d.get("paid_at"),
+        "paid_date": d.get("paid_date"),
+        "recorded_by": name,
+        "recorded_by_email": admin.data.get("email") if admin else None,
+        "notes": d.get("notes"),
+        "transaction_id": None,
+        "payment_gateway": {"id": None, "name": None},
+    }
+
+
+def payment_settle(h: HarvestBase, payment: dict[str, Any]) -> None:
+    """A payment recorded: the invoice owes that much less; settled, it is paid."""
+    invoice = h.need("invoices", payment["invoice_id"], "Invoice")
+    paid = round(float(invoice.data.get("_paid") or 0.0) + payment["amount"], 2)
+    changes: dict[str, Any] = {"_paid": paid}
+    if paid >= float(invoice.data.get("amount") or 0.0) - 0.005:
+        changes.update(state="paid", paid_at=payment["paid_at"], paid_date=payment["paid_date"])
+    h.patch_raw("invoices", invoice, changes)
+
+
+# Served only under its invoice (``/invoices/{id}/payments``), never as a list of its own.
+INVOICE_PAYMENTS = Kind(
+    "invoice_payments",
+    {
+        "invoice_id": "int",
+        "amount": "float",
+        "paid_at": "str",
+        "paid_date": "date",
+        "notes": "str",
+        "send_thank_you": "bool",
+    },
+    ("amount",),
+    {"notes": None, "paid_at": None, "paid_date": None},
+    ("invoice_id",),
+    "paid_date",
+    validate=_validate_payment,
+    derive=_derive_payment,
+    render=_render_payment,
 )

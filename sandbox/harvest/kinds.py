@@ -5,7 +5,7 @@ from __future__ import annotations
 from .assignments import TASK_ASSIGNMENTS, USER_ASSIGNMENTS
 from .clients import CLIENTS, CONTACTS
 from .expenses import EXPENSE_CATEGORIES, EXPENSES
-from .invoices import INVOICES
+from .invoices import INVOICE_PAYMENTS, INVOICES
 from .milestones import X_MILESTONES
 from .projects import PROJECTS
 from .rate_cards import X_RATE_CARDS
@@ -29,8 +29,11 @@ KINDS: dict[str, Kind] = {
         TIME_ENTRIES,
         EXPENSES,
         INVOICES,
+        INVOICE_PAYMENTS,
         # sandbox extensions
         X_MILESTONES,
         X_RATE_CARDS,
     )
 }
+# Served only under their parent (``/invoices/{id}/payments``), not at ``/v2/<kind>``.
+NESTED_ONLY = frozenset({"invoice_payments"})

@@ -32,7 +32,8 @@ from starlette.routing import BaseRoute, Route
 from ..gate import JSON, refuse
 from ..store import Row
 from .base import HarvestBase
-from .kinds import KINDS
+from .invoices import payment_settle
+from .kinds import KINDS, NESTED_ONLY
 from .schema import (
     CURSOR_KINDS,
     MAX_PER_PAGE,
@@ -66,6 +67,11 @@ class Harvest(HarvestBase):
                         methods=["GET", "PATCH", "DELETE"],
                     ),
                 )
+            ),
+            Route(
+                "/v2/invoices/{invoice_id:int}/payments",
+                self.invoice_payments,
+                methods=["GET", "POST"],
             ),
             Route("/v2/{kind}", self.collection, methods=["GET", "POST"]),
             Route("/v2/{kind}/{id:int}", self.one, methods=["GET", "PATCH", "DELETE"]),
@@ -105,7 +111,7 @@ class Harvest(HarvestBase):
 
     async def collection(self, request: Request) -> Response:
         kind = request.path_params["kind"]
-        if kind not in KINDS:
+        if kind not in KINDS or kind in NESTED_ONLY:
             return self.not_found(request)
         if request.method == "GET":
             return self.list(request, kind, {})
@@ -113,7 +119,7 @@ class Harvest(HarvestBase):
 
     async def one(self, request: Request) -> Response:
         kind = request.path_params["kind"]
-        if kind not in KINDS:
+        if kind not in KINDS or kind in NESTED_ONLY:
             return self.not_found(request)
         return await self.single(request, kind, int(request.path_params["id"]), {})
 
@@ -128,6 +134,29 @@ class Harvest(HarvestBase):
         if request.method == "GET":
             return self.list(request, kind, {"project_id": project_id})
         return await self.create(request, kind, {"project_id": project_id})
+
+    async def invoice_payments(self, request: Request) -> Response:
+        """An invoice's payments: listed (newest first), or one recorded, which lowers the
+        invoice's ``due_amount`` and, when it settles it, marks the invoice paid."""
+        invoice_id = int(request.path_params["invoice_id"])
+        if self.store.get(SYSTEM, "invoices", invoice_id) is None:
+            return self.not_found(request)
+        fixed = {"invoice_id": invoice_id}
+        if request.method == "GET":
+            return self.list(request, "invoice_payments", fixed)
+        body = await self._json(request)
+        if isinstance(body, Response):
+            return body
+        spec = KINDS["invoice_payments"]
+        try:
+            data = {**spec.defaults, **spec.clean({**body, **fixed}, partial=False)}
+            self.validate("invoice_payments", data, None, data)
+        except Invalid as exc:
+            return self.unprocessable(request, exc)
+        self.derive("invoice_payments", data, data)
+        row = self.insert("invoice_payments", data)
+        payment_settle(self, data)
+        return JSON(self.render("invoice_payments", row), 201)
 
     async def nested_one(self, request: Request) -> Response:
         kind, project_id = self._nested_kind(request), int(request.path_params["project_id"])

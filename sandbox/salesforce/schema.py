@@ -10,7 +10,7 @@ SYSTEM = "salesforce"
 ORG_ID = "00D5g000004SandbX"
 API_VERSION = "v60.0"
 DATA = f"/services/data/{API_VERSION}"
-PREFIXES = {"Account": "001", "Opportunity": "006", "Contract": "800"}
+PREFIXES = {"Account": "001", "Opportunity": "006", "Contract": "800", "Contract_Rate__c": "a0R"}
 STAGES = (
     "Prospecting",
     "Qualification",
@@ -25,6 +25,7 @@ STAGES = (
 )
 CURRENCIES = ("USD", "GBP", "EUR", "CHF")
 BILLING_MODELS = ("Time and Materials", "Fixed Fee", "Retainer")
+BILLING_STATUSES = ("Not Invoiced", "Invoiced", "Partly Paid", "Paid")
 
 # Field name -> type. "ref:X" is a lookup to X, "pick:a|b" a restricted picklist, and "ro:..."
 # a read-only field (refused on insert/update with INVALID_FIELD_FOR_INSERT_UPDATE).
@@ -73,6 +74,10 @@ FIELDS: dict[str, dict[str, str]] = {
         "Billing_Model__c": "pick:" + "|".join(BILLING_MODELS),
         "PSA_Project_Id__c": "string",
         "ERP_Project_Id__c": "string",
+        # Who delivers the deal (custom fields, as a firm adds them): the delivery lead's email
+        # and the team's, separated by semicolons; provisioning staffs the PSA project with them.
+        "Delivery_Lead__c": "string",
+        "Delivery_Team__c": "string",
     },
     "Contract": {
         **COMMON,
@@ -92,17 +97,36 @@ FIELDS: dict[str, dict[str, str]] = {
         # Written back by the integration that provisions the contract's project.
         "PSA_Project_Id__c": "string",
         "ERP_Project_Id__c": "string",
+        # Written by the integration's status back-sync: where the contract's invoices stand
+        # in the ERP (custom fields, as a firm adds them to its org).
+        "Billing_Status__c": "pick:" + "|".join(BILLING_STATUSES),
+        "Amount_Invoiced__c": "double",
+        "Amount_Paid__c": "double",
+        "Amount_Due__c": "double",
+        "Last_Invoice_Number__c": "string",
+        "Last_Payment_Date__c": "date",
+    },
+    # A custom child object of Contract, as a firm adds one to its org: the contract's
+    # negotiated bill rate per role (the commercial rate card a change order amends).
+    "Contract_Rate__c": {
+        **COMMON,
+        "Name": "string",
+        "Contract__c": "ref:Contract",
+        "Role__c": "string",
+        "Hourly_Rate__c": "double",
     },
 }
 REQUIRED = {
     "Account": ("Name",),
     "Opportunity": ("Name", "StageName", "CloseDate"),
     "Contract": ("AccountId",),
+    "Contract_Rate__c": ("Contract__c", "Role__c", "Hourly_Rate__c"),
 }
 DEFAULTS: dict[str, dict[str, Any]] = {
     "Account": {"CurrencyIsoCode": "USD"},
     "Opportunity": {"CurrencyIsoCode": "USD"},
     "Contract": {"CurrencyIsoCode": "USD", "Status": "Draft"},
+    "Contract_Rate__c": {"CurrencyIsoCode": "USD"},
 }
 
 _CHECK = "ABCDEFGHIJKLMNOPQRSTUVWXYZ012345"

@@ -31,7 +31,7 @@ from integrations.models import (
 )
 from integrations.services.connections import connection_create
 from integrations.sync.dispatch import outbox_dispatch
-from tests.benchmarks import actuals, pages
+from tests.benchmarks import actuals, pages, provisioning
 from tests.firms import NEW_TENANT, approved_time_firm
 from tests.processes import (
     free_port,
@@ -595,4 +595,5 @@ ALL: list[tuple[str, Callable[..., Iterator[Figure]]]] = [
     ("queue_list_p95_ms", pages.queue_list),
     ("case_detail_p95_ms", pages.case_detail),
     ("actuals_export_s", actuals.export),
+    ("provision_runs_per_min", provisioning.provision),
 ]

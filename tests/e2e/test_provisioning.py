@@ -1,12 +1,14 @@
 """Closed-won to provisioned, with real parts only: the vendor sandbox as a process, the web
 process (gunicorn) receiving the sandbox's signed Salesforce webhook, Celery worker and beat
 processes, PostgreSQL and Redis. The opportunity is won in Salesforce; nothing else is done by
-the test until the run is done: the customer is in Xero and Harvest, the project in Harvest,
-its tracking option in Xero, and the ids are on the Salesforce opportunity and contract and in
-the Harvest project's notes."""
+the test until the run is done: the customer is in Xero and Harvest, the project in Harvest
+with the firm's default tasks assigned and the fixed-fee contract's milestones, its tracking
+option in Xero, and the ids are on the Salesforce opportunity and contract and in the Harvest
+project's notes."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,10 +17,19 @@ import httpx
 import pytest
 
 from integrations.mapping.services import mapping_defaults_install
-from integrations.models import Connection, CrossReference, RunState, WorkflowRun
+from integrations.models import (
+    Connection,
+    CrossReference,
+    OutboxMessage,
+    PollCursor,
+    RunState,
+    WorkflowRun,
+    WorkflowStep,
+)
 from integrations.services.connections import connection_create
+from integrations.sync import ring
 from integrations.workflows.provisioning import PROCESS
-from tests.firms import NEW_TENANT, ProvisioningFirm
+from tests.firms import NEW_TENANT, ProvisioningFirm, harvest_tasks_create
 from tests.processes import (
     beat_proc,
     free_port,
@@ -97,8 +108,9 @@ def test_closed_won_is_provisioned_in_all_three_systems_by_the_workers(
 ) -> None:
     firm = ProvisioningFirm(sandbox, *_connections(sandbox))
     firm.tracking_category()
+    tasks = harvest_tasks_create(firm.psa)
     customer = firm.account()
-    contract = firm.contract(customer)
+    contract = firm.contract(customer, billing_model="fixed_fee")
 
     web_port = free_port()
     env = process_env(CONCORD_OUTBOX_LEASE_S="20")
@@ -149,6 +161,22 @@ def test_closed_won_is_provisioned_in_all_three_systems_by_the_workers(
     assert project["data"]["client_id"] == client["id"]
     assert f"ERP project {erp_id}" in project["data"]["notes"]
     assert f"ERP customer {contact_id}" in project["data"]["notes"]
+    # The firm's default tasks on the project (not the task that is not a default one), and
+    # the fixed-fee contract's milestones adding up to its value.
+    assigned = {
+        a["data"]["task_id"]
+        for a in _records(sandbox, "harvest", "task_assignments")
+        if a["data"]["project_id"] == project["id"]
+    }
+    assert assigned == {tasks["Development"], tasks["Project Management"], tasks["Internal"]}
+    milestones = [
+        m["data"]
+        for m in _records(sandbox, "harvest", "x_milestones")
+        if m["data"]["project_id"] == project["id"]
+    ]
+    assert len(milestones) == 4
+    assert sum(m["amount"] for m in milestones) == float(contract.total_value)
+    assert {m["status"] for m in milestones} == {"open"}
     # The CRM: the ids on the opportunity and on its contract.
     contract_id = CrossReference.objects.get(
         connection=firm.crm, content_type__model="contract", object_id=contract.pk
@@ -157,3 +185,61 @@ def test_closed_won_is_provisioned_in_all_three_systems_by_the_workers(
         record = httpx.get(f"{sandbox}/_control/records/salesforce/{obj}/{key}", timeout=10).json()
         data = record.get("data", record)
         assert (data["PSA_Project_Id__c"], data["ERP_Project_Id__c"]) == (psa_id, erp_id), obj
+
+
+def test_closed_won_read_by_the_poll_is_provisioned_once_by_the_workers(
+    sandbox: str, tmp_path: Path
+) -> None:
+    """No webhook: the CRM is polled (the worker's polling task, rung as beat rings it). The
+    first poll is the connection's baseline; the opportunity won after it is handed to
+    provisioning by the next poll, and a later poll that reads it again (the ids written back
+    changed it) opens no second run and sends nothing twice."""
+    firm = ProvisioningFirm(sandbox, *_connections(sandbox))
+    firm.tracking_category()
+    customer = firm.account()
+    firm.contract(customer)
+    cursor = PollCursor.objects.filter(connection=firm.crm, object_type="Opportunity")
+
+    def poll_once() -> None:
+        before = cursor.values_list("last_success_at", flat=True).first()
+        ring.ring(ring.POLL_CONNECTION, key=firm.crm.pk, args=(firm.crm.pk,), force=True)
+        wait_until(
+            lambda: cursor.exclude(last_success_at=before).exclude(last_success_at=None).exists(),
+            timeout=60,
+            what="the CRM's opportunities polled",
+            interval=0.3,
+        )
+
+    env = process_env(CONCORD_OUTBOX_LEASE_S="20")
+    worker = worker_proc(env, tmp_path / "worker.log", concurrency=2)
+    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
+    with running(worker, beat):
+        poll_once()  # the baseline: what was won before is not provisioned again
+        assert not WorkflowRun.objects.exists()
+        opportunity = firm.opportunity()
+        poll_once()
+
+        def done() -> bool:
+            run = WorkflowRun.objects.filter(process=PROCESS).first()
+            return run is not None and run.state == RunState.DONE
+
+        try:
+            wait_until(done, timeout=120, what="the provisioning run done", interval=0.5)
+        except AssertionError:
+            steps = list(WorkflowStep.objects.values_list("name", "state", "detail"))
+            pytest.fail(f"run not done: {steps}\n{worker.output()}")
+        rows = OutboxMessage.objects.count()
+        time.sleep(1.05)  # Salesforce stamps to the second: the write-back is a later change
+        httpx.patch(
+            f"{sandbox}/_control/records/salesforce/Opportunity/{opportunity}",
+            json={"Description": "Signed."},
+            timeout=10,
+        ).raise_for_status()
+        poll_once()
+        time.sleep(1)  # anything it would have queued is queued by now
+
+    run = WorkflowRun.objects.get(process=PROCESS)
+    assert run.input["external_id"] == opportunity
+    assert OutboxMessage.objects.count() == rows
+    assert len(_records(sandbox, "harvest", "projects")) == 1
+    assert len(_records(sandbox, "xero", "TrackingOptions", NEW_TENANT)) == 1

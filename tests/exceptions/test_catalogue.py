@@ -49,6 +49,28 @@ RAISED = {
     "reconciliation_closed_project_unbilled",
     "reconciliation_time_unbilled",
     "reconciliation_expenses_unbilled",
+    # integrations/workflows/checks.py: expected work that did not happen.
+    "expected_time_not_posted",
+    "workflow_run_stuck",
+    "poll_schedule_not_run",
+    "milestone_project_without_contract",
+    "milestone_project_without_legal_entity",
+    "milestone_contract_terms",
+    "milestone_amount_mismatch",
+    "milestone_dependency_open",
+    "milestone_tax_number_missing",
+    # integrations/workflows/back_sync.py: status back-sync.
+    "back_sync_contract_not_in_crm",
+    "back_sync_client_not_in_psa",
+    # integrations/workflows/time_to_erp.py: approved expenses that cannot be billed.
+    "expense_on_inactive_project",
+    "expense_project_without_legal_entity",
+    "expense_project_without_contract",
+    "expense_missing_exchange_rate",
+    "expense_no_erp_route",
+    "expense_tax_treatment",
+    # integrations/workflows/change_orders.py: a contract amendment that cannot be propagated.
+    "change_order_budget_below_invoiced",
 }
 
 

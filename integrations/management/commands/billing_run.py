@@ -8,7 +8,9 @@ from integrations.workflows.time_to_erp import billing_run
 
 
 class Command(BaseCommand):
-    help = "Bill approved time now: billing events, draft invoices and their outbox rows."
+    help = (
+        "Bill approved time and expenses now: billing events, draft invoices and their outbox rows."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--limit", type=int, default=None)
@@ -19,4 +21,9 @@ class Command(BaseCommand):
             f"considered {report.considered}, billed {report.billed} into {report.invoices} "
             f"invoices, blocked {report.blocked} (cases: {sorted(report.cases)}), "
             f"not billable {report.not_billable}"
+        )
+        self.stdout.write(
+            f"expenses: considered {report.expenses_considered}, billed "
+            f"{report.expenses_billed}, blocked {report.expenses_blocked}; drafts not yet sent "
+            f"given more lines {report.drafts_extended}"
         )

@@ -17,6 +17,31 @@ OPERATIONS = {
         "create_project", "projects", requires=("name", "client_id")
     ),
     ("project", "update"): VendorOperation("update_project", "projects", requires=("id",)),
+    # Status back-sync (integrations/workflows/back_sync.py): the ERP invoice mirrored in
+    # Harvest, its payments recorded there, its time entries marked billed.
+    ("psa_invoice", "create"): VendorOperation(
+        "create_invoice", "invoices", requires=("client_id", "number")
+    ),
+    ("psa_payment", "create"): VendorOperation(
+        "create_invoice_payment", "invoice_payments", requires=("invoice_id", "amount")
+    ),
+    ("timeentry", "update"): VendorOperation(
+        "update_time_entry", "time_entries", requires=("id", "is_billed")
+    ),
+    # A milestone marked invoiced once its ERP invoice exists (workflows/milestones.py).
+    ("milestone", "update"): VendorOperation("update_milestone", "x_milestones", requires=("id",)),
+    # Project provisioning (workflows/provisioning.py): a fixed-fee contract's milestones, and
+    # the firm's standard tasks (Harvest's default tasks) assigned to the new project: one row
+    # per project, the connector assigns each task it does not find assigned already.
+    ("milestone", "create"): VendorOperation(
+        "create_milestone", "x_milestones", requires=("project_id", "name", "amount")
+    ),
+    ("psa_user_assignment", "create"): VendorOperation(
+        "create_user_assignment", "user_assignments", requires=("project_id", "user_id")
+    ),
+    ("project_tasks", "create"): VendorOperation(
+        "create_task_assignments", "task_assignments", requires=("project_id",)
+    ),
 }
 WEBHOOK = CHANGE_FEED
 

@@ -11,7 +11,11 @@ Credentials (``connection.credentials``):
 * optional ``user_agent``: Harvest requires one naming the integration and a contact.
 
 Operations: ``create_client``, ``update_client``, ``create_project``, ``update_project`` (items
-for updates carry the Harvest ``id``). Harvest has no batch endpoint and no Idempotency-Key, so
+for updates carry the Harvest ``id``); for status back-sync (integrations/workflows/back_sync.py)
+``create_invoice`` (an ERP invoice mirrored in Harvest, found again by its ``number`` within its
+client), ``create_invoice_payment`` (``POST /invoices/{invoice_id}/payments``; found again by its
+``notes``, which name the ERP's payment) and ``update_time_entry`` (``is_billed``: see
+sandbox/README.md). Harvest has no batch endpoint and no Idempotency-Key, so
 each item is one call and a create looks first (``find_existing``): clients by name (Harvest
 keeps client names unique), projects by ``code`` within the client, or by name within the client
 (also unique in Harvest). A create that Harvest refuses as "already taken" is looked up again, so
@@ -77,8 +81,27 @@ READS = (
     # currency, read as reference data (integrations/vendors/harvest/mappings.py).
     "x_rate_cards",
 )
-CREATES = {"create_client": "clients", "create_project": "projects"}
-UPDATES = {"update_client": "clients", "update_project": "projects"}
+CREATES = {
+    "create_client": "clients",
+    "create_project": "projects",
+    "create_invoice": "invoices",
+    # Nested under its invoice: the item's ``invoice_id`` names it (not sent in the body).
+    "create_invoice_payment": "invoices/{invoice_id}/payments",
+    # Project provisioning (integrations/workflows/provisioning.py): a contract's milestone
+    # (the sandbox's x_milestones), and the project's standard tasks, one row per project
+    # (``_assign_tasks``: one call per default task not assigned yet).
+    "create_milestone": "x_milestones",
+    "create_task_assignments": "projects/{project_id}/task_assignments",
+    # A person staffed on a provisioned project (nested under it: the item's project_id).
+    "create_user_assignment": "projects/{project_id}/user_assignments",
+}
+UPDATES = {
+    "update_client": "clients",
+    "update_project": "projects",
+    "update_time_entry": "time_entries",
+    # A milestone marked invoiced once its ERP invoice exists (workflows/milestones.py).
+    "update_milestone": "x_milestones",
+}
 # What each write's answer must echo of what was sent (integrations/vendors/echo.py): Harvest
 # has no external-id field, so a client is its (unique) name, a project its code within its
 # client, an update the id it named.
@@ -89,7 +112,33 @@ ANSWERS = {
     "update_client": Answer("client", _CLIENT, (Echo("id"),)),
     "create_project": Answer("project", _PROJECT, (Echo("code"), Echo("client_id", "client.id"))),
     "update_project": Answer("project", _PROJECT, (Echo("id"),)),
+    "create_invoice": Answer(
+        "invoice", ("number", "id"), (Echo("number"), Echo("client_id", "client.id"))
+    ),
+    "create_invoice_payment": Answer("invoice payment", ("notes", "id"), (Echo("notes"),)),
+    "update_time_entry": Answer("time entry", ("spent_date", "id"), (Echo("id"),)),
+    "update_milestone": Answer("milestone", ("name", "id"), (Echo("id"),)),
+    "create_milestone": Answer(
+        "milestone", ("name", "id"), (Echo("name"), Echo("project_id", "project.id"))
+    ),
+    "create_task_assignments": Answer("project's tasks", ("project_id",), (Echo("project_id"),)),
+    "create_user_assignment": Answer(
+        "user assignment", ("id",), (Echo("user_id", "user.id"), Echo("project_id", "project.id"))
+    ),
 }
+
+
+def _create_path(operation: str, item: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Where a create goes and what it sends: a nested create (an invoice's payment) takes its
+    parent's id out of the item and into the path."""
+    path = CREATES[operation]
+    if "{project_id}" in path:  # a project's assignment (provisioning)
+        body = {k: v for k, v in item.items() if k != "project_id"}
+        return "/" + path.format(project_id=item.get("project_id")), body
+    if "{invoice_id}" not in path:
+        return f"/{path}", item
+    body = {k: v for k, v in item.items() if k != "invoice_id"}
+    return "/" + path.format(invoice_id=item.get("invoice_id")), body
 
 
 def _next_query(body: dict[str, Any]) -> str | None:
@@ -130,7 +179,7 @@ class HarvestConnector(BaseConnector):
     vendor = "harvest"
     page_size = PAGE_SIZE
     ordered_reads = False
-    batch_size = {"create_client": 1, "update_client": 1, "create_project": 1, "update_project": 1}
+    batch_size = dict.fromkeys((*CREATES, *UPDATES), 1)
 
     def make_http(self, **http_options: Any) -> VendorHTTP:
         auth = StaticAuth(
@@ -197,16 +246,15 @@ class HarvestConnector(BaseConnector):
                 message_ids=ids,
             )
             return self._ok(result.json())
+        if operation == "create_task_assignments":
+            return self._assign_tasks(item, ids)
         existing = self.find_existing(operation, [item])[0]
         if existing is not None:
             return existing
+        path, body = _create_path(operation, item)
         try:
             result = self.http.call(
-                "POST",
-                f"/{CREATES[operation]}",
-                operation=operation,
-                json_body=item,
-                message_ids=ids,
+                "POST", path, operation=operation, json_body=body, message_ids=ids
             )
         except BusinessError as exc:
             if "already been taken" in exc.vendor_message:
@@ -216,6 +264,46 @@ class HarvestConnector(BaseConnector):
                     return again
             raise
         return self._ok(result.json())
+
+    def _assign_tasks(self, item: dict[str, Any], ids: list[int]) -> ItemResult:
+        """Assign the project the firm's standard tasks: Harvest's active default tasks
+        (``is_default``: "added to future projects"), each billable as its
+        ``billable_by_default`` says. The project's assignments are read first and only the
+        tasks not assigned yet are posted (Harvest has no batch endpoint), so a repeat posts
+        nothing. No default task: nothing to assign (one call)."""
+        operation = "create_task_assignments"
+        project_id = item.get("project_id")
+        # The task list is the firm's, the same for every project: read once per connector
+        # (one dispatch task's batch of projects), not once per project.
+        defaults: list[dict[str, Any]] | None = self.__dict__.get("_default_tasks")
+        if defaults is None:
+            defaults = [
+                t
+                for t in self._all("tasks", {"is_active": "true"}, f"find:{operation}")
+                if t.get("is_default")
+            ]
+            self.__dict__["_default_tasks"] = defaults
+        records: list[dict[str, Any]] = []
+        if defaults:
+            nested = f"projects/{project_id}/task_assignments"
+            assigned = {
+                (a.get("task") or {}).get("id"): a
+                for a in self._all(nested, {}, f"find:{operation}", key="task_assignments")
+            }
+            for task in defaults:
+                found = assigned.get(task.get("id"))
+                if found is None:
+                    body = {
+                        "task_id": task.get("id"),
+                        "billable": bool(task.get("billable_by_default", True)),
+                        "is_active": bool(item.get("is_active", True)),
+                    }
+                    found = self.http.call(
+                        "POST", f"/{nested}", operation=operation, json_body=body, message_ids=ids
+                    ).json()
+                records.append(found)
+        # No id of its own: the project's cross-reference stays as the project's create left it.
+        return ItemResult(ok=True, data={"project_id": project_id, "task_assignments": records})
 
     @staticmethod
     def _ok(record: Any) -> ItemResult:
@@ -252,6 +340,90 @@ class HarvestConnector(BaseConnector):
                     "projects", {"client_id": client_id}, f"find:{operation}"
                 )
             return [self._found(self._project_match(i, projects)) for i in items]
+        if operation == "create_invoice":
+            invoices: dict[Any, list[dict[str, Any]]] = {}
+            for client_id in {i.get("client_id") for i in items if i.get("client_id")}:
+                invoices[client_id] = self._all(
+                    "invoices", {"client_id": client_id}, f"find:{operation}"
+                )
+            return [
+                self._found(
+                    next(
+                        (
+                            r
+                            for r in invoices.get(i.get("client_id"), [])
+                            if i.get("number") and r.get("number") == i["number"]
+                        ),
+                        None,
+                    )
+                )
+                for i in items
+            ]
+        if operation == "create_milestone":
+            milestones: dict[Any, list[dict[str, Any]]] = {}
+            for project_id in {i.get("project_id") for i in items if i.get("project_id")}:
+                milestones[project_id] = self._all(
+                    "x_milestones", {"project_id": project_id}, f"find:{operation}"
+                )
+            return [
+                self._found(
+                    next(
+                        (
+                            m
+                            for m in milestones.get(i.get("project_id"), [])
+                            if i.get("name") and m.get("name") == i["name"]
+                        ),
+                        None,
+                    )
+                )
+                for i in items
+            ]
+        if operation == "create_task_assignments":
+            return [None] * len(items)  # the write looks first, task by task
+        if operation == "create_user_assignment":
+            staffed: list[ItemResult | None] = []
+            for item in items:
+                assigned = self._all(
+                    f"projects/{item.get('project_id')}/user_assignments",
+                    {},
+                    f"find:{operation}",
+                    key="user_assignments",
+                )
+                staffed.append(
+                    self._found(
+                        next(
+                            (
+                                a
+                                for a in assigned
+                                if (a.get("user") or {}).get("id") == item.get("user_id")
+                            ),
+                            None,
+                        )
+                    )
+                )
+            return staffed
+        if operation == "create_invoice_payment":
+            found: list[ItemResult | None] = []
+            for item in items:
+                payments = self._all(
+                    f"invoices/{item.get('invoice_id')}/payments",
+                    {},
+                    f"find:{operation}",
+                    key="invoice_payments",
+                )
+                found.append(
+                    self._found(
+                        next(
+                            (
+                                p
+                                for p in payments
+                                if item.get("notes") and p.get("notes") == item["notes"]
+                            ),
+                            None,
+                        )
+                    )
+                )
+            return found
         raise self.unknown("operation", operation)
 
     @staticmethod
@@ -267,14 +439,16 @@ class HarvestConnector(BaseConnector):
     def _found(self, record: dict[str, Any] | None) -> ItemResult | None:
         return None if record is None else self._ok(record)
 
-    def _all(self, kind: str, params: dict[str, Any], operation: str) -> list[dict[str, Any]]:
+    def _all(
+        self, kind: str, params: dict[str, Any], operation: str, *, key: str = ""
+    ) -> list[dict[str, Any]]:
         records: list[dict[str, Any]] = []
         cursor: str | None = None
         while True:
             query = self._list_params(None, cursor, **params)
             result = self.http.call("GET", f"/{kind}", operation=operation, params=query)
             body = result.json() or {}
-            records += body.get(kind) or []
+            records += body.get(key or kind) or []
             cursor = _next_query(body)
             if not cursor:
                 return records

@@ -20,6 +20,10 @@
   0015_reference_data: ``ratecard`` owned by the PSA, its ``contract`` field by the CRM, whose
   negotiated contract rates are commercial terms). ``starts_on``/``ends_on`` are not kept: the
   canonical rate card holds the rate in force.
+- Status back-sync (integrations/workflows/back_sync.py) writes, and never polls: the ERP's
+  invoice mirrored as a Harvest invoice (``invoices``, canonical ``psa_invoice``: one line per
+  billing event), each ERP payment on it (``invoice_payments``, ``psa_payment``), and a time
+  entry's ``is_billed`` (a sandbox extension: read-only in Harvest, see sandbox/README.md).
 """
 
 from __future__ import annotations
@@ -49,6 +53,24 @@ VALUE_MAPS: tuple[ValueMapDefault, ...] = (
         "Harvest project is_active -> canonical project status",
         {"true": "active", "false": "closed"},
     ),
+    ValueMapDefault(
+        "harvest_milestone_status",
+        "Harvest milestone status (sandbox extension x_milestones) -> canonical milestone status",
+        {"open": "planned", "complete": "complete", "invoiced": "invoiced"},
+    ),
+    # Project provisioning (integrations/workflows/provisioning.py) reads it as the firm's
+    # configuration, edited by integration admins like any value map.
+    ValueMapDefault(
+        "provisioning_milestone_plan",
+        "A fixed-fee contract's milestones (name -> share of the contract's value in per cent "
+        "/ due at that per cent of the contract's term); the shares add up to 100",
+        {
+            "Kick-off": "20/0",
+            "Design sign-off": "30/40",
+            "Go-live": "30/80",
+            "Acceptance": "20/100",
+        },
+    ),
 )
 
 MAPPINGS: tuple[MappingDefault, ...] = (
@@ -68,6 +90,10 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
             F("resource__external_id", "user.id", "in", required=True),
             F("resource__external_id", "user_id", "out", vendor_type="int"),
+            # Status back-sync marks an entry billed once its ERP invoice is issued (a sandbox
+            # extension: Harvest itself sets it only when the entry is imported into one of its
+            # own invoices; see integrations/workflows/back_sync.py).
+            F("is_billed", "is_billed", "out", vendor_type="bool"),
         ),
     ),
     MappingDefault(
@@ -168,5 +194,115 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             F("resource__external_id", "user.id", "in", required=True),
             F("resource__external_id", "user_id", "out", vendor_type="int"),
         ),
+    ),
+    # Status back-sync (integrations/workflows/back_sync.py), written, never polled (virtual
+    # canonical models: integrations/mapping/canonical.py): the ERP invoice
+    # mirrored in Harvest (its number, dates, one line per billed item), and each ERP payment
+    # recorded on it, so delivery sees what is invoiced and paid where it works.
+    MappingDefault(
+        "invoices",
+        "psa_invoice",
+        "id",
+        "updated_at",
+        (
+            F("customer__external_id", "client.id", "in"),
+            F("customer__external_id", "client_id", "out", required=True, vendor_type="int"),
+            # Two-way: Harvest's answer reads back through the same rows (never polled).
+            F("number", "number", required=True),
+            F("currency", "currency"),
+            F("issue_date", "issue_date", transform="date"),
+            F("due_date", "due_date", transform="date"),
+            F("subject", "subject"),
+            F("notes", "notes"),
+            F("tax_percent", "tax", "out", "money"),
+            F("kind", "line_items[].kind", "out", "default", default="Service"),
+            F("lines[].project", "line_items[].project_id", "out", vendor_type="int"),
+            F("lines[].description", "line_items[].description", "out", required=True),
+            F("lines[].quantity", "line_items[].quantity", "out", "money", required=True),
+            F("lines[].unit_amount", "line_items[].unit_price", "out", "money", required=True),
+            F("lines[].taxed", "line_items[].taxed", "out", vendor_type="bool"),
+        ),
+        "The ERP invoice mirrored in Harvest by status back-sync (written, never polled).",
+    ),
+    MappingDefault(
+        "invoice_payments",
+        "psa_payment",
+        "id",
+        "updated_at",
+        (
+            F("invoice__external_id", "invoice_id", "out", required=True, vendor_type="int"),
+            F("amount", "amount", transform="money", required=True),
+            F("date", "paid_date", transform="date", required=True),
+            # Names the ERP's payment: how a retried create finds the one it made.
+            F("notes", "notes", required=True),
+        ),
+        "An ERP payment recorded on the mirrored Harvest invoice by status back-sync "
+        "(written, never polled).",
+    ),
+    # The sandbox's milestone extension (Harvest has none): fixed-fee billing. The PSA owns a
+    # milestone's completion; Concord writes back only its status, once the ERP invoice exists
+    # (integrations/workflows/milestones.py: an update carries the id and the status alone).
+    MappingDefault(
+        "x_milestones",
+        "milestone",
+        "id",
+        "updated_at",
+        (
+            F("name", "name", required=True),
+            F("amount", "amount", transform="money", required=True, places=2),
+            F("currency", "currency", required=True),
+            F("due_date", "due_on", transform="date"),
+            F(
+                "status",
+                "status",
+                transform="value_map",
+                required=True,
+                value_map="harvest_milestone_status",
+            ),
+            F("completed_at", "completed_at", "in", "datetime"),
+            F("project__external_id", "project.id", "in", required=True),
+            F("project__external_id", "project_id", "out", vendor_type="int"),
+        ),
+        "Fixed-fee milestones (sandbox extension x_milestones): open, complete, invoiced. "
+        "Project provisioning creates a fixed-fee contract's milestones (outbound: name, "
+        "amount, currency, due date, status open, the project's id).",
+    ),
+    # Project provisioning (integrations/workflows/provisioning.py), written, never polled
+    # (a virtual canonical model): the firm's standard tasks assigned to the new project. They
+    # are Harvest's default tasks (``is_default``: "added to future projects", each billable by
+    # its ``billable_by_default``), kept where the PSA owns them; one row per project, and the
+    # connector posts the assignments Harvest does not have yet.
+    MappingDefault(
+        "task_assignments",
+        "project_tasks",
+        "id",
+        "updated_at",
+        (
+            F("project__external_id", "project.id", "in"),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
+            # Each assignment made active (Harvest's answer reads back through the same row).
+            F("active", "is_active", default=True),
+        ),
+        "The firm's standard tasks (Harvest's active default tasks) assigned to a provisioned "
+        "project (written, never polled).",
+    ),
+    # Project provisioning, written, never polled (a virtual canonical model; the canonical
+    # Assignment is the record): the opportunity's delivery lead (Harvest's project manager)
+    # and team staffed on the new project.
+    MappingDefault(
+        "user_assignments",
+        "psa_user_assignment",
+        "id",
+        "updated_at",
+        (
+            F("project__external_id", "project.id", "in"),
+            F("project__external_id", "project_id", "out", required=True, vendor_type="int"),
+            F("resource__external_id", "user.id", "in"),
+            F("resource__external_id", "user_id", "out", required=True, vendor_type="int"),
+            F("project_manager", "is_project_manager", vendor_type="bool", default=False),
+            F("active", "is_active", default=True),
+        ),
+        "The opportunity's delivery lead (project manager) and team staffed on a provisioned "
+        "project (written, never polled).",
     ),
 )

@@ -17,9 +17,9 @@ SOQL ``IN`` query per 100): a create whose response was lost is found, not doubl
 ``DUPLICATE_VALUE`` on ``External_Id__c`` (created meanwhile) is looked up the same way.
 After a write, one collection read fetches the records' ``SystemModstamp`` (the version).
 
-Reads: ``Account``, ``Opportunity``, ``Contract`` by SOQL ``WHERE SystemModstamp >= since ORDER
-BY SystemModstamp, Id``, following ``nextRecordsUrl`` (a server-side cursor over the result
-as it was at query time) to the end.
+Reads: ``Account``, ``Opportunity``, ``Contract``, ``Contract_Rate__c`` by SOQL ``WHERE
+SystemModstamp >= since ORDER BY SystemModstamp, Id``, following ``nextRecordsUrl`` (a
+server-side cursor over the result as it was at query time) to the end.
 """
 
 from __future__ import annotations
@@ -96,6 +96,9 @@ FIELDS: dict[str, list[str]] = {
         "Billing_Model__c",
         "PSA_Project_Id__c",
         "ERP_Project_Id__c",
+        # Who delivers the deal (emails): provisioning staffs the PSA project with them.
+        "Delivery_Lead__c",
+        "Delivery_Team__c",
         *_STAMPS,
     ],
     "Contract": [
@@ -115,6 +118,15 @@ FIELDS: dict[str, list[str]] = {
         "Budget__c",
         "PSA_Project_Id__c",
         "ERP_Project_Id__c",
+        *_STAMPS,
+    ],
+    # The contract's negotiated bill rate per role (a custom child object of Contract).
+    "Contract_Rate__c": [
+        *_COMMON,
+        "Name",
+        "Contract__c",
+        "Role__c",
+        "Hourly_Rate__c",
         *_STAMPS,
     ],
 }

@@ -5,6 +5,10 @@
 - An account's tax number is the ERP's: left out, so routine syncs raise no ownership
   conflicts. Its legal entity code is kept: the ERP's Xero contact has no legal entity field
   (the tenant is the entity), so the CRM is the only place it is written.
+- A contract's billing status (custom fields ``Billing_Status__c``, ``Amount_Invoiced__c``,
+  ``Amount_Paid__c``, ``Amount_Due__c``, ``Last_Invoice_Number__c``, ``Last_Payment_Date__c``)
+  is written by status back-sync (integrations/workflows/back_sync.py) from the ERP's invoices
+  and payments, so the account team sees commercial progress; outbound only (the ERP owns it).
 """
 
 from __future__ import annotations
@@ -26,6 +30,17 @@ VALUE_MAPS: tuple[ValueMapDefault, ...] = (
         "salesforce_payment_terms",
         "Salesforce Payment_Terms__c -> payment terms in days",
         {"Net 15": "15", "Net 30": "30", "Net 45": "45", "Net 60": "60"},
+    ),
+    ValueMapDefault(
+        "salesforce_billing_status",
+        "Canonical billing status of a contract -> Salesforce Billing_Status__c (keyed by the "
+        "canonical value)",
+        {
+            "not_invoiced": "Not Invoiced",
+            "invoiced": "Invoiced",
+            "partly_paid": "Partly Paid",
+            "paid": "Paid",
+        },
     ),
     ValueMapDefault(
         "salesforce_region",
@@ -71,6 +86,9 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             F("legal_entity__code", "Legal_Entity__c"),
             F("psa_project_id", "PSA_Project_Id__c", default=""),
             F("erp_project_id", "ERP_Project_Id__c", default=""),
+            # The delivery lead's and team's emails: provisioning's user assignments in the PSA.
+            F("delivery_lead", "Delivery_Lead__c", "in"),
+            F("delivery_team", "Delivery_Team__c", "in"),
         ),
         "Commercial fields read by project provisioning; outbound writes back the project ids.",
     ),
@@ -109,7 +127,40 @@ MAPPINGS: tuple[MappingDefault, ...] = (
             # Written back by project provisioning (custom fields, as on the opportunity).
             F("psa_project_id", "PSA_Project_Id__c", "out"),
             F("erp_project_id", "ERP_Project_Id__c", "out"),
+            # Written by status back-sync: where the contract's invoices stand in the ERP.
+            F(
+                "billing_status",
+                "Billing_Status__c",
+                "out",
+                "value_map",
+                value_map="salesforce_billing_status",
+                keyed_by="canonical",
+            ),
+            F("amount_invoiced", "Amount_Invoiced__c", "out", "money"),
+            F("amount_paid", "Amount_Paid__c", "out", "money"),
+            F("amount_due", "Amount_Due__c", "out", "money"),
+            F("last_invoice_number", "Last_Invoice_Number__c", "out"),
+            F("last_payment_date", "Last_Payment_Date__c", "out", "date"),
         ),
         "Commercial terms. A null Payment_Terms__c maps to None: the workflow reports it.",
+    ),
+    # A contract's negotiated rate per role (custom object Contract_Rate__c, a child of the
+    # contract): read by change orders, which give the contract's rate card in Concord the
+    # amended rate (integrations/workflows/change_orders.py). Two-way fields, though Concord
+    # registers no operation that writes one.
+    MappingDefault(
+        "Contract_Rate__c",
+        "contract_rate",
+        "Id",
+        "SystemModstamp",
+        (
+            F("contract__external_id", "Contract__c", required=True),
+            F("role", "Role__c", required=True),
+            F("currency", "CurrencyIsoCode", required=True),
+            F("bill_rate", "Hourly_Rate__c", transform="money", required=True, places=2),
+            # The version a change order's run is keyed by (the record's own stamp).
+            F("modified_at", "SystemModstamp", "in", "datetime"),
+        ),
+        "A contract's negotiated bill rate per role, read by change orders.",
     ),
 )

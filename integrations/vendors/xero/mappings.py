@@ -22,6 +22,12 @@
 - A project's dimension (``TrackingOptions``, outbound only): the option named by the project's
   code in the tracking category ``Project``, created by project provisioning; invoice lines
   name it to post revenue by project.
+- Payments (read only: Concord never pays in Xero, no operation writes one): each payment of
+  an invoice, linked to its canonical invoice by ``Invoice.InvoiceID`` (polled with
+  ``If-Modified-Since`` after the invoices, so the invoice is known first); its currency is the
+  invoice's. Xero's webhooks announce no payments: a payment shows as an ``INVOICE`` update
+  (status, ``AmountDue``), and the payment itself arrives with the next poll of ``Payments``.
+  Status back-sync (integrations/workflows/back_sync.py) takes both on to the PSA and the CRM.
 - Exchange rates: the Accounting API offers none (``Currencies`` lists codes only; an
   invoice's ``CurrencyRate`` is the rate Xero used for that invoice). They stay finance's
   table, kept with the fix form of a ``missing_exchange_rate`` case.
@@ -187,6 +193,23 @@ MAPPINGS: tuple[MappingDefault, ...] = (
         # Until outbound invoices were rendered by this mapping, the contact id was one row both
         # ways and required; outbound it is now one of two ways to name the contact.
         replaces=(F("customer__external_id", "Contact.ContactID", required=True),),
+    ),
+    MappingDefault(
+        "Payments",
+        "payment",
+        "PaymentID",
+        "UpdatedDateUTC",
+        (
+            F("invoice__external_id", "Invoice.InvoiceID", "in", required=True),
+            # Two-way rows, though Concord offers no payment write to Xero (no operation): an
+            # answer naming a payment reads back the same way.
+            F("date", "Date", transform="date", required=True),
+            F("amount", "Amount", transform="money", required=True, places=2),
+            F("currency", "Invoice.CurrencyCode", "in", required=True),
+            F("reference", "Reference", default=""),
+        ),
+        "Payments received against invoices (Concord only reads them), linked to their "
+        "invoice; status back-sync takes them on to the PSA and the CRM.",
     ),
     MappingDefault(
         "TaxRates",

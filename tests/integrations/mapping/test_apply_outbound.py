@@ -29,8 +29,15 @@ FIXTURE_FOR = {
     ("salesforce", "Opportunity"): "salesforce_opportunity",
     ("salesforce", "Contract"): "salesforce_contract",
     ("harvest", "x_rate_cards"): "harvest_rate_card",
+    ("harvest", "x_milestones"): "harvest_milestone",
     ("xero", "TaxRates"): "xero_tax_rate",
     ("xero", "TrackingOptions"): "xero_tracking_option",
+    ("xero", "Payments"): "xero_payment",
+    ("harvest", "invoices"): "harvest_invoice",
+    ("harvest", "invoice_payments"): "harvest_invoice_payment",
+    ("harvest", "task_assignments"): "harvest_task_assignment",
+    ("harvest", "user_assignments"): "harvest_user_assignment",
+    ("salesforce", "Contract_Rate__c"): "salesforce_contract_rate",
 }
 
 

@@ -425,7 +425,8 @@ def test_install_command_installs_then_finds_everything_up_to_date() -> None:
     out = io.StringIO()
     call_command("mapping_defaults_install", connection=[connection.pk], stdout=out)
     assert out.getvalue() == (
-        f"{connection.name}: Contacts v1, Invoices v1, TaxRates v1, TrackingOptions v1\n"
+        f"{connection.name}: Contacts v1, Invoices v1, Payments v1, TaxRates v1, "
+        "TrackingOptions v1\n"
     )
     out = io.StringIO()
     call_command("mapping_defaults_install", connection=[connection.pk], stdout=out)

@@ -13,6 +13,7 @@ from integrations.sync import steps
 from integrations.vendors import VENDORS
 
 WORKFLOWS = Path(__file__).resolve().parents[3] / "integrations" / "workflows"
+PLAIN_NOUNS = frozenset({"Invoice"})
 
 
 def _xero_field_names() -> set[str]:
@@ -26,7 +27,9 @@ def _xero_field_names() -> set[str]:
             for segment in path.replace("[]", "").split("."):
                 if segment and not segment.isdigit():
                     names.add(segment)
-    return names
+    # A payment's ``Invoice.InvoiceID`` makes "Invoice" a path segment; it is also the English
+    # noun of Concord's own labels ("Invoice 42 (Acme, UK01)"). ``InvoiceID`` is still found.
+    return names - PLAIN_NOUNS
 
 
 def _operation_names() -> set[str]:

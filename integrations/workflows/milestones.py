@@ -1,0 +1,857 @@
+"""Workflow 3: milestone to invoice, once per milestone.
+
+A fixed-fee contract is invoiced by milestone. The PSA owns a milestone's completion: when it
+sends a milestone marked complete (its change feed; inbound processing maps it and hands it
+here, integrations/sync/steps.py), one run per milestone (integrations/workflows/runs.py) takes
+it to the ERP. Its steps, each idempotent and visible as a stage:
+
+1. ``validate``: the project is linked to a contract and a legal entity; the contract bills by
+   milestone (fixed fee), is active, has payment terms and value, and its tax profile is
+   active; the milestone is in the contract's currency and does not take the contract's
+   invoiced milestones past its value; the milestones due before it in the same project are
+   complete (milestones are invoiced in the order of their due dates: the data says which come
+   first, no list is kept anywhere else); the customer has the tax number the tax profile
+   requires; an exchange rate into the legal entity's base currency exists; an ERP connection
+   serves the legal entity. Each missing item is a case naming the milestone, project, customer
+   and the amount it blocks, in the queue that can fix it (exceptions/catalogue.py); the run
+   stops here until it is fixed (a retry, or the next change of the milestone, its project,
+   contract or customer, or of an earlier milestone of the project, resumes it).
+2. ``bill``: the milestone's billing event (one per milestone: the table's unique key) and a
+   draft invoice of one line, rendered by the ERP connection's published invoice mapping
+   exactly as the billing run renders its invoices (time_to_erp.invoice_canonical: the
+   customer by its ERP id where known, else by value; ``CONCORD-INV-<id>`` as the reference a
+   retried create is looked up by), through the outbox; the step waits for its delivery and
+   then records the ERP's number.
+3. ``mark_invoiced``: the billing event invoiced on its invoice, the canonical milestone
+   invoiced, and the PSA's milestone PATCHed to ``invoiced`` through the outbox, rendered by
+   the connection's published milestone mapping (only the status and the id are sent).
+
+A completion delivered twice (or three times: the feed, a re-save in the PSA, the write-back
+announcing itself) finds the same run: a finished step is never repeated, and a write asked for
+again has the same idempotency key (process, step, record, version), so the outbox keeps one.
+The billing event is linked to its invoice only once the ERP has the invoice: until then the
+billing run (time_to_erp, which renders again the invoices of pending billing events that have
+no row of its own) cannot mistake the milestone's invoice for one of its own and send it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from django.contrib.contenttypes.models import ContentType
+from django.db import models, transaction
+from django.db.models import Exists, OuterRef, Q, Sum
+
+from exceptions.models import ExceptionCase, Queue
+from exceptions.retry import RetryResult, retry_handler_register
+from exceptions.services import Blocked, case_open_or_join, case_records_clear
+from integrations.mapping.apply import map_outbound
+from integrations.mapping.errors import OutboundMappingError
+from integrations.mapping.paths import MISSING, compile_path
+from integrations.mapping.selectors import mapping_load_published
+from integrations.models import (
+    BillingEvent,
+    Connection,
+    Contract,
+    CrossReference,
+    ExchangeRate,
+    Invoice,
+    LegalEntity,
+    Milestone,
+    OutboxMessage,
+    RunState,
+    SystemRole,
+    WorkflowRun,
+)
+from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_answer, outbound_messages
+from integrations.sync.outbox import outbox_enqueue, outbox_message
+from integrations.sync.records import record_update
+from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
+from integrations.vendors import vendor_operation
+from integrations.workflows.provisioning import route_for
+from integrations.workflows.runs import (
+    RUN_RECORD,
+    Process,
+    StepResult,
+    run_advance,
+    run_lock,
+    run_lock_by_subject,
+    run_open,
+    run_subject_set,
+    runs_held_by,
+)
+from integrations.workflows.time_to_erp import (
+    FX_RECENT_DAYS,
+    invoice_canonical,
+    invoice_contact_ids,
+    invoice_reference,
+)
+
+logger = logging.getLogger(__name__)
+
+PROCESS = "milestone_billing"
+VALIDATE = "validate"
+BILL = "bill"
+MARK_INVOICED = "mark_invoiced"
+
+# The case types validation raises (exceptions/catalogue.py); each holds the run. The last two
+# are the billing run's, worded for any blocked record (their subject names the noun).
+VALIDATION_CASE_TYPES = (
+    "milestone_project_without_contract",
+    "milestone_project_without_legal_entity",
+    "milestone_contract_terms",
+    "milestone_amount_mismatch",
+    "milestone_dependency_open",
+    "milestone_tax_number_missing",
+    "missing_exchange_rate",
+    "no_erp_route",
+)
+NOUN = "completed milestone"
+OPEN = ExceptionCase.Status.OPEN
+CENT = Decimal("0.01")
+
+
+# --- The trigger ----------------------------------------------------------------------------------
+
+
+def subject_key(*, connection: Connection, external_id: str) -> str:
+    return f"milestone:{connection.pk}:{external_id}"
+
+
+def milestone_start(
+    *, connection: Connection, external_id: str, milestone_id: int
+) -> WorkflowRun | None:
+    """A milestone as the PSA sent it (stored): complete, its run is opened (or found) and
+    moved on from where it stands; otherwise only a run it already has is moved on (a
+    completion taken back waits at validation; one invoiced by this run finishes). A milestone
+    invoiced before any run of Concord's opens none. Returns the run, or None."""
+    with transaction.atomic():
+        milestone = Milestone.objects.select_related("project").filter(pk=milestone_id).first()
+        if milestone is None:
+            return None
+        key = subject_key(connection=connection, external_id=external_id)
+        if milestone.status != Milestone.Status.COMPLETE:
+            run = run_lock_by_subject(process=PROCESS, subject_key=key)
+            if run is not None and run.state != RunState.DONE:
+                run_advance(run=run, process=MILESTONE_BILLING)
+            return run
+        project = milestone.project
+        run, created = run_open(
+            process=MILESTONE_BILLING,
+            subject_key=key,
+            label=f"Milestone {milestone.name} ({project.code})",
+            input={
+                "connection_id": connection.pk,
+                "external_id": external_id,
+                "milestone_id": milestone.pk,
+            },
+            legal_entity=project.legal_entity,
+            region=project.region,
+        )
+        if created:
+            run_subject_set(run=run, record=milestone)
+        if run.state == RunState.DONE:
+            return run
+        return run_advance(run=run, process=MILESTONE_BILLING)
+
+
+def milestone_arrival(arrival: Arrival) -> None:
+    """After inbound processing (integrations/sync/steps.py): a milestone starts or moves on
+    its run, and those of later milestones of its project that wait for it; a project,
+    contract or customer applied resumes the runs waiting at validation for it (one indexed
+    query when none does, the usual state)."""
+    if arrival.record_id is None:
+        return
+    if arrival.canonical_model == "milestone":
+        if arrival.connection.role != SystemRole.PSA:
+            return
+        milestone_start(
+            connection=arrival.connection,
+            external_id=arrival.external_id,
+            milestone_id=arrival.record_id,
+        )
+        project_id = (
+            Milestone.objects.filter(pk=arrival.record_id)
+            .values_list("project_id", flat=True)
+            .first()
+        )
+        if project_id is not None:
+            # Later milestones of the project that waited for this one (their dependency).
+            others = Q(context__project_id=project_id) & ~Q(input__milestone_id=arrival.record_id)
+            milestones_resume(run_ids=_waiting_at_validation(others))
+        return
+    key = {"project": "project_id", "contract": "contract_id", "customer": "customer_id"}.get(
+        arrival.canonical_model
+    )
+    if key is not None:
+        ids = _waiting_at_validation(Q(**{f"context__{key}": arrival.record_id}))
+        milestones_resume(run_ids=ids)
+
+
+def _waiting_at_validation(where: Q) -> list[int]:
+    return list(
+        WorkflowRun.objects.filter(
+            where, process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
+        )
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+
+
+def milestones_resume(*, run_ids: Sequence[int]) -> int:
+    """Move these runs on from where they stand (one transaction each). Returns how many."""
+    moved = 0
+    for run_id in sorted(set(run_ids)):
+        with transaction.atomic():
+            run = run_lock(run_id=run_id)
+            if run is None or run.state == RunState.DONE:
+                continue
+            run_advance(run=run, process=MILESTONE_BILLING)
+            moved += 1
+    return moved
+
+
+def milestone_billing_sweep() -> int:
+    """Completed milestones no run has taken yet (a poll stored them; polls hand nothing to
+    the workflows): a run each, from the PSA connection that holds the milestone. Returns how
+    many runs were started. In the usual state this is one query that finds none."""
+    milestone_type = ContentType.objects.get_for_model(Milestone)
+    # Those with a run already (held by a case, say) are left out in the same query: a sweep
+    # over a thousand blocked milestones is still one query, not one per milestone.
+    has_run = WorkflowRun.objects.filter(
+        process=PROCESS, subject_type=milestone_type, subject_id=OuterRef("pk")
+    )
+    waiting = (
+        Milestone.objects.filter(status=Milestone.Status.COMPLETE, billing_event__isnull=True)
+        .exclude(Exists(has_run))
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
+    started = 0
+    for milestone_id in waiting:
+        xref = (
+            CrossReference.objects.select_related("connection")
+            .filter(
+                content_type=milestone_type,
+                object_id=milestone_id,
+                connection__role=SystemRole.PSA,
+            )
+            .order_by("pk")
+            .first()
+        )
+        if xref is None:
+            continue
+        milestone_start(
+            connection=xref.connection, external_id=xref.external_id, milestone_id=milestone_id
+        )
+        started += 1
+    return started
+
+
+# --- Step 1: validation -------------------------------------------------------------------------
+
+
+@dataclass
+class _Problem:
+    case_type: str
+    subject: dict[str, Any]
+    why: str  # the step's detail
+
+
+def _validate(run: WorkflowRun) -> StepResult:
+    milestone = _milestone(run)
+    project = milestone.project
+    contract = project.contract
+    entity = project.legal_entity
+    customer = project.customer
+    run.context.update(
+        milestone_id=milestone.pk,
+        project_id=project.pk,
+        customer_id=customer.pk,
+        contract_id=contract.pk if contract is not None else None,
+        legal_entity_id=entity.pk if entity is not None else None,
+    )
+    if entity is not None and run.legal_entity_id != entity.pk:
+        run.legal_entity = entity
+    if milestone.status == Milestone.Status.PLANNED:
+        # Completion taken back in the PSA: nothing to fix here, and nothing to invoice yet.
+        _clear_fixed(run, fixed=VALIDATION_CASE_TYPES)
+        return StepResult.waiting(
+            f"Milestone {milestone.name} is open again in the PSA: it waits for its completion."
+        )
+    about = {
+        "milestone_id": milestone.pk,
+        "milestone": _quoted(milestone),
+        "project_id": project.pk,
+        "project": f"{project.code} {project.name}",
+        "customer": customer.name,
+        "noun": NOUN,
+    }
+    problems: list[_Problem] = []
+    if contract is None:
+        problems.append(
+            _Problem(
+                "milestone_project_without_contract",
+                about,
+                f"project {project.code} is linked to no contract",
+            )
+        )
+    if entity is None:
+        problems.append(
+            _Problem(
+                "milestone_project_without_legal_entity",
+                about,
+                f"project {project.code} has no legal entity",
+            )
+        )
+    if contract is not None:
+        problems += _terms_problems(milestone, contract, about)
+    problems += _dependency_problems(milestone, about)
+    if entity is not None:
+        problems += _entity_problems(milestone, entity, about)
+
+    held = _run_blocked(run, milestone)
+    cases = [
+        case_open_or_join(
+            case_type=p.case_type,
+            subject=p.subject,
+            records=[held],
+            process=PROCESS,
+            step=VALIDATE,
+            legal_entity_id=entity.pk if entity is not None else None,
+            region=project.region,
+        )
+        for p in problems
+    ]
+    found = {p.case_type for p in problems}
+    _clear_fixed(run, fixed=[t for t in VALIDATION_CASE_TYPES if t not in found])
+    if problems:
+        return StepResult.blocked(cases[0], "; ".join(p.why for p in problems))
+    assert contract is not None  # noqa: S101 - no problem means each was found
+    assert entity is not None  # noqa: S101
+    return StepResult.done(
+        f"Milestone {_quoted(milestone)} of project {project.code} for {customer.name}: "
+        f"{milestone.currency} {milestone.amount:,.2f} to invoice under contract "
+        f"{contract.number} from legal entity {entity.code}."
+    )
+
+
+def _terms_problems(
+    milestone: Milestone, contract: Contract, about: dict[str, Any]
+) -> list[_Problem]:
+    problems: list[_Problem] = []
+    missing = []
+    if contract.billing_model != Contract.BillingModel.FIXED_FEE:
+        missing.append(f"it bills {contract.get_billing_model_display().lower()}, not by milestone")
+    if contract.status != Contract.Status.ACTIVE:
+        missing.append(f"it is not active (status {contract.get_status_display().lower()})")
+    if not contract.payment_terms_days:
+        missing.append("it has no payment terms")
+    if not contract.total_value or contract.total_value <= 0:
+        missing.append("it has no value to invoice against")
+    tax = contract.tax_rate
+    if tax is not None and not tax.active:
+        missing.append(f"its tax profile {tax.code} is no longer active")
+    on_contract = {**about, "contract_id": contract.pk, "contract": contract.number}
+    if missing:
+        text = "; ".join(missing)
+        problems.append(
+            _Problem(
+                "milestone_contract_terms",
+                {**on_contract, "missing": text},
+                f"contract {contract.number}: {text}",
+            )
+        )
+    why = ""
+    if milestone.currency != contract.currency:
+        why = (
+            f"the milestone is in {milestone.currency}, its contract {contract.number} in "
+            f"{contract.currency}"
+        )
+    elif milestone.amount <= 0:
+        why = "the milestone has no amount"
+    elif contract.total_value and contract.total_value > 0:
+        billed = BillingEvent.objects.filter(
+            contract=contract, source=BillingEvent.Source.MILESTONE
+        ).exclude(Q(status=BillingEvent.Status.WAIVED) | Q(milestone=milestone))
+        before = billed.aggregate(total=Sum("amount"))["total"] or Decimal("0")
+        if before + milestone.amount > contract.total_value:
+            why = (
+                f"with it, the milestones invoiced on contract {contract.number} would come to "
+                f"{contract.currency} {before + milestone.amount:,.2f}, more than its value of "
+                f"{contract.currency} {contract.total_value:,.2f}"
+            )
+    if why:
+        problems.append(_Problem("milestone_amount_mismatch", {**on_contract, "why": why}, why))
+    if tax is not None and tax.active and tax.requires_customer_tax_number:
+        customer = milestone.project.customer
+        if not customer.tax_number:
+            problems.append(
+                _Problem(
+                    "milestone_tax_number_missing",
+                    {**on_contract, "customer_id": customer.pk, "tax_rate": tax.code},
+                    f"customer {customer.name} has no tax number for tax profile {tax.code}",
+                )
+            )
+    return problems
+
+
+def _dependency_problems(milestone: Milestone, about: dict[str, Any]) -> list[_Problem]:
+    """The milestones of the same project due before this one that the PSA has not completed."""
+    if milestone.due_date is None:
+        return []
+    earlier = list(
+        Milestone.objects.filter(
+            project_id=milestone.project_id,
+            due_date__lt=milestone.due_date,
+            status=Milestone.Status.PLANNED,
+        ).order_by("due_date", "pk")
+    )
+    if not earlier:
+        return []
+    names = ", ".join(f"{_quoted(m)} (due {m.due_date:%Y-%m-%d})" for m in earlier)
+    words = f"milestone{'s' if len(earlier) > 1 else ''} {names}"
+    return [
+        _Problem(
+            "milestone_dependency_open",
+            {**about, "earlier": words},
+            f"the earlier {words} {'are' if len(earlier) > 1 else 'is'} not complete",
+        )
+    ]
+
+
+def _entity_problems(
+    milestone: Milestone, entity: LegalEntity, about: dict[str, Any]
+) -> list[_Problem]:
+    problems: list[_Problem] = []
+    base = entity.base_currency
+    if milestone.currency != base and not _has_rate(milestone.currency, base):
+        problems.append(
+            _Problem(
+                "missing_exchange_rate",
+                {**about, "currency": milestone.currency, "base": base, "days": FX_RECENT_DAYS},
+                f"no exchange rate from {milestone.currency} to {base} in the last "
+                f"{FX_RECENT_DAYS} days",
+            )
+        )
+    if route_for(SystemRole.ERP, entity) is None:
+        problems.append(
+            _Problem(
+                "no_erp_route",
+                {**about, "legal_entity_id": entity.pk, "legal_entity": entity.code},
+                f"no ERP connection serves legal entity {entity.code}",
+            )
+        )
+    return problems
+
+
+def _has_rate(currency: str, base: str) -> bool:
+    """A rate between the two currencies (either way) as recent as the billing run wants."""
+    recent = date.today() - timedelta(days=FX_RECENT_DAYS)
+    return ExchangeRate.objects.filter(
+        Q(base_currency=currency, quote_currency=base)
+        | Q(base_currency=base, quote_currency=currency),
+        date__gte=recent,
+    ).exists()
+
+
+def _clear_fixed(run: WorkflowRun, *, fixed: Sequence[str]) -> None:
+    """The run leaves the validation cases whose cause is fixed; a case holding nothing more
+    closes."""
+    _clear_run_off(run, case_types=fixed)
+
+
+def _clear_run_off(run: WorkflowRun, *, case_types: Sequence[str]) -> None:
+    case_records_clear(
+        records=[(RUN_RECORD, run.pk)],
+        process=PROCESS,
+        case_types=case_types,
+        note="Closed automatically: the milestones it held got past the step it named.",
+    )
+
+
+# --- Step 2: the billing event and the draft invoice in the ERP ---------------------------------
+
+
+def _bill(run: WorkflowRun) -> StepResult:
+    milestone = _milestone(run)
+    project = milestone.project
+    entity = project.legal_entity
+    erp = route_for(SystemRole.ERP, entity) if entity is not None else None
+    if entity is None or erp is None:
+        # Only a change since validation gets here (a route removed): the same case again.
+        code = entity.code if entity is not None else "(none)"
+        case = case_open_or_join(
+            case_type="no_erp_route",
+            subject={
+                "legal_entity_id": entity.pk if entity is not None else None,
+                "legal_entity": code,
+                "project_id": project.pk,
+                "noun": NOUN,
+            },
+            records=[_run_blocked(run, milestone)],
+            process=PROCESS,
+            step=BILL,
+        )
+        return StepResult.blocked(case, f"no ERP connection serves legal entity {code}")
+    # A route found again takes the run off the case that said there was none.
+    _clear_run_off(run, case_types=["no_erp_route"])
+    event = _billing_event(milestone)
+    invoice = _invoice(run, milestone, event)
+    words = f"draft invoice {invoice_reference(invoice)} for milestone {_quoted(milestone)}"
+    contact_id = invoice_contact_ids([(invoice, [event])]).get((erp.pk, invoice.customer_id))
+    item = OutboundItem(
+        connection=erp,
+        record=invoice,
+        canonical=invoice_canonical(invoice, [event], contact_id),
+        context=_context(
+            run,
+            milestone,
+            invoice,
+            label=f"Draft invoice {invoice_reference(invoice)} (milestone {_quoted(milestone)})",
+        ),
+    )
+    messages = outbound_messages(
+        items=[item],
+        canonical_model="invoice",
+        action="create",
+        process=PROCESS,
+        step=BILL,
+        version=1,
+        # Rendered now after an earlier refusal: it takes itself off the mapping's case.
+        retried=True,
+    )
+    if not messages:
+        refused = _open_render_case(invoice, step=BILL)
+        if refused is not None:
+            reason = str(refused.subject.get("reason", ""))
+            return StepResult.blocked(refused, f"The {words} cannot be rendered: {reason}")
+        return StepResult.waiting(f"The {words} could not be rendered.")
+    result, delivered = _await(run, messages, what=words)
+    if delivered:
+        number = _invoice_posted(invoice, delivered[0])
+        erp_id = delivered[0].result.get("external_id") or ""
+        return StepResult.done(
+            f"Draft invoice {number or invoice_reference(invoice)} is in {_system(erp)} "
+            f"({milestone.currency} {invoice.total:,.2f}).",
+            erp={"invoice": str(erp_id)},
+        )
+    return result
+
+
+def _billing_event(milestone: Milestone) -> BillingEvent:
+    """The milestone's billing event: one per milestone (its unique key), made the first
+    time. Linked to its invoice once the ERP has it (mark_invoiced; see the module's note)."""
+    found = BillingEvent.objects.filter(milestone=milestone).first()
+    if found is not None:
+        return found
+    project = milestone.project
+    assert project.legal_entity_id is not None  # noqa: S101 - validation refused it otherwise
+    return BillingEvent.objects.create(
+        source=BillingEvent.Source.MILESTONE,
+        milestone=milestone,
+        project=project,
+        contract=project.contract,
+        legal_entity_id=project.legal_entity_id,
+        description=_line_description(milestone),
+        quantity=Decimal("1"),
+        unit_amount=milestone.amount,
+        amount=milestone.amount,
+        currency=milestone.currency,
+        source_system=SystemRole.PSA,
+        field_sources={},
+    )
+
+
+def _invoice(run: WorkflowRun, milestone: Milestone, event: BillingEvent) -> Invoice:
+    """The run's draft invoice, made the first time: one line, the milestone's amount, taxed
+    at the contract's tax profile, due by its payment terms."""
+    invoice_id = run.context.get("invoice_id")
+    related = ("customer", "contract__tax_rate", "legal_entity")
+    if invoice_id is not None:
+        return Invoice.objects.select_related(*related).get(pk=invoice_id)
+    project = milestone.project
+    contract = project.contract
+    assert contract is not None  # noqa: S101 - validation refused it otherwise
+    assert project.legal_entity_id is not None  # noqa: S101
+    percent = contract.tax_rate.rate_percent if contract.tax_rate is not None else Decimal("0")
+    subtotal = event.amount
+    tax = (subtotal * Decimal(percent) / 100).quantize(CENT, ROUND_HALF_UP)
+    today = date.today()
+    invoice = Invoice.objects.create(
+        legal_entity_id=project.legal_entity_id,
+        customer_id=project.customer_id,
+        contract=contract,
+        currency=event.currency,
+        issue_date=today,
+        due_date=today + timedelta(days=contract.payment_terms_days),
+        subtotal=subtotal,
+        tax_total=tax,
+        total=subtotal + tax,
+        amount_due=subtotal + tax,
+        source_system="",
+        field_sources={},
+    )
+    run.context["invoice_id"] = invoice.pk
+    return Invoice.objects.select_related(*related).get(pk=invoice.pk)
+
+
+def _invoice_posted(invoice: Invoice, delivered: OutboxMessage) -> str:
+    """The ERP has the draft invoice: its number, read through the published mapping."""
+    answer = outbound_answer(delivered)
+    number = str(answer.get("number") or invoice.number)
+    if (invoice.number, invoice.source_system) != (number, SystemRole.ERP):
+        invoice.number = number
+        invoice.status = Invoice.Status.DRAFT
+        invoice.source_system = SystemRole.ERP
+        invoice.save(update_fields=["number", "status", "source_system", "updated_at"])
+    return number
+
+
+def _line_description(milestone: Milestone) -> str:
+    # "MS-<id>" first: it identifies the milestone on the ERP line, as "TE-<id>" a time entry.
+    return f"MS-{milestone.pk} Milestone {milestone.name} ({milestone.project.code})"[:400]
+
+
+# --- Step 3: the milestone marked invoiced, in Concord and in the PSA ---------------------------
+
+
+def _mark_invoiced(run: WorkflowRun) -> StepResult:
+    milestone = _milestone(run)
+    invoice = Invoice.objects.get(pk=run.context["invoice_id"])
+    BillingEvent.objects.filter(milestone=milestone).exclude(
+        status=BillingEvent.Status.INVOICED, invoice=invoice
+    ).update(status=BillingEvent.Status.INVOICED, invoice=invoice)
+    if milestone.status != Milestone.Status.INVOICED:
+        # Concord's own write, through the one write path (stamped and audited as Concord's);
+        # the PSA, which owns it, announces the same status once the write below lands.
+        milestone = record_update(
+            record=milestone, data={"status": Milestone.Status.INVOICED}, actor=None
+        )
+    psa = Connection.objects.get(pk=run.input["connection_id"])
+    message = _status_message(run, psa, milestone, invoice)
+    if isinstance(message, str):
+        # The vendor object whose mapping renders it names the mapping to fix (its editor link).
+        operation = vendor_operation(psa.vendor, "milestone", "update")
+        case = case_open_or_join(
+            case_type=RENDER_CASE,
+            subject={
+                "connection_id": psa.pk,
+                "connection": psa.name,
+                "object_type": operation.object_type if operation else "milestone",
+                "reason": message,
+                "noun": "invoiced milestone",
+            },
+            records=[_run_blocked(run, milestone)],
+            process=PROCESS,
+            step=MARK_INVOICED,
+            connection_id=psa.pk,
+        )
+        return StepResult.blocked(case, f"The invoiced status cannot be sent: {message}")
+    # Rendered now after an earlier refusal: the run leaves the mapping's case.
+    _clear_run_off(run, case_types=[RENDER_CASE])
+    result, delivered = _await(
+        run, [message], what=f"milestone {_quoted(milestone)} marked invoiced in {_system(psa)}"
+    )
+    if delivered:
+        return StepResult.done(
+            f"Milestone {_quoted(milestone)} is invoiced in Concord and {_system(psa)} "
+            f"(invoice {invoice.number or invoice_reference(invoice)}).",
+            psa={"milestone": str(run.input["external_id"])},
+        )
+    return result
+
+
+def _status_message(
+    run: WorkflowRun, connection: Connection, milestone: Milestone, invoice: Invoice
+) -> OutboxMessage | str:
+    """The outbox row setting the PSA milestone's status, rendered by the connection's
+    published mapping (only the status, and the milestone's id where the mapping reads it);
+    or why it cannot be rendered, in an admin's words."""
+    operation = vendor_operation(connection.vendor, "milestone", "update")
+    if operation is None:
+        return f"{_system(connection)} has no operation to update a milestone"
+    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
+    if mapping is None or mapping.canonical_model != "milestone":
+        return f"{_system(connection)} has no published {operation.object_type} mapping"
+    if "status" not in {f.name for f in mapping.outbound}:
+        return f"the published {operation.object_type} mapping writes no status"
+    try:
+        payload = map_outbound(mapping, {"status": Milestone.Status.INVOICED}, partial=True)
+    except OutboundMappingError as exc:
+        return f"the published {operation.object_type} mapping cannot render it: {exc}"
+    mapping.external_id_path.set(payload, str(run.input["external_id"]))
+    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
+    if unmapped:
+        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
+    context = _context(
+        run, milestone, invoice, label=f"Milestone {_quoted(milestone)} marked invoiced"
+    )
+    return outbox_message(
+        connection=connection,
+        process=PROCESS,
+        step=MARK_INVOICED,
+        operation=operation.name,
+        record=milestone,
+        version=1,
+        payload=payload,
+        context={**context, "what": "milestone", "queue": Queue.PMO},
+    )
+
+
+# --- Sending and waiting ------------------------------------------------------------------------
+
+
+def _await(
+    run: WorkflowRun, messages: Sequence[OutboxMessage], *, what: str
+) -> tuple[StepResult, list[OutboxMessage]]:
+    """Queue the rows not queued yet and say where they stand: all delivered (DONE, with the
+    delivered rows), one parked (BLOCKED by its case), else WAITING for the dispatcher."""
+    existing = {
+        m.idempotency_key: m
+        for m in OutboxMessage.objects.filter(
+            idempotency_key__in=[m.idempotency_key for m in messages]
+        )
+    }
+    outbox_enqueue(messages=[m for m in messages if m.idempotency_key not in existing])
+    states = [
+        _latest(existing[m.idempotency_key]) if m.idempotency_key in existing else None
+        for m in messages
+    ]
+    delivered = [s for s in states if s is not None and s.state == OutboxMessage.State.DONE]
+    if messages and len(delivered) == len(messages):
+        return StepResult.done(f"Delivered: {what}."), delivered
+    parked = next((s for s in states if s is not None and s.state == "parked"), None)
+    if parked is not None and parked.exception_case_id is not None:
+        case = ExceptionCase.objects.get(pk=parked.exception_case_id)
+        if case.status == OPEN:
+            refused = f"Refused by {_system(parked.connection)}: {parked.last_error[:300]}"
+            return StepResult.blocked(case, refused), []
+    return StepResult.waiting(f"Sent through the outbox: {what}."), []
+
+
+def _latest(message: OutboxMessage) -> OutboxMessage:
+    """The row as it stands now: a parked row's newest replay, when it has one."""
+    replay = OutboxMessage.objects.filter(replay_of=message).order_by("-pk").first()
+    return _latest(replay) if replay is not None else message
+
+
+def _open_render_case(record: models.Model, *, step: str) -> ExceptionCase | None:
+    """The integration admins' case the sync layer put an unrenderable record on."""
+    return (
+        ExceptionCase.objects.filter(
+            status=OPEN,
+            case_type=RENDER_CASE,
+            process=PROCESS,
+            step=step,
+            blocked_records__record_type=record._meta.model_name,
+            blocked_records__record_id=record.pk,
+        )
+        .order_by("-pk")
+        .first()
+    )
+
+
+# --- After delivery -----------------------------------------------------------------------------
+
+
+def milestone_delivered(messages: Sequence[OutboxMessage]) -> None:
+    """Rows of a milestone step were delivered (in the outbox's transaction): the runs that
+    sent them move on."""
+    run_ids = {int(m.context["run_id"]) for m in messages if m.context.get("run_id")}
+    for run_id in sorted(run_ids):
+        try:
+            # A savepoint: a run that cannot move on must not undo the outbox's record of the
+            # delivery; it stays at its step for a retry.
+            with transaction.atomic():
+                run = run_lock(run_id=run_id)
+                if run is not None and run.state != RunState.DONE:
+                    run_advance(run=run, process=MILESTONE_BILLING)
+        except Exception:
+            logger.exception("milestone run %s could not move on after a delivery", run_id)
+
+
+# --- Cases --------------------------------------------------------------------------------------
+
+
+def milestone_case_retry(case: ExceptionCase) -> RetryResult:
+    """Retry a milestone case (exceptions/retry.py): the runs it holds (or that it blocks) go
+    on from the step where they stopped."""
+    ids = set(runs_held_by(case=case)) | set(
+        WorkflowRun.objects.filter(process=PROCESS, exception_case=case).values_list(
+            "pk", flat=True
+        )
+    )
+    before = dict(WorkflowRun.objects.filter(pk__in=ids).values_list("pk", "current_step"))
+    moved = milestones_resume(run_ids=list(ids))
+    after = WorkflowRun.objects.filter(pk__in=ids)
+    went_on = sum(1 for r in after if r.current_step != before.get(r.pk) or r.state == "done")
+    return RetryResult(
+        count=moved,
+        summary=f"resumed {moved} milestone billing run(s); {went_on} got past the step that "
+        "stopped them",
+    )
+
+
+# --- Helpers ------------------------------------------------------------------------------------
+
+
+def _milestone(run: WorkflowRun) -> Milestone:
+    return Milestone.objects.select_related(
+        "project__contract__tax_rate", "project__legal_entity", "project__customer"
+    ).get(pk=run.input["milestone_id"])
+
+
+def _quoted(milestone: Milestone) -> str:
+    return f"\u201c{milestone.name}\u201d"
+
+
+def _run_blocked(run: WorkflowRun, milestone: Milestone) -> Blocked:
+    return Blocked(
+        record_type=RUN_RECORD,
+        record_id=run.pk,
+        label=f"Milestone {milestone.name} ({milestone.project.code})",
+        amount=milestone.amount,
+        currency=milestone.currency if milestone.amount else "",
+    )
+
+
+def _context(
+    run: WorkflowRun, milestone: Milestone, invoice: Invoice, *, label: str
+) -> dict[str, Any]:
+    """What the outbox row (and a case about it) says, and which run it moves on."""
+    return {
+        "what": "invoice",
+        "subject": f"milestone {_quoted(milestone)} of project {milestone.project.code}",
+        "label": label,
+        "amount": str(invoice.total),
+        "currency": invoice.currency,
+        "hours": "0",
+        "queue": Queue.FINANCE,
+        "run_id": run.pk,
+    }
+
+
+def _system(connection: Connection) -> str:
+    return f"{connection.get_vendor_display()} ({connection.name})"
+
+
+MILESTONE_BILLING = Process(
+    PROCESS,
+    ((VALIDATE, _validate), (BILL, _bill), (MARK_INVOICED, _mark_invoiced)),
+)
+
+for _model in ("milestone", "project", "contract", "customer"):
+    arrival_register(canonical_model=_model, handler=milestone_arrival)
+for _step in (BILL, MARK_INVOICED):
+    delivered_step_register(process=PROCESS, step=_step, handler=milestone_delivered)
+retry_handler_register(
+    case_types=(*VALIDATION_CASE_TYPES, RENDER_CASE),
+    handler=milestone_case_retry,
+    process=PROCESS,
+)
