@@ -122,9 +122,9 @@ def test_a_list_page_costs_the_same_queries_whatever_it_shows(rows: int) -> None
         [(c.assignee.username if c.assignee else "", c.legal_entity) for c in page.cases]
         selectors.case_totals(cases=selectors.case_queryset(user=ada))
 
-    # The user, access (role groups, queues), the page (cases with their assignee and entity;
-    # the page not being full, then those without a deadline), the totals.
-    assert _queries(first_page) == 6
+    # The user, access (role groups and queues, one query), the page (cases with their assignee
+    # and entity; the page not being full, then those without a deadline), the totals.
+    assert _queries(first_page) == 5
 
 
 def _rich_case(size: int) -> ExceptionCase:
