@@ -8,7 +8,10 @@
   most specific rule wins), and how long each priority has. Checked against the catalogue
   (exceptions/routes.py).
 - **ERP routing** (integrations.RoutingRule, role ERP): which ERP connection serves each legal
-  entity; the rule without one is the default.
+  entity; the rule without one is the default. Moving an entity from one ERP to another (a
+  legacy ERP to the new one) is its own action on the page, a switch with an effective time
+  (integrations/services/route_switches.py): the work already under way finishes on the ERP it
+  started on, and the page shows what is still in flight on each side until it drains.
 
 Each table: filters, sorts, keyset pages, CSV, an empty state; a row is edited or deleted in
 place (htmx: the answer is the row, with the result in words in the page's status line), and
@@ -75,6 +78,11 @@ from integrations.services.config_rows import (
     config_row_create,
     config_row_delete,
     config_row_update,
+)
+from integrations.services.route_switches import (
+    route_switch_create,
+    route_switch_in_flight,
+    route_switch_list,
 )
 
 Actor = Any
@@ -155,6 +163,28 @@ class ErpRouteForm(forms.Form):
     )
 
 
+class RouteSwitchForm(forms.Form):
+    legal_entity = forms.ModelChoiceField(
+        queryset=m.LegalEntity.objects.order_by("code"),
+        required=False,
+        label="Legal entity",
+        empty_label="The default route (every legal entity without its own)",
+    )
+    to_connection = forms.ModelChoiceField(
+        queryset=m.Connection.objects.filter(role=m.SystemRole.ERP, enabled=True).order_by("name"),
+        label="Move to",
+        empty_label=None,
+    )
+    effective_at = forms.DateTimeField(
+        required=False,
+        label="From",
+        input_formats=["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d"],
+        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        help_text="Empty: now. A later time takes effect at the first billing run after it.",
+    )
+    note = forms.CharField(required=False, max_length=200, label="Why")
+
+
 def _hours(value: timedelta) -> Decimal:
     return (Decimal(value.total_seconds()) / 3600).quantize(Decimal("0.01")).normalize()
 
@@ -195,6 +225,8 @@ class RuleTable:
     csv_line: Callable[[Any], Sequence[Any]]
     audit_type: str  # AuditEvent.object_type of its rows
     extra: Callable[[], dict[str, Any]] = field(default=lambda: {})
+    # What the whole page shows besides the table (not read for one row's answer).
+    page: Callable[[], dict[str, Any]] = field(default=lambda: {})
 
     def url(self, name: str, *args: Any) -> str:
         return reverse(f"console:{self.key}_{name}", args=args)
@@ -279,6 +311,18 @@ def _erp_extra() -> dict[str, Any]:
             pk__in=routed.values("legal_entity")
         ).count(),
         "erp_connections": m.Connection.objects.filter(role=m.SystemRole.ERP).count(),
+    }
+
+
+def _erp_page() -> dict[str, Any]:
+    """The switches between ERPs, newest first, with the work still in flight on each side."""
+    switches = route_switch_list(limit=10)
+    flights = route_switch_in_flight(switches)
+    return {
+        "switch_form": RouteSwitchForm(),
+        "switch_url": reverse("console:erp_route_switch"),
+        "switches": [{"switch": s, **flights[s.pk]} for s in switches],
+        "switch_trail": trail_entries(selectors.audit_trail(object_type="routeswitch", limit=5)),
     }
 
 
@@ -401,6 +445,7 @@ ERP_ROUTES = RuleTable(
     ],
     audit_type="routingrule",
     extra=_erp_extra,
+    page=_erp_page,
 )
 
 TABLES = (OWNERSHIP, CASE_ROUTES, ERP_ROUTES)
@@ -437,6 +482,7 @@ def _list_context(table: RuleTable, request: HttpRequest, params: Any) -> dict[s
         "add_url": table.url("add"),
         "trail": _trail(table),
         **table.extra(),
+        **table.page(),
     }
     if not filterset.is_valid():
         context["error"] = "These filters are not valid: see the form above."
@@ -734,6 +780,49 @@ def _service_errors_sla(form: SlaPolicyForm, error: ValidationError) -> None:
         form.add_error(names.get(name), texts)
 
 
+# --- Switching a legal entity to another ERP ----------------------------------------------------
+
+
+@require_POST
+@admin_required
+def erp_route_switch(request: HttpRequest) -> HttpResponse:
+    """Record a switch (audited) and go back to the ERP routing page, which shows it with the
+    work in flight on each side; a refused switch is shown with its form and the reason."""
+    form = RouteSwitchForm(request.POST)
+    switch = None
+    if form.is_valid():
+        try:
+            switch = route_switch_create(
+                legal_entity=form.cleaned_data["legal_entity"],
+                to_connection=form.cleaned_data["to_connection"],
+                effective_at=form.cleaned_data["effective_at"],
+                note=form.cleaned_data["note"],
+                actor=request.user,
+            )
+        except ValidationError as error:
+            _service_errors(form, error)
+    if switch is None:
+        context = _list_context(ERP_ROUTES, request, QueryDict(mutable=True))
+        context.update(
+            {
+                "add_form": ERP_ROUTES.form(),
+                "switch_form": form,
+                "notice": "The switch was not recorded: see its form.",
+                "notice_ok": False,
+            }
+        )
+        return render_page(request, "console/rules.html", context, status=400)
+    where = switch.legal_entity.code if switch.legal_entity else "The default route"
+    source = switch.from_connection.name if switch.from_connection else "no ERP"
+    when = "now" if switch.applied_at else f"from {switch.effective_at:%Y-%m-%d %H:%M}"
+    messages.success(
+        request,
+        f"{where} moves from {source} to {switch.to_connection.name} {when}. Work already "
+        f"under way finishes on {source}; new work goes to {switch.to_connection.name}.",
+    )
+    return redirect(ERP_ROUTES.list_url + "#route-switches")
+
+
 def _patterns(table: RuleTable, prefix: str) -> list[URLPattern]:
     return [
         path(f"{prefix}/", _list_view(table), name=f"{table.key}s"),
@@ -748,5 +837,6 @@ urlpatterns = [
     *_patterns(OWNERSHIP, "rules/ownership"),
     *_patterns(CASE_ROUTES, "rules/case-routing"),
     *_patterns(ERP_ROUTES, "rules/erp-routing"),
+    path("rules/erp-routing/switch/", erp_route_switch, name="erp_route_switch"),
     path("rules/sla/<int:pk>/", sla_policy_edit, name="sla_policy"),
 ]

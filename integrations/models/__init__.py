@@ -6,6 +6,7 @@ from integrations.models.connections import (
     CrossReference,
     Heartbeat,
     OwnershipRule,
+    RouteSwitch,
     RoutingRule,
     Vendor,
 )
@@ -93,6 +94,7 @@ __all__ = [
     "ReconciliationState",
     "RecordMerge",
     "Resource",
+    "RouteSwitch",
     "RoutingRule",
     "RunState",
     "StepState",

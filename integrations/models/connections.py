@@ -326,3 +326,63 @@ class RoutingRule(models.Model):
                     f"{self.get_role_display()} connection."
                 }
             )
+
+
+class RouteSwitch(models.Model):
+    """A legal entity's work of a role moved from one connection to another (a legacy ERP to the
+    new one), from an effective time on. Recorded by an audited action (integrations/services/
+    route_switches.py), never by editing the route alone: the switch is what tells the work
+    already under way (invoices rendered for the old ERP, runs past their route decision) to
+    finish where it started, and what the runs that did say they continued on.
+
+    The route itself (RoutingRule) changes when the switch takes effect: at once for an
+    effective time already past, else when the time comes (``applied_at`` is set then). A
+    switch with no legal entity moves the role's default route."""
+
+    role = models.CharField(max_length=8, choices=SystemRole.choices, default=SystemRole.ERP)
+    legal_entity = models.ForeignKey(
+        "integrations.LegalEntity",
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="route_switches",
+    )
+    # The connection that served the entity when the switch was recorded (None: none did).
+    from_connection = models.ForeignKey(
+        Connection, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    to_connection = models.ForeignKey(Connection, on_delete=models.PROTECT, related_name="+")
+    effective_at = models.DateTimeField(help_text="New work goes to the new connection from then.")
+    applied_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the route was changed (empty: not yet due)."
+    )
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-effective_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(from_connection=models.F("to_connection")),
+                name="routeswitch_moves_somewhere",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["role", "legal_entity", "effective_at"],
+                name="routeswitch_entity_effective",
+            ),
+            models.Index(
+                fields=["effective_at"],
+                condition=Q(applied_at__isnull=True),
+                name="routeswitch_due",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        entity = self.legal_entity.code if self.legal_entity else "default"
+        source = self.from_connection.name if self.from_connection else "(none)"
+        return (
+            f"{self.get_role_display()} for {entity}: {source} -> {self.to_connection.name} "
+            f"from {self.effective_at:%Y-%m-%d %H:%M}"
+        )

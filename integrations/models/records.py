@@ -441,16 +441,30 @@ class Invoice(CanonicalRecord):
     tax_total = money_field(default=Decimal("0"))
     total = money_field(default=Decimal("0"))
     amount_due = money_field(default=Decimal("0"))
+    # The ERP connection Concord made the invoice for, decided when it is made (the billing
+    # and milestone workflows; empty for invoices the ERP made). A legal entity switched to
+    # another ERP keeps its earlier invoices on the old one (integrations/services/
+    # route_switches.py), and each ERP numbers its own: both may issue an INV-00007.
+    erp_connection = models.ForeignKey(
+        "integrations.Connection",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="+",
+        db_index=False,
+    )
 
     class Meta:
         ordering = ["-issue_date", "-id"]
         indexes = [models.Index(fields=["legal_entity", "status"])]
         constraints = [
             _currency_check("invoice"),
-            # Numbers are unique within the issuing entity; drafts have none yet.
+            # Numbers are unique within the issuing entity and the ERP that numbered them (one
+            # ERP for invoices made before any had a connection); drafts have none yet.
             models.UniqueConstraint(
-                fields=["legal_entity", "number"],
+                fields=["legal_entity", "erp_connection", "number"],
                 condition=~Q(number=""),
+                nulls_distinct=False,
                 name="invoice_unique_entity_number",
             ),
             models.CheckConstraint(

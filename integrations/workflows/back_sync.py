@@ -448,6 +448,29 @@ def _psa_of(invoice: Invoice) -> Connection | None:
 
 def _psa_invoice(run: WorkflowRun) -> StepResult:
     invoice = _invoice(run)
+    result = _psa_mirror(run, invoice)
+    result.detail += _kept_words(invoice)
+    return result
+
+
+def _kept_words(invoice: Invoice) -> str:
+    """What the run says of an invoice Concord made for an ERP that no longer serves its legal
+    entity (switched to another since, integrations/services/route_switches.py): its status
+    still comes back from that ERP. "" otherwise (no query for an invoice without a record of
+    its ERP)."""
+    if invoice.erp_connection_id is None:
+        return ""
+    now = route_for(SystemRole.ERP, invoice.legal_entity)
+    if now is None or now.pk == invoice.erp_connection_id:
+        return ""
+    kept = Connection.objects.get(pk=invoice.erp_connection_id)
+    return (
+        f" Continued from {_system(kept)}, where the invoice was posted: legal entity "
+        f"{invoice.legal_entity.code} moved to {_system(now)} since, for new work only."
+    )
+
+
+def _psa_mirror(run: WorkflowRun, invoice: Invoice) -> StepResult:
     if invoice.status not in ISSUED:
         return StepResult.skipped(
             f"The invoice is {invoice.get_status_display().lower()}: not mirrored in the PSA."

@@ -17,11 +17,12 @@ it to the ERP. Its steps, each idempotent and visible as a stage:
    stops here until it is fixed (a retry, or the next change of the milestone, its project,
    contract or customer, or of an earlier milestone of the project, resumes it).
 2. ``bill``: the milestone's billing event (one per milestone: the table's unique key) and a
-   draft invoice of one line, rendered by the ERP connection's published invoice mapping
-   exactly as the billing run renders its invoices (time_to_erp.invoice_canonical: the
-   customer by its ERP id where known, else by value; ``CONCORD-INV-<id>`` as the reference a
-   retried create is looked up by), through the outbox; the step waits for its delivery and
-   then records the ERP's number.
+   draft invoice of one line for the ERP the run decides on here and keeps (pinned on the run:
+   a switch of the legal entity to another ERP since leaves it there, and the step says so),
+   rendered by the ERP connection's published invoice mapping exactly as the billing run
+   renders its invoices (time_to_erp.invoice_canonical: the customer by its ERP id where
+   known, else by value; ``CONCORD-INV-<id>`` as the reference a retried create is looked up
+   by), through the outbox; the step waits for its delivery and then records the ERP's number.
 3. ``mark_invoiced``: the billing event invoiced on its invoice, the canonical milestone
    invoiced, and the PSA's milestone PATCHed to ``invoiced`` through the outbox, rendered by
    the connection's published milestone mapping (only the status and the id are sent).
@@ -68,6 +69,7 @@ from integrations.models import (
     SystemRole,
     WorkflowRun,
 )
+from integrations.services.route_switches import RUN_PIN, route_switch_latest
 from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_answer, outbound_messages
 from integrations.sync.outbox import outbox_enqueue, outbox_message
 from integrations.sync.records import record_update
@@ -482,7 +484,7 @@ def _bill(run: WorkflowRun) -> StepResult:
     milestone = _milestone(run)
     project = milestone.project
     entity = project.legal_entity
-    erp = route_for(SystemRole.ERP, entity) if entity is not None else None
+    erp = _erp_of(run, entity)
     if entity is None or erp is None:
         # Only a change since validation gets here (a route removed): the same case again.
         code = entity.code if entity is not None else "(none)"
@@ -502,7 +504,7 @@ def _bill(run: WorkflowRun) -> StepResult:
     # A route found again takes the run off the case that said there was none.
     _clear_run_off(run, case_types=["no_erp_route"])
     event = _billing_event(milestone)
-    invoice = _invoice(run, milestone, event)
+    invoice = _invoice(run, milestone, event, erp)
     words = f"draft invoice {invoice_reference(invoice)} for milestone {_quoted(milestone)}"
     contact_id = invoice_contact_ids([(invoice, [event])]).get((erp.pk, invoice.customer_id))
     item = OutboundItem(
@@ -533,15 +535,62 @@ def _bill(run: WorkflowRun) -> StepResult:
             return StepResult.blocked(refused, f"The {words} cannot be rendered: {reason}")
         return StepResult.waiting(f"The {words} could not be rendered.")
     result, delivered = _await(run, messages, what=words)
+    stayed = _stayed_words(run, entity, erp)
     if delivered:
         number = _invoice_posted(invoice, delivered[0])
         erp_id = delivered[0].result.get("external_id") or ""
         return StepResult.done(
             f"Draft invoice {number or invoice_reference(invoice)} is in {_system(erp)} "
-            f"({milestone.currency} {invoice.total:,.2f}).",
+            f"({milestone.currency} {invoice.total:,.2f}).{stayed}",
             erp={"invoice": str(erp_id)},
         )
+    result.detail += stayed
     return result
+
+
+def _erp_of(run: WorkflowRun, entity: LegalEntity | None) -> Connection | None:
+    """The ERP this run bills in: the one it decided on the first time it got here (pinned on
+    the run), so a switch of the legal entity to another ERP since leaves its invoice where it
+    started; else the route now, pinned. A run whose invoice exists from before pins were kept
+    takes the connection its invoice's outbox row names."""
+    pinned = run.context.get(RUN_PIN)
+    if pinned is None and run.context.get("invoice_id") is not None:
+        pinned = (
+            OutboxMessage.objects.filter(
+                content_type=ContentType.objects.get_for_model(Invoice),
+                object_id=run.context["invoice_id"],
+                process=PROCESS,
+                step=BILL,
+            )
+            .order_by("pk")
+            .values_list("connection_id", flat=True)
+            .first()
+        )
+    if pinned is not None:
+        found = Connection.objects.filter(pk=pinned).first()
+        if found is not None:
+            run.context[RUN_PIN] = found.pk
+            return found
+    erp = route_for(SystemRole.ERP, entity) if entity is not None else None
+    if erp is not None:
+        run.context[RUN_PIN] = erp.pk
+    return erp
+
+
+def _stayed_words(run: WorkflowRun, entity: LegalEntity | None, erp: Connection) -> str:
+    """What the step says when its legal entity has moved to another ERP since the run chose
+    this one: it continued where it started ("" when the route still points here)."""
+    if entity is None:
+        return ""
+    now = route_for(SystemRole.ERP, entity)
+    if now is None or now.pk == erp.pk:
+        return ""
+    switch = route_switch_latest(legal_entity_id=entity.pk)
+    since = f" on {switch.effective_at:%Y-%m-%d %H:%M}" if switch is not None else ""
+    return (
+        f" Continued on {_system(erp)}, where it started: legal entity {entity.code} moved to "
+        f"{_system(now)}{since}, and only new work goes there."
+    )
 
 
 def _billing_event(milestone: Milestone) -> BillingEvent:
@@ -568,9 +617,11 @@ def _billing_event(milestone: Milestone) -> BillingEvent:
     )
 
 
-def _invoice(run: WorkflowRun, milestone: Milestone, event: BillingEvent) -> Invoice:
-    """The run's draft invoice, made the first time: one line, the milestone's amount, taxed
-    at the contract's tax profile, due by its payment terms."""
+def _invoice(
+    run: WorkflowRun, milestone: Milestone, event: BillingEvent, erp: Connection
+) -> Invoice:
+    """The run's draft invoice, made the first time for the run's ERP: one line, the
+    milestone's amount, taxed at the contract's tax profile, due by its payment terms."""
     invoice_id = run.context.get("invoice_id")
     related = ("customer", "contract__tax_rate", "legal_entity")
     if invoice_id is not None:
@@ -596,6 +647,7 @@ def _invoice(run: WorkflowRun, milestone: Milestone, event: BillingEvent) -> Inv
         amount_due=subtotal + tax,
         source_system="",
         field_sources={},
+        erp_connection=erp,
     )
     run.context["invoice_id"] = invoice.pk
     return Invoice.objects.select_related(*related).get(pk=invoice.pk)

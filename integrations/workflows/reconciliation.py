@@ -2,7 +2,10 @@
 
 What the PSA approved, what Concord billed and what the ERP holds are compared for the legal
 entities routed to one ERP connection (its ``reconcile connection <id>`` periodic task,
-integrations/services/schedules.py). Six kinds of gap (GapKind) are looked for:
+integrations/services/schedules.py). A legal entity switched from one ERP to another
+(RouteSwitch) is compared on both: its postings on the connection that served it when each
+invoice was made (the legacy ERP keeps reconciling what it was given before the switch), its
+unbilled work on the one that serves it now. Six kinds of gap (GapKind) are looked for:
 
 - posting mismatch: billed time or expenses whose posting does not match the PSA: a billing
   event still not in the ERP ``grace`` hours after it was billed, time changed, rejected or made
@@ -89,6 +92,7 @@ from integrations.models import (
     ReconciliationGap,
     ReconciliationRun,
     ReconciliationState,
+    RouteSwitch,
     RoutingRule,
     SystemRole,
     TimeEntry,
@@ -289,13 +293,15 @@ def _months_back(month: date, count: int) -> date:
 
 def _reconcile(run: ReconciliationRun, connection: Connection, today: date) -> None:
     scope = _entity_scope(connection)
+    posted = _posted_scope(connection, scope)
     gaps = _Gaps()
-    if scope is not None:
+    if posted is not None:
         now = timezone.now()
+        _posting_mismatches(gaps, posted, run.period_from, now - post_grace())
+        _invoice_mismatches(gaps, posted, run.period_from)
+        _invoices_missing(gaps, posted, run.period_from)
+    if scope is not None:
         cutoff = today - timedelta(days=unbilled_sla_days())
-        _posting_mismatches(gaps, scope, run.period_from, now - post_grace())
-        _invoice_mismatches(gaps, scope, run.period_from)
-        _invoices_missing(gaps, scope, run.period_from)
         _time_unbilled(gaps, scope, cutoff)
         if getattr(settings, "CONCORD_RECONCILE_EXPENSES", False):
             _expenses_unbilled(gaps, scope, cutoff)
@@ -352,6 +358,59 @@ def _entity_scope(connection: Connection) -> Scope | None:
             # Negated IN on a nullable column keeps the NULLs (Django adds IS NOT NULL inside).
             return routed | ~Q(**{f"{column}__in": others}) if others else Q()
         return routed
+
+    return on
+
+
+# The column of a billing event that says when its invoice was made: which side of a switch.
+_MADE = "invoice__created_at"
+
+
+def _posted_scope(connection: Connection, now_routed: Scope | None) -> Scope | None:
+    """A filter on a billing event's legal-entity column for the postings this connection
+    holds: those of the entities routed to it now (`now_routed`), except that for an entity
+    switched between ERPs (RouteSwitch, integrations/services/route_switches.py) only the
+    invoices made while this connection served it count: the legacy ERP keeps reconciling
+    what it was given before the switch, the new one only what came after. (An invoice's ERP
+    is decided when it is made; the billing run pins it on its outbox row then.) None when
+    this connection holds no postings of any entity."""
+    served: dict[int, list[tuple[Any, Any]]] = defaultdict(list)
+    switched: set[int] = set()
+    history: dict[int, list[tuple[Any, int | None, int]]] = defaultdict(list)
+    for switched_id, effective, source, target in (
+        RouteSwitch.objects.filter(
+            role=SystemRole.ERP, applied_at__isnull=False, legal_entity__isnull=False
+        )
+        .order_by("effective_at", "pk")
+        .values_list("legal_entity_id", "effective_at", "from_connection_id", "to_connection_id")
+    ):
+        if switched_id is not None:
+            history[switched_id].append((effective, source, target))
+    for entity_id, steps in history.items():
+        switched.add(entity_id)
+        start = None
+        for until, left, _ in steps:
+            if left == connection.pk:
+                served[entity_id].append((start, until))
+            start = until
+        if steps[-1][2] == connection.pk:
+            served[entity_id].append((start, None))
+    if now_routed is None and not served:
+        return None
+
+    def on(column: str) -> Q:
+        where = Q(pk__in=[])
+        if now_routed is not None:
+            where = now_routed(column) & ~Q(**{f"{column}__in": sorted(switched)})
+        for entity_id, spans in sorted(served.items()):
+            for start, end in spans:
+                span = Q(**{column: entity_id})
+                if start is not None:
+                    span &= Q(**{f"{_MADE}__gte": start})
+                if end is not None:
+                    span &= Q(**{f"{_MADE}__lt": end})
+                where |= span
+        return where
 
     return on
 

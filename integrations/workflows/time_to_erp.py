@@ -29,6 +29,17 @@ contract's draft of the same currency and legal entity issued this month that ha
 to the ERP yet (no outbox row, or only one never attempted), up to the lines an invoice holds,
 and renders that draft again in place of its unsent row; a draft any attempt has gone out for
 is never changed, and the lines go on a new draft.
+
+An invoice's ERP is decided when it is made (``Invoice.erp_connection``, the route of its legal
+entity then) and kept. When an entity is switched to another ERP (RouteSwitch, integrations/
+services/route_switches.py; a switch whose time has come is applied at the start of a run),
+what was made for the old ERP finishes there: its queued or parked rows keep their connection,
+a draft its mapping could not render yet is rendered for the ERP it was made for, and an unsent
+open draft of the old ERP takes no new lines; time not yet on an invoice goes to the new one.
+
+Two runs at once share the waiting entries: each chunk locks its entries (SKIP LOCKED) and then
+reads which of them another run billed meanwhile (one query), so neither bills an entry twice
+nor fails on the other's work.
 """
 
 from __future__ import annotations
@@ -67,6 +78,7 @@ from integrations.models import (
     SystemRole,
     TimeEntry,
 )
+from integrations.services.route_switches import SwitchHistory, route_switches_apply_due
 from integrations.sync.bulk import copy_insert, copy_insert_values, update_rows
 from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
 from integrations.sync.outbox import outbox_enqueue, outbox_replay
@@ -143,6 +155,8 @@ def billing_run(
     # is whether any expense waits: when none does (the usual run of a firm that bills no
     # expenses), the expense work costs this one EXISTS.
     retry = entry_ids is not None or expense_ids is not None
+    # A switch of an entity's ERP whose time has come moves its route before the run reads it.
+    route_switches_apply_due()
     books = _RunBooks(
         fx=_FxBook.load(),
         routes=_Routes.load(),
@@ -206,6 +220,20 @@ def _bill_chunk(
     rows = list(chosen if size is None else chosen[:size])
     if not rows:
         return None
+    last_id = int(rows[-1][0])
+    # Read again, now that they are locked (one query, as the expense pass does): the statement
+    # above saw the table as it was when it began, so an entry another run billed and committed
+    # meanwhile (its lock gone by the time this one took it) still looked unbilled, and this
+    # run's billing event would break the one-to-one and roll the whole chunk back.
+    billed = set(
+        BillingEvent.objects.filter(time_entry_id__in=_among([row[0] for row in rows]))
+        .order_by()
+        .values_list("time_entry_id", flat=True)
+    )
+    if billed:
+        rows = [row for row in rows if row[0] not in billed]
+        if not rows:
+            return last_id
     # A chunk's entries share a few hundred projects and workers: load those once and attach
     # them, instead of joining them onto every entry row.
     projects = Project.objects.select_related(
@@ -251,7 +279,7 @@ def _bill_chunk(
     report.invoices += _invoice(billable, routes, spends, report)
     _close_cases([entry.pk for entry, _ in billable])
     _close_cases([spend.pk for spend in spends], record_type="expense")
-    return int(rows[-1][0])
+    return last_id
 
 
 def _among(ids: Sequence[int]) -> Any:
@@ -317,18 +345,53 @@ class _FxBook:
 
 
 class _Routes:
-    """Which ERP connection serves each legal entity (RoutingRule, else the role's default)."""
+    """Which ERP connection serves each legal entity (RoutingRule, else the role's default),
+    and which served it before a switch (RouteSwitch, integrations/services/route_switches.py):
+    an invoice made before its entity moved to another ERP is still that ERP's to post."""
 
-    def __init__(self, by_entity: dict[int | None, Connection]) -> None:
+    def __init__(
+        self, by_entity: dict[int | None, Connection], history: SwitchHistory | None = None
+    ) -> None:
         self.by_entity = by_entity
+        self.history = history or SwitchHistory({})
+        self._pinned: dict[int, Connection | None] = {}
 
     @classmethod
     def load(cls) -> _Routes:
         rules = RoutingRule.objects.filter(role=SystemRole.ERP, connection__enabled=True)
-        return cls({r.legal_entity_id: r.connection for r in rules.select_related("connection")})
+        return cls(
+            {r.legal_entity_id: r.connection for r in rules.select_related("connection")},
+            SwitchHistory.load(),
+        )
 
     def connection_for(self, legal_entity_id: int | None) -> Connection | None:
         return self.by_entity.get(legal_entity_id) or self.by_entity.get(None)
+
+    def connection_of(self, invoice: Invoice, *, as_made: bool) -> Connection | None:
+        """The ERP an invoice goes to: the one it was made for; for a draft older than that
+        record, with `as_made` the one that served its entity when it was made, else the
+        route now."""
+        if invoice.erp_connection_id is not None:
+            return self._connection(invoice.erp_connection_id)
+        if as_made:
+            return self.connection_at(invoice.legal_entity_id, invoice.created_at)
+        return self.connection_for(invoice.legal_entity_id)
+
+    def _connection(self, pk: int) -> Connection | None:
+        for serving in self.by_entity.values():
+            if serving.pk == pk:
+                return serving
+        if pk not in self._pinned:
+            self._pinned[pk] = Connection.objects.filter(pk=pk).first()
+        return self._pinned[pk]
+
+    def connection_at(self, legal_entity_id: int | None, when: Any) -> Connection | None:
+        """The connection that served the entity at `when`: the one a switch since moved it
+        from, else its route now. (No query unless an entity of the run was switched since.)"""
+        before = self.history.connection_at(legal_entity_id, when)
+        if before is None:
+            return self.connection_for(legal_entity_id)
+        return self._connection(before)
 
 
 @dataclass
@@ -690,7 +753,7 @@ def _invoice(
         heads.setdefault(key, group_spends[0].project)
     per_invoice = max_lines_per_invoice()
     today = date.today()
-    drafts = _open_drafts(heads, today)
+    drafts = _open_drafts(heads, today, routes)
     invoices: list[tuple[Invoice, list[_Line]]] = []
     extended: list[tuple[Invoice, list[InvoiceLine]]] = []
     new_lines: list[tuple[Invoice, list[_Line]]] = []
@@ -729,6 +792,8 @@ def _invoice(
                 legal_entity=project.legal_entity,  # loaded with the project
                 customer=project.customer,  # loaded with the project
                 contract=contract,
+                # The ERP decided now and kept: a switch of the entity later leaves it there.
+                erp_connection=routes.connection_for(key[1]),
                 currency=currency,
                 issue_date=today,
                 due_date=today + timedelta(days=terms),
@@ -815,7 +880,7 @@ def _totals_set(invoice: Invoice, lines: Sequence[InvoiceLine], tax_percent: Dec
 
 
 def _open_drafts(
-    heads: Mapping[_GroupKey, Project], today: date
+    heads: Mapping[_GroupKey, Project], today: date, routes: _Routes
 ) -> dict[_GroupKey, list[tuple[Invoice, list[BillingEvent]]]]:
     """The unsent drafts of this month that the groups of contracts with `add_to_open_draft`
     may add lines to, locked, with the billing events they hold; {} (and no query) when no
@@ -825,7 +890,10 @@ def _open_drafts(
     its outbox rows are only this step's rows never attempted (or it has none: its mapping
     could not render it yet). Those rows are locked here and a claiming worker skips them
     until this transaction ends; a row a worker holds already, or any other row, makes the
-    draft sent, and its lines go on a new invoice. A draft another run holds is skipped too."""
+    draft sent, and its lines go on a new invoice. A draft another run holds is skipped too,
+    and so is one meant for another ERP than the one that serves its legal entity now (made
+    before the entity was switched to a new ERP: it finishes on the old one, new lines go to
+    the new one)."""
     flagged = {
         key: project
         for key, project in heads.items()
@@ -858,7 +926,7 @@ def _open_drafts(
         return {}
     invoice_type = ContentType.objects.get_for_model(Invoice)
     ids = [i.pk for i in candidates]
-    unsent = set(
+    unsent_rows = list(
         OutboxMessage.objects.select_for_update(skip_locked=True)
         .filter(
             content_type=invoice_type,
@@ -869,8 +937,10 @@ def _open_drafts(
             attempts=0,
             needs_lookup=False,
         )
-        .values_list("pk", flat=True)
+        .values_list("pk", "object_id", "connection_id")
     )
+    unsent = {pk for pk, _, _ in unsent_rows}
+    bound_for = {invoice_id: connection_id for _, invoice_id, connection_id in unsent_rows}
     sent = set(
         OutboxMessage.objects.filter(content_type=invoice_type, object_id__in=ids)
         .exclude(pk__in=unsent)
@@ -882,6 +952,13 @@ def _open_drafts(
     drafts: dict[_GroupKey, list[tuple[Invoice, list[BillingEvent]]]] = defaultdict(list)
     for invoice in candidates:
         if invoice.pk in sent or not held[invoice.pk]:
+            continue
+        serving = routes.connection_for(invoice.legal_entity_id)
+        made_for = invoice.erp_connection_id or bound_for.get(invoice.pk)
+        if made_for is None:  # older than that record, not rendered: as its entity was served
+            was = routes.connection_at(invoice.legal_entity_id, invoice.created_at)
+            made_for = was.pk if was is not None else None
+        if serving is None or made_for != serving.pk:
             continue
         key = (invoice.contract_id, invoice.legal_entity_id, invoice.currency)
         project = flagged[key]
@@ -921,13 +998,17 @@ def _post(
     routes: _Routes,
     *,
     retried: bool = False,
+    as_made: bool = False,
 ) -> None:
     """Hand each invoice to the sync layer, which renders its ERP's payload and writes its outbox
-    row (or puts it on an integration admin's case when the mapping cannot render it)."""
+    row (or puts it on an integration admin's case when the mapping cannot render it). The
+    invoice goes to the ERP that serves its legal entity; with `as_made`, to the one that served
+    it when the invoice was made (an entity switched to another ERP since: the draft finishes
+    where it started)."""
     contact_ids = invoice_contact_ids(invoices)
     items = []
     for invoice, lines in invoices:
-        connection = routes.connection_for(invoice.legal_entity_id)
+        connection = routes.connection_of(invoice, as_made=as_made)
         if connection is None:  # only a retry can meet this: its route was removed since
             logger.warning("invoice %s has no ERP route any more; not sent", invoice.pk)
             continue
@@ -1057,7 +1138,7 @@ def _resend_unrendered(routes: _Routes) -> None:
             lines: dict[int, list[BillingEvent]] = defaultdict(list)
             for event in BillingEvent.objects.filter(invoice__in=invoices).order_by("pk"):
                 lines[event.invoice_id].append(event)  # type: ignore[index]
-            _post([(i, lines[i.pk]) for i in invoices], routes, retried=True)
+            _post([(i, lines[i.pk]) for i in invoices], routes, retried=True, as_made=True)
 
 
 # --- After delivery ---------------------------------------------------------------------------
@@ -1151,7 +1232,8 @@ def invoices_resend_case_retry(case: ExceptionCase) -> RetryResult:
     rows parked on the case (not this step's invoices) are replayed as they were."""
     invoice_type = ContentType.objects.get_for_model(Invoice)
     parked = list(
-        OutboxMessage.objects.select_for_update()
+        OutboxMessage.objects.select_for_update(of=("self",))
+        .select_related("connection")
         .filter(exception_case=case, state=OutboxMessage.State.PARKED)
         .order_by("pk")
     )
@@ -1192,14 +1274,12 @@ def _resend_invoices(parked: Sequence[OutboxMessage], case: ExceptionCase) -> in
         .annotate(top=Max("record_version"))
         .values_list("object_id", "top")
     )
-    routes = _Routes.load()
     contact_ids = invoice_contact_ids([(i, lines[i.pk]) for i in invoices])
     by_version: dict[int, list[OutboundItem]] = defaultdict(list)
     for invoice in invoices:
-        connection = routes.connection_for(invoice.legal_entity_id)
-        if connection is None:
-            logger.warning("invoice %s has no ERP route any more; not sent again", invoice.pk)
-            continue
+        # The ERP that refused it, whatever the routes say now: an invoice made for the legacy
+        # ERP before its entity moved to the new one is fixed and posted where it started.
+        connection = original[invoice.pk].connection
         by_version[latest.get(invoice.pk, 1) + 1].append(
             OutboundItem(
                 connection=connection,
