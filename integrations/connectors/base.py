@@ -99,6 +99,9 @@ class Connector(Protocol):
     ordered_reads: ClassVar[bool]
     # Per operation, the vendor's batch size (Xero invoices 50, Salesforce collections 200).
     batch_size: dict[str, int]
+    # Records one ``fetch_many`` call reads (Salesforce's collection read: 200); 1 where the
+    # vendor reads one record a call.
+    fetch_batch: int
 
     def write(
         self,
@@ -146,6 +149,12 @@ class Connector(Protocol):
         Webhooks name what changed without the data: this reads it."""
         ...
 
+    def fetch_many(self, object_type: str, external_ids: list[str]) -> dict[str, Any]:
+        """Several records of one type by id, in as few calls as the vendor allows: id ->
+        record, or None when it does not exist. Raises ``ConnectorError`` when the read
+        failed as a whole (the caller reads one by one or tries later)."""
+        ...
+
     def probe(self) -> Probe:
         """One small authenticated read that shows the credentials work and reach the right
         account (the console's test button). Raises ``ConnectorError`` like any call."""
@@ -159,6 +168,7 @@ class BaseConnector:
 
     vendor: ClassVar[str] = ""
     batch_size: dict[str, int] = {}
+    fetch_batch: int = 1
     # Whether ``read_changed`` yields records in modstamp order across pages. A poller may
     # advance its cursor page by page only when this is True; otherwise only at the end.
     ordered_reads: ClassVar[bool] = True
@@ -238,6 +248,10 @@ class BaseConnector:
 
     def fetch_one(self, object_type: str, external_id: str) -> dict[str, Any] | None:
         raise NotImplementedError
+
+    def fetch_many(self, object_type: str, external_ids: list[str]) -> dict[str, Any]:
+        # A vendor without a multi-record read: one call per record, as ``fetch`` does.
+        return {i: self.fetch(object_type, i) for i in external_ids}
 
     def probe(self) -> Probe:
         raise NotImplementedError

@@ -53,6 +53,10 @@ class InboundMessage(models.Model):
         related_name="replays",
         db_index=False,
     )
+    # Until when a batch task holds this received message (integrations/sync/inbound.py): a
+    # second batch of the same connection, rung while the first works, takes the next messages
+    # instead of reading and applying the same ones again. Expired, it is anyone's.
+    claimed_until = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-received_at", "-id"]

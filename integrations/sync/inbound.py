@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from exceptions.models import ExceptionCase
@@ -53,13 +54,53 @@ def inbound_process(*, message_id: int) -> str:
 
 
 class _Context:
-    """What every message of one connection needs, built once per batch: the ownership rules
-    and the vendor client (one HTTP client and its kept-alive connection for all the reads)."""
+    """What every message of one connection needs, built once per batch: the ownership rules,
+    the vendor client (one HTTP client and its kept-alive connection for all the reads) and the
+    records the batch read ahead for its webhooks (``prefetch``)."""
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         self.rules = load_ownership_rules()
         self._connector: Connector | None = None
+        # (object type, external id) -> the record read ahead, or None: it does not exist.
+        self.fetched: dict[tuple[str, str], Any] = {}
+        # Object types whose read-ahead failed transiently: their messages wait for a retry
+        # instead of each trying the struggling vendor again on its own.
+        self.unavailable: dict[str, TransientError] = {}
+
+    def prefetch(self, messages: Sequence[InboundMessage]) -> None:
+        """Read the records the batch's webhooks name, per object type in the vendor's
+        multi-record reads (Salesforce: 200 a call), where it has one. A read that fails as a
+        whole for another reason leaves its messages to read their records one by one, so each
+        failure lands on its own message as before."""
+        wanted: dict[str, list[str]] = defaultdict(list)
+        for message in messages:
+            if message.source != InboundMessage.Source.POLL and message.external_id:
+                wanted[message.object_type].append(message.external_id)
+        if not wanted or self.connector.fetch_batch <= 1:
+            return
+        for object_type, external_ids in wanted.items():
+            try:
+                found = self.connector.fetch_many(object_type, external_ids)
+            except TransientError as exc:
+                self.unavailable[object_type] = exc
+                continue
+            except ConnectorError as exc:
+                logger.warning("reading %s records ahead failed: %s", object_type, exc)
+                continue
+            for external_id, record in found.items():
+                self.fetched[(object_type, external_id)] = record
+
+    def fetch(self, message: InboundMessage) -> dict[str, Any] | None:
+        """The record the message names, as the vendor holds it now (read ahead, or now)."""
+        key = (message.object_type, message.external_id)
+        if key in self.fetched:
+            record: dict[str, Any] | None = self.fetched[key]
+            return record
+        unavailable = self.unavailable.get(message.object_type)
+        if unavailable is not None:
+            raise unavailable
+        return self.connector.fetch(message.object_type, message.external_id)
 
     @property
     def connector(self) -> Connector:
@@ -94,7 +135,7 @@ def _process(message: InboundMessage, context: _Context) -> str:
     if message.source != InboundMessage.Source.POLL:
         # Webhooks name what changed; the record itself is read now, so the newest state wins.
         try:
-            fetched = context.connector.fetch(message.object_type, message.external_id)
+            fetched = context.fetch(message)
         except TransientError as exc:
             raise InboundRetry(str(exc), exc.retry_after) from exc
         except ConnectorError as exc:
@@ -355,26 +396,59 @@ def inbound_cases_clear_applied(
 
 
 # Messages processed per batch task: a task ends within seconds and rings again for the rest.
+# 200 is also one Salesforce collection read per object type.
 BATCH = 200
+# How long a batch holds the messages it claimed: a batch of 200 takes a few seconds; two
+# minutes covers a slow vendor read or two, and a worker killed mid-batch strands its messages
+# no longer than that (the sweeper rings for them again).
+CLAIM_S = 120
+
+
+def inbound_claim(*, connection_id: int, limit: int) -> list[InboundMessage]:
+    """Claim up to `limit` of this connection's received messages, oldest first, that no other
+    batch holds. Every webhook rings for a batch, and the ring's flag is answered as a task
+    starts (integrations/sync/ring.py), so a second batch of one connection runs while the
+    first works: without a claim both read the same records and apply them twice (104
+    Opportunity reads for 80 events)."""
+    now = timezone.now()
+    with transaction.atomic():
+        messages = list(
+            InboundMessage.objects.select_for_update(skip_locked=True, of=("self",))
+            .select_related("connection")
+            .filter(connection_id=connection_id, state=State.RECEIVED)
+            .filter(Q(claimed_until__isnull=True) | Q(claimed_until__lt=now))
+            .order_by("id")[:limit]
+        )
+        if messages:
+            claimed_until = now + timedelta(seconds=CLAIM_S)
+            InboundMessage.objects.filter(pk__in=[m.pk for m in messages]).update(
+                claimed_until=claimed_until
+            )
+            for message in messages:
+                message.claimed_until = claimed_until
+    return messages
 
 
 def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
-    """Process this connection's received messages, oldest first."""
-    messages = list(
-        InboundMessage.objects.filter(connection_id=connection_id, state=State.RECEIVED)
-        .select_related("connection")
-        .order_by("id")[:BATCH]
-    )
+    """Process this connection's received messages, oldest first, that no other batch holds."""
+    messages = inbound_claim(connection_id=connection_id, limit=BATCH)
     outcomes: dict[str, int] = {}
     if not messages:
         return outcomes
-    with _Context(messages[0].connection) as context:
-        for message in messages:
-            try:
-                state = _process(message, context)
-            except InboundRetry:
-                state = "retry"  # stays RECEIVED; the sweeper rings for it again
-            outcomes[state] = outcomes.get(state, 0) + 1
+    try:
+        with _Context(messages[0].connection) as context:
+            context.prefetch(messages)
+            for message in messages:
+                try:
+                    state = _process(message, context)
+                except InboundRetry:
+                    state = "retry"  # stays RECEIVED; the sweeper rings for it again
+                outcomes[state] = outcomes.get(state, 0) + 1
+    finally:
+        # What is still received (a read to retry, or the batch failed) is anyone's again.
+        InboundMessage.objects.filter(pk__in=[m.pk for m in messages], state=State.RECEIVED).update(
+            claimed_until=None
+        )
     if len(messages) == BATCH:
         ring_inbound([connection_id], force=True)
     return outcomes

@@ -1123,10 +1123,15 @@ class NoRoute(LookupError):
 
 def _route(run: WorkflowRun, role: SystemRole) -> Connection:
     entity_id = int(run.context["legal_entity_id"])
-    connection = _route_of(role, entity_id)
+    # Decided once per run and kept on it (integrations/services/route_switches.py): a switch
+    # of the entity to another ERP since leaves what this run made where it started.
+    pinned = run.context.get(f"{role}_connection_id")
+    found = Connection.objects.filter(pk=pinned).first() if pinned else None
+    connection = found or _route_of(role, entity_id)
     if connection is None:
         entity = LegalEntity.objects.get(pk=entity_id)
         raise NoRoute(f"no {role.label} connection serves legal entity {entity.code}")
+    run.context[f"{role}_connection_id"] = connection.pk
     return connection
 
 

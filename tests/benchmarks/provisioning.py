@@ -57,6 +57,7 @@ from integrations.vendors import connector_for
 from integrations.workflows.provisioning import PROCESS
 from tests.firms import NEW_TENANT, ProvisioningFirm, harvest_tasks_create
 from tests.processes import (
+    Proc,
     beat_proc,
     free_port,
     gunicorn_proc,
@@ -79,26 +80,11 @@ TABLES = ("integrations_workflowstep", "integrations_workflowrun", "integrations
 
 
 def provision(sandbox: Any, **_: Any) -> Iterator[Figure]:
-    from tests.benchmarks.figures import _reset_concord
-
-    _reset_concord()
-    with db.cursor() as cursor:
-        cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
-    sandbox.control("reset")
-    sandbox.control("limits", {"system": "*", "enabled": False})
-    firm = ProvisioningFirm(sandbox.url, *_connections(sandbox.url))
-    firm.tracking_category()
-    harvest_tasks_create(firm.psa)
-    accounts = _accounts(firm, RUNS)
+    firm = firm_fresh(sandbox)
+    accounts = accounts_create(firm, RUNS)
 
     logs = Path(tempfile.mkdtemp(prefix="concord-bench-"))
-    env = process_env(CONCORD_LOG_LEVEL="WARNING")
-    port = free_port()
-    procs = [
-        gunicorn_proc(port, env, logs / "web.log", workers=2, threads=4),
-        *(worker_proc(env, logs / f"w{i}.log", name=f"prov{i}", concurrency=2) for i in (1, 2)),
-        beat_proc(env, logs / "beat.log", logs / "beat-schedule"),
-    ]
+    port, procs = processes(logs)
     for proc in procs:
         proc.start()
     try:
@@ -113,7 +99,7 @@ def provision(sandbox: Any, **_: Any) -> Iterator[Figure]:
             timeout=10,
         )
         subscribed.raise_for_status()
-        _opportunities(firm, accounts)
+        opportunities_win(firm, accounts)
         done = WorkflowRun.objects.filter(process=PROCESS, state=RunState.DONE)
         try:
             wait_until(
@@ -131,6 +117,36 @@ def provision(sandbox: Any, **_: Any) -> Iterator[Figure]:
         for proc in procs:
             proc.stop()
     yield _figure(firm)
+
+
+def firm_fresh(sandbox: Any) -> ProvisioningFirm:
+    """Empty bench tables and an empty sandbox (its limits off), then the firm in both: its
+    three connections, Xero's Project tracking category and Harvest's four tasks."""
+    from tests.benchmarks.figures import _reset_concord
+
+    _reset_concord()
+    with db.cursor() as cursor:
+        cursor.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+    sandbox.control("reset")
+    sandbox.control("limits", {"system": "*", "enabled": False})
+    firm = ProvisioningFirm(sandbox.url, *connections_create(sandbox.url))
+    firm.tracking_category()
+    harvest_tasks_create(firm.psa)
+    return firm
+
+
+PROCESSES = "gunicorn 2x4 threads, 2 workers x 2, beat"
+
+
+def processes(logs: Path) -> tuple[int, list[Proc]]:
+    """The processes of PROCESSES, not started yet, logging to `logs`; the web port."""
+    env = process_env(CONCORD_LOG_LEVEL="WARNING")
+    port = free_port()
+    return port, [
+        gunicorn_proc(port, env, logs / "web.log", workers=2, threads=4),
+        *(worker_proc(env, logs / f"w{i}.log", name=f"prov{i}", concurrency=2) for i in (1, 2)),
+        beat_proc(env, logs / "beat.log", logs / "beat-schedule"),
+    ]
 
 
 def _figure(firm: ProvisioningFirm) -> Figure:
@@ -180,11 +196,11 @@ def _figure(firm: ProvisioningFirm) -> Figure:
         "vendor_calls_per_run": calls,
         "step_mean_s": {name: round(statistics.fmean(v), 2) for name, v in waits.items()},
         "crm_events_stored": deliveries,
-        "processes": "gunicorn 2x4 threads, 2 workers x 2, beat",
+        "processes": PROCESSES,
     }
 
 
-def _connections(url: str) -> tuple[Connection, Connection, Connection]:
+def connections_create(url: str) -> tuple[Connection, Connection, Connection]:
     crm = connection_create(
         name="Salesforce bench",
         role="crm",
@@ -240,7 +256,7 @@ def _write(firm: ProvisioningFirm, operation: str, items: list[dict[str, Any]]) 
     return ids
 
 
-def _accounts(firm: ProvisioningFirm, count: int) -> list[str]:
+def accounts_create(firm: ProvisioningFirm, count: int) -> list[str]:
     """`count` accounts with an activated contract each, in Salesforce and in Concord: their
     Salesforce ids."""
     tag = uuid.uuid4().hex[:6]
@@ -317,10 +333,11 @@ def _accounts(firm: ProvisioningFirm, count: int) -> list[str]:
     return accounts
 
 
-def _opportunities(firm: ProvisioningFirm, accounts: list[str]) -> None:
+def opportunities_win(firm: ProvisioningFirm, accounts: list[str]) -> list[str]:
     """One closed-won opportunity per account, won in Salesforce: the start of every run (the
-    sandbox's change feed reaches the web process within its 200 ms batch window)."""
-    _write(
+    sandbox's change feed, where subscribed, reaches the web process within its 200 ms batch
+    window). Their Salesforce ids, in the accounts' order."""
+    return _write(
         firm,
         "create_opportunity",
         [

@@ -16,10 +16,12 @@ for updates carry the Harvest ``id``); for status back-sync (integrations/workfl
 client), ``create_invoice_payment`` (``POST /invoices/{invoice_id}/payments``; found again by its
 ``notes``, which name the ERP's payment) and ``update_time_entry`` (``is_billed``: see
 sandbox/README.md). Harvest has no batch endpoint and no Idempotency-Key, so
-each item is one call and a create looks first (``find_existing``): clients by name (Harvest
-keeps client names unique), projects by ``code`` within the client, or by name within the client
-(also unique in Harvest). A create that Harvest refuses as "already taken" is looked up again, so
-a create whose response was lost is not doubled.
+each item is one call. A create that may have reached Harvest before is looked up first by the
+dispatcher (``find_existing``, integrations/sync/dispatch.py, for rows whose earlier attempt may
+have landed): clients by name (Harvest keeps client names unique), projects by ``code`` within
+the client, or by name within the client (also unique in Harvest); a first attempt posts
+directly. A create that Harvest refuses as "already taken" is looked up again, so a create whose
+response was lost is not doubled.
 
 Reads: ``time_entries``, ``expenses``, ``projects``, ``clients``, ``users`` (and ``tasks``,
 ``task_assignments``, ``user_assignments``, ``invoices``, ``x_milestones``, ``x_rate_cards``) with
@@ -248,17 +250,19 @@ class HarvestConnector(BaseConnector):
             return self._ok(result.json())
         if operation == "create_task_assignments":
             return self._assign_tasks(item, ids)
-        existing = self.find_existing(operation, [item])[0]
-        if existing is not None:
-            return existing
+        # Posted directly: a create that may have reached Harvest before (a lost answer, a
+        # worker killed mid-call) is looked up by the dispatcher first (``find_existing``, for
+        # the rows it marks ``needs_lookup``); looking up every first attempt too cost 28% of
+        # the calls to Harvest and found nothing.
         path, body = _create_path(operation, item)
         try:
             result = self.http.call(
                 "POST", path, operation=operation, json_body=body, message_ids=ids
             )
         except BusinessError as exc:
-            if "already been taken" in exc.vendor_message:
-                # Created meanwhile (a lost response, another worker): it is ours.
+            if "already been" in exc.vendor_message:
+                # Created meanwhile (a lost response, another worker): it is ours. Harvest
+                # says "has already been taken" (a name) or "already been assigned" (a person).
                 again = self.find_existing(operation, [item])[0]
                 if again is not None:
                     return again
@@ -268,9 +272,11 @@ class HarvestConnector(BaseConnector):
     def _assign_tasks(self, item: dict[str, Any], ids: list[int]) -> ItemResult:
         """Assign the project the firm's standard tasks: Harvest's active default tasks
         (``is_default``: "added to future projects"), each billable as its
-        ``billable_by_default`` says. The project's assignments are read first and only the
-        tasks not assigned yet are posted (Harvest has no batch endpoint), so a repeat posts
-        nothing. No default task: nothing to assign (one call)."""
+        ``billable_by_default`` says, one call each (Harvest has no batch endpoint). Posted
+        directly: Harvest refuses a task already assigned to the project ("has already been
+        assigned"), and only then are the project's assignments read, once, to take the one
+        there, so a repeat after a lost answer makes nothing twice. No default task: nothing to
+        assign (one call)."""
         operation = "create_task_assignments"
         project_id = item.get("project_id")
         # The task list is the firm's, the same for every project: read once per connector
@@ -284,24 +290,30 @@ class HarvestConnector(BaseConnector):
             ]
             self.__dict__["_default_tasks"] = defaults
         records: list[dict[str, Any]] = []
-        if defaults:
-            nested = f"projects/{project_id}/task_assignments"
-            assigned = {
-                (a.get("task") or {}).get("id"): a
-                for a in self._all(nested, {}, f"find:{operation}", key="task_assignments")
+        nested = f"projects/{project_id}/task_assignments"
+        assigned: dict[Any, dict[str, Any]] | None = None  # read on the first refusal
+        for task in defaults:
+            body = {
+                "task_id": task.get("id"),
+                "billable": bool(task.get("billable_by_default", True)),
+                "is_active": bool(item.get("is_active", True)),
             }
-            for task in defaults:
+            try:
+                found = self.http.call(
+                    "POST", f"/{nested}", operation=operation, json_body=body, message_ids=ids
+                ).json()
+            except BusinessError as exc:
+                if "already been assigned" not in exc.vendor_message:
+                    raise
+                if assigned is None:
+                    assigned = {
+                        (a.get("task") or {}).get("id"): a
+                        for a in self._all(nested, {}, f"find:{operation}", key="task_assignments")
+                    }
                 found = assigned.get(task.get("id"))
                 if found is None:
-                    body = {
-                        "task_id": task.get("id"),
-                        "billable": bool(task.get("billable_by_default", True)),
-                        "is_active": bool(item.get("is_active", True)),
-                    }
-                    found = self.http.call(
-                        "POST", f"/{nested}", operation=operation, json_body=body, message_ids=ids
-                    ).json()
-                records.append(found)
+                    raise
+            records.append(found)
         # No id of its own: the project's cross-reference stays as the project's create left it.
         return ItemResult(ok=True, data={"project_id": project_id, "task_assignments": records})
 

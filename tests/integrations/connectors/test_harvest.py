@@ -9,10 +9,11 @@ from typing import Any
 import pytest
 
 from integrations.connectors.errors import BusinessError, PermanentError, TransientError
-from integrations.models import Connection
+from integrations.models import Connection, SyncAttempt
 from integrations.timestamps import micros_to_iso
 from integrations.vendors import connector_for
 from integrations.vendors.harvest.connector import HarvestConnector
+from tests.firms import harvest_tasks_create
 from tests.integrations.conftest import Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -65,7 +66,28 @@ def test_updated_since_is_inclusive_and_returns_only_changes(
     )
 
 
-def test_create_client_twice_looks_up_instead_of_doubling(
+def test_a_first_create_posts_without_looking_first(
+    sandbox: Sandbox, harvest_connection: Connection
+) -> None:
+    """Only a create that may have reached Harvest before is looked up, by the dispatcher
+    (``needs_lookup``): a first attempt is one call."""
+    connector = harvest(harvest_connection)
+    client = connector.write("create_client", [{"name": "Acme"}], idempotency_key="c")[0]
+    project = {
+        "client_id": int(client.external_id),
+        "name": "Apollo",
+        "code": "P-100",
+        "is_billable": True,
+        "bill_by": "Project",
+        "budget_by": "project",
+    }
+    assert connector.write("create_project", [project], idempotency_key="p")[0].ok
+
+    calls = SyncAttempt.objects.filter(connection=harvest_connection).order_by("id")
+    assert [a.operation for a in calls] == ["create_client", "create_project"]  # no find:
+
+
+def test_create_client_twice_is_found_through_harvest_s_refusal(
     sandbox: Sandbox, harvest_connection: Connection
 ) -> None:
     connector = harvest(harvest_connection)
@@ -76,7 +98,8 @@ def test_create_client_twice_looks_up_instead_of_doubling(
     assert again.external_id == first.external_id
     stats = sandbox.stats("harvest", "clients")
     assert stats["created"] == 1
-    assert stats["duplicates_detected"] == 0
+    # The repeat posted, Harvest refused the name as taken, and the look-up found ours.
+    assert stats["duplicates_detected"] == 1
 
 
 def test_create_after_a_dropped_response_finds_the_record(
@@ -141,3 +164,45 @@ def test_wrong_token_is_permanent(
         list(harvest(connection).read_changed("clients", None))
     assert error.value.status_code == 401
     assert "access token" in error.value.vendor_message
+
+
+def test_a_project_s_tasks_are_posted_directly_and_a_repeat_finds_them(
+    sandbox: Sandbox, harvest_connection: Connection
+) -> None:
+    tasks = harvest_tasks_create(harvest_connection)
+    connector = harvest(harvest_connection)
+    client = connector.write("create_client", [{"name": "Acme"}], idempotency_key="c")[0]
+    project = connector.write(
+        "create_project",
+        [
+            {
+                "client_id": int(client.external_id),
+                "name": "Apollo",
+                "is_billable": True,
+                "bill_by": "Project",
+                "budget_by": "project",
+            }
+        ],
+        idempotency_key="p",
+    )[0]
+    item = {"project_id": int(project.external_id)}
+    reads = SyncAttempt.objects.filter(
+        connection=harvest_connection, operation="find:create_task_assignments"
+    )
+
+    first = connector.write("create_task_assignments", [item], idempotency_key="t")[0]
+
+    defaults = {tasks["Development"], tasks["Project Management"], tasks["Internal"]}
+    assert first.ok, first.error
+    assert {a["task"]["id"] for a in first.data["task_assignments"]} == defaults
+    assert reads.count() == 1  # the firm's task list; the project's assignments not read
+
+    # A retry after a lost answer: Harvest refuses each task as assigned, one read finds them.
+    again = connector.write("create_task_assignments", [item], idempotency_key="t")[0]
+
+    assert again.ok, again.error
+    assert [a["id"] for a in again.data["task_assignments"]] == [
+        a["id"] for a in first.data["task_assignments"]
+    ]
+    assert reads.count() == 2
+    assert sandbox.stats("harvest", "task_assignments")["created"] == 3

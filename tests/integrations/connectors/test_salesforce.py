@@ -118,3 +118,23 @@ def test_soql_reads_page_to_the_end_and_since_filters(
     since = [r for p in connector.read_changed("Account", micros_to_iso(newest)) for r in p]
     assert since
     assert all(connector.version_of("Account", r)[1] >= newest for r in since)
+
+
+def test_fetch_many_reads_200_records_a_call_and_names_the_missing_ones(
+    sandbox: Sandbox, salesforce_connection: Connection
+) -> None:
+    connector = salesforce(salesforce_connection)
+    assert connector.fetch_batch == 200
+    made = connector.write("create_account", [account(n) for n in range(250)], idempotency_key="a")
+    ids = [r.external_id for r in made]
+    missing = "001" + "0" * 15
+    before = SyncAttempt.objects.filter(operation="fetch:Account").count()
+
+    found = connector.fetch_many("Account", [*ids, missing])
+
+    # 251 ids: one collection read of 200 and one of 51, not 251 record reads.
+    assert SyncAttempt.objects.filter(operation="fetch:Account").count() - before == 2
+    assert found[missing] is None
+    assert [found[i]["Id"] for i in ids] == ids
+    assert found[ids[7]]["Name"] == "Account 7"
+    assert found[ids[7]]["SystemModstamp"] == made[7].data["SystemModstamp"]
