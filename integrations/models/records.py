@@ -456,7 +456,16 @@ class Invoice(CanonicalRecord):
 
     class Meta:
         ordering = ["-issue_date", "-id"]
-        indexes = [models.Index(fields=["legal_entity", "status"])]
+        indexes = [
+            models.Index(fields=["legal_entity", "status"]),
+            # An invoice by its number within its entity, whichever ERP numbered it (the case
+            # search, exceptions/selectors.py): the unique constraint below leads with the ERP.
+            models.Index(
+                fields=["legal_entity", "number"],
+                condition=~Q(number=""),
+                name="invoice_entity_number",
+            ),
+        ]
         constraints = [
             _currency_check("invoice"),
             # Numbers are unique within the issuing entity and the ERP that numbered them (one
