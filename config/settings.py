@@ -142,7 +142,7 @@ AUTH_PASSWORD_VALIDATORS = [
 # Axes' backend first: it refuses a locked-out sign-in before any password is checked.
 AUTHENTICATION_BACKENDS = [
     "axes.backends.AxesStandaloneBackend",
-    "django.contrib.auth.backends.ModelBackend",
+    "config.auth_backends.OneQueryModelBackend",
 ]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboards:home"
@@ -166,6 +166,9 @@ WHITENOISE_USE_FINDERS = True
 # --- Security. Defaults are the production ones; the embedded default on plain-HTTP loopback
 # turns the HTTPS-only ones off through variables (see Makefile `run`).
 SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", not DEBUG)
+# Sessions read through the cache (Redis, or files in the embedded default) and written through
+# to the database: a page's session costs no query once read.
+SESSION_ENGINE = "django.contrib.sessions.backends.cached_db"
 SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True

@@ -26,10 +26,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import django_filters
+from django.apps import apps
 from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection as db_connection
-from django.db.models import Count, Prefetch, Q, QuerySet, Sum
+from django.db.models import Count, Q, QuerySet, Sum
 from django.urls import NoReverseMatch, get_script_prefix, reverse
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -680,11 +681,17 @@ MEMBERS_MAX = 200
 def queue_members(*, queues: Sequence[str], limit: int = MEMBERS_MAX) -> list[Any]:
     """Who the cases of `queues` can be given to: the active users of their role groups and
     their explicit members (the rule of exceptions/access.py), by username. One query."""
+    user_model = get_user_model()
+    # Two semi-joins rather than joins and a DISTINCT over every user they multiply.
+    queue_ids = WorkQueue.objects.filter(code__in=queues).values("pk")
+    groups = WorkQueue.groups.through.objects.filter(workqueue_id__in=queue_ids)
+    of_groups = user_model.groups.through.objects.filter(
+        group_id__in=groups.values("group_id")
+    ).values("user_id")
+    named = WorkQueue.members.through.objects.filter(workqueue_id__in=queue_ids).values("user_id")
     return list(
-        get_user_model()
-        .objects.filter(is_active=True)
-        .filter(Q(groups__work_queues__code__in=queues) | Q(work_queues__code__in=queues))
-        .distinct()
+        user_model.objects.filter(is_active=True)
+        .filter(Q(pk__in=of_groups) | Q(pk__in=named))
         .only("id", "username", "first_name", "last_name")
         .order_by("username")[:limit]
     )
@@ -729,15 +736,32 @@ def queue_sla_overview(
 # --- One case ---------------------------------------------------------------------------------
 
 
+# The rows a case names, and the fields of theirs a case's page and actions read: the rest of a
+# project's or a customer's many fields are not built into objects for every page.
+CASE_RELATED = ("assignee", "legal_entity", "project", "customer", "connection")
+CASE_RELATED_SHOWN = (
+    "assignee__username",
+    "assignee__first_name",
+    "assignee__last_name",
+    "assignee__email",
+    "legal_entity__code",
+    "legal_entity__name",
+    "project__code",
+    "project__name",
+    "customer__name",
+    "connection__name",
+    "connection__vendor",
+)
+_CASE_FIELDS = tuple(f.name for f in ExceptionCase._meta.concrete_fields)
+
+
 def case_get(*, user: Any, case_id: int) -> ExceptionCase:
     """The case, if `user` may see it: CaseNotFound when there is none, CaseForbidden when it
     is in a queue they do not work in."""
     case = (
-        ExceptionCase.objects.select_related(
-            "assignee", "legal_entity", "project", "customer", "connection"
-        )
-        # A page never needs the connection's secrets: not decrypted for it.
-        .defer("connection__credentials")
+        ExceptionCase.objects.select_related(*CASE_RELATED)
+        # Of the related rows, what the page shows (and never the connection's secrets).
+        .only(*_CASE_FIELDS, *CASE_RELATED_SHOWN)
         .filter(pk=case_id)
         .first()
     )
@@ -771,6 +795,33 @@ class HeldRecord:
     vendor: list[VendorRecord] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class AttemptShown:
+    """One call of an outbox row to its vendor, as the case page shows it (read as values: a
+    huge case's page shows 40)."""
+
+    started_at: datetime
+    latency_ms: int
+    status_code: int | None
+    outcome: str
+    error: str
+    vendor_response: str
+
+    def get_outcome_display(self) -> str:
+        try:
+            return str(m.SyncAttempt.Outcome(self.outcome).label)
+        except ValueError:
+            return self.outcome
+
+
+@dataclass
+class ParkedRow:
+    """An outbox row parked on the case, with its attempts oldest first."""
+
+    row: m.OutboxMessage
+    attempts: list[AttemptShown]
+
+
 @dataclass
 class CaseDetail:
     case: ExceptionCase
@@ -781,8 +832,8 @@ class CaseDetail:
     # The source payloads: the raw inbound messages the case holds.
     inbound: list[m.InboundMessage]
     # The mapped results: the outbox rows parked on the case (latest first), each with its
-    # attempts (`row.sync_attempts.all()`, the vendor's response on each).
-    outbox: list[m.OutboxMessage]
+    # attempts (the vendor's response on each), oldest first.
+    outbox: list[ParkedRow]
     # Outbox rows on the case beyond the latest DETAIL_ROWS shown.
     more_outbox: int
     group: list[ExceptionCase]
@@ -808,15 +859,10 @@ def case_detail(*, user: Any, case_id: int) -> CaseDetail:
         if message_ids
         else []
     )
-    attempts = Prefetch(
-        "sync_attempts", queryset=m.SyncAttempt.objects.order_by("started_at", "id")
-    )
     on_case = m.OutboxMessage.objects.filter(exception_case=case)
-    outbox = list(
-        on_case.select_related("content_type")
-        .prefetch_related(attempts)
-        .order_by("-id")[:DETAIL_ROWS]
-    )
+    rows = list(on_case.select_related("content_type").order_by("-id")[:DETAIL_ROWS])
+    outbox = [ParkedRow(row=row, attempts=[]) for row in rows]
+    _attach_attempts(outbox)
     # One count (an index range of the case's rows), so the page costs the same queries
     # whatever the case holds.
     outbox_total = on_case.count()
@@ -867,34 +913,73 @@ def _api_prefix(script_prefix: str, record_type: str) -> str | None:
     return url[: -len("0/")] if url.endswith("/0/") else None
 
 
+def _attach_attempts(rows: Sequence[ParkedRow]) -> None:
+    """Each outbox row's attempts, oldest first (one query for all of them, read as values)."""
+    if not rows:
+        return
+    by_row = {parked.row.pk: parked for parked in rows}
+    found = (
+        m.SyncAttempt.objects.filter(messages__in=list(by_row))
+        .order_by("started_at", "id")
+        .values_list(
+            "messages",
+            "started_at",
+            "latency_ms",
+            "status_code",
+            "outcome",
+            "error",
+            "vendor_response",
+        )
+    )
+    for row_id, started_at, latency_ms, status_code, outcome, error, response in found:
+        by_row[row_id].attempts.append(
+            AttemptShown(started_at, latency_ms, status_code, outcome, error, response)
+        )
+
+
 def _attach_vendor_records(records: Sequence[HeldRecord]) -> None:
-    """Each canonical record's cross-references (one query for all of them)."""
-    by_type: dict[str, list[int]] = defaultdict(list)
+    """Each canonical record's cross-references (one query for all of them, read as values)."""
+    by_type: dict[int, list[int]] = defaultdict(list)
+    type_of: dict[str, int] = {}
     for held in records:
-        if held.record.record_type != "inboundmessage":
-            by_type[held.record.record_type].append(held.record.record_id)
+        record_type = held.record.record_type
+        if record_type == "inboundmessage":
+            continue
+        if record_type not in type_of:
+            try:
+                model = apps.get_model("integrations", record_type)
+            except LookupError:
+                continue
+            # ContentType's own cache: no query after the first for the process.
+            type_of[record_type] = ContentType.objects.get_for_model(model).pk
+        by_type[type_of[record_type]].append(held.record.record_id)
     if not by_type:
         return
     wanted = Q()
-    for model, ids in by_type.items():
-        wanted |= Q(content_type__app_label="integrations", content_type__model=model) & Q(
-            object_id__in=ids
-        )
-    refs: dict[tuple[str, int], list[VendorRecord]] = defaultdict(list)
-    found = (
-        m.CrossReference.objects.filter(wanted)
-        .select_related("content_type", "connection")
-        .defer("connection__credentials")
+    for content_type_id, ids in by_type.items():
+        wanted |= Q(content_type_id=content_type_id, object_id__in=ids)
+    vendors = dict(m.Vendor.choices)
+    refs: dict[tuple[int, int], list[VendorRecord]] = defaultdict(list)
+    found = m.CrossReference.objects.filter(wanted).values_list(
+        "pk",
+        "content_type_id",
+        "object_id",
+        "connection_id",
+        "connection__name",
+        "connection__vendor",
+        "external_id",
     )
-    for ref in found:
-        refs[(ref.content_type.model, ref.object_id)].append(
+    for pk, content_type_id, object_id, connection_id, name, vendor, external_id in found:
+        refs[(content_type_id, object_id)].append(
             VendorRecord(
-                connection_id=ref.connection_id,
-                connection=ref.connection.name,
-                vendor=ref.connection.get_vendor_display(),
-                external_id=ref.external_id,
-                url=_api_url("crossreference", ref.pk),
+                connection_id=connection_id,
+                connection=name,
+                vendor=str(vendors.get(vendor, vendor)),
+                external_id=external_id,
+                url=_api_url("crossreference", pk),
             )
         )
     for held in records:
-        held.vendor = refs.get((held.record.record_type, held.record.record_id), [])
+        shown_type = type_of.get(held.record.record_type)
+        if shown_type is not None:
+            held.vendor = refs.get((shown_type, held.record.record_id), [])

@@ -41,7 +41,6 @@ from exceptions.errors import (
 )
 from exceptions.models import CaseEvent, ExceptionCase
 from exceptions.views import HtmxHttpRequest, esc
-from integrations.models import SyncAttempt
 
 OPEN = ExceptionCase.Status.OPEN
 TEMPLATE = "exceptions/case.html"
@@ -323,7 +322,7 @@ def _blocked_row(held: selectors.HeldRecord) -> SafeString:
     )
 
 
-def _attempt_row(attempt: SyncAttempt) -> SafeString:
+def _attempt_row(attempt: selectors.AttemptShown) -> SafeString:
     """One attempt of an outbox row (templates/exceptions/_case_payloads.html), with the
     vendor's answer; a huge case shows 40 of them."""
     at = timezone.localtime(attempt.started_at)
@@ -391,8 +390,8 @@ def _context(
         "records": [_blocked_row(held) for held in detail.records],
         "inbound": [(message, pretty(message.payload)) for message in detail.inbound],
         "outbox": [
-            (row, pretty(row.payload), [_attempt_row(a) for a in row.sync_attempts.all()])
-            for row in detail.outbox
+            (parked.row, pretty(parked.row.payload), [_attempt_row(a) for a in parked.attempts])
+            for parked in detail.outbox
         ],
         "others": [_group_row(other) for other in detail.group[1:]],
         # The case's own path, which its action URLs extend (exceptions/urls.py): one reverse

@@ -200,8 +200,8 @@ def test_the_case_page_costs_the_same_queries_whatever_the_case_holds() -> None:
             shown = selectors.case_detail(user=admin, case_id=case.pk)
             for held in shown.records:
                 [v.external_id for v in held.vendor]
-            for row in shown.outbox:
-                [a.vendor_response for a in row.sync_attempts.all()]
+            for parked in shown.outbox:
+                [a.vendor_response for a in parked.attempts]
             [c.author.username for c in shown.comments]
             [e.actor_label for e in shown.events]
 
@@ -213,7 +213,7 @@ def test_the_case_page_costs_the_same_queries_whatever_the_case_holds() -> None:
         selectors.DETAIL_ROWS,
         25 - selectors.DETAIL_ROWS,
     )
-    assert all(len(row.sync_attempts.all()) == 2 for row in shown.outbox)
+    assert all(len(parked.attempts) == 2 for parked in shown.outbox)
     assert len(shown.group) == 21  # itself and the 20 first others
     assert all(held.vendor for held in shown.records if held.record.record_type == "timeentry")
     # The user, access (role groups), the case, its blocked records, their cross-references,
