@@ -26,7 +26,10 @@ ALL_QUEUES = "*"
 @dataclass(frozen=True)
 class CaseAccess:
     all_queues: bool
+    # The queues the user may see when not all of them (empty for an integration admin).
     queues: frozenset[str]
+    # The queues the user is a member of (an integration admin's own, besides seeing all).
+    own: frozenset[str] = frozenset()
 
     def q(self, prefix: str = "") -> Q:
         """The filter of the cases this user may see (`prefix`: "case__" from a related row)."""
@@ -52,25 +55,29 @@ def case_access(user: Any) -> CaseAccess:
     cached = getattr(user, _CACHE_ATTR, None)
     if isinstance(cached, CaseAccess):
         return cached
-    if user.is_superuser:
-        access = CaseAccess(all_queues=True, queues=frozenset())
-    else:
-        # One query: the codes of the user's queues, and ALL_QUEUES if they are an integration
-        # admin (no queue code is "*").
-        codes = set(
-            WorkQueue.objects.filter(Q(members=user) | Q(groups__user=user))
-            .order_by()
-            .values_list("code", flat=True)
-            .union(
-                Group.objects.filter(user=user, name=INTEGRATION_ADMIN)
-                .annotate(mark=Value(ALL_QUEUES))
-                .values_list("mark", flat=True)
-            )
+    # One query: the codes of the user's queues, and ALL_QUEUES if they are an integration
+    # admin (no queue code is "*"). Semi-joins on the membership tables, not joins and a
+    # DISTINCT: a tenth of the planning.
+    groups = Group.user_set.through.objects.filter(user_id=user.pk)
+    by_group = WorkQueue.groups.through.objects.filter(
+        group_id__in=groups.values("group_id")
+    ).values("workqueue_id")
+    named = WorkQueue.members.through.objects.filter(user_id=user.pk).values("workqueue_id")
+    codes = set(
+        WorkQueue.objects.filter(Q(pk__in=by_group) | Q(pk__in=named))
+        .order_by()
+        .values_list("code", flat=True)
+        .union(
+            Group.objects.filter(user=user, name=INTEGRATION_ADMIN)
+            .annotate(mark=Value(ALL_QUEUES))
+            .values_list("mark", flat=True)
         )
-        if ALL_QUEUES in codes:
-            access = CaseAccess(all_queues=True, queues=frozenset())
-        else:
-            access = CaseAccess(all_queues=False, queues=frozenset(codes))
+    )
+    own = frozenset(codes - {ALL_QUEUES})
+    if user.is_superuser or ALL_QUEUES in codes:
+        access = CaseAccess(all_queues=True, queues=frozenset(), own=own)
+    else:
+        access = CaseAccess(all_queues=False, queues=own, own=own)
     setattr(user, _CACHE_ATTR, access)
     return access
 

@@ -646,7 +646,7 @@ def queue_list(*, user: Any, now: datetime | None = None) -> list[QueueSummary]:
     if not access.all_queues:
         queues = queues.filter(code__in=sorted(access.queues))
     soon, late = sla_state_q("due_soon", now=now), sla_state_q("breached", now=now)
-    mine = case_access_own(user) if access.all_queues else access.queues
+    mine = access.own
     out = []
     for queue in queues:
         cases = ExceptionCase.objects.filter(queue=queue.code, status=OPEN)
@@ -665,12 +665,7 @@ def queue_list(*, user: Any, now: datetime | None = None) -> list[QueueSummary]:
 
 def case_access_own(user: Any) -> frozenset[str]:
     """The queues a user is a member of (for an integration admin, besides seeing all)."""
-    return frozenset(
-        WorkQueue.objects.filter(Q(members=user) | Q(groups__user=user))
-        .order_by()
-        .values_list("code", flat=True)
-        .distinct()
-    )
+    return case_access(user).own
 
 
 # People offered in an "assign to" select: a queue of more than 200 is a directory, not a team
