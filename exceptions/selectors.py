@@ -215,9 +215,17 @@ class CaseFilterSet(django_filters.FilterSet):
         model = ExceptionCase
         fields: list[str] = []
 
-    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        user: Any = None,
+        queue_choices: Sequence[tuple[str, str]] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.user = user
+        if queue_choices is not None:  # the queues the caller read already: not read again
+            self.filters["queue"].extra["choices"] = queue_choices
 
     def filter_assignee(
         self, cases: QuerySet[ExceptionCase], name: str, value: str
@@ -382,9 +390,15 @@ def case_search_q(term: str) -> Q:
 # --- Lists ----------------------------------------------------------------------------------------
 
 
-def case_queryset(*, user: Any, filters: Mapping[str, Any] | None = None) -> QuerySet[Any]:
+def case_queryset(
+    *,
+    user: Any,
+    filters: Mapping[str, Any] | None = None,
+    queue_choices: Sequence[tuple[str, str]] | None = None,
+) -> QuerySet[Any]:
     """The cases `user` may see, filtered by CaseFilterSet (open ones unless `status` is given),
-    unsorted: `case_list` pages it, `case_totals` adds it up."""
+    unsorted: `case_list` pages it, `case_totals` adds it up. `queue_choices`: every queue's
+    (code, name), when the caller has read them."""
     access = case_access(user)
     if access.none:
         return ExceptionCase.objects.none()
@@ -395,7 +409,7 @@ def case_queryset(*, user: Any, filters: Mapping[str, Any] | None = None) -> Que
     data = {k: v for k, v in data.items() if v not in ("", None, [])}
     data.setdefault("status", OPEN)
     base = ExceptionCase.objects.filter(access.q())
-    filterset = CaseFilterSet(data, queryset=base, user=user)
+    filterset = CaseFilterSet(data, queryset=base, user=user, queue_choices=queue_choices)
     if not filterset.is_valid():
         errors = "; ".join(
             f"{name}: {' '.join(str(e) for e in errs)}" for name, errs in filterset.errors.items()

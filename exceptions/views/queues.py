@@ -40,7 +40,7 @@ from exceptions.errors import (
     CaseRefused,
 )
 from exceptions.models import ExceptionCase, WorkQueue
-from exceptions.views import HtmxHttpRequest, esc
+from exceptions.views import HtmxHttpRequest, esc, options
 from integrations import models as m
 
 NO_QUEUE = "You work in no exception queue; ask an integration admin to add you to one."
@@ -337,21 +337,24 @@ def _list_context(request: HttpRequest, params: QueryDict) -> tuple[dict[str, An
         "params": params,
         "list_path": path,
         "sort": params.get("sort") or selectors.DEFAULT_SORT,
-        "statuses": ExceptionCase.Status.choices,
-        "case_types": [(n, n.replace("_", " ")) for n in sorted(CATALOGUE)],
-        "regions": m.Project.Region.choices,
-        "sla_states": selectors.SLA_STATES,
+        # The filter form's options, made in Python (exceptions/views/__init__.py `options`).
+        "status_options": options(
+            ExceptionCase.Status.choices, params.get("status") or ExceptionCase.Status.OPEN
+        ),
+        "case_type_options": options(
+            ((n, n.replace("_", " ").capitalize()) for n in sorted(CATALOGUE)),
+            params.get("case_type"),
+        ),
+        "region_options": options(m.Project.Region.choices, params.get("region")),
+        "sla_options": options(selectors.SLA_STATES, params.get("sla")),
         "members": members,
-        # The filter's choices with the chosen one marked here, not by a comparison per option
-        # in the template.
-        "assignee_options": [
-            {"pk": p.pk, "name": p.get_username(), "selected": str(p.pk) == params.get("assignee")}
-            for p in members
-        ],
-        "entity_options": [
-            {"pk": pk, "name": name, "selected": str(pk) == params.get("legal_entity")}
-            for pk, name in m.LegalEntity.objects.order_by("name").values_list("pk", "name")
-        ],
+        "assignee_options": options(
+            ((p.pk, p.get_username()) for p in members), params.get("assignee")
+        ),
+        "entity_options": options(
+            m.LegalEntity.objects.order_by("name").values_list("pk", "name"),
+            params.get("legal_entity"),
+        ),
         "export_url": _url(reverse("exceptions:export"), params, cursor=None),
         "can_widen": access.all_queues,
     }
@@ -363,7 +366,9 @@ def _list_context(request: HttpRequest, params: QueryDict) -> tuple[dict[str, An
             set() if "queue" in params or access.all_queues else {c for c, _ in visible}
         )
         context["active"] = query.active
-        cases = selectors.case_queryset(user=request.user, filters=query.filters)
+        cases = selectors.case_queryset(
+            user=request.user, filters=query.filters, queue_choices=all_queues
+        )
         page = selectors.case_page(cases=cases, sort=query.sort, cursor=query.cursor)
         context.update(_page_context(path, params, page))
         # On the first page only, like the API: the totals are over the whole filtered set, the
