@@ -134,6 +134,19 @@ _CHECKED_AGAIN = "; the next reconciliation checks again and closes this case on
 _GOES_ON = (
     " Provisioning goes on from this check once it is fixed (retry, or the CRM's next change)."
 )
+# The billing run's checks, worded alike for approved time and approved expenses (the noun
+# tells them apart: "3 approved expenses (GBP 412.50)").
+_ON_PROJECT = "{held} on project {project}" + _INVOICED
+_NO_LEGAL_ENTITY = _ON_PROJECT + "the project has no legal entity to invoice from."
+_NO_CONTRACT = _ON_PROJECT + "the project has no contract, so there are no billing terms."
+_NO_EXCHANGE_RATE = (
+    "{held} in {currency}" + _INVOICED + "no exchange rate from {currency} to {base} in the "
+    "last {days} days."
+)
+_NO_ERP_ROUTE = (
+    "{held} for legal entity {legal_entity}" + _INVOICED + "no ERP connection is routed for "
+    "this legal entity."
+)
 _MILESTONE = (
     "{held} of project {project} for customer {customer} cannot be invoiced (latest: milestone "
     "{milestone}): "
@@ -141,6 +154,46 @@ _MILESTONE = (
 _MILESTONE_GOES_ON = (
     " The invoice is created from this check once it is fixed (retry, or the next change of "
     "the milestone, project or contract)."
+)
+
+
+def _milestone(why: str) -> str:
+    """A milestone case's message: which milestone cannot be invoiced, why, and how it goes
+    on once fixed."""
+    return _MILESTONE + why + _MILESTONE_GOES_ON
+
+
+# The case types the workflows raise by name, spelled once (the workflows' checks and their
+# retry handlers use these). Milestone to invoice (integrations/workflows/milestones.py):
+MILESTONE_PROJECT_WITHOUT_CONTRACT = "milestone_project_without_contract"
+MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY = "milestone_project_without_legal_entity"
+MILESTONE_CONTRACT_TERMS = "milestone_contract_terms"
+MILESTONE_AMOUNT_MISMATCH = "milestone_amount_mismatch"
+MILESTONE_DEPENDENCY_OPEN = "milestone_dependency_open"
+MILESTONE_TAX_NUMBER_MISSING = "milestone_tax_number_missing"
+MILESTONE_CASE_TYPES = (
+    MILESTONE_PROJECT_WITHOUT_CONTRACT,
+    MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY,
+    MILESTONE_CONTRACT_TERMS,
+    MILESTONE_AMOUNT_MISMATCH,
+    MILESTONE_DEPENDENCY_OPEN,
+    MILESTONE_TAX_NUMBER_MISSING,
+)
+# Approved expenses that cannot be billed (the expense pass of
+# integrations/workflows/time_to_erp.py):
+EXPENSE_ON_INACTIVE_PROJECT = "expense_on_inactive_project"
+EXPENSE_PROJECT_WITHOUT_LEGAL_ENTITY = "expense_project_without_legal_entity"
+EXPENSE_PROJECT_WITHOUT_CONTRACT = "expense_project_without_contract"
+EXPENSE_MISSING_EXCHANGE_RATE = "expense_missing_exchange_rate"
+EXPENSE_NO_ERP_ROUTE = "expense_no_erp_route"
+EXPENSE_TAX_TREATMENT = "expense_tax_treatment"
+EXPENSE_CASE_TYPES = (
+    EXPENSE_ON_INACTIVE_PROJECT,
+    EXPENSE_PROJECT_WITHOUT_LEGAL_ENTITY,
+    EXPENSE_PROJECT_WITHOUT_CONTRACT,
+    EXPENSE_MISSING_EXCHANGE_RATE,
+    EXPENSE_NO_ERP_ROUTE,
+    EXPENSE_TAX_TREATMENT,
 )
 
 CATALOGUE: dict[str, CaseType] = {
@@ -230,10 +283,7 @@ CATALOGUE: dict[str, CaseType] = {
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project is {status}, "
-                "so its time cannot be billed."
-            ),
+            template=_ON_PROJECT + "the project is {status}, so its time cannot be billed.",
             noun="approved time entry",
             fix_form="project_status",
             fix_permission="integrations.change_project",
@@ -245,10 +295,7 @@ CATALOGUE: dict[str, CaseType] = {
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project has no legal entity "
-                "to invoice from."
-            ),
+            template=_NO_LEGAL_ENTITY,
             noun="approved time entry",
             fix_form="project_legal_entity",
             fix_permission="integrations.change_project",
@@ -260,10 +307,7 @@ CATALOGUE: dict[str, CaseType] = {
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project has no contract, "
-                "so there are no billing terms."
-            ),
+            template=_NO_CONTRACT,
             noun="approved time entry",
             fix_form="project_contract",
             fix_permission="integrations.change_project",
@@ -287,10 +331,7 @@ CATALOGUE: dict[str, CaseType] = {
             queue=Queue.FINANCE,
             priority=Priority.P3,
             fingerprint=("currency", "base"),
-            template=(
-                "{held} in {currency}" + _INVOICED + "no exchange rate from {currency} to "
-                "{base} in the last {days} days."
-            ),
+            template=_NO_EXCHANGE_RATE,
             noun="approved time entry",
             fix_form="exchange_rate",
             fix_permission="integrations.add_exchangerate",
@@ -300,10 +341,7 @@ CATALOGUE: dict[str, CaseType] = {
             queue=Queue.INTEGRATION_ADMIN,
             priority=Priority.P3,
             fingerprint=("legal_entity_id",),
-            template=(
-                "{held} for legal entity {legal_entity}" + _INVOICED + "no ERP connection is "
-                "routed for this legal entity."
-            ),
+            template=_NO_ERP_ROUTE,
             noun="approved time entry",
             fix_form="routing_rule",
             fix_permission="integrations.add_routingrule",
@@ -670,23 +708,27 @@ CATALOGUE: dict[str, CaseType] = {
         # milestone's run (the milestone's amount blocked); its retry, or the next change of
         # the milestone, project or contract, resumes the run at the check that failed. -------
         CaseType(
-            name="milestone_project_without_contract",
+            name=MILESTONE_PROJECT_WITHOUT_CONTRACT,
             queue=Queue.PMO,
             priority=Priority.P2,
             fingerprint=("project_id",),
-            template=_MILESTONE + "the project is linked to no contract, so there are no terms "
-            "to invoice it by. Link the project to its contract." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "the project is linked to no contract, so there are no terms to invoice it by. "
+                "Link the project to its contract."
+            ),
             noun="completed milestone",
             fix_form="project_contract",
             fix_permission="integrations.change_project",
         ),
         CaseType(
-            name="milestone_project_without_legal_entity",
+            name=MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY,
             queue=Queue.PMO,
             priority=Priority.P2,
             fingerprint=("project_id",),
-            template=_MILESTONE + "the project has no legal entity to invoice it from. Set the "
-            "project's legal entity." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "the project has no legal entity to invoice it from. Set the project's legal "
+                "entity."
+            ),
             noun="completed milestone",
             fix_form="project_legal_entity",
             fix_permission="integrations.change_project",
@@ -696,12 +738,14 @@ CATALOGUE: dict[str, CaseType] = {
             # billing they block and retries it once the corrected contract has arrived. The
             # contract form edits only a contract a system sent invalid, so for this case the
             # page says where to fix it and offers the retry.
-            name="milestone_contract_terms",
+            name=MILESTONE_CONTRACT_TERMS,
             queue=Queue.FINANCE,
             priority=Priority.P2,
             fingerprint=("contract_id", "missing"),
-            template=_MILESTONE + "contract {contract} does not allow it: {missing}. Have the "
-            "contract corrected in the CRM." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "contract {contract} does not allow it: {missing}. Have the contract corrected "
+                "in the CRM."
+            ),
             noun="completed milestone",
             fix_form="contract",
             fix_permission="integrations.change_billingevent",
@@ -710,12 +754,13 @@ CATALOGUE: dict[str, CaseType] = {
             # The milestone disagrees with its contract (currency, or more than the contract's
             # value left to invoice): corrected in the PSA (the milestone) or the CRM (the
             # contract), then retried by finance.
-            name="milestone_amount_mismatch",
+            name=MILESTONE_AMOUNT_MISMATCH,
             queue=Queue.FINANCE,
             priority=Priority.P2,
             fingerprint=("milestone_id",),
-            template=_MILESTONE + "{why}. Correct the milestone in the PSA or the contract in "
-            "the CRM." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "{why}. Correct the milestone in the PSA or the contract in the CRM."
+            ),
             noun="completed milestone",
             fix_form="contract",
             fix_permission="integrations.change_billingevent",
@@ -724,12 +769,14 @@ CATALOGUE: dict[str, CaseType] = {
             # Milestones are invoiced in their order (due date) within a project: an earlier
             # one still open in the PSA holds a later one back. PMO completes it there (or
             # corrects the due dates); its completion resumes the later milestone's run.
-            name="milestone_dependency_open",
+            name=MILESTONE_DEPENDENCY_OPEN,
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("milestone_id",),
-            template=_MILESTONE + "the earlier {earlier} of the project must be complete "
-            "first. Complete it in the PSA, or correct the due dates." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "the earlier {earlier} of the project must be complete first. Complete it in "
+                "the PSA, or correct the due dates."
+            ),
             noun="completed milestone",
             fix_form="project",
             fix_permission="integrations.change_project",
@@ -738,13 +785,14 @@ CATALOGUE: dict[str, CaseType] = {
             # The contract's tax profile needs the customer's tax number (EU reverse charge):
             # finance keeps the billing profile; the fix writes it to the ERP, then the run
             # goes on.
-            name="milestone_tax_number_missing",
+            name=MILESTONE_TAX_NUMBER_MISSING,
             queue=Queue.FINANCE,
             priority=Priority.P2,
             fingerprint=("customer_id", "tax_rate"),
-            template=_MILESTONE + "the customer has no tax number, which the tax profile "
-            "{tax_rate} of contract {contract} requires on every invoice. Enter the customer's "
-            "tax number." + _MILESTONE_GOES_ON,
+            template=_milestone(
+                "the customer has no tax number, which the tax profile {tax_rate} of contract "
+                "{contract} requires on every invoice. Enter the customer's tax number."
+            ),
             noun="completed milestone",
             fix_form="customer_billing_profile",
             fix_permission="integrations.change_customer",
@@ -804,66 +852,51 @@ CATALOGUE: dict[str, CaseType] = {
         # speak of entries and hours. Same owners and fixes as the time rule they mirror; the
         # retry bills the held expenses again, and billing them closes the case. ---------------
         CaseType(
-            name="expense_on_inactive_project",
+            name=EXPENSE_ON_INACTIVE_PROJECT,
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project is {status}, "
-                "so its expenses cannot be billed."
-            ),
+            template=_ON_PROJECT + "the project is {status}, so its expenses cannot be billed.",
             noun="approved expense",
             fix_form="project_status",
             fix_permission="integrations.change_project",
         ),
         CaseType(
-            name="expense_project_without_legal_entity",
+            name=EXPENSE_PROJECT_WITHOUT_LEGAL_ENTITY,
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project has no legal entity "
-                "to invoice from."
-            ),
+            template=_NO_LEGAL_ENTITY,
             noun="approved expense",
             fix_form="project_legal_entity",
             fix_permission="integrations.change_project",
         ),
         CaseType(
-            name="expense_project_without_contract",
+            name=EXPENSE_PROJECT_WITHOUT_CONTRACT,
             queue=Queue.PMO,
             priority=Priority.P3,
             fingerprint=("project_id",),
-            template=(
-                "{held} on project {project}" + _INVOICED + "the project has no contract, "
-                "so there are no billing terms."
-            ),
+            template=_NO_CONTRACT,
             noun="approved expense",
             fix_form="project_contract",
             fix_permission="integrations.change_project",
         ),
         CaseType(
-            name="expense_missing_exchange_rate",
+            name=EXPENSE_MISSING_EXCHANGE_RATE,
             queue=Queue.FINANCE,
             priority=Priority.P3,
             fingerprint=("currency", "base"),
-            template=(
-                "{held} in {currency}" + _INVOICED + "no exchange rate from {currency} to "
-                "{base} in the last {days} days."
-            ),
+            template=_NO_EXCHANGE_RATE,
             noun="approved expense",
             fix_form="exchange_rate",
             fix_permission="integrations.add_exchangerate",
         ),
         CaseType(
-            name="expense_no_erp_route",
+            name=EXPENSE_NO_ERP_ROUTE,
             queue=Queue.INTEGRATION_ADMIN,
             priority=Priority.P3,
             fingerprint=("legal_entity_id",),
-            template=(
-                "{held} for legal entity {legal_entity}" + _INVOICED + "no ERP connection is "
-                "routed for this legal entity."
-            ),
+            template=_NO_ERP_ROUTE,
             noun="approved expense",
             fix_form="routing_rule",
             fix_permission="integrations.add_routingrule",
@@ -873,7 +906,7 @@ CATALOGUE: dict[str, CaseType] = {
             # the entity's country, and, where it needs one (EU reverse charge), with the
             # customer's tax number known. Contract terms are the CRM's and the tax profile the
             # ERP's; finance owns the billing they block and retries once they are corrected.
-            name="expense_tax_treatment",
+            name=EXPENSE_TAX_TREATMENT,
             queue=Queue.FINANCE,
             priority=Priority.P3,
             fingerprint=("contract_id", "tax_rate", "why"),

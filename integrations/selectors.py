@@ -117,6 +117,94 @@ def routing_rule_list() -> QuerySet[m.RoutingRule]:
     )
 
 
+# --- Routing: which connection serves a legal entity for a role -----------------------------------
+
+
+def routing_rule_serving(
+    *, role: str, legal_entity_id: int | None, enabled_only: bool = True, lock: bool = False
+) -> m.RoutingRule | None:
+    """The rule that serves the legal entity for `role`: its own, else the role's default
+    (None: neither). One query, with its connection: the entity's rule sorts before the
+    default one. `enabled_only` passes over rules whose connection is disabled (where work is
+    sent); `lock` locks the rule found, for a change of the route (route_switches.py)."""
+    rules = m.RoutingRule.objects.filter(role=role).filter(
+        Q(legal_entity_id=legal_entity_id) | Q(legal_entity__isnull=True)
+    )
+    if enabled_only:
+        rules = rules.filter(connection__enabled=True)
+    if lock:
+        rules = rules.select_for_update(of=("self",))
+    return (
+        rules.select_related("connection")
+        .order_by(F("legal_entity_id").asc(nulls_last=True), "pk")
+        .first()
+    )
+
+
+def routing_connection(*, role: str, legal_entity_id: int | None) -> m.Connection | None:
+    """The connection of `role` that serves the legal entity: its routing rule, else the
+    role's default rule (an enabled connection's), else the one enabled connection of the role
+    (none, or several without a rule: None). One query in the usual case: every step of every
+    run asks."""
+    rule = routing_rule_serving(role=role, legal_entity_id=legal_entity_id)
+    if rule is not None:
+        return rule.connection
+    enabled = list(m.Connection.objects.filter(role=role, enabled=True).order_by("pk")[:2])
+    return enabled[0] if len(enabled) == 1 else None
+
+
+@dataclass(frozen=True)
+class SwitchHistory:
+    """The applied switches of a role (RouteSwitch), per legal entity, oldest first: which
+    connection served an entity at a moment. Read once per billing run (a handful of rows)."""
+
+    by_entity: dict[int | None, list[tuple[datetime, int | None, int]]]
+
+    @classmethod
+    def load(cls, role: str = m.SystemRole.ERP) -> SwitchHistory:
+        by_entity: dict[int | None, list[tuple[datetime, int | None, int]]] = {}
+        for entity_id, when, source, target in (
+            m.RouteSwitch.objects.filter(role=role, applied_at__isnull=False)
+            .order_by("effective_at", "pk")
+            .values_list(
+                "legal_entity_id", "effective_at", "from_connection_id", "to_connection_id"
+            )
+        ):
+            by_entity.setdefault(entity_id, []).append((when, source, target))
+        return cls(by_entity)
+
+    def connection_at(self, entity_id: int | None, when: datetime) -> int | None:
+        """The connection id the entity's switches say served it at `when`; None when no switch
+        of it took effect after `when` (the current route serves it)."""
+        for effective, source, _ in self.by_entity.get(entity_id, ()):
+            if effective > when:
+                return source
+        return None
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """Every route of a role at once, for work that asks for many legal entities (a billing
+    run: two queries, not one per entity): the enabled connection each entity's rule names
+    (key None: the role's default), and the switch history."""
+
+    by_entity: dict[int | None, m.Connection]
+    history: SwitchHistory
+
+    def serving(self, legal_entity_id: int | None) -> m.Connection | None:
+        """What `routing_rule_serving` answers for the entity: its rule's connection, else the
+        default's."""
+        return self.by_entity.get(legal_entity_id) or self.by_entity.get(None)
+
+
+def route_table_load(*, role: str) -> RouteTable:
+    rules = m.RoutingRule.objects.filter(role=role, connection__enabled=True)
+    return RouteTable(
+        {r.legal_entity_id: r.connection for r in rules.select_related("connection")},
+        SwitchHistory.load(role),
+    )
+
+
 def cross_reference_list() -> QuerySet[m.CrossReference]:
     return m.CrossReference.objects.select_related("content_type").order_by("pk")
 

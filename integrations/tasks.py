@@ -24,9 +24,8 @@ from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
 from integrations.sync.poll_schedules import polling_kick_off_unscheduled
 from integrations.sync.polling import poll_connection, poll_stale_check
-from integrations.workflows.back_sync import back_sync_sweep
+from integrations.sync.steps import run_after_poll
 from integrations.workflows.checks import expected_work_check
-from integrations.workflows.milestones import milestone_billing_sweep
 from integrations.workflows.reconciliation import reconcile_connection
 from integrations.workflows.time_to_erp import billing_run
 
@@ -106,11 +105,9 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
         return {}
     started = timezone.now()
     reports = poll_connection(connection_id=connection_id)
-    # Polled records reach no workflow by themselves: the ERP's invoices and payments this poll
-    # read move status back-sync on (a no-op for other connections), and milestones it found
-    # completed start their billing (one query when there are none).
-    back_sync_sweep(connection_id=connection_id, since=started)
-    milestone_billing_sweep()
+    # Polled records reach no workflow by themselves: the workflows' after-poll hooks look at
+    # what this poll stored (integrations/sync/steps.py; back-sync and milestone billing).
+    run_after_poll(connection_id=connection_id, since=started)
     return {object_type: asdict(report) for object_type, report in reports.items()}
 
 

@@ -57,6 +57,81 @@ def xero_connection(sandbox_url: str, **fields: Any) -> Connection:
     )
 
 
+# --- The sandbox's systems connected as an install connects them (tests/e2e/) --------------------
+
+_SANDBOX_SYSTEMS: dict[str, dict[str, Any]] = {
+    "crm": {
+        "name": "Salesforce (e2e)",
+        "vendor": "salesforce",
+        "path": "/salesforce",
+        "credentials": {
+            "client_id": "concord-salesforce",
+            "client_secret": "sandbox-salesforce-secret",
+        },
+        "rate_limit_per_minute": 6000,
+    },
+    "psa": {
+        "name": "Harvest (e2e)",
+        "vendor": "harvest",
+        "path": "/harvest/v2",
+        "credentials": {"access_token": "sandbox-harvest-token", "account_id": "100001"},
+        "rate_limit_per_minute": 400,
+    },
+    "erp": {
+        "name": "Xero (e2e)",
+        "vendor": "xero",
+        "path": "/xero/api.xro/2.0",
+        "credentials": {"client_id": "concord-xero", "client_secret": "sandbox-xero-secret"},
+        "rate_limit_per_minute": 60,
+    },
+}
+
+
+def sandbox_connection(sandbox_url: str, role: str, *, webhook_secret: str = "") -> Connection:
+    """The connection to the sandbox's system of `role` (crm: Salesforce, psa: Harvest, erp:
+    Xero's new tenant), with its vendor's default mappings published; `webhook_secret`: the
+    secret its signed webhooks are checked with (none: it is only polled)."""
+    system = _SANDBOX_SYSTEMS[role]
+    credentials = dict(system["credentials"])
+    if role == "erp":
+        credentials |= {"token_url": f"{sandbox_url}/xero/connect/token", "tenant_id": NEW_TENANT}
+    if webhook_secret:
+        credentials["webhook_secret"] = webhook_secret
+    connection = connection_create(
+        name=system["name"],
+        role=role,
+        vendor=system["vendor"],
+        base_url=f"{sandbox_url}{system['path']}",
+        credentials=credentials,
+        rate_limit_per_minute=system["rate_limit_per_minute"],
+    )
+    mapping_defaults_install(connection=connection)
+    return connection
+
+
+def sandbox_connections(
+    sandbox_url: str, *, webhooks: str = "", webhook_secret: str = ""
+) -> tuple[Connection, Connection, Connection]:
+    """The CRM, PSA and ERP connections (`sandbox_connection`); the one of role `webhooks`
+    checks its webhooks with `webhook_secret`."""
+    crm, psa, erp = (
+        sandbox_connection(
+            sandbox_url, role, webhook_secret=webhook_secret if role == webhooks else ""
+        )
+        for role in ("crm", "psa", "erp")
+    )
+    return crm, psa, erp
+
+
+def sandbox_records(
+    sandbox_url: str, system: str, obj: str, tenant: str = ""
+) -> list[dict[str, Any]]:
+    """What the sandbox's `system` stores of `obj` (its control API), each with its id."""
+    params = {"tenant": tenant} if tenant else {}
+    url = f"{sandbox_url}/_control/records/{system}/{obj}"
+    return list(httpx.get(url, params=params, timeout=10).json()["records"])
+
+
 def approved_time_firm(
     sandbox_url: str, *, projects: int, entries_per_project: int, **xero: Any
 ) -> Connection:

@@ -14,7 +14,8 @@ run (``run.context["erp_connection_id"]``) when they decide it, and keep it, so:
 - an invoice rendered, queued, parked or posted for the old ERP stays there (its outbox row
   names the connection; a resend of it uses that row's connection, not the route);
 - a draft not rendered yet (its mapping refused it) goes where the route pointed when it was
-  made (`connection_at`: the switch history);
+  made (`SwitchHistory.connection_at` in integrations/selectors.py, with the routes' other
+  reads);
 - new work (billing events not yet on an invoice, runs not yet past their route decision) goes
   to the new one;
 - the page shows, per switch, what is still in flight on each side until it drains
@@ -47,6 +48,7 @@ from integrations.models import (
     SystemRole,
     WorkflowRun,
 )
+from integrations.selectors import routing_rule_serving
 from integrations.services.audit import audit_record
 
 Actor = AbstractBaseUser | AnonymousUser | None
@@ -59,16 +61,6 @@ UNSETTLED = (
     OutboxMessage.State.IN_FLIGHT,
     OutboxMessage.State.PARKED,
 )
-
-
-def _serving(role: str, entity: LegalEntity | None) -> RoutingRule | None:
-    """The rule that serves the entity now (its own, else the role's default), locked."""
-    rules = RoutingRule.objects.select_for_update(of=("self",)).select_related("connection")
-    if entity is not None:
-        own = rules.filter(role=role, legal_entity=entity).first()
-        if own is not None:
-            return own
-    return rules.filter(role=role, legal_entity__isnull=True).first()
 
 
 @transaction.atomic
@@ -104,7 +96,13 @@ def route_switch_create(
             f"A switch of {where} to {waiting.to_connection.name} already waits for "
             f"{waiting.effective_at:%Y-%m-%d %H:%M}; let it take effect first."
         )
-    rule = _serving(role, legal_entity)
+    rule = routing_rule_serving(
+        role=role,
+        legal_entity_id=legal_entity.pk if legal_entity is not None else None,
+        # The route as it stands, even to a disabled connection: what the switch moves from.
+        enabled_only=False,
+        lock=True,
+    )
     source = rule.connection if rule is not None else None
     if source is not None and source.pk == to_connection.pk:
         raise ValidationError(
@@ -195,35 +193,6 @@ def _apply(switch: RouteSwitch, *, actor: Actor, now: datetime) -> None:
 
 
 # --- Where a piece of work belongs ----------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SwitchHistory:
-    """The applied switches of a role, per legal entity, oldest first: which connection served
-    an entity at a moment. Read once per billing run (a handful of rows)."""
-
-    by_entity: dict[int | None, list[tuple[datetime, int | None, int]]]
-
-    @classmethod
-    def load(cls, role: str = SystemRole.ERP) -> SwitchHistory:
-        by_entity: dict[int | None, list[tuple[datetime, int | None, int]]] = {}
-        for entity_id, when, source, target in (
-            RouteSwitch.objects.filter(role=role, applied_at__isnull=False)
-            .order_by("effective_at", "pk")
-            .values_list(
-                "legal_entity_id", "effective_at", "from_connection_id", "to_connection_id"
-            )
-        ):
-            by_entity.setdefault(entity_id, []).append((when, source, target))
-        return cls(by_entity)
-
-    def connection_at(self, entity_id: int | None, when: datetime) -> int | None:
-        """The connection id the entity's switches say served it at `when`; None when no switch
-        of it took effect after `when` (the current route serves it)."""
-        for effective, source, _ in self.by_entity.get(entity_id, ()):
-            if effective > when:
-                return source
-        return None
 
 
 def route_switch_latest(*, legal_entity_id: int | None, role: str = SystemRole.ERP) -> Any:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -152,6 +152,91 @@ def outbound_messages(
     if retried and messages:
         _render_cases_clear(messages, process=process)
     return messages
+
+
+@dataclass(frozen=True)
+class PartialUpdate:
+    """A partial update of a record a connection holds: the unsaved outbox row, or `reason`
+    (why the published mapping cannot render it, in an admin's words). `object_type` is the
+    vendor object whose mapping renders it (empty when the vendor has no such update), the one
+    a case about the refusal names for its editor link."""
+
+    message: OutboxMessage | None = None
+    reason: str = ""
+    object_type: str = ""
+
+
+def partial_update_message(
+    *,
+    connection: Connection,
+    canonical_model: str,
+    external_id: str,
+    values: Mapping[str, Any],
+    process: str,
+    step: str,
+    record: models.Model,
+    version: int,
+    context: dict[str, Any],
+    required: Collection[str] = (),
+    words: Mapping[str, str] | None = None,
+) -> PartialUpdate:
+    """The outbox row updating `values` on the connection's copy of a record (`external_id`),
+    rendered by its PUBLISHED mapping for the vendor's update: only the fields sent, with the
+    record's id where the mapping reads it. The fields the mapping does not write are left
+    out, unless `required` names them (the update means nothing without them); nothing at all
+    to send is refused too. `words` names fields in a reason ("end date" for end_date)."""
+    system = f"{connection.get_vendor_display()} ({connection.name})"
+    operation = vendor_operation(connection.vendor, canonical_model, "update")
+    if operation is None:
+        return PartialUpdate(reason=f"{system} has no operation to update a {canonical_model}")
+    object_type = operation.object_type
+    mapping = mapping_load_published(connection_id=connection.pk, object_type=object_type)
+    if mapping is None or mapping.canonical_model != canonical_model:
+        return PartialUpdate(
+            reason=f"{system} has no published {object_type} mapping", object_type=object_type
+        )
+    words = words or {}
+    carried = {f.name for f in mapping.outbound}
+    missing = [words.get(name, name) for name in required if name not in carried]
+    if missing:
+        return PartialUpdate(
+            reason=f"the published {object_type} mapping of {system} writes no "
+            f"{', '.join(missing)}",
+            object_type=object_type,
+        )
+    sent = {name: value for name, value in values.items() if name in carried}
+    if not sent:
+        named = [words.get(name, name) for name in values]
+        return PartialUpdate(
+            reason=f"the published {object_type} mapping of {system} writes "
+            f"{'no' if len(named) == 1 else 'none of'} {', '.join(named)}",
+            object_type=object_type,
+        )
+    try:
+        payload = map_outbound(mapping, sent, partial=True)
+    except OutboundMappingError as exc:
+        return PartialUpdate(
+            reason=f"the published {object_type} mapping cannot render it: {exc}",
+            object_type=object_type,
+        )
+    mapping.external_id_path.set(payload, external_id)
+    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
+    if unmapped:
+        return PartialUpdate(
+            reason=f"the published {object_type} mapping writes no {', '.join(unmapped)}",
+            object_type=object_type,
+        )
+    message = outbox_message(
+        connection=connection,
+        process=process,
+        step=step,
+        operation=operation.name,
+        record=record,
+        version=version,
+        payload=payload,
+        context=context,
+    )
+    return PartialUpdate(message=message, object_type=object_type)
 
 
 def outbound_answer(message: OutboxMessage) -> dict[str, Any]:

@@ -11,6 +11,10 @@ Arrivals work the same way: a workflow that starts from a record a system sends 
 from a CRM opportunity turning closed-won) registers for the canonical model, and inbound
 processing hands it each such record once it has been applied (or, for a model without a table,
 mapped), with its mapped fields.
+
+Polls too: a workflow that moves on from what a poll stored (back-sync from the ERP's invoices
+and payments, milestone billing from completed milestones) registers an after-poll hook, which
+the polling task runs once the poll is done (`run_after_poll`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 from integrations.models import Connection, OutboxMessage
 
@@ -91,4 +96,33 @@ def on_arrival(*, arrival: Arrival) -> None:
                 getattr(handler, "__qualname__", handler),
                 arrival.canonical_model,
                 arrival.external_id,
+            )
+
+
+class AfterPollHook(Protocol):
+    def __call__(self, *, connection_id: int, since: datetime) -> object: ...
+
+
+_after_poll: list[AfterPollHook] = []
+
+
+def after_poll_register(hook: AfterPollHook) -> None:
+    """Call `hook(connection_id=..., since=...)` after each poll of a connection (`since`: when
+    the poll started, so the hook can look only at what it stored)."""
+    if hook not in _after_poll:
+        _after_poll.append(hook)
+
+
+def run_after_poll(*, connection_id: int, since: datetime) -> None:
+    """Run the after-poll hooks, in the order they registered. A hook that fails is logged
+    with its traceback and stops neither the hooks after it nor the poll, whose records are
+    stored already (one workflow's fault does not hold up another's)."""
+    for hook in list(_after_poll):
+        try:
+            hook(connection_id=connection_id, since=since)
+        except Exception:
+            logger.exception(
+                "the %s hook after the poll of connection %s failed",
+                getattr(hook, "__qualname__", hook),
+                connection_id,
             )

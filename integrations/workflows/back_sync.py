@@ -41,9 +41,10 @@ from the one it last carried over: its steps run again, and only what is new is 
 outbox keys each write by process, step, record and version: the PSA invoice, each entry and
 each payment once; the CRM contract once per billing state). Every write goes through the
 outbox, rendered by the target connection's published mapping; nothing here names a vendor
-field. Polled records reach no workflow by themselves (the polls write in bulk), so the poll
-task calls ``back_sync_sweep`` after each poll of an ERP connection: it moves on the runs of
-the invoices whose state changed, and opens those of newly issued ones.
+field. Polled records reach no workflow by themselves (the polls write in bulk), so
+``back_sync_sweep`` runs after each poll of an ERP connection (an after-poll hook, registered
+below): it moves on the runs of the invoices whose state changed, and opens those of newly
+issued ones.
 
 Cases: a record missing on one side (the contract in the CRM, the client in the PSA) is a case
 for the queue that owns that data, holding the run. It holds only that system's steps: the
@@ -71,10 +72,6 @@ from django.db.models import Count, Exists, Max, OuterRef, Q, Sum
 from exceptions.models import ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
-from integrations.mapping.apply import map_outbound
-from integrations.mapping.errors import OutboundMappingError
-from integrations.mapping.paths import MISSING, compile_path
-from integrations.mapping.selectors import mapping_load_published
 from integrations.models import (
     BillingEvent,
     Connection,
@@ -90,11 +87,21 @@ from integrations.models import (
     WorkflowRun,
     WorkflowStep,
 )
-from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_messages
-from integrations.sync.outbox import outbox_enqueue, outbox_message
-from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
-from integrations.vendors import vendor_operation
-from integrations.workflows.provisioning import route_for
+from integrations.selectors import routing_connection
+from integrations.sync.outbound import (
+    RENDER_CASE,
+    OutboundItem,
+    PartialUpdate,
+    outbound_messages,
+    partial_update_message,
+)
+from integrations.sync.outbox import outbox_enqueue
+from integrations.sync.steps import (
+    Arrival,
+    after_poll_register,
+    arrival_register,
+    delivered_step_register,
+)
 from integrations.workflows.runs import (
     RUN_RECORD,
     Process,
@@ -380,7 +387,7 @@ def _crm_billing_status(run: WorkflowRun) -> StepResult:
     _clear(run, CONTRACT_NOT_IN_CRM)
     billing = contract_billing_status(contract)
     values = billing.canonical()
-    message = _update_message(
+    update = _update_message(
         run,
         invoice,
         xref.connection,
@@ -393,11 +400,11 @@ def _crm_billing_status(run: WorkflowRun) -> StepResult:
         label=f"Billing status of contract {contract.number}",
         queue=Queue.SALES_OPS,
     )
-    if isinstance(message, str):
-        return StepResult.blocked(_render_case(run, xref.connection, message), message)
+    if update.message is None:
+        return StepResult.blocked(_render_case(run, xref.connection, update.reason), update.reason)
     return _await(
         run,
-        [message],
+        [update.message],
         what=f"contract {contract.number} {billing.status.replace('_', ' ')} "
         f"({invoice.currency} {billing.paid:,.2f} of {billing.invoiced:,.2f} paid)",
         ids={"crm": {"contract": xref.external_id}},
@@ -443,7 +450,7 @@ def _psa_of(invoice: Invoice) -> Connection | None:
     )
     if found is not None:
         return Connection.objects.get(pk=found)
-    return route_for(SystemRole.PSA, invoice.legal_entity)
+    return routing_connection(role=SystemRole.PSA, legal_entity_id=invoice.legal_entity_id)
 
 
 def _psa_invoice(run: WorkflowRun) -> StepResult:
@@ -460,7 +467,7 @@ def _kept_words(invoice: Invoice) -> str:
     its ERP)."""
     if invoice.erp_connection_id is None:
         return ""
-    now = route_for(SystemRole.ERP, invoice.legal_entity)
+    now = routing_connection(role=SystemRole.ERP, legal_entity_id=invoice.legal_entity_id)
     if now is None or now.pk == invoice.erp_connection_id:
         return ""
     kept = Connection.objects.get(pk=invoice.erp_connection_id)
@@ -580,7 +587,7 @@ def _psa_time_billed(run: WorkflowRun) -> StepResult:
     records = TimeEntry.objects.in_bulk([x.object_id for x in xrefs])
     messages: list[OutboxMessage] = []
     for xref in xrefs:
-        message = _update_message(
+        update = _update_message(
             run,
             invoice,
             xref.connection,
@@ -593,9 +600,10 @@ def _psa_time_billed(run: WorkflowRun) -> StepResult:
             label=f"Time entry {xref.external_id} billed on invoice {invoice.number}",
             queue=Queue.PMO,
         )
-        if isinstance(message, str):
-            return StepResult.blocked(_render_case(run, xref.connection, message), message)
-        messages.append(message)
+        if update.message is None:
+            reason = update.reason
+            return StepResult.blocked(_render_case(run, xref.connection, reason), reason)
+        messages.append(update.message)
     return _await(
         run, messages, what=f"{len(messages)} time entries billed on invoice {invoice.number}"
     )
@@ -677,38 +685,18 @@ def _update_message(
     version: int,
     label: str,
     queue: str,
-) -> OutboxMessage | str:
+) -> PartialUpdate:
     """The outbox row updating `values` on the connection's copy of a record, rendered by its
     published mapping (only the fields sent), or why it cannot be rendered."""
-    operation = vendor_operation(connection.vendor, model_name, "update")
-    if operation is None:
-        return f"{_system(connection)} has no operation to update a {model_name}"
-    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
-    if mapping is None or mapping.canonical_model != model_name:
-        return f"{_system(connection)} has no published {operation.object_type} mapping"
-    carried = {f.name for f in mapping.outbound}
-    sent = {k: v for k, v in values.items() if k in carried}
-    if not sent:
-        return (
-            f"the published {operation.object_type} mapping of {_system(connection)} writes "
-            f"none of {', '.join(values)}"
-        )
-    try:
-        payload = map_outbound(mapping, sent, partial=True)
-    except OutboundMappingError as exc:
-        return f"the published {operation.object_type} mapping cannot render it: {exc}"
-    mapping.external_id_path.set(payload, external_id)
-    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
-    if unmapped:
-        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
-    return outbox_message(
+    return partial_update_message(
         connection=connection,
+        canonical_model=model_name,
+        external_id=external_id,
+        values=values,
         process=PROCESS,
         step=step,
-        operation=operation.name,
         record=record,
         version=version,
-        payload=payload,
         context=_context(run, invoice, label=label, queue=queue),
     )
 
@@ -925,6 +913,8 @@ BACK_SYNC = Process(
 
 arrival_register(canonical_model="invoice", handler=back_sync_arrival)
 arrival_register(canonical_model="payment", handler=back_sync_arrival)
+# Polls store the ERP's invoices and payments in bulk, handing none over: swept after each.
+after_poll_register(back_sync_sweep)
 for _step in BACK_SYNC.step_names:
     delivered_step_register(process=PROCESS, step=_step, handler=back_sync_delivered)
 retry_handler_register(

@@ -84,10 +84,6 @@ from django.utils import timezone
 from exceptions.models import ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
-from integrations.mapping.apply import map_outbound
-from integrations.mapping.errors import OutboundMappingError
-from integrations.mapping.paths import MISSING, compile_path
-from integrations.mapping.selectors import mapping_load_published
 from integrations.models import (
     ApprovalState,
     BillingEvent,
@@ -105,12 +101,16 @@ from integrations.models import (
     WorkflowRun,
     WorkflowStep,
 )
-from integrations.sync.outbound import RENDER_CASE, outbound_answer
-from integrations.sync.outbox import outbox_enqueue, outbox_message
+from integrations.sync.outbound import (
+    RENDER_CASE,
+    PartialUpdate,
+    outbound_answer,
+    partial_update_message,
+)
+from integrations.sync.outbox import outbox_enqueue
 from integrations.sync.records import record_create, record_update
 from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
 from integrations.timestamps import to_micros
-from integrations.vendors import vendor_operation
 from integrations.workflows import checks, provisioning
 from integrations.workflows.runs import (
     RUN_RECORD,
@@ -538,15 +538,15 @@ def _psa_project(run: WorkflowRun) -> StepResult:
         psa, psa_id = _psa_of(project)
         ids[project.code] = psa_id
         values = {name: _canonical(name, after) for name, (_, after) in changed.items()}
-        message = _update_message(run, psa, project, psa_id, values)
-        if isinstance(message, str):
+        update = _update_message(run, psa, project, psa_id, values)
+        if update.message is None:
             case = case_open_or_join(
                 case_type=RENDER_CASE,
                 subject={
                     "connection_id": psa.pk,
                     "connection": psa.name,
                     "object_type": "projects",
-                    "reason": message,
+                    "reason": update.reason,
                     "noun": "contract amendment",
                 },
                 records=[_run_blocked(run)],
@@ -554,8 +554,9 @@ def _psa_project(run: WorkflowRun) -> StepResult:
                 step=PSA_PROJECT,
                 connection_id=psa.pk,
             )
-            return StepResult.blocked(case, f"Project {project.code} cannot be sent: {message}")
-        messages.append(message)
+            reason = update.reason
+            return StepResult.blocked(case, f"Project {project.code} cannot be sent: {reason}")
+        messages.append(update.message)
         words.append(
             f"{_system(psa)} project {psa_id} ({project.code}): "
             + ", ".join(
@@ -592,39 +593,20 @@ def _update_message(
     project: Project,
     external_id: str,
     values: dict[str, Any],
-) -> OutboxMessage | str:
+) -> PartialUpdate:
     """The outbox row updating `values` on the PSA's project, rendered by the connection's
-    published mapping (only the fields sent, and the project's id); or why it cannot be."""
-    operation = vendor_operation(connection.vendor, "project", "update")
-    if operation is None:
-        return f"{_system(connection)} has no operation to update a project"
-    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
-    if mapping is None or mapping.canonical_model != "project":
-        return f"{_system(connection)} has no published {operation.object_type} mapping"
-    carried = {f.name for f in mapping.outbound}
-    missing = [TERM_WORDS.get(name, name) for name in values if name not in carried]
-    if missing:
-        return (
-            f"the published {operation.object_type} mapping of {_system(connection)} writes "
-            f"no {', '.join(missing)}"
-        )
-    try:
-        payload = map_outbound(mapping, values, partial=True)
-    except OutboundMappingError as exc:
-        return f"the published {operation.object_type} mapping cannot render it: {exc}"
-    mapping.external_id_path.set(payload, external_id)
-    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
-    if unmapped:
-        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
-    return outbox_message(
+    published mapping (the fields sent, every one of them, and the project's id); or why it
+    cannot be."""
+    return partial_update_message(
         connection=connection,
+        canonical_model="project",
+        external_id=external_id,
+        values=values,
         process=PROCESS,
         step=PSA_PROJECT,
-        operation=operation.name,
         record=project,
         # One effect per amendment: the contract's version the amendment arrived with.
         version=int(run.input["version"]),
-        payload=payload,
         context={
             "what": "project",
             "subject": _label(run),
@@ -635,6 +617,9 @@ def _update_message(
             "queue": Queue.PMO,
             "run_id": run.pk,
         },
+        # A term the mapping does not write would leave the PSA on the old terms unnoticed.
+        required=tuple(values),
+        words=TERM_WORDS,
     )
 
 

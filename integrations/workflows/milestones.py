@@ -40,7 +40,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -48,13 +48,18 @@ from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
 from django.db.models import Exists, OuterRef, Q, Sum
 
+from exceptions.catalogue import (
+    MILESTONE_AMOUNT_MISMATCH,
+    MILESTONE_CASE_TYPES,
+    MILESTONE_CONTRACT_TERMS,
+    MILESTONE_DEPENDENCY_OPEN,
+    MILESTONE_PROJECT_WITHOUT_CONTRACT,
+    MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY,
+    MILESTONE_TAX_NUMBER_MISSING,
+)
 from exceptions.models import ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
-from integrations.mapping.apply import map_outbound
-from integrations.mapping.errors import OutboundMappingError
-from integrations.mapping.paths import MISSING, compile_path
-from integrations.mapping.selectors import mapping_load_published
 from integrations.models import (
     BillingEvent,
     Connection,
@@ -69,13 +74,24 @@ from integrations.models import (
     SystemRole,
     WorkflowRun,
 )
+from integrations.selectors import routing_connection
 from integrations.services.route_switches import RUN_PIN, route_switch_latest
-from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_answer, outbound_messages
-from integrations.sync.outbox import outbox_enqueue, outbox_message
+from integrations.sync.outbound import (
+    RENDER_CASE,
+    OutboundItem,
+    PartialUpdate,
+    outbound_answer,
+    outbound_messages,
+    partial_update_message,
+)
+from integrations.sync.outbox import outbox_enqueue
 from integrations.sync.records import record_update
-from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
-from integrations.vendors import vendor_operation
-from integrations.workflows.provisioning import route_for
+from integrations.sync.steps import (
+    Arrival,
+    after_poll_register,
+    arrival_register,
+    delivered_step_register,
+)
 from integrations.workflows.runs import (
     RUN_RECORD,
     Process,
@@ -103,16 +119,7 @@ MARK_INVOICED = "mark_invoiced"
 
 # The case types validation raises (exceptions/catalogue.py); each holds the run. The last two
 # are the billing run's, worded for any blocked record (their subject names the noun).
-VALIDATION_CASE_TYPES = (
-    "milestone_project_without_contract",
-    "milestone_project_without_legal_entity",
-    "milestone_contract_terms",
-    "milestone_amount_mismatch",
-    "milestone_dependency_open",
-    "milestone_tax_number_missing",
-    "missing_exchange_rate",
-    "no_erp_route",
-)
+VALIDATION_CASE_TYPES = (*MILESTONE_CASE_TYPES, "missing_exchange_rate", "no_erp_route")
 NOUN = "completed milestone"
 OPEN = ExceptionCase.Status.OPEN
 CENT = Decimal("0.01")
@@ -218,6 +225,12 @@ def milestones_resume(*, run_ids: Sequence[int]) -> int:
     return moved
 
 
+def milestone_after_poll(*, connection_id: int, since: datetime) -> int:
+    """After any poll (integrations/sync/steps.py): the milestones it found completed start
+    their billing (one query when there are none)."""
+    return milestone_billing_sweep()
+
+
 def milestone_billing_sweep() -> int:
     """Completed milestones no run has taken yet (a poll stored them; polls hand nothing to
     the workflows): a run each, from the PSA connection that holds the milestone. Returns how
@@ -298,7 +311,7 @@ def _validate(run: WorkflowRun) -> StepResult:
     if contract is None:
         problems.append(
             _Problem(
-                "milestone_project_without_contract",
+                MILESTONE_PROJECT_WITHOUT_CONTRACT,
                 about,
                 f"project {project.code} is linked to no contract",
             )
@@ -306,7 +319,7 @@ def _validate(run: WorkflowRun) -> StepResult:
     if entity is None:
         problems.append(
             _Problem(
-                "milestone_project_without_legal_entity",
+                MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY,
                 about,
                 f"project {project.code} has no legal entity",
             )
@@ -364,7 +377,7 @@ def _terms_problems(
         text = "; ".join(missing)
         problems.append(
             _Problem(
-                "milestone_contract_terms",
+                MILESTONE_CONTRACT_TERMS,
                 {**on_contract, "missing": text},
                 f"contract {contract.number}: {text}",
             )
@@ -389,13 +402,13 @@ def _terms_problems(
                 f"{contract.currency} {contract.total_value:,.2f}"
             )
     if why:
-        problems.append(_Problem("milestone_amount_mismatch", {**on_contract, "why": why}, why))
+        problems.append(_Problem(MILESTONE_AMOUNT_MISMATCH, {**on_contract, "why": why}, why))
     if tax is not None and tax.active and tax.requires_customer_tax_number:
         customer = milestone.project.customer
         if not customer.tax_number:
             problems.append(
                 _Problem(
-                    "milestone_tax_number_missing",
+                    MILESTONE_TAX_NUMBER_MISSING,
                     {**on_contract, "customer_id": customer.pk, "tax_rate": tax.code},
                     f"customer {customer.name} has no tax number for tax profile {tax.code}",
                 )
@@ -420,7 +433,7 @@ def _dependency_problems(milestone: Milestone, about: dict[str, Any]) -> list[_P
     words = f"milestone{'s' if len(earlier) > 1 else ''} {names}"
     return [
         _Problem(
-            "milestone_dependency_open",
+            MILESTONE_DEPENDENCY_OPEN,
             {**about, "earlier": words},
             f"the earlier {words} {'are' if len(earlier) > 1 else 'is'} not complete",
         )
@@ -441,7 +454,7 @@ def _entity_problems(
                 f"{FX_RECENT_DAYS} days",
             )
         )
-    if route_for(SystemRole.ERP, entity) is None:
+    if routing_connection(role=SystemRole.ERP, legal_entity_id=entity.pk) is None:
         problems.append(
             _Problem(
                 "no_erp_route",
@@ -571,7 +584,11 @@ def _erp_of(run: WorkflowRun, entity: LegalEntity | None) -> Connection | None:
         if found is not None:
             run.context[RUN_PIN] = found.pk
             return found
-    erp = route_for(SystemRole.ERP, entity) if entity is not None else None
+    erp = (
+        routing_connection(role=SystemRole.ERP, legal_entity_id=entity.pk)
+        if entity is not None
+        else None
+    )
     if erp is not None:
         run.context[RUN_PIN] = erp.pk
     return erp
@@ -582,7 +599,7 @@ def _stayed_words(run: WorkflowRun, entity: LegalEntity | None, erp: Connection)
     this one: it continued where it started ("" when the route still points here)."""
     if entity is None:
         return ""
-    now = route_for(SystemRole.ERP, entity)
+    now = routing_connection(role=SystemRole.ERP, legal_entity_id=entity.pk)
     if now is None or now.pk == erp.pk:
         return ""
     switch = route_switch_latest(legal_entity_id=entity.pk)
@@ -686,17 +703,17 @@ def _mark_invoiced(run: WorkflowRun) -> StepResult:
             record=milestone, data={"status": Milestone.Status.INVOICED}, actor=None
         )
     psa = Connection.objects.get(pk=run.input["connection_id"])
-    message = _status_message(run, psa, milestone, invoice)
-    if isinstance(message, str):
-        # The vendor object whose mapping renders it names the mapping to fix (its editor link).
-        operation = vendor_operation(psa.vendor, "milestone", "update")
+    update = _status_message(run, psa, milestone, invoice)
+    if update.message is None:
         case = case_open_or_join(
             case_type=RENDER_CASE,
             subject={
                 "connection_id": psa.pk,
                 "connection": psa.name,
-                "object_type": operation.object_type if operation else "milestone",
-                "reason": message,
+                # The vendor object whose mapping renders it names the mapping to fix (its
+                # editor link).
+                "object_type": update.object_type or "milestone",
+                "reason": update.reason,
                 "noun": "invoiced milestone",
             },
             records=[_run_blocked(run, milestone)],
@@ -704,11 +721,13 @@ def _mark_invoiced(run: WorkflowRun) -> StepResult:
             step=MARK_INVOICED,
             connection_id=psa.pk,
         )
-        return StepResult.blocked(case, f"The invoiced status cannot be sent: {message}")
+        return StepResult.blocked(case, f"The invoiced status cannot be sent: {update.reason}")
     # Rendered now after an earlier refusal: the run leaves the mapping's case.
     _clear_run_off(run, case_types=[RENDER_CASE])
     result, delivered = _await(
-        run, [message], what=f"milestone {_quoted(milestone)} marked invoiced in {_system(psa)}"
+        run,
+        [update.message],
+        what=f"milestone {_quoted(milestone)} marked invoiced in {_system(psa)}",
     )
     if delivered:
         return StepResult.done(
@@ -721,38 +740,24 @@ def _mark_invoiced(run: WorkflowRun) -> StepResult:
 
 def _status_message(
     run: WorkflowRun, connection: Connection, milestone: Milestone, invoice: Invoice
-) -> OutboxMessage | str:
+) -> PartialUpdate:
     """The outbox row setting the PSA milestone's status, rendered by the connection's
     published mapping (only the status, and the milestone's id where the mapping reads it);
     or why it cannot be rendered, in an admin's words."""
-    operation = vendor_operation(connection.vendor, "milestone", "update")
-    if operation is None:
-        return f"{_system(connection)} has no operation to update a milestone"
-    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
-    if mapping is None or mapping.canonical_model != "milestone":
-        return f"{_system(connection)} has no published {operation.object_type} mapping"
-    if "status" not in {f.name for f in mapping.outbound}:
-        return f"the published {operation.object_type} mapping writes no status"
-    try:
-        payload = map_outbound(mapping, {"status": Milestone.Status.INVOICED}, partial=True)
-    except OutboundMappingError as exc:
-        return f"the published {operation.object_type} mapping cannot render it: {exc}"
-    mapping.external_id_path.set(payload, str(run.input["external_id"]))
-    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
-    if unmapped:
-        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
     context = _context(
         run, milestone, invoice, label=f"Milestone {_quoted(milestone)} marked invoiced"
     )
-    return outbox_message(
+    return partial_update_message(
         connection=connection,
+        canonical_model="milestone",
+        external_id=str(run.input["external_id"]),
+        values={"status": Milestone.Status.INVOICED},
         process=PROCESS,
         step=MARK_INVOICED,
-        operation=operation.name,
         record=milestone,
         version=1,
-        payload=payload,
         context={**context, "what": "milestone", "queue": Queue.PMO},
+        required=("status",),
     )
 
 
@@ -900,6 +905,7 @@ MILESTONE_BILLING = Process(
 
 for _model in ("milestone", "project", "contract", "customer"):
     arrival_register(canonical_model=_model, handler=milestone_arrival)
+after_poll_register(milestone_after_poll)
 for _step in (BILL, MARK_INVOICED):
     delivered_step_register(process=PROCESS, step=_step, handler=milestone_delivered)
 retry_handler_register(

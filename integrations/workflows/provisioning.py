@@ -61,10 +61,7 @@ from django.db.models import F, Q
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
-from integrations.mapping.apply import map_outbound
-from integrations.mapping.errors import OutboundMappingError
-from integrations.mapping.paths import MISSING, compile_path
-from integrations.mapping.selectors import mapping_load_published, value_map_tables
+from integrations.mapping.selectors import value_map_tables
 from integrations.models import (
     Assignment,
     Connection,
@@ -76,17 +73,22 @@ from integrations.models import (
     OutboxMessage,
     Project,
     Resource,
-    RoutingRule,
     RunState,
     SystemRole,
     WorkflowRun,
     WorkflowStep,
 )
-from integrations.sync.outbound import RENDER_CASE, OutboundItem, outbound_messages
-from integrations.sync.outbox import idempotency_key, outbox_enqueue, outbox_message
+from integrations.selectors import routing_connection
+from integrations.sync.outbound import (
+    RENDER_CASE,
+    OutboundItem,
+    PartialUpdate,
+    outbound_messages,
+    partial_update_message,
+)
+from integrations.sync.outbox import idempotency_key, outbox_enqueue
 from integrations.sync.records import record_create
 from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
-from integrations.vendors import vendor_operation
 from integrations.workflows.runs import (
     RUN_RECORD,
     Process,
@@ -302,7 +304,7 @@ def _validate(run: WorkflowRun) -> StepResult:
             problems += _terms_problems(contract, customer, label)
         if entity is not None:
             for role in (SystemRole.ERP, SystemRole.PSA):
-                if route_for(role, entity) is None:
+                if routing_connection(role=role, legal_entity_id=entity.pk) is None:
                     problems.append(
                         _Problem(
                             "provisioning_no_route",
@@ -473,29 +475,6 @@ def _entity_of(
     if entity_id is None:
         return None, f"neither the opportunity nor its account {customer.name} names a legal entity"
     return LegalEntity.objects.get(pk=entity_id), ""
-
-
-def route_for(role: str, entity: LegalEntity) -> Connection | None:
-    """The connection of `role` that serves the legal entity: its routing rule, else the
-    role's default rule, else the one enabled connection of the role (none, or several without
-    a rule: None)."""
-    return _route_of(role, entity.pk)
-
-
-def _route_of(role: str, entity_id: int) -> Connection | None:
-    # One query in the usual case (every step of every run asks): the entity's rule sorts
-    # before the default one.
-    rule = (
-        RoutingRule.objects.filter(role=role, connection__enabled=True)
-        .filter(Q(legal_entity_id=entity_id) | Q(legal_entity__isnull=True))
-        .select_related("connection")
-        .order_by(F("legal_entity_id").asc(nulls_last=True), "pk")
-        .first()
-    )
-    if rule is not None:
-        return rule.connection
-    enabled = list(Connection.objects.filter(role=role, enabled=True).order_by("pk")[:2])
-    return enabled[0] if len(enabled) == 1 else None
 
 
 # --- Steps 2 and 3: the customer in the ERP and in the PSA --------------------------------------
@@ -888,11 +867,11 @@ def _write_back(run: WorkflowRun) -> StepResult:
     messages: list[OutboxMessage] = []
     refused: list[tuple[Connection, str]] = []
     for record, connection, model_name, external_id, values in writes:
-        message = _update_message(run, connection, record, model_name, external_id, values)
-        if isinstance(message, str):
-            refused.append((connection, message))
+        update = _update_message(run, connection, record, model_name, external_id, values)
+        if update.message is None:
+            refused.append((connection, update.reason))
         else:
-            messages.append(message)
+            messages.append(update.message)
     if refused:
         # Nothing is sent until every write renders: the step's rows go together.
         reason = "; ".join(words for _, words in refused)
@@ -907,39 +886,19 @@ def _update_message(
     model_name: str,
     external_id: str,
     values: dict[str, Any],
-) -> OutboxMessage | str:
+) -> PartialUpdate:
     """The outbox row updating `values` on the connection's copy of a record, rendered by its
     published mapping (only the fields sent: an update of two ids), with the record's id where
     the mapping reads it; or why it cannot be rendered."""
-    operation = vendor_operation(connection.vendor, model_name, "update")
-    if operation is None:
-        return f"{_system(connection)} has no operation to update a {model_name}"
-    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
-    if mapping is None or mapping.canonical_model != model_name:
-        return f"{_system(connection)} has no published {operation.object_type} mapping"
-    carried = {f.name for f in mapping.outbound}
-    sent = {k: v for k, v in values.items() if k in carried}
-    if not sent:
-        return (
-            f"the published {operation.object_type} mapping of {_system(connection)} writes "
-            f"no {', '.join(values)}"
-        )
-    try:
-        payload = map_outbound(mapping, sent, partial=True)
-    except OutboundMappingError as exc:
-        return f"the published {operation.object_type} mapping cannot render it: {exc}"
-    mapping.external_id_path.set(payload, external_id)
-    unmapped = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
-    if unmapped:
-        return f"the published {operation.object_type} mapping writes no {', '.join(unmapped)}"
-    return outbox_message(
+    return partial_update_message(
         connection=connection,
+        canonical_model=model_name,
+        external_id=external_id,
+        values=values,
         process=PROCESS,
         step=WRITE_BACK,
-        operation=operation.name,
         record=record,
         version=1,
-        payload=payload,
         context=_context(
             run,
             what=model_name,
@@ -1127,7 +1086,7 @@ def _route(run: WorkflowRun, role: SystemRole) -> Connection:
     # of the entity to another ERP since leaves what this run made where it started.
     pinned = run.context.get(f"{role}_connection_id")
     found = Connection.objects.filter(pk=pinned).first() if pinned else None
-    connection = found or _route_of(role, entity_id)
+    connection = found or routing_connection(role=role, legal_entity_id=entity_id)
     if connection is None:
         entity = LegalEntity.objects.get(pk=entity_id)
         raise NoRoute(f"no {role.label} connection serves legal entity {entity.code}")

@@ -58,6 +58,15 @@ from django.db import connection, transaction
 from django.db.models import Exists, Max, OuterRef, Q
 from django.db.models.expressions import RawSQL
 
+from exceptions.catalogue import (
+    EXPENSE_CASE_TYPES,
+    EXPENSE_MISSING_EXCHANGE_RATE,
+    EXPENSE_NO_ERP_ROUTE,
+    EXPENSE_ON_INACTIVE_PROJECT,
+    EXPENSE_PROJECT_WITHOUT_CONTRACT,
+    EXPENSE_PROJECT_WITHOUT_LEGAL_ENTITY,
+    EXPENSE_TAX_TREATMENT,
+)
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
@@ -74,11 +83,11 @@ from integrations.models import (
     Project,
     RateCard,
     Resource,
-    RoutingRule,
     SystemRole,
     TimeEntry,
 )
-from integrations.services.route_switches import SwitchHistory, route_switches_apply_due
+from integrations.selectors import RouteTable, route_table_load
+from integrations.services.route_switches import route_switches_apply_due
 from integrations.sync.bulk import copy_insert, copy_insert_values, update_rows
 from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
 from integrations.sync.outbox import outbox_enqueue, outbox_replay
@@ -347,25 +356,19 @@ class _FxBook:
 class _Routes:
     """Which ERP connection serves each legal entity (RoutingRule, else the role's default),
     and which served it before a switch (RouteSwitch, integrations/services/route_switches.py):
-    an invoice made before its entity moved to another ERP is still that ERP's to post."""
+    an invoice made before its entity moved to another ERP is still that ERP's to post. Read
+    once per run (integrations/selectors.py, `route_table_load`)."""
 
-    def __init__(
-        self, by_entity: dict[int | None, Connection], history: SwitchHistory | None = None
-    ) -> None:
-        self.by_entity = by_entity
-        self.history = history or SwitchHistory({})
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
         self._pinned: dict[int, Connection | None] = {}
 
     @classmethod
     def load(cls) -> _Routes:
-        rules = RoutingRule.objects.filter(role=SystemRole.ERP, connection__enabled=True)
-        return cls(
-            {r.legal_entity_id: r.connection for r in rules.select_related("connection")},
-            SwitchHistory.load(),
-        )
+        return cls(route_table_load(role=SystemRole.ERP))
 
     def connection_for(self, legal_entity_id: int | None) -> Connection | None:
-        return self.by_entity.get(legal_entity_id) or self.by_entity.get(None)
+        return self.table.serving(legal_entity_id)
 
     def connection_of(self, invoice: Invoice, *, as_made: bool) -> Connection | None:
         """The ERP an invoice goes to: the one it was made for; for a draft older than that
@@ -378,7 +381,7 @@ class _Routes:
         return self.connection_for(invoice.legal_entity_id)
 
     def _connection(self, pk: int) -> Connection | None:
-        for serving in self.by_entity.values():
+        for serving in self.table.by_entity.values():
             if serving.pk == pk:
                 return serving
         if pk not in self._pinned:
@@ -388,7 +391,7 @@ class _Routes:
     def connection_at(self, legal_entity_id: int | None, when: Any) -> Connection | None:
         """The connection that served the entity at `when`: the one a switch since moved it
         from, else its route now. (No query unless an entity of the run was switched since.)"""
-        before = self.history.connection_at(legal_entity_id, when)
+        before = self.table.history.connection_at(legal_entity_id, when)
         if before is None:
             return self.connection_for(legal_entity_id)
         return self._connection(before)
@@ -594,27 +597,27 @@ def _validate_expense(spend: _Spend, fx: _FxBook, routes: _Routes) -> _Problem |
     on_project = {"project_id": project.pk, "project": f"{project.code} {project.name}"}
     if project.status != Project.Status.ACTIVE:
         status = project.get_status_display().lower()
-        return _Problem("expense_on_inactive_project", {**on_project, "status": status})
+        return _Problem(EXPENSE_ON_INACTIVE_PROJECT, {**on_project, "status": status})
     entity = project.legal_entity
     if entity is None:
-        return _Problem("expense_project_without_legal_entity", on_project)
+        return _Problem(EXPENSE_PROJECT_WITHOUT_LEGAL_ENTITY, on_project)
     contract = project.contract
     if contract is None:
-        return _Problem("expense_project_without_contract", on_project)
+        return _Problem(EXPENSE_PROJECT_WITHOUT_CONTRACT, on_project)
     if not fx.has_rate(spend.currency, entity.base_currency):
         return _Problem(
-            "expense_missing_exchange_rate",
+            EXPENSE_MISSING_EXCHANGE_RATE,
             {"currency": spend.currency, "base": entity.base_currency, "days": FX_RECENT_DAYS},
         )
     if routes.connection_for(entity.pk) is None:
         return _Problem(
-            "expense_no_erp_route", {"legal_entity_id": entity.pk, "legal_entity": entity.code}
+            EXPENSE_NO_ERP_ROUTE, {"legal_entity_id": entity.pk, "legal_entity": entity.code}
         )
     why = _tax_treatment_problem(project)
     if why:
         assert contract.tax_rate is not None  # noqa: S101 - only a tax profile has a problem
         return _Problem(
-            "expense_tax_treatment",
+            EXPENSE_TAX_TREATMENT,
             {
                 "contract_id": contract.pk,
                 "contract": contract.number,
@@ -1192,16 +1195,8 @@ retry_handler_register(
     case_types=VALIDATION_CASE_TYPES, handler=billing_case_retry, process=PROCESS
 )
 
-# The case types the expense checks raise (_validate_expense); their retry bills the held
-# expenses.
-EXPENSE_CASE_TYPES = (
-    "expense_on_inactive_project",
-    "expense_project_without_legal_entity",
-    "expense_project_without_contract",
-    "expense_missing_exchange_rate",
-    "expense_no_erp_route",
-    "expense_tax_treatment",
-)
+# The case types the expense checks raise (_validate_expense, EXPENSE_CASE_TYPES in the
+# catalogue); their retry bills the held expenses.
 
 
 def expense_case_retry(case: ExceptionCase) -> RetryResult:

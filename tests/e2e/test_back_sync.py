@@ -8,16 +8,13 @@ Salesforce, and in Harvest the invoice with its payment and the time entries bil
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 
-from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
-    Connection,
     CrossReference,
     InboundMessage,
     Invoice,
@@ -25,77 +22,17 @@ from integrations.models import (
     RunState,
     WorkflowRun,
 )
-from integrations.services.connections import connection_create
 from integrations.sync.ring import POLL_CONNECTION, ring
 from integrations.workflows.back_sync import PROCESS
 from integrations.workflows.time_to_erp import billing_run
-from tests.firms import NEW_TENANT
+from tests.e2e.conftest import Concord
+from tests.firms import sandbox_connections
 from tests.firms_back_sync import BillingFirm
-from tests.processes import (
-    beat_proc,
-    free_port,
-    gunicorn_proc,
-    process_env,
-    running,
-    sandbox_proc,
-    wait_for_http,
-    wait_for_sandbox,
-    wait_until,
-    worker_proc,
-)
+from tests.processes import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SECRET = "e2e-back-sync-secret"
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = sandbox_proc(port, tmp_path / "sandbox.log")
-    with running(proc):
-        url = f"http://127.0.0.1:{port}"
-        wait_for_sandbox(url)
-        yield url
-
-
-def _connections(url: str) -> tuple[Connection, Connection, Connection]:
-    crm = connection_create(
-        name="Salesforce (e2e)",
-        role="crm",
-        vendor="salesforce",
-        base_url=f"{url}/salesforce",
-        credentials={
-            "client_id": "concord-salesforce",
-            "client_secret": "sandbox-salesforce-secret",
-        },
-        rate_limit_per_minute=6000,
-    )
-    psa = connection_create(
-        name="Harvest (e2e)",
-        role="psa",
-        vendor="harvest",
-        base_url=f"{url}/harvest/v2",
-        credentials={"access_token": "sandbox-harvest-token", "account_id": "100001"},
-        rate_limit_per_minute=400,
-    )
-    erp = connection_create(
-        name="Xero (e2e)",
-        role="erp",
-        vendor="xero",
-        base_url=f"{url}/xero/api.xro/2.0",
-        credentials={
-            "client_id": "concord-xero",
-            "client_secret": "sandbox-xero-secret",
-            "token_url": f"{url}/xero/connect/token",
-            "tenant_id": NEW_TENANT,
-            "webhook_secret": SECRET,
-        },
-        rate_limit_per_minute=60,
-    )
-    for connection in (crm, psa, erp):
-        mapping_defaults_install(connection=connection)
-    return crm, psa, erp
 
 
 def _psa_invoice(firm: BillingFirm, invoice: Invoice) -> str | None:
@@ -113,30 +50,19 @@ def _where() -> object:
     return list(run.steps.values_list("name", "state", "detail")) if run else None
 
 
-def test_a_payment_in_the_erp_is_seen_in_the_psa_and_the_crm(sandbox: str, tmp_path: Path) -> None:
-    firm = BillingFirm(sandbox, *_connections(sandbox))
+def test_a_payment_in_the_erp_is_seen_in_the_psa_and_the_crm(
+    sandbox: str, concord: Callable[..., Concord]
+) -> None:
+    firm = BillingFirm(
+        sandbox, *sandbox_connections(sandbox, webhooks="erp", webhook_secret=SECRET)
+    )
     firm.setup(entries=3)
     contract_id = CrossReference.objects.get(
         content_type__model="contract", connection=firm.crm
     ).external_id
 
-    web_port = free_port()
-    env = process_env(CONCORD_OUTBOX_LEASE_S="20")
-    web = gunicorn_proc(web_port, env, tmp_path / "web.log", workers=1, threads=4)
-    worker = worker_proc(env, tmp_path / "worker.log", concurrency=2)
-    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
-    with running(web, worker, beat):
-        wait_for_http(f"http://127.0.0.1:{web_port}/healthz")
-        subscribed = httpx.post(
-            f"{sandbox}/_control/webhooks",
-            json={
-                "system": "xero",
-                "url": f"http://127.0.0.1:{web_port}/webhooks/{firm.erp.pk}/",
-                "secret": SECRET,
-            },
-            timeout=10,
-        )
-        assert subscribed.status_code == 201, subscribed.text
+    with concord().running() as processes:
+        processes.subscribe(sandbox, system="xero", connection=firm.erp, secret=SECRET)
 
         # The billing run posts the draft invoice; the workers deliver it to Xero.
         assert billing_run().invoices == 1
@@ -171,7 +97,7 @@ def test_a_payment_in_the_erp_is_seen_in_the_psa_and_the_crm(sandbox: str, tmp_p
                 what="the webhook's invoice update in the CRM",
             )
         except AssertionError:
-            pytest.fail(f"not in the CRM: {_where()}\n{worker.output()}\n{web.output()}")
+            pytest.fail(f"not in the CRM: {_where()}\n{processes.logs()}")
         assert InboundMessage.objects.filter(
             connection=firm.erp,
             source=InboundMessage.Source.WEBHOOK,
@@ -193,7 +119,7 @@ def test_a_payment_in_the_erp_is_seen_in_the_psa_and_the_crm(sandbox: str, tmp_p
         try:
             wait_until(seen_everywhere, timeout=120, what="the payment in the PSA and CRM")
         except AssertionError:
-            pytest.fail(f"not seen: {_where()}\n{worker.output()}\n{web.output()}")
+            pytest.fail(f"not seen: {_where()}\n{processes.logs()}")
 
     # Concord: the invoice authorised with GBP 2,780 due, one payment, the run done.
     invoice.refresh_from_db()

@@ -10,17 +10,12 @@ run invoices new time at the amended rate."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
-    Connection,
     Invoice,
     OutboxMessage,
     Project,
@@ -29,126 +24,40 @@ from integrations.models import (
     StepState,
     WorkflowRun,
 )
-from integrations.services.connections import connection_create
 from integrations.workflows import provisioning
 from integrations.workflows.change_orders import PROCESS
 from integrations.workflows.time_to_erp import billing_run
-from tests.firms import NEW_TENANT, ChangeOrderFirm, approved_time, consultant
-from tests.processes import (
-    beat_proc,
-    free_port,
-    gunicorn_proc,
-    process_env,
-    running,
-    sandbox_proc,
-    wait_for_http,
-    wait_for_sandbox,
-    wait_until,
-    worker_proc,
+from tests.e2e.conftest import Concord
+from tests.firms import (
+    NEW_TENANT,
+    ChangeOrderFirm,
+    approved_time,
+    consultant,
+    sandbox_connections,
+    sandbox_records,
 )
+from tests.processes import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SECRET = "e2e-change-orders-secret"
 
 
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = sandbox_proc(port, tmp_path / "sandbox.log")
-    with running(proc):
-        url = f"http://127.0.0.1:{port}"
-        wait_for_sandbox(url)
-        yield url
-
-
-def _connections(url: str) -> tuple[Connection, Connection, Connection]:
-    crm = connection_create(
-        name="Salesforce (e2e)",
-        role="crm",
-        vendor="salesforce",
-        base_url=f"{url}/salesforce",
-        credentials={
-            "client_id": "concord-salesforce",
-            "client_secret": "sandbox-salesforce-secret",
-            "webhook_secret": SECRET,
-        },
-        rate_limit_per_minute=6000,
-    )
-    psa = connection_create(
-        name="Harvest (e2e)",
-        role="psa",
-        vendor="harvest",
-        base_url=f"{url}/harvest/v2",
-        credentials={"access_token": "sandbox-harvest-token", "account_id": "100001"},
-        rate_limit_per_minute=400,
-    )
-    erp = connection_create(
-        name="Xero (e2e)",
-        role="erp",
-        vendor="xero",
-        base_url=f"{url}/xero/api.xro/2.0",
-        credentials={
-            "client_id": "concord-xero",
-            "client_secret": "sandbox-xero-secret",
-            "token_url": f"{url}/xero/connect/token",
-            "tenant_id": NEW_TENANT,
-        },
-        rate_limit_per_minute=60,
-    )
-    for connection in (crm, psa, erp):
-        mapping_defaults_install(connection=connection)
-    return crm, psa, erp
-
-
-def _records(url: str, system: str, obj: str, tenant: str = "") -> list[dict[str, Any]]:
-    params = {"tenant": tenant} if tenant else {}
-    body = httpx.get(f"{url}/_control/records/{system}/{obj}", params=params, timeout=10).json()
-    return list(body["records"])
-
-
-def _wait_done(process: str, what: str, *outputs: Any) -> WorkflowRun:
-    def done() -> bool:
-        run = WorkflowRun.objects.filter(process=process).order_by("-pk").first()
-        return run is not None and run.state == RunState.DONE
-
-    try:
-        wait_until(done, timeout=120, what=what, interval=0.5)
-    except AssertionError:
-        run = WorkflowRun.objects.filter(process=process).order_by("-pk").first()
-        where = list(run.steps.values_list("name", "state", "detail")) if run else None
-        logs = "\n".join(o.output() for o in outputs)
-        pytest.fail(f"{what}: not done: {where}\n{logs}")
-    return WorkflowRun.objects.filter(process=process).order_by("-pk").get()
-
-
-def test_a_change_order_propagated_by_the_workers(sandbox: str, tmp_path: Path) -> None:
-    firm = ChangeOrderFirm(sandbox, *_connections(sandbox))
+def test_a_change_order_propagated_by_the_workers(
+    sandbox: str, concord: Callable[..., Concord]
+) -> None:
+    connections = sandbox_connections(sandbox, webhooks="crm", webhook_secret=SECRET)
+    firm = ChangeOrderFirm(sandbox, *connections)
     firm.tracking_category()
     customer = firm.account()
     contract, contract_id = firm.crm_contract(customer)
     rate_id = firm.crm_rate(contract, contract_id, role="Consultant", rate="150")
 
-    web_port = free_port()
-    env = process_env(CONCORD_OUTBOX_LEASE_S="20")
-    web = gunicorn_proc(web_port, env, tmp_path / "web.log", workers=1, threads=4)
-    worker = worker_proc(env, tmp_path / "worker.log", concurrency=2)
-    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
-    with running(web, worker, beat):
-        wait_for_http(f"http://127.0.0.1:{web_port}/healthz")
-        subscribed = httpx.post(
-            f"{sandbox}/_control/webhooks",
-            json={
-                "system": "salesforce",
-                "url": f"http://127.0.0.1:{web_port}/webhooks/{firm.crm.pk}/",
-                "secret": SECRET,
-            },
-            timeout=10,
-        )
-        assert subscribed.status_code == 201, subscribed.text
+    with concord().running() as processes:
+        processes.subscribe(sandbox, system="salesforce", connection=firm.crm, secret=SECRET)
         # The deal is won in Salesforce: the contract's project is provisioned.
         firm.opportunity()
-        provisioned = _wait_done(provisioning.PROCESS, "provisioning", worker, web)
+        provisioned = processes.wait_for_run(provisioning.PROCESS, "provisioning")
         project = Project.objects.get(pk=provisioned.context["project_id"])
 
         # A month of approved time on it is billed to Xero (a draft invoice there).
@@ -161,8 +70,9 @@ def test_a_change_order_propagated_by_the_workers(sandbox: str, tmp_path: Path) 
             what="the billed time posted to Xero",
             interval=0.5,
         )
-        (invoice_before,) = _records(sandbox, "xero", "Invoices", NEW_TENANT)
-        harvest_before = {p["id"]: p["data"] for p in _records(sandbox, "harvest", "projects")}
+        (invoice_before,) = sandbox_records(sandbox, "xero", "Invoices", NEW_TENANT)
+        projects = sandbox_records(sandbox, "harvest", "projects")
+        harvest_before = {p["id"]: p["data"] for p in projects}
 
         # Sales ops amends the contract in Salesforce: GBP 150,000 over 18 months, and the
         # Consultant rate from GBP 150 to 165 an hour.
@@ -180,7 +90,7 @@ def test_a_change_order_propagated_by_the_workers(sandbox: str, tmp_path: Path) 
                 (r.label, list(r.steps.values_list("name", "state", "detail")))
                 for r in WorkflowRun.objects.filter(process=PROCESS)
             ]
-            pytest.fail(f"change orders not done: {where}\n{worker.output()}\n{web.output()}")
+            pytest.fail(f"change orders not done: {where}\n{processes.logs()}")
         run = WorkflowRun.objects.get(process=PROCESS, input__kind="terms")
         rate_run = WorkflowRun.objects.get(process=PROCESS, input__kind="rate")
 
@@ -202,7 +112,7 @@ def test_a_change_order_propagated_by_the_workers(sandbox: str, tmp_path: Path) 
         StepState.SKIPPED,
     ]
     # The PSA: the project's budget and end date, nothing else of it.
-    (harvest,) = _records(sandbox, "harvest", "projects")
+    (harvest,) = sandbox_records(sandbox, "harvest", "projects")
     before = harvest_before[harvest["id"]]
     assert (before["cost_budget"], before["ends_on"]) == (120000, "2027-10-31")
     assert (harvest["data"]["cost_budget"], harvest["data"]["ends_on"]) == (150000, "2028-04-30")
@@ -227,7 +137,8 @@ def test_a_change_order_propagated_by_the_workers(sandbox: str, tmp_path: Path) 
         f"project {project.code}: 5 invoiced item(s) (37.50 hours, GBP 5,625.00) on {label}"
     ) in steps["erp"].detail
     assert "kept as invoiced" in steps["erp"].detail
-    invoices_after = {i["id"]: i["data"] for i in _records(sandbox, "xero", "Invoices", NEW_TENANT)}
+    stored = sandbox_records(sandbox, "xero", "Invoices", NEW_TENANT)
+    invoices_after = {i["id"]: i["data"] for i in stored}
     assert invoices_after.pop(invoice_before["id"]) == invoice_before["data"]
     assert not OutboxMessage.objects.filter(process=PROCESS, connection=firm.erp).exists()
 

@@ -8,84 +8,28 @@ and in Concord, and one billing event."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
-from pathlib import Path
 
 import httpx
 import pytest
 
-from integrations.mapping.services import mapping_defaults_install
 from integrations.models import (
     BillingEvent,
-    Connection,
     InboundMessage,
     Invoice,
     Milestone,
     OutboxMessage,
-    RunState,
     WorkflowRun,
 )
-from integrations.services.connections import connection_create
 from integrations.workflows.milestones import PROCESS
-from tests.firms import NEW_TENANT, MilestoneFirm
-from tests.processes import (
-    beat_proc,
-    free_port,
-    gunicorn_proc,
-    process_env,
-    running,
-    sandbox_proc,
-    wait_for_http,
-    wait_for_sandbox,
-    wait_until,
-    worker_proc,
-)
+from tests.e2e.conftest import Concord
+from tests.firms import NEW_TENANT, MilestoneFirm, sandbox_connection, sandbox_records
+from tests.processes import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 SECRET = "e2e-milestones-secret"
-
-
-@pytest.fixture
-def sandbox(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = sandbox_proc(port, tmp_path / "sandbox.log")
-    with running(proc):
-        url = f"http://127.0.0.1:{port}"
-        wait_for_sandbox(url)
-        yield url
-
-
-def _connections(url: str) -> tuple[Connection, Connection]:
-    psa = connection_create(
-        name="Harvest (e2e)",
-        role="psa",
-        vendor="harvest",
-        base_url=f"{url}/harvest/v2",
-        credentials={
-            "access_token": "sandbox-harvest-token",
-            "account_id": "100001",
-            "webhook_secret": SECRET,
-        },
-        rate_limit_per_minute=400,
-    )
-    erp = connection_create(
-        name="Xero (e2e)",
-        role="erp",
-        vendor="xero",
-        base_url=f"{url}/xero/api.xro/2.0",
-        credentials={
-            "client_id": "concord-xero",
-            "client_secret": "sandbox-xero-secret",
-            "token_url": f"{url}/xero/connect/token",
-            "tenant_id": NEW_TENANT,
-        },
-        rate_limit_per_minute=60,
-    )
-    for connection in (psa, erp):
-        mapping_defaults_install(connection=connection)
-    return psa, erp
 
 
 def _control(url: str, path: str, body: dict) -> None:
@@ -112,26 +56,16 @@ def _read(milestone_id: str) -> int:
 
 
 def test_a_milestone_is_invoiced_once_even_when_its_completion_is_delivered_twice(
-    sandbox: str, tmp_path: Path
+    sandbox: str, concord: Callable[..., Concord]
 ) -> None:
-    firm = MilestoneFirm(sandbox, *_connections(sandbox))
+    firm = MilestoneFirm(
+        sandbox,
+        sandbox_connection(sandbox, "psa", webhook_secret=SECRET),
+        sandbox_connection(sandbox, "erp"),
+    )
 
-    web_port = free_port()
-    env = process_env(CONCORD_OUTBOX_LEASE_S="20")
-    web = gunicorn_proc(web_port, env, tmp_path / "web.log", workers=1, threads=4)
-    worker = worker_proc(env, tmp_path / "worker.log", concurrency=2)
-    beat = beat_proc(env, tmp_path / "beat.log", tmp_path / "beat-schedule")
-    with running(web, worker, beat):
-        wait_for_http(f"http://127.0.0.1:{web_port}/healthz")
-        _control(
-            sandbox,
-            "webhooks",
-            {
-                "system": "harvest",
-                "url": f"http://127.0.0.1:{web_port}/webhooks/{firm.psa.pk}/",
-                "secret": SECRET,
-            },
-        )
+    with concord().running() as processes:
+        processes.subscribe(sandbox, system="harvest", connection=firm.psa, secret=SECRET)
         # The milestone is planned in Harvest; the change feed brings it to Concord.
         harvest_id = firm.milestone("Design signed off", "12500", "2026-11-30")
         wait_until(Milestone.objects.exists, timeout=30, what="the planned milestone read")
@@ -140,22 +74,16 @@ def test_a_milestone_is_invoiced_once_even_when_its_completion_is_delivered_twic
         firm.complete(harvest_id)
         firm.complete(harvest_id, notes="Signed off by the client")  # saved again
 
-        def done() -> bool:
-            run = WorkflowRun.objects.filter(process=PROCESS).first()
-            return run is not None and run.state == RunState.DONE
-
+        processes.wait_for_run(PROCESS, "the milestone billing run")
+        # The write-back announces itself in the feed too: let that delivery land.
         try:
-            wait_until(done, timeout=120, what="the milestone billing run done", interval=0.5)
-            # The write-back announces itself in the feed too: let that delivery land.
             wait_until(
                 lambda: _read(harvest_id) >= 4,
                 timeout=30,
                 what="the invoiced milestone announced back by Harvest",
             )
         except AssertionError:
-            run = WorkflowRun.objects.filter(process=PROCESS).first()
-            where = list(run.steps.values_list("name", "state", "detail")) if run else None
-            pytest.fail(f"run not done: {where}\n{worker.output()}\n{web.output()}")
+            pytest.fail(f"not announced back: {_applied(harvest_id)}\n{processes.logs()}")
 
     (run,) = WorkflowRun.objects.filter(process=PROCESS)
     bill = run.steps.get(name="bill")
@@ -168,9 +96,7 @@ def test_a_milestone_is_invoiced_once_even_when_its_completion_is_delivered_twic
     assert len(arrived) >= 3, [(m.pk, m.processed_at, finished) for m in applied]
 
     # Exactly one Xero invoice, with the milestone's amount (and VAT at 20%).
-    stored = httpx.get(
-        f"{sandbox}/_control/records/xero/Invoices", params={"tenant": NEW_TENANT}, timeout=10
-    ).json()["records"]
+    stored = sandbox_records(sandbox, "xero", "Invoices", NEW_TENANT)
     assert len(stored) == 1
     (xero,) = [r["data"] for r in stored]
     assert (xero["SubTotal"], xero["Total"]) == (12500.0, 15000.0)
