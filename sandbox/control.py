@@ -152,7 +152,7 @@ class Control:
             Route("/limits", self.limits, methods=["GET", "POST"]),
             Route("/stats", self.stats, methods=["GET"]),
             Route("/records", self.tables, methods=["GET"]),
-            Route("/records/{system}/{obj}", self.records, methods=["GET"]),
+            Route("/records/{system}/{obj}", self.records, methods=["GET", "POST"]),
             Route("/records/{system}/{obj}/{key}", self.record, methods=["GET", "PATCH"]),
             Route("/webhooks", self.webhooks, methods=["GET", "POST"]),
             Route("/webhooks/{sub_id}", self.unsubscribe, methods=["DELETE"]),
@@ -292,6 +292,8 @@ class Control:
 
     async def records(self, request: Request) -> Response:
         system, obj = request.path_params["system"], request.path_params["obj"]
+        if request.method == "POST":
+            return await self.create(request, system, obj)
         try:
             limit = int(request.query_params.get("limit", "1000"))
             offset = int(request.query_params.get("offset", "0"))
@@ -311,6 +313,25 @@ class Control:
                 ],
             }
         )
+
+    async def create(self, request: Request, system: str, obj: str) -> Response:
+        """An out-of-band record, as a person enters one in the vendor's own UI (a payment
+        received, in Xero): the vendor's own rules apply (a refusal is a 400 naming them), and
+        it is stored, derived and announced as the vendor's own create is."""
+        vendor = self.vendors.get(system)
+        if vendor is None:
+            return _error(f"unknown system {system!r}", 404)
+        try:
+            body = await _body(request)
+        except ValueError as exc:
+            return _error(str(exc))
+        try:
+            row, scope = vendor.create_raw(obj, body, request.query_params.get("tenant", ""))
+        except NotImplementedError as exc:
+            return _error(str(exc) or f"the control API cannot create {system} {obj}", 405)
+        except (ValueError, TypeError, KeyError, AttributeError, StopIteration) as exc:
+            return _error(f"refused: {exc}")
+        return JSON(self._raw(row, scope), 201)
 
     async def record(self, request: Request) -> Response:
         system, obj, raw_key = (request.path_params[k] for k in ("system", "obj", "key"))
@@ -342,6 +363,7 @@ class Control:
             except ValueError as exc:
                 return _error(str(exc))
             system, url, secret = body.get("system"), body.get("url"), body.get("secret")
+            tenant = body.get("tenant")
             if (
                 system not in SYSTEMS
                 or not isinstance(url, str)
@@ -349,7 +371,12 @@ class Control:
                 or not secret
             ):
                 return _error("need system (salesforce|harvest|xero), url and a non-empty secret")
-            return JSON(hooks.subscribe(system, url, secret).as_dict(), 201)
+            if tenant is not None and (system != "xero" or tenant not in xero.TENANTS):
+                return _error(
+                    "tenant is for xero subscriptions only, and must be one of "
+                    + ", ".join(xero.TENANTS)
+                )
+            return JSON(hooks.subscribe(system, url, secret, tenant).as_dict(), 201)
         return JSON(
             {
                 "subscriptions": [s.as_dict() for s in hooks.subscriptions.values()],

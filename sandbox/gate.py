@@ -152,6 +152,14 @@ class Vendor:
         leaving the record untouched, when the vendor cannot derive its fields from them."""
         raise NotImplementedError
 
+    def create_raw(self, obj: str, data: dict[str, Any], scope: str = "") -> tuple[Row, str]:
+        """Create a record out of band, as a person enters one in the vendor's own UI (a
+        payment received, in Xero): checked by the vendor's own rules, stored, derived and
+        announced as the vendor's own create is. Returns the record and its scope (the tenant
+        it went to). Raises ValueError naming what the vendor refuses, NotImplementedError for
+        an object the control API cannot create."""
+        raise NotImplementedError
+
 
 class VendorGate:
     """ASGI app mounted at ``/<system>``: checks, then the vendor's router."""

@@ -13,7 +13,16 @@ Some records are flawed on purpose (listed in the response under ``flawed``) so 
 exception handling has something to find: a customer with no VAT number invoiced under
 reverse charge, time on an archived project, a customer billed in a currency the ERP lacks,
 an account with no legal entity, a won opportunity with no contract, a person whose role has
-no rate card, and a completed milestone whose contract has no payment terms.
+no rate card, and a completed milestone whose contract has no payment terms. The engagements
+with such a flaw are small ones (half an engagement's time), so most approved time bills
+cleanly. Each provisioned engagement's account names its PSA client and ERP contact
+(``PSA_Client_Id__c``, ``ERP_Customer_Id__c``), as provisioning writes them back.
+
+It is also the firm's near future: per unit of scale, four prospects with a deal in
+negotiation and a contract drafted for it (``Seeder.pipeline``). The response's ``later``
+lists the changes the firm's sales people make once its systems are connected (the deals
+closing, each a ``PATCH /_control/records/...`` body with ``after_s`` and ``what``): `make run`
+plays them, so their webhooks start Concord's provisioning; one contract is still a draft.
 """
 
 from __future__ import annotations
@@ -144,6 +153,14 @@ NAME_B = (
     "Motors",
 )
 SUFFIX = {"US01": "Inc.", "UK01": "Ltd", "DE01": "GmbH"}
+# Prospects whose deals close once the firm's systems are connected (Seeder.pipeline): name,
+# legal entity, billing model, payment terms, contract status when the deal is won.
+PROSPECTS = (
+    ("Quartz Dynamics Inc.", "US01", "Time and Materials", "Net 30", "Activated"),
+    ("Riverside Pharma Ltd", "UK01", "Fixed Fee", "Net 30", "Activated"),
+    ("Sonnenberg Maschinenbau GmbH", "DE01", "Retainer", "Net 45", "Activated"),
+    ("Tidewater Shipping Ltd", "UK01", "Time and Materials", "Net 30", "Draft"),
+)
 CITIES = {
     "US01": ("New York", "NY", "10001"),
     "UK01": ("London", "", "EC1A 1BB"),
@@ -167,11 +184,13 @@ class Seeder:
     ) -> None:
         self.sf, self.hv, self.xero = salesforce, harvest, xero
         self.scale, self.rng, self.anchor = scale, random.Random(seed), anchor  # noqa: S311 - reproducible data, not secrets
+        self.rng_seed = seed
         self.start = anchor - timedelta(weeks=WEEKS)
         self.flawed: list[dict[str, Any]] = []
         self.counts: dict[str, int] = {}
         self._uuid_rng = random.Random(seed + 1)  # noqa: S311 - reproducible ids
         self._vat_flaw_done = False
+        self._small_projects: set[Any] = set()
 
     def uuid(self) -> str:
         return str(uuid.UUID(int=self._uuid_rng.getrandbits(128), version=4))
@@ -201,11 +220,13 @@ class Seeder:
         for n, customer in enumerate(customers):
             self.engagement(n, customer, tasks, people, categories_rows, at)
         self.work(tasks, categories)
+        later = self.pipeline(people, at)
         return {
             "scale": self.scale,
             "anchor": self.anchor.isoformat(),
             "counts": dict(sorted(self.counts.items())),
             "flawed": self.flawed,
+            "later": later,
             "seconds": round(time.perf_counter() - began, 3),
         }
 
@@ -303,6 +324,7 @@ class Seeder:
                     "role": role,
                     "bill": bill,
                     "cost": data["cost_rate"],
+                    "email": data["email"],
                 }
             )
         by_role: dict[str, list[int]] = {}
@@ -460,8 +482,10 @@ class Seeder:
                     "CurrencyIsoCode": c["currency"],
                     "Billing_Model__c": model,
                     "Payment_Terms__c": None if no_terms else "Net 30",
+                    # Reverse charge (zero-rated EC services, which need the customer's VAT
+                    # number) for some of the UK company's customers; the rest standard.
                     "Tax_Profile__c": "reverse-charge"
-                    if entity.code != "US01" and n % 3 == 1
+                    if entity.code == "UK01" and n % 3 == 1
                     else "standard",
                     "Budget__c": budget,
                     "Legal_Entity__c": entity.code,
@@ -528,6 +552,8 @@ class Seeder:
             seeded=True,
         )
         self.count("harvest.projects")
+        if archived or n == 6 or no_terms or c.get("flaw_currency"):
+            self._small_projects.add(project.key)
         for name, task_id in tasks.items():
             self.hv.insert(
                 "task_assignments",
@@ -629,6 +655,9 @@ class Seeder:
                 tenant,
             )
         self.xero.add_option(tracking[tenant], code, tenant, seeded=True, option_id=self.uuid())
+        # The engagement was provisioned before: the account names its PSA client and ERP
+        # contact, as project provisioning writes them back (how the three are one customer).
+        account.data.update(PSA_Client_Id__c=str(client.key), ERP_Customer_Id__c=contact.key)
         c.update(
             project=project,
             client=client,
@@ -668,13 +697,21 @@ class Seeder:
         archived_end = next((d["ends_on"] for k, d in projects if not d["is_active"]), None)
         total = ENTRIES_PER_SCALE * self.scale
         flagged_archived = False
-        per_project = max(1, total // len(projects))
+        # The engagements with a flaw (an archived project, a customer without a contract or
+        # without payment terms, or billed in CHF) are small ones, half an engagement's time:
+        # most approved time is on engagements that bill cleanly, as at a real firm.
+        weights = [0.5 if key in self._small_projects else 1.0 for key, _ in projects]
+        per_weight = total / sum(weights)
         made = 0
         for index, (project_id, data) in enumerate(projects):
             team = team_of.get(project_id) or []
             if not team:
                 continue
-            count = per_project if index < len(projects) - 1 else total - made
+            count = (
+                max(1, int(per_weight * weights[index]))
+                if index < len(projects) - 1
+                else total - made
+            )
             for i in range(count):
                 day = workdays[(i * 7 + index) % len(workdays)]
                 user_id, bill, cost = team[i % len(team)]
@@ -866,6 +903,115 @@ class Seeder:
         for tenant in (LEGACY.id, NEW.id):
             out.extend((tenant, row) for row in self.xero.store.rows("xero", "Contacts", tenant))
         return out
+
+    def pipeline(self, people: list[dict[str, Any]], at: float) -> list[dict[str, Any]]:
+        """Per unit of scale, four prospects (an account, a contract drafted for the deal and
+        an opportunity in negotiation; no PSA client or ERP contact yet) whose deals close
+        once the firm's systems are connected: the changes are returned as ``later``, each
+        the out-of-band change a sales person makes in Salesforce
+        (``PATCH /_control/records/...``), ``after_s`` seconds after the caller is ready.
+        Three close cleanly; the fourth's contract is still a draft when the deal is won
+        (flawed: its billing terms are not activated). Built last and from a random
+        generator of its own, so the rest of the firm is the same with or without them."""
+        rng = random.Random(self.rng_seed + 2)  # noqa: S311 - reproducible data, not secrets
+        later: list[dict[str, Any]] = []
+        for n in range(len(PROSPECTS) * self.scale):
+            name, code, model, terms, status = PROSPECTS[n % len(PROSPECTS)]
+            if n >= len(PROSPECTS):
+                name = f"{name} {n // len(PROSPECTS) + 1}"
+            entity = next(e for e in ENTITIES if e.code == code)
+            city, state, postcode = CITIES[code]
+            region = {"US01": "Americas", "UK01": "EMEA", "DE01": "EMEA"}[code]
+            vat = (
+                f"{rng.randrange(10, 99)}-{rng.randrange(10**6, 10**7)}"
+                if code == "US01"
+                else f"{code[:2]}{rng.randrange(10**8, 10**9)}"
+            )
+            created = at + 86_400 + n * 60
+            account = self.sf.insert(
+                "Account",
+                {
+                    "Name": name,
+                    "Type": "Prospect",
+                    "Industry": "Technology",
+                    "BillingCity": city,
+                    "BillingState": state or None,
+                    "BillingPostalCode": postcode,
+                    "BillingCountry": entity.country,
+                    "CurrencyIsoCode": entity.currency,
+                    "Legal_Entity__c": code,
+                    "Region__c": region,
+                    "Tax_Number__c": vat,
+                    "External_Id__c": f"PROS-{n + 1:05d}",
+                },
+                at=created,
+                seeded=True,
+            )
+            budget = float(rng.randrange(60, 300) * 1000)
+            local = [p for p in people if p["entity"] is entity] or people
+            team = [str(p["email"]) for p in local]
+            opportunity = self.sf.insert(
+                "Opportunity",
+                {
+                    "Name": f"{name} - {PROJECT_KINDS[n % len(PROJECT_KINDS)]}",
+                    "AccountId": account.key,
+                    "StageName": "Negotiation/Review",
+                    "CloseDate": self.anchor.isoformat(),
+                    "Amount": budget,
+                    "Probability": 80.0,
+                    "CurrencyIsoCode": entity.currency,
+                    "Billing_Model__c": model,
+                    "Legal_Entity__c": code,
+                    "Region__c": region,
+                    "External_Id__c": f"PROS-{n + 1:05d}-1",
+                    "Delivery_Lead__c": team[0] if team else None,
+                    "Delivery_Team__c": ";".join(team[1:3]) or None,
+                },
+                at=created + 10,
+                seeded=True,
+            )
+            contract = self.sf.insert(
+                "Contract",
+                {
+                    "AccountId": account.key,
+                    "Opportunity__c": opportunity.key,
+                    "Status": status,
+                    "StartDate": self.anchor.isoformat(),
+                    "ContractTerm": 12,
+                    "CurrencyIsoCode": entity.currency,
+                    "Billing_Model__c": model,
+                    "Payment_Terms__c": terms,
+                    "Tax_Profile__c": "standard",
+                    "Budget__c": budget,
+                    "Legal_Entity__c": code,
+                    "External_Id__c": f"PROS-CTR-{n + 1:05d}",
+                },
+                at=created + 20,
+                seeded=True,
+            )
+            self.count("prospects")
+            self.count("salesforce.Account")
+            self.count("salesforce.Opportunity")
+            self.count("salesforce.Contract")
+            if status != "Activated":
+                self.flaw(
+                    "salesforce",
+                    "Contract",
+                    contract.key,
+                    f"contract still {status} when its opportunity is won "
+                    "(billing terms not activated)",
+                )
+            later.append(
+                {
+                    "system": "salesforce",
+                    "object": "Opportunity",
+                    "id": opportunity.key,
+                    "changes": {"StageName": "Closed Won", "Probability": 100.0},
+                    "after_s": 5 * n,
+                    "what": f"{name} signs: opportunity {opportunity.key} closed won",
+                }
+            )
+        return later
 
 
 def default_anchor() -> date:

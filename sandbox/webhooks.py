@@ -55,10 +55,16 @@ class Subscription:
     system: str
     url: str
     secret: str
+    # Xero only: the one organisation whose events this subscription hears (as an app
+    # connected to that organisation alone would); None hears every connected organisation.
+    tenant: str | None = None
     next_sequence: int = 1  # Xero's event sequence numbers, per subscription
 
     def as_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "system": self.system, "url": self.url}
+        out = {"id": self.id, "system": self.system, "url": self.url}
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
+        return out
 
 
 @dataclass
@@ -99,8 +105,12 @@ class WebhookDispatcher:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def subscribe(self, system: str, url: str, secret: str) -> Subscription:
-        sub = Subscription(id=uuid.uuid4().hex, system=system, url=url, secret=secret)
+    def subscribe(
+        self, system: str, url: str, secret: str, tenant: str | None = None
+    ) -> Subscription:
+        sub = Subscription(
+            id=uuid.uuid4().hex, system=system, url=url, secret=secret, tenant=tenant
+        )
         self.subscriptions[sub.id] = sub
         return sub
 
@@ -145,13 +155,20 @@ class WebhookDispatcher:
 
     def _fan_out(self, system: str, events: list[dict[str, Any]]) -> None:
         for sub in [s for s in self.subscriptions.values() if s.system == system]:
-            body, headers = self._render(sub, events)
+            heard = (
+                events
+                if sub.tenant is None
+                else [e for e in events if e.get("tenantId") == sub.tenant]
+            )
+            if not heard:
+                continue
+            body, headers = self._render(sub, heard)
             delivery = Delivery(
                 id=uuid.uuid4().hex,
                 subscription_id=sub.id,
                 system=system,
                 url=sub.url,
-                events=len(events),
+                events=len(heard),
             )
             if system != "xero":
                 headers["X-Sandbox-Event-Id"] = delivery.id

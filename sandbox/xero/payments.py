@@ -13,7 +13,7 @@ from starlette.responses import Response
 from ..store import Row
 from .base import SYSTEM, XeroBase
 from .formats import day_to_ts, money, ms_date, parse_day
-from .tenants import Tenant
+from .tenants import TENANTS, Tenant
 
 PAYMENT_TYPES = {"ACCREC": "ACCRECPAYMENT", "ACCPAY": "ACCPAYPAYMENT"}  # by invoice Type
 
@@ -94,6 +94,14 @@ class Payments(XeroBase):
             return table.rows.get(str(ref["InvoiceID"]).lower())
         if ref.get("InvoiceNumber"):
             return table.index_get("number", str(ref["InvoiceNumber"]))
+        return None
+
+    def _tenant_of_payment(self, item: dict[str, Any]) -> Tenant | None:
+        """The tenant holding the invoice a payment names (Xero's ids are unique across
+        organisations), for a payment entered without one."""
+        for tenant in TENANTS.values():
+            if self._payment_invoice(item, tenant) is not None:
+                return tenant
         return None
 
     def _payment_errors(

@@ -108,3 +108,18 @@ class Xero(Invoices, ReferenceData, Identity):
                 if invoice.key == data.get("InvoiceID") and row.key not in paid_by:
                     invoice.data["PaymentIDs"] = [*paid_by, row.key]
                 self._settle(invoice, scope)
+
+    def create_raw(self, obj: str, data: dict[str, Any], scope: str = "") -> tuple[Row, str]:
+        """A payment received, entered in Xero's own UI: the same rules and effects as ``PUT
+        /Payments`` (an authorised invoice, a bank account, no more than the amount due; the
+        invoice settled and announced by its INVOICE webhook). Without ``scope`` the tenant is
+        the one holding the invoice named by ``Invoice.InvoiceID`` or ``InvoiceNumber``."""
+        if obj != "Payments":
+            raise NotImplementedError(f"the control API creates Xero Payments only, not {obj}")
+        tenant = TENANTS.get(scope) if scope else self._tenant_of_payment(data)
+        if tenant is None:
+            raise ValueError(f"unknown tenant {scope!r}" if scope else "Invoice could not be found")
+        errors = self._payment_errors(data, tenant, {})
+        if errors:
+            raise ValueError("; ".join(errors))
+        return self._apply_payment(data, None, tenant), tenant.id

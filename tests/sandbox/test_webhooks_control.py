@@ -18,7 +18,8 @@ import httpx
 import pytest
 from openapi_schema_validator import OAS31Validator
 
-from .conftest import REPO
+from .conftest import LEGACY_TENANT, NEW_TENANT, REPO
+from .test_xero_contract import API, invoice_body
 
 
 class Receiver:
@@ -87,6 +88,102 @@ def test_xero_webhook_is_signed_and_spec_shaped(
     assert event["tenantId"] == xero.headers["Xero-Tenant-Id"]
     assert event["resourceUrl"].endswith(f"/Contacts/{contact['ContactID']}")
     assert payload["firstEventSequence"] == payload["lastEventSequence"] == 1
+
+
+def _xero_events(receiver: Receiver) -> list[dict[str, Any]]:
+    return [e for _, body in list(receiver.received) for e in json.loads(body)["events"]]
+
+
+def _wait_for_event(receiver: Receiver, resource_id: str, event_type: str) -> None:
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        if any(
+            (e["resourceId"], e["eventType"]) == (resource_id, event_type)
+            for e in _xero_events(receiver)
+        ):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"no {event_type} of {resource_id}: {_xero_events(receiver)}")
+
+
+def test_a_payment_entered_in_xero_settles_its_invoice_and_each_tenant_hears_its_own(
+    xero: httpx.Client, client: httpx.Client, receiver: Receiver
+) -> None:
+    """A customer's payment entered in Xero's UI (``POST /_control/records/xero/Payments``):
+    Xero's own rules, its invoice settled and announced by an INVOICE webhook; a subscription
+    for one organisation hears only that organisation's events."""
+    legacy = Receiver()
+    try:
+        for url, tenant in ((receiver.url, NEW_TENANT), (legacy.url, LEGACY_TENANT)):
+            made = client.post(
+                "/_control/webhooks",
+                json={"system": "xero", "url": url, "secret": "k", "tenant": tenant},
+            )
+            assert made.status_code == 201, made.text
+            assert made.json()["tenant"] == tenant
+        unknown = {"system": "xero", "url": receiver.url, "secret": "k", "tenant": "nope"}
+        assert client.post("/_control/webhooks", json=unknown).status_code == 400
+
+        contact = xero.put(f"{API}/Contacts", json={"Name": "Paying Ltd"}).json()["Contacts"][0]
+        body = invoice_body(contact["ContactID"], "PAY-1", Status="AUTHORISED")
+        invoice = xero.put(f"{API}/Invoices", json={"Invoices": [body]}).json()["Invoices"][0]
+        invoice_id, total = invoice["InvoiceID"], invoice["Total"]
+        _wait_for_event(receiver, invoice_id, "CREATE")
+
+        entered = client.post(
+            "/_control/records/xero/Payments",
+            json={
+                "Invoice": {"InvoiceNumber": invoice["InvoiceNumber"]},
+                "Account": {"Code": "090"},
+                "Date": "2024-04-10",
+                "Amount": 500.0,
+                "Reference": "BACS 7",
+            },
+        )
+        assert entered.status_code == 201, entered.text
+        raw = entered.json()
+        assert (raw["tenant"], raw["data"]["InvoiceID"]) == (NEW_TENANT, invoice_id)
+        # Served by the Accounting API as any payment is, and its invoice settled by it.
+        served = xero.get(f"{API}/Payments/{raw['id']}").json()["Payments"][0]
+        assert (served["Amount"], served["Reference"], served["Invoice"]["InvoiceID"]) == (
+            500.0,
+            "BACS 7",
+            invoice_id,
+        )
+        after = xero.get(f"{API}/Invoices/{invoice_id}").json()["Invoices"][0]
+        assert (after["Status"], after["AmountPaid"], after["AmountDue"]) == (
+            "AUTHORISED",
+            500.0,
+            total - 500.0,
+        )
+        # A payment is announced as its invoice's UPDATE (Xero has no payment events).
+        _wait_for_event(receiver, invoice_id, "UPDATE")
+
+        # Xero's rules hold: no more than is due; the invoice must exist; only payments.
+        too_much = {
+            "Invoice": {"InvoiceID": invoice_id},
+            "Account": {"Code": "090"},
+            "Amount": total,
+        }
+        over = client.post("/_control/records/xero/Payments", json=too_much)
+        assert over.status_code == 400
+        assert "exceeds the amount outstanding" in over.json()["error"]
+        missing = {"Invoice": {"InvoiceNumber": "NO-SUCH"}, "Amount": 1.0}
+        assert client.post("/_control/records/xero/Payments", json=missing).status_code == 400
+        other = client.post("/_control/records/xero/Contacts", json={"Name": "Not here"})
+        assert other.status_code == 405
+
+        # The legacy organisation's subscription heard nothing of the new one's, and hears its own.
+        legacy_contact = xero.put(
+            f"{API}/Contacts",
+            json={"Name": "Legacy GmbH"},
+            headers={"Xero-Tenant-Id": LEGACY_TENANT},
+        ).json()["Contacts"][0]
+        _wait_for_event(legacy, legacy_contact["ContactID"], "CREATE")
+        assert {e["tenantId"] for e in _xero_events(legacy)} == {LEGACY_TENANT}
+        assert {e["tenantId"] for e in _xero_events(receiver)} == {NEW_TENANT}
+    finally:
+        legacy.server.shutdown()
 
 
 def test_change_feed_is_signed_and_retried(
@@ -166,6 +263,44 @@ def test_seed_builds_a_flawed_firm_deterministically(client: httpx.Client) -> No
     assert (
         stats.get("harvest", {}).get("time_entries", {}).get("created", 0) == 0
     )  # seeding is not "received"
+
+
+def test_seed_names_each_engagement_across_systems_and_the_deals_closing_later(
+    client: httpx.Client,
+) -> None:
+    """The demo firm `make run` shows: each engaged account names its Harvest client and Xero
+    contact (how Concord knows them as one customer), and the seed's ``later`` changes close
+    the prospects' deals, one of them on a contract that is still a draft."""
+    result = client.post("/_control/seed", json={"scale": 1, "anchor": "2024-06-03"}).json()
+    assert result["counts"]["prospects"] == 4
+    accounts = client.get("/_control/records/salesforce/Account").json()["records"]
+    clients = {
+        str(r["id"]): r["data"]["name"]
+        for r in client.get("/_control/records/harvest/clients").json()["records"]
+    }
+    contacts = {
+        r["id"]: r["data"]["Name"]
+        for r in client.get("/_control/records/xero/Contacts").json()["records"]
+    }
+    engaged = [a["data"] for a in accounts if a["data"]["Type"] == "Customer"]
+    assert len(engaged) == 12
+    for account in engaged:
+        assert clients[account["PSA_Client_Id__c"]] == account["Name"]
+        assert contacts[account["ERP_Customer_Id__c"]] == account["Name"]
+
+    later = result["later"]
+    assert [c["after_s"] for c in later] == sorted(c["after_s"] for c in later)
+    assert {(c["system"], c["object"]) for c in later} == {("salesforce", "Opportunity")}
+    drafts = [f for f in result["flawed"] if "still Draft" in f["flaw"]]
+    assert len(drafts) == 1
+    for change in later:
+        url = f"/_control/records/{change['system']}/{change['object']}/{change['id']}"
+        before = client.get(url).json()["data"]
+        assert before["StageName"] == "Negotiation/Review"
+        assert not before["IsWon"]
+        after = client.patch(url, json=change["changes"]).json()["data"]
+        assert after["IsWon"]
+        assert after["StageName"] == "Closed Won"
 
 
 def test_seed_of_100k_time_entries_is_served_page_by_page(client: httpx.Client) -> None:
