@@ -164,6 +164,8 @@ class PartialUpdate:
     message: OutboxMessage | None = None
     reason: str = ""
     object_type: str = ""
+    # The fields of `values` the row carries (the others: no field in the mapping).
+    sent: tuple[str, ...] = ()
 
 
 def partial_update_message(
@@ -236,7 +238,7 @@ def partial_update_message(
         payload=payload,
         context=context,
     )
-    return PartialUpdate(message=message, object_type=object_type)
+    return PartialUpdate(message=message, object_type=object_type, sent=tuple(sent))
 
 
 def outbound_answer(message: OutboxMessage) -> dict[str, Any]:

@@ -49,11 +49,9 @@ from exceptions.errors import CaseConflict, CaseForbidden, CaseNotFound, CaseRef
 from exceptions.models import CaseEvent, ExceptionCase
 from exceptions.retry import retry_handler_for
 from exceptions.services import Actor, case_event, case_resolve
-from integrations.mapping.apply import map_inbound, map_outbound
+from integrations.mapping.apply import map_inbound
 from integrations.mapping.canonical import BOOKKEEPING, canonical_models
-from integrations.mapping.errors import OutboundMappingError
 from integrations.mapping.ownership import load_ownership_rules
-from integrations.mapping.paths import MISSING, compile_path
 from integrations.mapping.selectors import mapping_load_published
 from integrations.models import (
     Connection,
@@ -71,10 +69,12 @@ from integrations.models import (
     RoutingRule,
     SystemRole,
 )
+from integrations.selectors import routing_rule_serving
 from integrations.services.config_rows import config_row_create
 from integrations.sync.errors import MergeRefused
 from integrations.sync.identity import record_merge
-from integrations.sync.outbox import outbox_enqueue, outbox_message
+from integrations.sync.outbound import partial_update_message
+from integrations.sync.outbox import outbox_enqueue
 from integrations.sync.records import record_create, record_update
 from integrations.sync.steps import delivered_step_register
 from integrations.vendors import vendor_operation
@@ -376,8 +376,7 @@ def _owner_write(
     system = _system(connection)
     fields = tuple(values)
     object_type = str(record._meta.model_name)
-    operation = vendor_operation(connection.vendor, object_type, "update")
-    if operation is None:
+    if vendor_operation(connection.vendor, object_type, "update") is None:
         return OwnerWrite(
             system,
             fields,
@@ -385,62 +384,33 @@ def _owner_write(
             f"{system} cannot be updated by Concord ({connection.get_vendor_display()} has no "
             f"{object_type} update); changed in Concord only",
         )
-    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
-    if mapping is None or mapping.canonical_model != object_type:
-        return OwnerWrite(
-            system,
-            fields,
-            False,
-            f"{system} has no published {operation.object_type} mapping; changed in Concord only",
-        )
-    carried = {f.name for f in mapping.outbound}
-    sent = {name: value for name, value in values.items() if name in carried}
-    unsent = [name for name in fields if name not in sent]
-    if not sent:
-        return OwnerWrite(
-            system,
-            fields,
-            False,
-            f"{system} has no field for {_names(unsent)} in its mapping; changed in Concord only",
-        )
-    try:
-        payload = map_outbound(mapping, sent, partial=True)
-    except OutboundMappingError as exc:
-        return OwnerWrite(
-            system, fields, False, f"{system} cannot take it ({exc}); changed in Concord only"
-        )
-    # The record's id in the vendor goes where the mapping reads it from.
-    mapping.external_id_path.set(payload, external_id)
-    missing = [p for p in operation.requires if compile_path(p).get(payload) is MISSING]
-    if missing:
-        return OwnerWrite(
-            system,
-            fields,
-            False,
-            f"{system}'s update needs {', '.join(missing)}, which its mapping does not "
-            "write; changed in Concord only",
-        )
-    message = outbox_message(
+    update = partial_update_message(
         connection=connection,
+        canonical_model=object_type,
+        external_id=external_id,
+        values=values,
         process=PROCESS,
         step=UPDATE_STEP,
-        operation=operation.name,
         record=record,
         version=_next_version(record, connection),
-        payload=payload,
         context={
             "what": str(record._meta.verbose_name),
             "subject": f"{record._meta.verbose_name} {record}",
-            "label": f"{_names(list(sent)).capitalize()} of {record}",
+            "label": f"{_names(list(fields)).capitalize()} of {record}",
             # Whose held work goes again once this is delivered (fix_delivered).
             "retry_cases": list(retry_cases),
         },
     )
-    outbox_enqueue(messages=[message])
+    if update.message is None:
+        return OwnerWrite(system, fields, False, f"{update.reason}; changed in Concord only")
+    if update.sent != fields:  # the label names what is sent
+        update.message.context["label"] = f"{_names(list(update.sent)).capitalize()} of {record}"
+    outbox_enqueue(messages=[update.message])
+    unsent = [name for name in fields if name not in update.sent]
     note = f"written to {system} through the outbox"
     if unsent:
         note += f" ({_names(unsent)}: no field there, changed in Concord only)"
-    return OwnerWrite(system, tuple(sent), True, note)
+    return OwnerWrite(system, update.sent, True, note)
 
 
 def _not_there(record: models.Model, role: str, fields: tuple[str, ...], absent: str) -> OwnerWrite:
@@ -560,18 +530,8 @@ def record_add(*, model: type[models.Model], data: Mapping[str, Any], actor: Act
 
 def _route(role: str, legal_entity_id: int | None) -> RoutingRule | None:
     """The connection of `role` serving the legal entity (its routing rule, else the role's
-    default rule)."""
-    return (
-        RoutingRule.objects.filter(role=role, legal_entity_id=legal_entity_id)
-        .select_related("connection")
-        .first()
-        if legal_entity_id is not None
-        else None
-    ) or (
-        RoutingRule.objects.filter(role=role, legal_entity__isnull=True)
-        .select_related("connection")
-        .first()
-    )
+    default rule), enabled or not: a fix names where the value lives."""
+    return routing_rule_serving(role=role, legal_entity_id=legal_entity_id, enabled_only=False)
 
 
 # --- The fix forms -------------------------------------------------------------------------------

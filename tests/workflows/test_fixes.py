@@ -273,7 +273,8 @@ def test_a_field_xero_does_not_map_outbound_is_said_to_be_changed_in_concord_onl
     )
 
     assert (
-        f"Xero ({xero.name}) has no field for country in its mapping; changed in Concord only"
+        f"the published Contacts mapping of Xero ({xero.name}) writes no country; "
+        "changed in Concord only"
         in (result.summary)
     )
     assert Customer.objects.get().country == "AT"
