@@ -181,6 +181,9 @@ class UpsertPlan:
     # records that are an existing one (linked: by external id, the canonical id) or may be.
     identity: Resolution | None = None
     links: dict[str, int] = field(default_factory=dict)
+    # By position: the results of records another writer created first, applied again as
+    # updates of that record (`_apply_again`).
+    again: dict[int, UpsertResult] = field(default_factory=dict)
 
     def fail(
         self,
@@ -197,6 +200,8 @@ class UpsertPlan:
 
     def result_of(self, position: int) -> UpsertResult:
         """The outcome of the record at `position` (after the write)."""
+        if position in self.again:
+            return self.again[position]
         state, reason = self.later.get(position) or self.notes.get(position) or (State.APPLIED, "")
         if state == State.FAILED:
             return UpsertResult(
@@ -378,10 +383,15 @@ def write_upsert(plan: UpsertPlan) -> None:
         update_fields=plan.update_fields,
         along=lambda done: _write_xrefs(plan, done),
     )
+    raced = _created_meanwhile(plan, stored)
     for (kind, index), errors in stored.refused.items():
         m = plan.creates[index][0] if kind == "create" else plan.updates[index][0]
+        if kind == "create" and m.external_id in raced:
+            continue
         reason = f"{model._meta.model_name} {m.external_id}: {describe(errors)}"
         plan.fail(m, reason, later=True, cause=invalid_cause(errors))
+    if raced:
+        _apply_again(plan, list(raced.values()))
     counts["applied"] += len(stored.created) + len(stored.updated)
     if plan.conflicts:
         for index in stored.updated:
@@ -398,6 +408,50 @@ def write_upsert(plan: UpsertPlan) -> None:
             if match is not None:
                 pairs.append((pk, match))
         possible_duplicates_open(connection=plan.connection, model=model, pairs=pairs)
+
+
+def _created_meanwhile(plan: UpsertPlan, stored: Stored) -> dict[str, MappedRecord]:
+    """The new records the database refused because another writer (a webhook and a poll, or
+    two deliveries, at the same moment) created the same vendor record first: its
+    cross-reference is there now (a unique violation waits for the other transaction and is
+    raised once it has committed). One query, only when a create was refused."""
+    refused = {
+        plan.creates[index][0].external_id: plan.creates[index][0]
+        for kind, index in stored.refused
+        if kind == "create"
+    }
+    if not refused:
+        return {}
+    there = CrossReference.objects.filter(
+        connection=plan.connection,
+        content_type=plan.content_type,
+        external_id__any=list(refused),
+    ).values_list("external_id", flat=True)
+    return {external_id: refused[external_id] for external_id in there}
+
+
+def _apply_again(plan: UpsertPlan, raced: list[MappedRecord]) -> None:
+    """Plan and write the raced records again, now as updates of the record the other writer
+    created (its version check, ownership and relations as for any update), inside the same
+    transaction; their results stand in the batch's (``again``)."""
+    in_transaction = transaction.get_connection().in_atomic_block
+    again = plan_upsert(
+        connection=plan.connection, mapped=raced, rules=plan.rules, lock=in_transaction
+    )
+    write_upsert(again)
+    for name in ("applied", "stale", "conflicts"):
+        plan.outcome[name] += again.outcome[name]
+    plan.outcome["failed"].update(again.outcome["failed"])
+    for i, m in enumerate(raced):
+        position = plan.positions[id(m)]
+        result = plan.again[position] = again.result_of(i)
+        # What a poll's raw row says of it (written after the page: polling's `finish`).
+        if result.state == UpsertState.FAILED:
+            plan.later[position] = (State.FAILED, result.error)
+            if result.cause is not None:
+                plan.causes[position] = result.cause
+        elif result.state == UpsertState.STALE:
+            plan.later[position] = (State.STALE, STALE_REASON)
 
 
 def _write_xrefs(plan: UpsertPlan, stored: Stored) -> None:
