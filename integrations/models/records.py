@@ -121,7 +121,9 @@ class Contract(CanonicalRecord):
     billing_model = models.CharField(max_length=16, choices=BillingModel.choices)
     currency = CurrencyField()
     total_value = money_field(default=Decimal("0"))
-    payment_terms_days = models.PositiveSmallIntegerField(default=30)
+    # None: the CRM's contract names no payment terms (provisioning holds it on sales ops'
+    # case; an invoice of its time is due in the firm's usual 30 days).
+    payment_terms_days = models.PositiveSmallIntegerField(default=30, null=True, blank=True)
     tax_rate = models.ForeignKey(
         TaxRate,
         on_delete=models.PROTECT,

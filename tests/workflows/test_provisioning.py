@@ -180,6 +180,7 @@ CASES: dict[str, tuple[str, str]] = {
     "no_account": ("provisioning_account_unknown", Queue.SALES_OPS),
     "no_contract": ("provisioning_contract_missing", Queue.SALES_OPS),
     "draft_contract": ("provisioning_billing_terms_missing", Queue.SALES_OPS),
+    "no_payment_terms": ("provisioning_billing_terms_missing", Queue.SALES_OPS),
     "no_legal_entity": ("provisioning_legal_entity_missing", Queue.SALES_OPS),
     "no_tax_number": ("provisioning_tax_number_missing", Queue.FINANCE),
     "no_erp_route": ("provisioning_no_route", Queue.INTEGRATION_ADMIN),
@@ -205,6 +206,7 @@ def test_each_validation_failure_is_a_case_in_the_owning_queue(firm: Firm, flaw:
         firm.contract(
             customer,
             status="draft" if flaw == "draft_contract" else "active",
+            payment_terms_days=None if flaw == "no_payment_terms" else 30,
             legal_entity=None if flaw == "no_legal_entity" else firm.entity,
             tax_rate=reverse,
         )

@@ -181,6 +181,16 @@ def test_salesforce_account_and_contract(payload: Payload) -> None:
     }
 
 
+def test_a_salesforce_contract_without_payment_terms_maps_to_none(payload: Payload) -> None:
+    """Stored as it is (provisioning and milestone billing ask for the terms on a case), not
+    refused on the way in."""
+    data = payload("salesforce_contract")
+    data["Payment_Terms__c"] = None
+    contract = map_inbound(compiled_default("salesforce", "Contract"), data)
+    assert contract.errors == []
+    assert contract.fields["payment_terms_days"] is None
+
+
 def test_all_field_errors_are_collected(payload: Payload) -> None:
     entry = payload("harvest_time_entry")
     entry["spent_date"] = "15/10/2026"
