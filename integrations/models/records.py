@@ -122,8 +122,12 @@ class Contract(CanonicalRecord):
     currency = CurrencyField()
     total_value = money_field(default=Decimal("0"))
     # None: the CRM's contract names no payment terms (provisioning holds it on sales ops'
-    # case; an invoice of its time is due in the firm's usual 30 days).
-    payment_terms_days = models.PositiveSmallIntegerField(default=30, null=True, blank=True)
+    # case, milestone billing on finance's; an invoice of its time is due in the firm's usual
+    # DEFAULT_PAYMENT_TERMS_DAYS).
+    DEFAULT_PAYMENT_TERMS_DAYS = 30
+    payment_terms_days = models.PositiveSmallIntegerField(
+        default=DEFAULT_PAYMENT_TERMS_DAYS, null=True, blank=True
+    )
     tax_rate = models.ForeignKey(
         TaxRate,
         on_delete=models.PROTECT,

@@ -657,7 +657,9 @@ def _invoice(
         contract=contract,
         currency=event.currency,
         issue_date=today,
-        due_date=today + timedelta(days=contract.payment_terms_days),
+        # Validation held a contract without terms; the default only satisfies the type.
+        due_date=today
+        + timedelta(days=contract.payment_terms_days or Contract.DEFAULT_PAYMENT_TERMS_DAYS),
         subtotal=subtotal,
         tax_total=tax,
         total=subtotal + tax,

@@ -112,8 +112,6 @@ POST_STEP = "post_invoice"
 # Invoices rendered again per transaction when a run retries the ones a mapping refused.
 RESEND_CHUNK = 500
 CENT = Decimal("0.01")
-# When an invoice is due for a project with no contract, or a contract that names no terms.
-DEFAULT_PAYMENT_TERMS_DAYS = 30
 # Billed by the hour; fixed-fee time is billed by milestone. The rule lives with the contract,
 # so the finance page counts what this run takes by the same one.
 BILLABLE_MODELS = Contract.HOURLY_MODELS
@@ -766,7 +764,10 @@ def _invoice(
         currency = key[2]
         contract = project.contract
         tax_percent = contract.tax_rate.rate_percent if contract and contract.tax_rate else 0
-        terms = (contract.payment_terms_days if contract else None) or DEFAULT_PAYMENT_TERMS_DAYS
+        # A project with no contract, or a contract that names no terms: the firm's usual.
+        terms = (contract.payment_terms_days if contract else None) or (
+            Contract.DEFAULT_PAYMENT_TERMS_DAYS
+        )
         group = [
             _Line(
                 description=_line_description(entry),
