@@ -337,6 +337,31 @@ def _attempt_row(attempt: selectors.AttemptShown) -> SafeString:
     )
 
 
+def _outbox_article(parked: selectors.ParkedRow) -> SafeString:
+    """One outbox row parked on the case (templates/exceptions/_case_payloads.html): what was
+    mapped, and its attempts with the vendor's answers; a case shows up to ten."""
+    row = parked.row
+    error = f'<p class="error">{esc(row.last_error)}</p>\n' if row.last_error else ""
+    if parked.attempts:
+        rows = "".join(_attempt_row(attempt) for attempt in parked.attempts)
+        attempts = (
+            '<table class="attempts">\n<caption>Attempts, oldest first</caption>\n'
+            '<thead><tr><th>When</th><th class="num">Status</th><th>Outcome</th><th>Error</th>'
+            "<th>The vendor's response</th></tr></thead>\n"
+            f"<tbody>{rows}</tbody>\n</table>"
+        )
+    else:
+        attempts = '<p class="empty">Not attempted yet.</p>'
+    return mark_safe(  # noqa: S308 - every value goes through esc
+        f'<article class="payload outbox-row" id="outbox-{row.pk}">\n'
+        f"<h3>Outbox #{row.pk}: {esc(row.operation)} "
+        f'<span class="badge">{esc(row.get_state_display())}</span></h3>\n'
+        f'<p class="meta">{esc(row.content_type.model)} {esc(row.object_id)} · '
+        f"{esc(row.process)} / {esc(row.step)}</p>\n{error}"
+        f"<pre>{esc(pretty(row.payload))}</pre>\n{attempts}\n</article>"
+    )
+
+
 def _group_row(other: ExceptionCase) -> SafeString:
     """Another open case of the root-cause group: a link and its message (up to 20 shown)."""
     message = other.message if len(other.message) <= 160 else f"{other.message[:159]}…"
@@ -389,10 +414,7 @@ def _context(
         "amounts": sorted(case.amounts.items()),
         "records": [_blocked_row(held) for held in detail.records],
         "inbound": [(message, pretty(message.payload)) for message in detail.inbound],
-        "outbox": [
-            (parked.row, pretty(parked.row.payload), [_attempt_row(a) for a in parked.attempts])
-            for parked in detail.outbox
-        ],
+        "outbox": [_outbox_article(parked) for parked in detail.outbox],
         "others": [_group_row(other) for other in detail.group[1:]],
         # The case's own path, which its action URLs extend (exceptions/urls.py): one reverse
         # for the page, not two per form.
