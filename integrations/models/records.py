@@ -426,6 +426,19 @@ class Milestone(CanonicalRecord):
 class Invoice(CanonicalRecord):
     """An invoice in the ERP (Xero ACCREC)."""
 
+    # Concord's reference on the invoices it creates in an ERP ("CONCORD-INV-<id>"): how a
+    # retried create finds the one it made (look-up-before-create), and how a poll of the ERP
+    # recognises it as Concord's own rather than a new invoice (integrations/sync/upsert.py).
+    REFERENCE_PREFIX = "CONCORD-INV-"
+
+    @classmethod
+    def own_reference_id(cls, reference: object) -> int | None:
+        """The id of the Concord invoice a vendor's reference names, if it names one."""
+        if not isinstance(reference, str) or not reference.startswith(cls.REFERENCE_PREFIX):
+            return None
+        digits = reference[len(cls.REFERENCE_PREFIX) :]
+        return int(digits) if digits.isdigit() and len(digits) < 19 else None
+
     class Status(models.TextChoices):
         DRAFT = "draft", "Draft"
         SUBMITTED = "submitted", "Submitted"

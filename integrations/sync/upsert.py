@@ -36,11 +36,13 @@ from exceptions.services import Blocked, case_open_or_join
 from integrations.mapping.apply import MappedRecord
 from integrations.mapping.canonical import EXTERNAL_ID, VIRTUAL_MODELS, canonical_models
 from integrations.mapping.ownership import OwnershipRules
+from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, CrossReference, InboundMessage
 from integrations.models.base import FieldSource, with_sources
 from integrations.sync.bulk import copy_insert_values
 from integrations.sync.errors import UnresolvedReference
 from integrations.sync.identity import (
+    Match,
     Resolution,
     Rule,
     identity_resolve,
@@ -50,6 +52,7 @@ from integrations.sync.identity import (
 from integrations.sync.records import Stored, owner_split, records_store, row_errors
 from integrations.sync.validation import describe
 from integrations.timestamps import version_micros
+from integrations.vendors import vendor_operation
 
 State = InboundMessage.State
 
@@ -303,6 +306,8 @@ def plan_upsert(
             for m in fresh
         ),
     )
+    if payloads is not None:
+        _link_own_records(plan, fresh, payloads)
     relations = relation_ids(connection, model, [m.fields for m in fresh])
     known = [xrefs[m.external_id].object_id for m in fresh if m.external_id in xrefs]
     known += [match.record_id for match in identity.links.values()]
@@ -366,6 +371,60 @@ def plan_upsert(
     if plan.updates:
         plan.update_fields.update(("source_system", "source_version", "field_sources"))
     return plan
+
+
+def _link_own_records(
+    plan: UpsertPlan,
+    fresh: Sequence[MappedRecord],
+    payloads: Sequence[Mapping[str, Any] | None],
+) -> None:
+    """Records Concord itself created in this system that no cross-reference names yet, as a
+    poll can read one before the create's answer is recorded (the answer was lost and the row
+    waits for its retry): the model's own reference in the record (an invoice's
+    CONCORD-INV-<id>, where the connection's published mapping writes it) links it to that
+    record, never a second one. One read of the mapping and one query, only for such models."""
+    model, connection, identity = plan.model, plan.connection, plan.identity
+    own_id = getattr(model, "own_reference_id", None)
+    if model is None or own_id is None or identity is None:
+        return
+    path = _own_reference_path(connection, str(model._meta.model_name))
+    if path is None:
+        return
+    position = plan.positions
+    wanted: dict[str, int] = {}
+    for m in fresh:
+        if m.external_id in plan.xrefs or m.external_id in identity.links:
+            continue
+        payload = payloads[position[id(m)]]
+        pk = own_id(path.get(payload)) if payload is not None else None
+        if pk is not None:
+            wanted[m.external_id] = pk
+    if not wanted:
+        return
+    held = CrossReference.objects.filter(connection=connection, content_type=plan.content_type)
+    free = set(  # not linked to another copy in this system already
+        model._default_manager.filter(pk__in=set(wanted.values()))
+        .exclude(pk__in=held.values("object_id"))
+        .values_list("pk", flat=True)
+    )
+    for external_id, pk in wanted.items():
+        if pk in free:
+            identity.links[external_id] = Match(
+                record_id=pk, rule="Concord's reference", certain=True
+            )
+
+
+def _own_reference_path(connection: Connection, model_name: str) -> Any:
+    """Where the connection's published mapping for creating `model_name` writes its
+    `reference` (None: it writes none, or the vendor creates no such record)."""
+    operation = vendor_operation(connection.vendor, model_name, "create")
+    if operation is None:
+        return None
+    mapping = mapping_load_published(connection_id=connection.pk, object_type=operation.object_type)
+    if mapping is None or mapping.canonical_model != model_name:
+        return None
+    found = next((f for f in mapping.outbound if f.name == "reference"), None)
+    return found.path if found is not None else None
 
 
 def write_upsert(plan: UpsertPlan) -> None:

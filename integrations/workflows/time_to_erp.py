@@ -1105,7 +1105,7 @@ def invoice_contact_ids(
 def invoice_reference(invoice: Invoice) -> str:
     """Concord's reference for an invoice, sent with it: how a retried create finds the invoice
     it already made in the ERP (look-up-before-create)."""
-    return f"CONCORD-INV-{invoice.pk}"
+    return f"{Invoice.REFERENCE_PREFIX}{invoice.pk}"
 
 
 def _resend_unrendered(routes: _Routes) -> None:

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable
 from decimal import Decimal
 
+import httpx
 import pytest
 from django.db.models import Count
 from django.utils import timezone
@@ -30,6 +31,7 @@ from integrations.models import (
     WorkflowRun,
 )
 from integrations.roles import PMO, SALES_OPS
+from integrations.sync.dispatch import outbox_dispatch
 from integrations.sync.inbound import inbound_process
 from integrations.sync.polling import poll_connection
 from integrations.workflows.back_sync import (
@@ -338,3 +340,57 @@ def test_an_invoice_concord_did_not_post_is_left_alone(firm: BillingFirm) -> Non
     assert Payment.objects.filter(invoice=invoice).count() == 1
     assert not WorkflowRun.objects.filter(process=PROCESS).exists()
     assert not OutboxMessage.objects.filter(process=PROCESS).exists()
+
+
+def test_an_invoice_whose_answer_was_lost_is_known_as_concords_own_when_polled(
+    firm: BillingFirm,
+) -> None:
+    """The billing run's PUT reached Xero but its answer was lost: the row waits for its retry.
+    A poll of the ERP meanwhile reads the invoice Xero made; its reference names Concord's
+    invoice, so it is that invoice (its Xero id and number), not a second one, and the retry
+    then finds it (look-up-before-create): one invoice everywhere, nothing stuck."""
+    firm.setup(entries=1)
+    assert billing_run().invoices == 1
+    invoice = Invoice.objects.get()
+    row = OutboxMessage.objects.get(object_id=invoice.pk, content_type__model="invoice")
+    poll_connection(connection_id=firm.erp.pk)  # Concord holds a token (and nothing new)
+    # Xero applies the PUT and the answer never comes back.
+    faults = f"{firm.url}/_control/faults"
+    httpx.post(faults, json={"xero": {"drop_response_rate": 1.0}}).raise_for_status()
+    outbox_dispatch(connection_id=firm.erp.pk, worker="test")
+    httpx.post(faults, json={"xero": {"drop_response_rate": 0.0}}).raise_for_status()
+    row.refresh_from_db()
+    assert (row.state, row.attempts) == (OutboxMessage.State.PENDING, 1)
+    made = next(
+        r
+        for r in firm.xero("GET", "/Invoices")["Invoices"]
+        if r.get("Reference") == f"CONCORD-INV-{invoice.pk}"
+    )
+
+    poll_connection(connection_id=firm.erp.pk)
+
+    assert list(Invoice.objects.values_list("pk", flat=True)) == [invoice.pk]
+    xref = CrossReference.objects.get(content_type__model="invoice", connection=firm.erp)
+    assert (xref.object_id, xref.external_id) == (invoice.pk, made["InvoiceID"])
+    invoice.refresh_from_db()
+    assert invoice.number == made["InvoiceNumber"]
+
+    OutboxMessage.objects.filter(pk=row.pk).update(next_attempt_at=timezone.now())  # its retry
+    firm.drain()
+    row.refresh_from_db()
+    assert row.state == OutboxMessage.State.DONE, row.last_error
+    assert Invoice.objects.count() == 1
+    assert (
+        CrossReference.objects.filter(content_type__model="invoice", connection=firm.erp).count()
+        == 1
+    )
+    ours = [
+        r
+        for r in firm.xero("GET", "/Invoices")["Invoices"]
+        if r.get("Reference") == made["Reference"]
+    ]
+    assert len(ours) == 1
+    # No case about it (the firm's own Xero tax rates, polled here too, are another matter).
+    assert not ExceptionCase.objects.filter(
+        status=ExceptionCase.Status.OPEN, message__icontains="invoice"
+    ).exists()
