@@ -31,7 +31,7 @@ from integrations.models import (
 )
 from integrations.services.connections import connection_create
 from integrations.sync.dispatch import outbox_dispatch
-from tests.benchmarks import actuals, freshness, pages, provisioning
+from tests.benchmarks import actuals, e2e, freshness, pages, provisioning
 from tests.firms import NEW_TENANT, approved_time_firm
 from tests.processes import (
     free_port,
@@ -597,4 +597,5 @@ ALL: list[tuple[str, Callable[..., Iterator[Figure]]]] = [
     ("actuals_export_s", actuals.export),
     ("provision_runs_per_min", provisioning.provision),
     ("webhook_to_outbox_p95_ms", freshness.freshness),
+    ("e2e_100k_entries_s", e2e.e2e),
 ]
