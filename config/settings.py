@@ -292,9 +292,26 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "config.beat.HeartbeatDatabaseScheduler"
 CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 # Periodic tasks are defined in code (config/celery.py) and stored by django-celery-beat.
-# Queues: `celery` for general work, `outbox.<vendor>` per target system.
+# Queues: `inbound` for processing what the vendors sent (webhooks, replays), `celery` for
+# general work, `outbox.<vendor>` per target system. A worker started with every queue
+# (CONCORD_WORKER_QUEUES) does everything; `make run` and the benchmarks start the pools below.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
-CONCORD_WORKER_QUEUES = ["celery", "outbox.salesforce", "outbox.harvest", "outbox.xero"]
+CELERY_TASK_ROUTES = {"integrations.process_inbound_batch": {"queue": "inbound"}}
+CONCORD_WORKER_QUEUES = ["inbound", "celery", "outbox.salesforce", "outbox.harvest", "outbox.xero"]
+# The worker pools: name -> (queues, processes). A delivery's processing must never wait behind
+# the dispatch tasks (each may hold its process up to the dispatcher's 20 s budget, and three
+# target systems can hold three processes): the `inbound` pool takes nothing else. The `worker`
+# pool takes every queue, inbound too, so a burst of deliveries uses its idle processes as well.
+# 2 + 3 processes on 2 CPUs: most of a task's time is spent waiting for PostgreSQL or a vendor.
+# SQLite (the embedded default) takes one writer at a time: one pool of 2 processes there.
+CONCORD_WORKER_POOLS: dict[str, tuple[list[str], int]] = (
+    {
+        "inbound": (["inbound"], env_int("CONCORD_INBOUND_CONCURRENCY", 2)),
+        "worker": (CONCORD_WORKER_QUEUES, env_int("CONCORD_WORKER_CONCURRENCY", 3)),
+    }
+    if DATABASES["default"]["ENGINE"].endswith("postgresql")
+    else {"worker": (CONCORD_WORKER_QUEUES, env_int("CONCORD_WORKER_CONCURRENCY", 2))}
+)
 # An in-flight outbox row whose worker has not renewed its claim for this long is handed back.
 # Longer than one vendor call (read timeout 30 s would be safer, but a killed worker's work must
 # resume within 30 s; a duplicate re-send is harmless thanks to idempotency keys).

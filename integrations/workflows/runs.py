@@ -161,6 +161,8 @@ def run_advance(*, run: WorkflowRun, process: Process) -> WorkflowRun:
     if run.state == RunState.DONE:
         return run
     steps = {s.name: s for s in WorkflowStep.objects.filter(run=run).order_by("position")}
+    if any(name not in steps for name in process.step_names):
+        steps = _steps_complete(run, process, steps)
     run.attempts += 1
     for name, fn in process.steps:
         step = steps[name]
@@ -178,6 +180,23 @@ def run_advance(*, run: WorkflowRun, process: Process) -> WorkflowRun:
     run.finished_at = timezone.now()
     run.save()
     return run
+
+
+def _steps_complete(
+    run: WorkflowRun, process: Process, steps: dict[str, WorkflowStep]
+) -> dict[str, WorkflowStep]:
+    """A run opened before a step was added to its process is given the steps it lacks, in
+    their places (a run's positions are unique, so the others move out of the way first).
+    Looked for with the steps run_advance reads anyway: no query of its own in the usual case."""
+    missing = [name for name in process.step_names if name not in steps]
+    existing = WorkflowStep.objects.filter(run=run)
+    existing.update(position=models.F("position") + 1000)
+    WorkflowStep.objects.bulk_create(
+        WorkflowStep(run=run, position=2000 + n, name=name) for n, name in enumerate(missing)
+    )
+    for position, name in enumerate(process.step_names):
+        existing.filter(name=name).update(position=position)
+    return {s.name: s for s in WorkflowStep.objects.filter(run=run).order_by("position")}
 
 
 def _step_begin(run: WorkflowRun, step: WorkflowStep) -> None:

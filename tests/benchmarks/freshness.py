@@ -13,15 +13,15 @@ missing, and a p95 that falls on a missing one is given as the wait, a lower bou
 rate achieved, how late the pacer sent, and the machine's load average.
 
 The firm, the connections and the processes are provisioning's (tests/benchmarks/
-provisioning.py: gunicorn 2x4 threads, two Celery workers of 2, beat); the sandbox's own change
-feed is not subscribed: the deliveries are this module's, one event each, signed as the feed
-signs them, paced by a plain asyncio client over keep-alive connections (an httpx client tops
-out near 650 requests a second here). The records they name exist first: the accounts,
-contracts and opportunities in Salesforce and the accounts and contracts in Concord (as a poll
-leaves them; provisioning's harness), and for milestones one fixed-fee contract and project
-per ``MILESTONES_PER_PROJECT`` complete milestones, in Harvest and in Concord, linked. They
-are seeded through the vendors' own APIs (Salesforce's sObject collections of 200, Harvest one
-record a call): the sandbox's control API seeds whole demo firms and patches records, but
+provisioning.py: gunicorn 2x4 threads, the worker pools `make run` starts, beat); the sandbox's
+own change feed is not subscribed: the deliveries are this module's, one event each, signed as
+the feed signs them, paced by a plain asyncio client over keep-alive connections (an httpx
+client tops out near 650 requests a second here). The records they name exist first: the
+accounts, contracts and opportunities in Salesforce and the accounts and contracts in Concord
+(as a poll leaves them; provisioning's harness), and for milestones one fixed-fee contract and
+project per ``MILESTONES_PER_PROJECT`` complete milestones, in Harvest and in Concord, linked.
+They are seeded through the vendors' own APIs (Salesforce's sObject collections of 200, Harvest
+one record a call): the sandbox's control API seeds whole demo firms and patches records, but
 creates none one by one. The three connections' polling rows are paused, so every run starts
 from a delivery (a first poll would read the 15,000 complete milestones and start their runs
 itself).
@@ -76,12 +76,12 @@ from integrations.services.connections import connection_update
 from integrations.services.schedules import poll_task_name, schedule_update
 from integrations.workflows import milestones, provisioning
 from tests.benchmarks.provisioning import (
-    PROCESSES,
     SECRET,
     accounts_create,
     firm_fresh,
     opportunities_win,
     processes,
+    processes_label,
 )
 from tests.firms import HARVEST_HEADERS, ProvisioningFirm
 from tests.processes import wait_for_http, wait_until
@@ -536,7 +536,7 @@ def _figure(
         "client_connections": CONNECTIONS,
         "wait_after_s": WAIT_S,
         "load_avg_1m": [round(load[0][0], 2), round(load[1][0], 2)],
-        "processes": PROCESSES,
+        "processes": processes_label(),
         "polls": "paused",
     }
     if overall.get("lower_bound"):

@@ -9,13 +9,14 @@ Harvest has the firm's four tasks (three of them default ones, which every proje
 Xero has its Project tracking category.
 
 Measured: the web process (gunicorn serving config.wsgi) receives the sandbox's signed
-Salesforce change feed; two Celery worker processes (concurrency 2 each, every queue) and
-beat do everything else. ``N`` opportunities are won in Salesforce (sObject collections of
-200, as a sales team's import would); the figure runs from the first webhook Concord stored to
-the last run done: runs per minute, with the vendor calls each run cost per system (Concord's
-SyncAttempt rows: every HTTP call to the vendor, reads included, token calls excluded), the
-runs' own latency (p50/p95 from opened to done), each step's mean time (where runs wait), and
-how many CRM events the web process stored.
+Salesforce change feed; the Celery worker pools `make run` starts
+(settings.CONCORD_WORKER_POOLS: inbound processing apart from the rest) and beat do everything
+else. ``N`` opportunities are won in Salesforce (sObject collections of 200, as a sales team's
+import would); the figure runs from the first webhook Concord stored to the last run done: runs
+per minute, with the vendor calls each run cost per system (Concord's SyncAttempt rows: every
+HTTP call to the vendor, reads included, token calls excluded), the runs' own latency (p50/p95
+from opened to done), each step's mean time (where runs wait), and how many CRM events the web
+process stored.
 
     python -m tests.benchmarks --only provision_runs_per_min
     BENCH_PROVISION_RUNS=60 python -m tests.benchmarks --only provision_runs_per_min
@@ -37,10 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection as db
 from django.db.models import Max, Min
 
+from integrations.management.commands.run_portal import worker_commands
 from integrations.models import (
     Connection,
     Contract,
@@ -64,7 +67,6 @@ from tests.processes import (
     process_env,
     wait_for_http,
     wait_until,
-    worker_proc,
 )
 
 Figure = dict[str, Any]
@@ -135,18 +137,31 @@ def firm_fresh(sandbox: Any) -> ProvisioningFirm:
     return firm
 
 
-PROCESSES = "gunicorn 2x4 threads, 2 workers x 2, beat"
+PROCESSES = "gunicorn 2x4 threads, worker pools as `make run` starts them ({pools}), beat"
 
 
 def processes(logs: Path) -> tuple[int, list[Proc]]:
-    """The processes of PROCESSES, not started yet, logging to `logs`; the web port."""
-    env = process_env(CONCORD_LOG_LEVEL="WARNING")
+    """The processes of PROCESSES, not started yet, logging to `logs`; the web port. The worker
+    pools are `make run`'s (run_portal.worker_commands: inbound processing apart)."""
+    # BENCH_LOG_LEVEL=INFO keeps every task's timing in the workers' logs (where runs wait).
+    env = process_env(CONCORD_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     port = free_port()
     return port, [
         gunicorn_proc(port, env, logs / "web.log", workers=2, threads=4),
-        *(worker_proc(env, logs / f"w{i}.log", name=f"prov{i}", concurrency=2) for i in (1, 2)),
+        *(
+            Proc(command, env, logs / f"{name}.log")
+            for name, command in worker_commands(prefix="prov-").items()
+        ),
         beat_proc(env, logs / "beat.log", logs / "beat-schedule"),
     ]
+
+
+def processes_label() -> str:
+    pools = ", ".join(
+        f"{name} x {concurrency}"
+        for name, (_, concurrency) in settings.CONCORD_WORKER_POOLS.items()
+    )
+    return PROCESSES.format(pools=pools)
 
 
 def _figure(firm: ProvisioningFirm) -> Figure:
@@ -196,7 +211,7 @@ def _figure(firm: ProvisioningFirm) -> Figure:
         "vendor_calls_per_run": calls,
         "step_mean_s": {name: round(statistics.fmean(v), 2) for name, v in waits.items()},
         "crm_events_stored": deliveries,
-        "processes": PROCESSES,
+        "processes": processes_label(),
     }
 
 

@@ -1,7 +1,7 @@
 """`make run`: the whole portal on one machine: web, worker, beat, sandbox, the demo firm.
 
-Each part is a real separate process (gunicorn, a Celery worker, Celery beat, the vendor sandbox),
-exactly as in production; their logs go to var/log/. Ctrl-C stops them all.
+Each part is a real separate process (gunicorn, the Celery worker pools, Celery beat, the vendor
+sandbox), exactly as in production; their logs go to var/log/. Ctrl-C stops them all.
 
 The demo firm is the sandbox's (sandbox/seed.py): the sandbox starts first and is seeded through
 its control API, Concord is configured for it (integrations/management/demo.py: connections,
@@ -68,6 +68,36 @@ def web_command(
     return [*command, "--access-logfile", "-"] if access_log else command
 
 
+def worker_command(name: str, queues: list[str], concurrency: int) -> list[str]:
+    """One Celery worker pool: its processes take tasks from these queues only."""
+    return [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "config",
+        "worker",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        str(concurrency),
+        "--hostname",
+        f"{name}@%h",
+        "--queues",
+        ",".join(queues),
+    ]
+
+
+def worker_commands(prefix: str = "") -> dict[str, list[str]]:
+    """The worker pools of settings.CONCORD_WORKER_POOLS (inbound processing apart from the
+    rest, so a delivery never waits behind a dispatch task), by name: `make run` starts these,
+    and the benchmarks start them the same way."""
+    return {
+        name: worker_command(f"{prefix}{name}", queues, concurrency)
+        for name, (queues, concurrency) in settings.CONCORD_WORKER_POOLS.items()
+    }
+
+
 def demo_logins_reset() -> dict[str, str]:
     """Fresh passwords for the demo users, and any sign-in lock on them lifted: the printed
     logins must work at once, even after failed tries against an earlier run's passwords."""
@@ -114,22 +144,7 @@ class Command(BaseCommand):
         ]
         commands: dict[str, list[str]] = {
             "web": web_command(port),
-            "worker": [
-                python,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                "2",
-                "--hostname",
-                "worker@%h",
-                "--queues",
-                ",".join(settings.CONCORD_WORKER_QUEUES),
-            ],
+            **worker_commands(),
             "beat": [python, "-m", "celery", "-A", "config", "beat", "--loglevel", "INFO"],
         }
 

@@ -26,10 +26,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def broker() -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
     time.sleep(2 * ring.SOON_WINDOW_S)  # a soon ring of an earlier test lands first
-    for queue in ("celery", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
+    for queue in ("celery", "inbound", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
         client.delete(queue)
     yield client
-    for queue in ("celery", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
+    for queue in ("celery", "inbound", "outbox.xero", "outbox.harvest", "outbox.salesforce"):
         client.delete(queue)
 
 
@@ -47,8 +47,8 @@ def test_a_ring_inside_a_transaction_waits_for_the_commit(broker: redis.Redis) -
     flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:41")
     with transaction.atomic():
         ring.ring_inbound([41])
-        assert _queued(broker, "celery") == []  # not before the commit
-    assert _queued(broker, "celery") == [(ring.PROCESS_INBOUND_BATCH, [41])]
+        assert _queued(broker, "inbound") == []  # not before the commit
+    assert _queued(broker, "inbound") == [(ring.PROCESS_INBOUND_BATCH, [41])]
 
 
 def test_a_ring_in_a_rolled_back_transaction_is_never_sent(broker: redis.Redis) -> None:
@@ -61,17 +61,17 @@ def test_a_ring_in_a_rolled_back_transaction_is_never_sent(broker: redis.Redis) 
 
     with pytest.raises(RuntimeError, match="rolled back"):
         ring_then_fail()
-    assert _queued(broker, "celery") == []
+    assert _queued(broker, "inbound") == []
 
 
 def test_rings_while_one_waits_add_nothing_until_the_task_starts(broker: redis.Redis) -> None:
     flag_clear(f"ring:{ring.PROCESS_INBOUND_BATCH}:43")
     for _ in range(50):
         ring.ring_inbound([43])
-    assert len(_queued(broker, "celery")) == 1
+    assert len(_queued(broker, "inbound")) == 1
     ring.ring_answered(ring.PROCESS_INBOUND_BATCH, 43)  # the queued task has started
     ring.ring_inbound([43])
-    assert len(_queued(broker, "celery")) == 2
+    assert len(_queued(broker, "inbound")) == 2
 
 
 def test_dispatch_rings_go_to_the_vendor_queue_by_name(broker: redis.Redis) -> None:
@@ -117,7 +117,7 @@ def test_one_sweep_rings_each_connection_once_however_many_rows_wait(
 
 def _wait_for(broker: redis.Redis, count: int) -> list[tuple[str, list[int]]]:
     deadline = time.monotonic() + 5
-    while len(queued := _queued(broker, "celery")) < count and time.monotonic() < deadline:
+    while len(queued := _queued(broker, "inbound")) < count and time.monotonic() < deadline:
         time.sleep(0.01)
     return queued
 
@@ -139,7 +139,7 @@ def test_soon_rings_of_a_burst_share_one_round_trip(
 
     assert _wait_for(broker, 1) == [(ring.PROCESS_INBOUND_BATCH, [45])]
     time.sleep(3 * ring.SOON_WINDOW_S)
-    assert len(_queued(broker, "celery")) == 1
+    assert len(_queued(broker, "inbound")) == 1
     assert 1 <= len(asked) <= 2  # one per window, not one per ring
 
 
@@ -148,7 +148,7 @@ def test_a_soon_ring_waits_for_the_commit_and_follows_a_started_task(broker: red
     with transaction.atomic():
         ring.ring_inbound([46], soon=True)
         time.sleep(3 * ring.SOON_WINDOW_S)
-        assert _queued(broker, "celery") == []  # not before the commit
+        assert _queued(broker, "inbound") == []  # not before the commit
     assert len(_wait_for(broker, 1)) == 1
 
     ring.ring_answered(ring.PROCESS_INBOUND_BATCH, 46)  # the queued task has started
