@@ -274,8 +274,7 @@ def test_a_field_xero_does_not_map_outbound_is_said_to_be_changed_in_concord_onl
 
     assert (
         f"the published Contacts mapping of Xero ({xero.name}) writes no country; "
-        "changed in Concord only"
-        in (result.summary)
+        "changed in Concord only" in (result.summary)
     )
     assert Customer.objects.get().country == "AT"
     assert not OutboxMessage.objects.filter(process="fix_in_place").exists()
