@@ -1,15 +1,22 @@
 """The dispatcher: claim due outbox rows of one connection, call its connector in the vendor's
-batch sizes, record what happened. It holds no transaction while a call is in flight. A vendor
-that takes one item a call (Harvest) gets several calls at once, up to the connection's
-max_concurrency, each record's rows still in order (``_send_in_lanes``)."""
+batch sizes, record what happened. It holds no transaction while a call is in flight.
+
+Calls go out on several lanes at once, up to the connection's max_concurrency (Xero allows 5
+calls in flight per tenant): a batch vendor's batches of 50 invoices as well as a
+one-item-a-call vendor's single calls (Harvest). The limiter's concurrency slots, shared by
+every worker through Redis, hold the sum of all dispatchers to that number, and its rate limit
+holds the calls a minute. Each record's rows keep their order (``_sequences``), and a lane
+that waits on a slow call or a limit holds up only its own batch: the others go on claiming
+and sending the rows that are due (``_Work``).
+"""
 
 from __future__ import annotations
 
 import logging
-import queue
+import threading
 import time
-from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -36,8 +43,9 @@ from integrations.vendors.echo import AnswerMismatch
 
 logger = logging.getLogger(__name__)
 
-# Rows claimed per round: enough for several vendor batches (Xero takes 50 invoices per call),
-# few enough that a worker killed mid-round strands little work until the lease runs out.
+# Rows claimed at a time: enough for several vendor batches (four Xero calls of 50 invoices,
+# spread over the lanes), few enough that a worker killed mid-claim strands little work until
+# the lease runs out.
 CLAIM_LIMIT = 200
 # A dispatch task stops after this long and rings again if work is left, so one connection's
 # backlog never holds a worker (and its queue) for minutes.
@@ -81,89 +89,165 @@ def _dispatch_until(
     deadline: float,
     report: DispatchReport,
 ) -> None:
-    while time.monotonic() < deadline:
-        claimed = outbox_claim(connection_id=connection.pk, limit=CLAIM_LIMIT, worker=worker)
-        if not claimed:
-            return
-        report.claimed += len(claimed)
-        by_operation: dict[str, list[OutboxMessage]] = defaultdict(list)
-        for message in claimed:
-            by_operation[message.operation].append(message)
-        for operation, messages in by_operation.items():
-            size = connector.batch_size.get(operation, 1)
-            batches = [messages[start : start + size] for start in range(0, len(messages), size)]
-            lanes = _lanes(connection, size, batches)
-            if lanes > 1:
-                counts = _send_in_lanes(connector, operation, batches, lanes)
-            else:
-                counts = _send_in_turn(connector, operation, batches)
-            report.done += counts["done"]
-            report.retry += counts["retry"]
-            report.parked += counts["parked"]
-    report.more = True
+    work = _Work(connector, connection, worker, deadline)
+    lanes = _lanes(connection)
+    if lanes == 1:
+        counts = work.lane()
+    else:
+        counts = Counter()
+        with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="dispatch-lane") as pool:
+            for done in [pool.submit(_in_own_connection, work.lane) for _ in range(lanes)]:
+                counts.update(done.result())
+    report.claimed += counts["claimed"]
+    report.done += counts["done"]
+    report.retry += counts["retry"]
+    report.parked += counts["parked"]
+    report.more = work.out_of_time
 
 
-# Threads one dispatch task sends a one-item-a-call vendor's rows on (Harvest has no batch
-# endpoint): its answer takes tens of milliseconds, during which one lane waits idle. Capped
-# by the connection's max_concurrency (the limiter holds every call to it anyway) and by 4: a
-# worker process of a 2-CPU box gains little from more, and each lane holds a database
-# connection while the task runs.
-MAX_LANES = 4
+# Lanes one dispatch task sends on: up to the connection's max_concurrency (Xero allows 5 calls
+# in flight per tenant; the limiter's shared slots hold every worker's calls to that number
+# anyway), and at most 5. A Xero batch of 50 invoices takes ~0.3-1 s at the vendor, Harvest's
+# single call tens of ms: one lane would wait idle through each. More than 5 gains little on a
+# 2-CPU worker (recording a batch's outcomes is CPU in this process), and each lane holds a
+# database connection while the task runs.
+MAX_LANES = 5
 
 
-def _lanes(connection: Connection, size: int, batches: Sequence[Sequence[OutboxMessage]]) -> int:
-    """How many of the batches to send at once: one unless the vendor takes one item a call,
-    and one inside a caller's transaction (a test's), whose rows another connection cannot
-    see."""
-    if size > 1 or len(batches) < 2 or connections[DEFAULT_DB_ALIAS].in_atomic_block:
+def _lanes(connection: Connection) -> int:
+    """How many lanes to send on: one inside a caller's transaction (a test's), whose rows
+    another database connection cannot see."""
+    if connections[DEFAULT_DB_ALIAS].in_atomic_block:
         return 1
-    return max(1, min(MAX_LANES, connection.max_concurrency, len(batches)))
+    return max(1, min(MAX_LANES, connection.max_concurrency))
 
 
-def _send_in_turn(
-    connector: Connector, operation: str, batches: Sequence[Sequence[OutboxMessage]]
-) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for batch in batches:
-        counts.update(_record(_send(connector, operation, batch)))
-    return counts
+def _in_own_connection(lane: Callable[[], Counter[str]]) -> Counter[str]:
+    """Run a lane on a pool thread: it claims and records on its own database connection,
+    closed when the lane ends."""
+    try:
+        return lane()
+    finally:
+        connections.close_all()
 
 
-def _send_in_lanes(
-    connector: Connector,
-    operation: str,
-    batches: Sequence[Sequence[OutboxMessage]],
-    lanes: int,
-) -> Counter[str]:
-    """Send the batches on `lanes` threads, each record's rows in turn on one lane (a record's
-    rows keep their order: an update never overtakes the create before it), different records
-    at once. Each lane records its rows' outcomes (and runs the workflow step each delivery
-    starts) on its own database connection, closed when the lane ends."""
-    by_record: dict[tuple[int, int], list[Sequence[OutboxMessage]]] = defaultdict(list)
-    for batch in batches:
-        first = batch[0]
-        by_record[(first.content_type_id, first.object_id)].append(batch)
-    work: queue.SimpleQueue[list[Sequence[OutboxMessage]]] = queue.SimpleQueue()
-    for sequence in by_record.values():
-        work.put(sequence)
+# One unit of a lane's work: (operation, batch) calls made in turn.
+Calls = list[tuple[str, list[OutboxMessage]]]
 
-    def lane() -> Counter[str]:
+
+class _Work:
+    """The rows one dispatch task sends. Lanes take sequences of batches from a shared queue;
+    a lane that finds it empty claims the next due rows (one claim at a time per task, and only
+    once the queue is empty, so a task holds at most CLAIM_LIMIT rows beyond those in flight).
+    A lane held by a slow call (a lost response waits out the read timeout) or by a limit holds
+    up its own batch only: the others go on claiming and sending what is due. With nothing due
+    while another lane is still sending, a lane waits for it (its rows' successors and quick
+    retries fall due then) and looks again every POLL_S; with nothing due and no lane sending,
+    all stop. Once the time budget is spent no more rows are claimed; claimed rows are sent."""
+
+    # Between looks for due rows while another lane sends: a first retry is due 0.5-1 s after
+    # its failure, and a look that finds nothing is one indexed query.
+    POLL_S = 0.25
+
+    def __init__(
+        self, connector: Connector, connection: Connection, worker: str, deadline: float
+    ) -> None:
+        self.connector = connector
+        self.connection = connection
+        self.worker = worker
+        self.deadline = deadline
+        self.queue: deque[Calls] = deque()
+        self.changed = threading.Condition()
+        self.claiming = False
+        self.sending = 0  # lanes sending a sequence now
+        self.finished = 0  # sequences sent and recorded so far
+        self.drained = False  # nothing due and no lane sending
+        self.out_of_time = False  # the budget ran out (rows may be left)
+
+    def lane(self) -> Counter[str]:
         counts: Counter[str] = Counter()
-        try:
-            while True:
-                try:
-                    sequence = work.get_nowait()
-                except queue.Empty:
-                    return counts
-                counts.update(_send_in_turn(connector, operation, sequence))
-        finally:
-            connections.close_all()
+        while (sequence := self.next(counts)) is not None:
+            try:
+                for operation, batch in sequence:
+                    counts.update(_record(_send(self.connector, operation, batch)))
+            finally:
+                with self.changed:
+                    self.sending -= 1
+                    self.finished += 1
+                    self.changed.notify_all()
+        return counts
 
-    counts: Counter[str] = Counter()
-    with ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="dispatch-lane") as pool:
-        for done in [pool.submit(lane) for _ in range(lanes)]:
-            counts.update(done.result())
-    return counts
+    def next(self, counts: Counter[str]) -> Calls | None:
+        with self.changed:
+            while True:
+                if self.queue:
+                    self.sending += 1
+                    return self.queue.popleft()
+                if self.drained or self.out_of_time:
+                    return None
+                if time.monotonic() >= self.deadline:
+                    self.out_of_time = True
+                    self.changed.notify_all()
+                    return None
+                if self.claiming:
+                    self.changed.wait()
+                    continue
+                self.claiming = True
+                finished = self.finished
+                self.changed.release()
+                try:
+                    claimed = outbox_claim(
+                        connection_id=self.connection.pk, limit=CLAIM_LIMIT, worker=self.worker
+                    )
+                    sequences = _sequences(self.connector, claimed)
+                finally:
+                    self.changed.acquire()
+                    self.claiming = False
+                    self.changed.notify_all()
+                counts["claimed"] += len(claimed)
+                self.queue.extend(sequences)
+                if claimed or self.finished != finished:
+                    # A sequence recorded while this claim ran may have made rows claimable
+                    # (a record's next version) that the claim did not see yet: look again.
+                    continue
+                if not self.sending:
+                    self.drained = True
+                    self.changed.notify_all()
+                    return None
+                self.changed.wait(self.POLL_S)
+
+
+def _sequences(connector: Connector, claimed: Sequence[OutboxMessage]) -> list[Calls]:
+    """The claimed rows as vendor batches, in sequences that may go out at once: batches that
+    share a record are in one sequence, in claim order (a record's update never overtakes its
+    create). A claim holds one row per record and operation, so a batch vendor's batches are
+    independent; two operations on one record are not."""
+    by_operation: dict[str, list[OutboxMessage]] = defaultdict(list)
+    for message in claimed:
+        by_operation[message.operation].append(message)
+    sequences: list[Calls] = []
+    owner: dict[tuple[int, int], int] = {}  # record -> its sequence
+    for operation, messages in by_operation.items():
+        size = connector.batch_size.get(operation, 1)
+        for start in range(0, len(messages), size):
+            batch = messages[start : start + size]
+            records = {(m.content_type_id, m.object_id) for m in batch}
+            joined = sorted({owner[r] for r in records if r in owner})
+            if not joined:
+                joined = [len(sequences)]
+                sequences.append([])
+            into = joined[0]
+            for other in joined[1:]:
+                # Sequences that share no record with each other: their order is free.
+                sequences[into] += sequences[other]
+                sequences[other] = []
+                for record, index in owner.items():
+                    if index == other:
+                        owner[record] = into
+            sequences[into].append((operation, batch))
+            for record in records:
+                owner[record] = into
+    return [s for s in sequences if s]
 
 
 def _record(outcomes: list[Outcome]) -> dict[str, int]:

@@ -19,6 +19,7 @@ from django.db import transaction
 from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
 from integrations.classification import ErrorClass
 from integrations.models import OutboxMessage
+from integrations.sync.bulk import update_rows
 from integrations.sync.outcome import Outcome
 
 # The case types a parked row goes on (below); their retry replays the parked rows
@@ -67,13 +68,21 @@ def park_with_cases(outcomes: Sequence[Outcome]) -> None:
                 connection_id=first.message.connection_id,
                 vendor_message=first.vendor_message or first.error,
             )
+            parked = []
             for outcome, _ in group:
-                OutboxMessage.objects.filter(pk=outcome.message.pk).update(
-                    state=OutboxMessage.State.PARKED,
-                    last_error=(outcome.vendor_message or outcome.error)[:2000],
-                    error_class=outcome.error_class,
-                    exception_case=case,
-                )
+                message = outcome.message
+                message.state = OutboxMessage.State.PARKED
+                message.last_error = (outcome.vendor_message or outcome.error)[:2000]
+                message.error_class = outcome.error_class
+                message.exception_case = case
+                parked.append(message)
+            # One UPDATE for the group, not one per row: a batch of 50 refused invoices of one
+            # root cause was 50 round trips.
+            update_rows(
+                OutboxMessage,
+                parked,
+                ["state", "last_error", "error_class", "exception_case"],
+            )
 
 
 def _parking(outcome: Outcome, *, exhausted: bool) -> _Parking:

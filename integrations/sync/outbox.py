@@ -21,7 +21,7 @@ from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.db import connection as db
-from django.db.models import Q, Value
+from django.db.models import Exists, OuterRef, Q, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -196,12 +196,25 @@ def outbox_claim(*, connection_id: int, limit: int, worker: str) -> list[OutboxM
     is spent (it came back from the sweeper, or a crash kept it from parking) is parked with
     its case here instead of being sent again."""
     now = timezone.now()
+    # A row whose record has an older version still to go (waiting out its backoff, or in
+    # flight) cannot go now: filtered out here, so such rows never fill the claim and leave
+    # due rows of other records unclaimed (a claim of 200 held-back rows came back empty, and
+    # the dispatcher stopped with due rows waiting). One probe of the record index per row.
+    # It is the rule of `waiting` in _order_by_version, in SQL: change the two together.
+    older_waiting = OutboxMessage.objects.filter(
+        content_type_id=OuterRef("content_type_id"),
+        object_id=OuterRef("object_id"),
+        operation=OuterRef("operation"),
+        state__in=[State.PENDING, State.IN_FLIGHT],
+        record_version__lt=OuterRef("record_version"),
+    )
     with transaction.atomic():
         candidates = list(
             OutboxMessage.objects.select_for_update(skip_locked=True, of=("self",))
             # The connection and record type are read when a row parks: loaded here, not per row.
             .select_related("connection", "content_type")
             .filter(connection_id=connection_id, state=State.PENDING, next_attempt_at__lte=now)
+            .exclude(Exists(older_waiting))
             .order_by("next_attempt_at", "id")[:limit]
         )
         if not candidates:
@@ -264,12 +277,17 @@ def _park_spent(messages: Sequence[OutboxMessage]) -> None:
 def _order_by_version(
     candidates: list[OutboxMessage],
 ) -> tuple[list[OutboxMessage], list[OutboxMessage]]:
-    """Split candidates into (ready, stale), holding back rows with an older version pending."""
+    """Split candidates into (ready, stale), holding back rows with an older version pending:
+    one row per record and operation at a time, the lowest version first. Stale is counted
+    within one effect (the row's process and step: a fix's third update of a contract): a row
+    older than a version of its own effect already delivered. Rows of another effect on the
+    same record (provisioning's ids and back-sync's billing status on one CRM contract) carry
+    other fields and are never stale for it, whatever their numbers."""
     by_record: dict[tuple[int, int, str], list[OutboxMessage]] = defaultdict(list)
     for message in candidates:
         by_record[(message.content_type_id, message.object_id, message.operation)].append(message)
     candidate_ids = {m.pk for m in candidates}
-    others: dict[tuple[int, int, str], list[tuple[int, str]]] = defaultdict(list)
+    others: dict[tuple[int, int, str], list[tuple[int, str, tuple[str, str]]]] = defaultdict(list)
     # The other rows of the same records, by the record index (content type, object id); rows
     # of another operation on them are dropped here. An OR of one condition per record cost
     # Django 40 ms of CPU per 200-row claim to build.
@@ -280,19 +298,31 @@ def _order_by_version(
             state__in=[State.PENDING, State.IN_FLIGHT, State.DONE],
         )
         .exclude(pk__in=candidate_ids)
-        .values_list("content_type_id", "object_id", "operation", "record_version", "state")
+        .values_list(
+            "content_type_id",
+            "object_id",
+            "operation",
+            "record_version",
+            "state",
+            "process",
+            "step",
+        )
     ):
         if (row[0], row[1], row[2]) in by_record:
-            others[(row[0], row[1], row[2])].append((row[3], row[4]))
+            others[(row[0], row[1], row[2])].append((row[3], row[4], (row[5], row[6])))
 
     ready: list[OutboxMessage] = []
     stale: list[OutboxMessage] = []
     for key, messages in by_record.items():
         messages.sort(key=lambda m: (m.record_version, m.pk))
-        delivered = max((v for v, s in others[key] if s == State.DONE), default=None)
-        waiting = min((v for v, s in others[key] if s != State.DONE), default=None)
+        delivered: dict[tuple[str, str], int] = {}
+        for version, state, effect in others[key]:
+            if state == State.DONE:
+                delivered[effect] = max(delivered.get(effect, version), version)
+        waiting = min((v for v, s, _ in others[key] if s != State.DONE), default=None)
         for index, message in enumerate(messages):
-            if delivered is not None and message.record_version < delivered:
+            done = delivered.get((message.process, message.step))
+            if done is not None and message.record_version < done:
                 stale.append(message)
             elif (waiting is not None and waiting < message.record_version) or index > 0:
                 continue  # an older version goes first; this one stays pending
@@ -320,7 +350,10 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
     retry = [o for o in outcomes if not o.ok and o.error_class == ErrorClass.TRANSIENT]
     # Held back by our own limits (not sent): not an attempt, so always retried.
     retry_now = [o for o in retry if o.not_sent or budget_left(o.message, now)]
-    park = [o for o in outcomes if not o.ok and o not in retry_now]
+    # By identity: `in` on the list compared every field of every outcome (payload data
+    # included), a cost that grew with the square of the batch.
+    retrying = {id(o) for o in retry_now}
+    park = [o for o in outcomes if not o.ok and id(o) not in retrying]
 
     with transaction.atomic():
         for outcome in succeeded:
@@ -450,24 +483,36 @@ def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None
 
 
 def _supersede_parked(succeeded: Sequence[Outcome]) -> None:
-    """Parked rows of an older version of a record just delivered (same operation) are
-    skipped. Found by the record index and matched here: usually there are none, and one
+    """Parked rows of an older version of what was just delivered (same record, operation and
+    effect) are skipped. Found by the record index and matched here: usually there are none, and one
     small read says so (an OR of one condition per row cost Django more CPU than the read)."""
     if not succeeded:
         return
-    delivered: dict[tuple[int, int, str], int] = {}
+    # Per effect (process and step): another effect's parked row on the record carries other
+    # fields, and stays for its own retry.
+    delivered: dict[tuple[int, int, str, str, str], int] = {}
     for outcome in succeeded:
         m = outcome.message
-        key = (m.content_type_id, m.object_id, m.operation)
+        key = (m.content_type_id, m.object_id, m.operation, m.process, m.step)
         delivered[key] = max(delivered.get(key, m.record_version), m.record_version)
     older = [
         pk
-        for pk, content_type_id, object_id, operation, version in OutboxMessage.objects.filter(
-            content_type_id__in={key[0] for key in delivered},
-            object_id__in={key[1] for key in delivered},
-            state=State.PARKED,
-        ).values_list("pk", "content_type_id", "object_id", "operation", "record_version")
-        if version < delivered.get((content_type_id, object_id, operation), version)
+        for pk, content_type_id, object_id, operation, process, step, version in (
+            OutboxMessage.objects.filter(
+                content_type_id__in={key[0] for key in delivered},
+                object_id__in={key[1] for key in delivered},
+                state=State.PARKED,
+            ).values_list(
+                "pk",
+                "content_type_id",
+                "object_id",
+                "operation",
+                "process",
+                "step",
+                "record_version",
+            )
+        )
+        if version < delivered.get((content_type_id, object_id, operation, process, step), version)
     ]
     if older:
         OutboxMessage.objects.filter(pk__in=older, state=State.PARKED).update(
