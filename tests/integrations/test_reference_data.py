@@ -203,9 +203,10 @@ def test_a_poll_reads_rate_cards_tax_rates_and_costed_users_then_billing_needs_n
         assert resource.cost_currency == {"US01": "USD", "UK01": "GBP", "DE01": "EUR"}[entity]
         assert resource.role == person["data"]["roles"][0]
 
-    # Projects that predate Concord: linked to their customer's contract and its legal entity.
-    # Two cannot be: the won opportunity with no contract, and the fixed-fee contract the CRM
-    # sent without payment terms (refused, on sales ops' case): each waits on one PMO case.
+    # Projects that predate Concord: linked to their customer's contract and its legal entity
+    # (the fixed-fee contract the CRM sent without payment terms too: stored, its milestones
+    # held on finance's case). One cannot be: the won opportunity with no contract, which
+    # waits on one PMO case.
     projects = Project.objects.select_related("contract", "legal_entity", "customer")
     assert all(p.legal_entity is not None for p in projects)
     for project in projects:
@@ -213,9 +214,10 @@ def test_a_poll_reads_rate_cards_tax_rates_and_costed_users_then_billing_needs_n
             assert project.contract.customer_id == project.customer_id
             assert project.legal_entity_id == project.contract.legal_entity_id
     unlinked = {p.pk: p for p in projects if p.contract is None}
-    assert len(unlinked) == 2
+    assert len(unlinked) == 1
     assert not Contract.objects.filter(customer__in=[p.customer for p in unlinked.values()])
-    assert ExceptionCase.objects.filter(
+    assert Contract.objects.filter(payment_terms_days__isnull=True).count() == 1
+    assert not ExceptionCase.objects.filter(
         case_type="crm_record_invalid", subject__object_type="Contract"
     ).exists()
     cases = ExceptionCase.objects.filter(case_type="project_link_missing", status="open")
@@ -242,7 +244,7 @@ def test_a_poll_reads_rate_cards_tax_rates_and_costed_users_then_billing_needs_n
             assert report.applied == 0, (name, object_type, report)
             assert report.error == "", (name, object_type, report)
     assert _snapshot() == before
-    assert ExceptionCase.objects.filter(case_type="project_link_missing").count() == 2
+    assert ExceptionCase.objects.filter(case_type="project_link_missing").count() == 1
 
     # Billing: approved time becomes invoices from the vendors' data alone (no rate card,
     # contract link, resource or tax rate made by hand).
