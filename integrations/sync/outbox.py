@@ -391,6 +391,11 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
                 if message.attempts == 0:
                     message.first_attempt_at = None  # the window starts with a real attempt
                 delay = outcome.retry_after or BACKOFF_BASE_S
+            elif outcome.retry_after is not None and not outcome.maybe_applied:
+                # The vendor wrote nothing and said when to come back (a 429, a 503 with
+                # Retry-After): its word, not a backoff grown by the attempts before, which
+                # left throttled rows idle long after the vendor would take them.
+                delay = outcome.retry_after * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
             else:
                 delay = backoff_delay(message.attempts, outcome.retry_after)
             message.next_attempt_at = now + timedelta(seconds=delay)

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from django.utils import timezone
 
+from integrations.classification import ErrorClass
 from integrations.models import Connection, Customer, OutboxMessage
 from integrations.sync.outbox import (
     outbox_claim,
@@ -105,3 +107,38 @@ def test_a_delivery_supersedes_parked_rows_of_its_own_effect_only(erp: Connectio
 
     states = dict(OutboxMessage.objects.filter(record_version=1).values_list("process", "state"))
     assert states == {"back_sync": State.SKIPPED, "provisioning": State.PARKED}
+
+
+def test_a_throttled_row_waits_what_the_vendor_said_not_a_grown_backoff(erp: Connection) -> None:
+    """A 429 (nothing written, Retry-After 2 s) on a row's fifth attempt: back in about 2 s,
+    not 8-16 s; a lost answer (it may have been written) still backs off by its attempts."""
+    customer = CustomerFactory.create()
+    outbox_enqueue(
+        messages=[_row(erp, customer, "fix", 1), _row(erp, CustomerFactory.create(), "fix", 1)]
+    )
+    OutboxMessage.objects.update(attempts=4)
+    throttled, lost = outbox_claim(connection_id=erp.pk, limit=10, worker="w")
+    before = timezone.now()
+    outbox_record_outcomes(
+        outcomes=[
+            Outcome(
+                message=throttled,
+                ok=False,
+                error_class=ErrorClass.TRANSIENT,
+                error="throttled by vendor (429)",
+                retry_after=2.0,
+            ),
+            Outcome(
+                message=lost,
+                ok=False,
+                error_class=ErrorClass.TRANSIENT,
+                error="connection lost",
+                maybe_applied=True,
+            ),
+        ]
+    )
+    throttled.refresh_from_db()
+    lost.refresh_from_db()
+    assert 2.0 <= (throttled.next_attempt_at - before).total_seconds() <= 2.5
+    assert (lost.next_attempt_at - before).total_seconds() >= 8.0
+    assert (lost.needs_lookup, throttled.needs_lookup) == (True, False)
