@@ -69,8 +69,10 @@ MAX_BATCH = 50
 # Invoices, contacts and payments page up to 1,000 per call. At 60 calls a minute the call
 # count is what limits a read, so the largest page wins (~2-3 MB of invoices with lines).
 PAGE_SIZE = 1000
-# References per ``where`` look-up: 25 x ~60 characters stays far below URL length limits.
-LOOKUP_CHUNK = 25
+# References per ``where`` look-up: a whole batch (MAX_BATCH), so a retried batch costs one
+# look-up call, not two, before its PUT (under faults, each extra call is another chance to
+# fail). 50 x ~60 characters, ~4.5 KB once encoded, stays below common 8 KB URL limits.
+LOOKUP_CHUNK = MAX_BATCH
 # Without ``OR`` (see _scan_prefix): a prefix shorter than this would match too much, and a
 # scan longer than this many pages costs more than asking for each of 25 values.
 MIN_SCAN_PREFIX = 8
