@@ -26,6 +26,7 @@ from integrations.sync.poll_schedules import polling_kick_off_unscheduled
 from integrations.sync.polling import poll_connection, poll_stale_check
 from integrations.sync.steps import run_after_poll
 from integrations.workflows.checks import expected_work_check
+from integrations.workflows.milestones import milestone_billing_sweep
 from integrations.workflows.reconciliation import reconcile_connection
 from integrations.workflows.time_to_erp import billing_run
 
@@ -109,6 +110,14 @@ def poll_connection_task(self: Any, connection_id: int) -> dict[str, Any]:
     # what this poll stored (integrations/sync/steps.py; back-sync and milestone billing).
     run_after_poll(connection_id=connection_id, since=started)
     return {object_type: asdict(report) for object_type, report in reports.items()}
+
+
+@shared_task(name=ring.MILESTONE_SWEEP, bind=True)
+def milestone_sweep_task(self: Any) -> int:
+    ring.ring_answered(ring.MILESTONE_SWEEP, 0)
+    if too_many_deliveries(self):
+        return 0
+    return milestone_billing_sweep()
 
 
 @shared_task(name=RECONCILE_CONNECTION_TASK, bind=True)

@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 DISPATCH_OUTBOX = "integrations.dispatch_outbox"
 PROCESS_INBOUND_BATCH = "integrations.process_inbound_batch"
 POLL_CONNECTION = "integrations.poll_connection"
+MILESTONE_SWEEP = "integrations.milestone_sweep"
 
 # A flag outlives a normal queue wait (well under a second) by far; if the message is lost the
 # flag blocks new rings for at most this long, and the 5-second sweepers ring with force anyway.
