@@ -53,7 +53,7 @@ test: lint typecheck chromium $(STAMP)
 	$(PY) -m pytest
 
 # Throughput figures (one JSON line each) on real PostgreSQL and Redis, with the sandbox; see
-# tests/benchmarks/__main__.py. Takes about 5 minutes.
+# tests/benchmarks/__main__.py. Takes about 14 minutes (plus about 7 the first time, to seed the million-case pages database).
 bench: $(STAMP)
 	$(PY) -m tests.benchmarks
 
