@@ -10,7 +10,7 @@ from typing import Any
 from django.conf import settings as django_settings
 
 from integrations.connectors.limits import CircuitChange, HealthSink, Limits, LimitSettings
-from integrations.models import ConnectionHealth
+from integrations.models import VENDOR_RATE_WINDOW_S, ConnectionHealth
 
 
 def health_mirror(connection_id: int) -> HealthSink:
@@ -49,8 +49,14 @@ def limits_for(connection: Any, **overrides: Any) -> Limits:
     overrides.setdefault(
         "cooldown_s", float(getattr(django_settings, "CONCORD_CIRCUIT_COOLDOWN_S", 30.0))
     )
+    # The vendor's own window (Harvest counts 15 s), the connection's rate applied pro rata; a
+    # caller that sets the window (a test compressing time) gives the rate for it as it is.
+    rate = int(connection.rate_limit_per_minute)
+    if "window_s" not in overrides:
+        overrides["window_s"] = VENDOR_RATE_WINDOW_S.get(str(connection.vendor), 60.0)
+        rate = max(1, int(rate * overrides["window_s"] / 60))
     settings = LimitSettings(
-        rate_per_minute=int(connection.rate_limit_per_minute),
+        rate_per_minute=rate,
         max_concurrency=int(connection.max_concurrency),
         **overrides,
     )

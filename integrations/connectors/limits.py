@@ -56,6 +56,7 @@ KEY_PREFIX = "concord:limits"
 
 @dataclass(frozen=True)
 class LimitSettings:
+    # Calls admitted per `window_s` (a minute but for Harvest's 15 s: connection_limits.py).
     rate_per_minute: int
     max_concurrency: int
     # The vendor's window, and the margin explained in the module docstring.

@@ -1,6 +1,8 @@
 from integrations.models.audit import AuditEvent
 from integrations.models.base import CanonicalRecord, SystemRole
 from integrations.models.connections import (
+    VENDOR_DEFAULT_RATE_PER_MINUTE,
+    VENDOR_RATE_WINDOW_S,
     VENDOR_ROLES,
     Connection,
     CrossReference,
@@ -56,6 +58,8 @@ from integrations.models.sync import (
 from integrations.models.workflows import RunState, StepState, WorkflowRun, WorkflowStep
 
 __all__ = [
+    "VENDOR_DEFAULT_RATE_PER_MINUTE",
+    "VENDOR_RATE_WINDOW_S",
     "VENDOR_ROLES",
     "ApprovalState",
     "Assignment",

@@ -31,6 +31,16 @@ VENDOR_ROLES: dict[str, str] = {
     Vendor.XERO: SystemRole.ERP,
 }
 
+# The window a vendor counts its rate limit over, where it is not a minute: Harvest allows 100
+# requests per 15 seconds per token (its API docs; sandbox/ratelimit.py). A connection's
+# `rate_limit_per_minute` is applied over that window pro rata (400 a minute: 100 per 15 s),
+# so a burst never goes past what the vendor counts.
+VENDOR_RATE_WINDOW_S: dict[str, float] = {Vendor.HARVEST: 15.0}
+# A new connection's rate when none is given: the vendor's published limit (Xero: 60 calls a
+# minute per tenant; Harvest: 100 per 15 s). Salesforce counts a day's allocation, not a
+# minute's: the model's default stands for it.
+VENDOR_DEFAULT_RATE_PER_MINUTE: dict[str, int] = {Vendor.XERO: 60, Vendor.HARVEST: 400}
+
 
 # --- Where a connection's credentials may be sent ----------------------------------------------
 #

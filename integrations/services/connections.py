@@ -28,7 +28,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
-from integrations.models import VENDOR_ROLES, AuditEvent, Connection
+from integrations.models import VENDOR_DEFAULT_RATE_PER_MINUTE, VENDOR_ROLES, AuditEvent, Connection
 from integrations.models.connections import (
     BoundCredentials,
     credential_destinations,
@@ -151,6 +151,10 @@ def connection_create(
     **fields: Any,
 ) -> Connection:
     settings = {k: v for k, v in fields.items() if k in _EDITABLE}
+    if "rate_limit_per_minute" not in settings:  # the vendor's published limit
+        default = VENDOR_DEFAULT_RATE_PER_MINUTE.get(str(settings.get("vendor", "")))
+        if default is not None:
+            settings["rate_limit_per_minute"] = default
     connection = Connection(**settings)
     connection.credentials = BoundCredentials(credentials)
     _check_vendor_role(connection)
