@@ -677,11 +677,6 @@ def queue_list(*, user: Any, now: datetime | None = None) -> list[QueueSummary]:
     return out
 
 
-def case_access_own(user: Any) -> frozenset[str]:
-    """The queues a user is a member of (for an integration admin, besides seeing all)."""
-    return case_access(user).own
-
-
 # People offered in an "assign to" select: a queue of more than 200 is a directory, not a team
 # (past it, the API assigns by user id).
 MEMBERS_MAX = 200

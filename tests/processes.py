@@ -20,6 +20,8 @@ import httpx
 from django.conf import settings
 from django.db import connection
 
+from integrations.management.commands.run_portal import worker_command
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -139,26 +141,8 @@ def wait_for_http(url: str, timeout: float = 30) -> None:
 
 
 def worker_proc(env: dict[str, str], log: Path, *, name: str = "w1", concurrency: int = 2) -> Proc:
-    return Proc(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "config",
-            "worker",
-            "--loglevel",
-            "INFO",
-            "--concurrency",
-            str(concurrency),
-            "--hostname",
-            f"{name}@%h",
-            "--queues",
-            ",".join(settings.CONCORD_WORKER_QUEUES),
-        ],
-        env,
-        log,
-    )
+    """One worker taking every queue, started as `make run` starts its pools."""
+    return Proc(worker_command(name, settings.CONCORD_WORKER_QUEUES, concurrency), env, log)
 
 
 def beat_proc(env: dict[str, str], log: Path, schedule: Path) -> Proc:

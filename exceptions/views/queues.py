@@ -308,7 +308,7 @@ def _list_query(
         )
     explicit = "queue" in params
     if not explicit and access.all_queues:
-        queues = sorted(selectors.case_access_own(request.user))
+        queues = sorted(access.own)
         if queues:
             filters["queue"] = queues
     active = explicit or any(
