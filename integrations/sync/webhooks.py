@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,7 +62,10 @@ def webhook_answer(
         receipt = webhook_receive(connection=connection, body=body, headers=headers)
     except WebhookRefused as refused:
         return refused.status, {"error": refused.message}
-    return 200, {"accepted": receipt.accepted, "duplicates": receipt.duplicates}
+    answer: dict[str, Any] = {"accepted": receipt.accepted, "duplicates": receipt.duplicates}
+    if receipt.ignored:
+        answer["ignored"] = receipt.ignored
+    return 200, answer
 
 
 @dataclass
@@ -69,6 +73,8 @@ class Receipt:
     accepted: int
     duplicates: int
     message_ids: list[int]
+    # Events about an organisation no enabled connection serves: not stored (logged).
+    ignored: int = 0
 
 
 def webhook_receive(*, connection: Connection, body: bytes, headers: dict[str, str]) -> Receipt:
@@ -87,7 +93,63 @@ def webhook_receive(*, connection: Connection, body: bytes, headers: dict[str, s
     events = _json(body).get("events")
     if not isinstance(events, list):
         raise WebhookRefused(400, "Body must be a JSON object with an 'events' list.")
-    return _store([scheme.row(connection.pk, delivery_id, event) for event in events])
+    rows = [scheme.row(connection.pk, delivery_id, event) for event in events]
+    if scheme.tenant is None:
+        return _store(rows)
+    kept, ignored = _rows_by_tenant(connection, scheme.tenant, events, rows)
+    receipt = _store(kept)
+    receipt.ignored = ignored
+    return receipt
+
+
+def _rows_by_tenant(
+    connection: Connection, tenant_of: Callable[[Any], str], events: list[Any], rows: list[Row]
+) -> tuple[list[Row], int]:
+    """Each event under the connection that serves its organisation. One Xero app's webhook
+    carries the events of every organisation it is connected to, whichever connection's address
+    it reaches: this connection's own stay; another organisation's go to the enabled connection
+    of the same vendor whose tenant it is; one that none serves is not stored (it is no record
+    of this firm's), counted in the answer and logged. A connection whose tenant is not in its
+    credentials (discovered from the vendor) keeps every event, as before."""
+    own = str(connection.credentials.get("tenant_id") or "")
+    kept: list[Row] = []
+    ignored = 0
+    for event, row in zip(events, rows, strict=True):
+        tenant = tenant_of(event)
+        if not own or not tenant or tenant == own:
+            kept.append(row)
+            continue
+        other = tenant_connection_id(connection.vendor, tenant)
+        if other is None:
+            ignored += 1
+            logger.warning(
+                "webhook event for %s organisation %s, which no enabled connection serves, "
+                "was not stored (delivered to connection %s)",
+                connection.get_vendor_display(),
+                tenant,
+                connection.pk,
+            )
+            continue
+        kept.append({**row, "connection_id": other})
+    return kept, ignored
+
+
+# vendor -> (when loaded, tenant id -> the enabled connection serving it), per process.
+_tenants: dict[str, tuple[float, dict[str, int]]] = {}
+
+
+def tenant_connection_id(vendor: str, tenant: str) -> int | None:
+    """The enabled connection of `vendor` whose credentials name organisation `tenant`."""
+    now = time.monotonic()
+    cached = _tenants.get(vendor)
+    if cached is None or now - cached[0] >= CONNECTION_CACHE_S:
+        served = {
+            str(c.credentials["tenant_id"]): c.pk
+            for c in Connection.objects.filter(vendor=vendor, enabled=True).order_by("pk")
+            if c.credentials.get("tenant_id")
+        }
+        cached = _tenants[vendor] = (now, served)
+    return cached[1].get(tenant)
 
 
 def _json(body: bytes) -> dict[str, Any]:
@@ -110,7 +172,7 @@ def _store(rows: list[Row]) -> Receipt:
     receipt = store(rows)
     if receipt.accepted:
         # Soon rather than now: a burst of deliveries shares one ring (integrations/sync/ring.py).
-        ring_inbound([rows[0]["connection_id"]], soon=True)
+        ring_inbound(sorted({row["connection_id"] for row in rows}), soon=True)
     return receipt
 
 

@@ -34,6 +34,10 @@ class WebhookScheme:
     verify: Callable[[str, bytes, Mapping[str, str]], str]
     # (connection id, delivery id, one event of the body) -> the row to store.
     row: Callable[[int, str, Any], Row]
+    # One event -> the organisation it is about ("" when it names none), for a vendor whose one
+    # subscription covers every organisation the app is connected to (Xero's tenantId). The
+    # receiver stores an event under the connection that serves its organisation.
+    tenant: Callable[[Any], str] | None = None
 
 
 def content_hash(event: Any) -> str:

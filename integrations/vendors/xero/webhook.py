@@ -42,4 +42,10 @@ def xero_row(connection_id: int, delivery_id: str, event: Any) -> Row:
     }
 
 
-XERO_WEBHOOK = WebhookScheme(verify=verify_xero, row=xero_row)
+def xero_tenant(event: Any) -> str:
+    """The organisation an event is about: one Xero app's webhook carries every connected
+    organisation's events, whichever connection's address it was sent to."""
+    return str(event.get("tenantId") or "") if isinstance(event, dict) else ""
+
+
+XERO_WEBHOOK = WebhookScheme(verify=verify_xero, row=xero_row, tenant=xero_tenant)

@@ -128,6 +128,35 @@ def test_signed_xero_delivery_is_stored_once_and_acknowledged(
     assert rung == [xero.pk]  # nothing new, no new ring
 
 
+def test_xero_events_are_kept_by_the_connection_serving_their_organisation(
+    db: None, monkeypatch: pytest.MonkeyPatch, post: Callable[..., Any]
+) -> None:
+    """One Xero app's webhook carries every connected organisation's events: each is stored
+    under the connection whose tenant it names, and one no connection serves is not stored."""
+    from integrations.sync import webhooks
+
+    monkeypatch.setattr(webhooks, "_tenants", {})
+    rung: list[int] = []
+    monkeypatch.setattr(
+        webhooks, "ring_inbound", lambda connection_ids, **kw: rung.extend(connection_ids)
+    )
+    uk = make_connection(credentials={"webhook_secret": SECRET, "tenant_id": "tenant-uk"})
+    us = make_connection(
+        name="Xero (US)", credentials={"webhook_secret": SECRET, "tenant_id": "tenant-us"}
+    )
+    events = [
+        {**json.loads(_xero_body(resource_id=f"inv-{tenant}"))["events"][0], "tenantId": tenant}
+        for tenant in ("tenant-uk", "tenant-us", "tenant-elsewhere")
+    ]
+    body = json.dumps({"events": events}).encode()
+    response = post(f"/webhooks/{uk.pk}/", body, HTTP_X_XERO_SIGNATURE=_xero_sign(body))
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 2, "duplicates": 0, "ignored": 1}
+    stored = dict(InboundMessage.objects.values_list("external_id", "connection_id"))
+    assert stored == {"inv-tenant-uk": uk.pk, "inv-tenant-us": us.pk}
+    assert sorted(rung) == sorted([uk.pk, us.pk])  # each connection's worker is asked
+
+
 @pytest.mark.parametrize(
     ("headers", "status", "words"),
     [
