@@ -23,7 +23,7 @@ from integrations.mapping.apply import map_inbound
 from integrations.mapping.ownership import load_ownership_rules
 from integrations.mapping.selectors import mapping_load_published
 from integrations.models import Connection, InboundMessage, SystemRole
-from integrations.selectors import inbound_held
+from integrations.selectors import inbound_held, routes_remembered
 from integrations.sync.errors import InboundRetry
 from integrations.sync.project_links import projects_link_applied
 from integrations.sync.ring import ring_inbound
@@ -67,6 +67,23 @@ class _Context:
         # Object types whose read-ahead failed transiently: their messages wait for a retry
         # instead of each trying the struggling vendor again on its own.
         self.unavailable: dict[str, TransientError] = {}
+        # Whether a case about this connection's inbound records may be open: asked once per
+        # batch (the usual answer, no, spares each applied record the question), and set
+        # again when the batch opens one itself.
+        self.record_cases_open: bool | None = None
+
+    def applied(self, object_type: str, external_id: str) -> None:
+        """A record applied: its earlier failed messages come off the cases holding them."""
+        if self.record_cases_open is None:
+            self.record_cases_open = inbound_record_cases_open(connection=self.connection)
+        if self.record_cases_open:
+            inbound_cases_clear_applied(
+                connection=self.connection, object_type=object_type, external_ids=[external_id]
+            )
+
+    def failed(self, failures: Sequence[InboundFailure]) -> None:
+        inbound_failure_cases_open(failures=failures)
+        self.record_cases_open = True
 
     def prefetch(self, messages: Sequence[InboundMessage]) -> None:
         """Read the records the batch's webhooks name, per object type in the vendor's
@@ -140,11 +157,11 @@ def _process(message: InboundMessage, context: _Context) -> str:
             raise InboundRetry(str(exc), exc.retry_after) from exc
         except ConnectorError as exc:
             unreadable = FailureCause("unreadable", (), str(exc))
-            inbound_failure_cases_open(failures=[InboundFailure(message, unreadable)])
+            context.failed([InboundFailure(message, unreadable)])
             return _finish(message, State.FAILED, f"Reading the record failed: {exc}")
         if fetched is None:
             gone = FailureCause("unreadable", (), "the record no longer exists there")
-            inbound_failure_cases_open(failures=[InboundFailure(message, gone)])
+            context.failed([InboundFailure(message, gone)])
             return _finish(message, State.FAILED, "The record no longer exists at the vendor.")
         record = fetched
 
@@ -165,13 +182,9 @@ def _process(message: InboundMessage, context: _Context) -> str:
     )
     if result.state == UpsertState.FAILED:
         cause = result.cause or FailureCause("invalid", (), result.error)
-        inbound_failure_cases_open(failures=[InboundFailure(message, cause, record)])
+        context.failed([InboundFailure(message, cause, record)])
     elif result.state == UpsertState.APPLIED:
-        inbound_cases_clear_applied(
-            connection=connection,
-            object_type=message.object_type,
-            external_ids=[mapped.external_id],
-        )
+        context.applied(message.object_type, mapped.external_id)
         if result.record_id is not None:
             # A project, or the contract it waits for (integrations/sync/project_links.py).
             projects_link_applied(
@@ -366,19 +379,22 @@ def inbound_page_cases(
         )
 
 
+def inbound_record_cases_open(*, connection: Connection) -> bool:
+    """Whether a case about records this connection sent is open (one indexed query)."""
+    return ExceptionCase.objects.filter(
+        status=ExceptionCase.Status.OPEN,
+        case_type__in=INBOUND_RECORD_CASES,
+        connection_id=connection.pk,
+    ).exists()
+
+
 def inbound_cases_clear_applied(
     *, connection: Connection, object_type: str, external_ids: Sequence[str]
 ) -> None:
     """Records now applied (their system sent them again, fixed) take their earlier failed
     messages off the cases that held them; a case with none left closes itself. Costs one
     indexed query when no such case is open for the connection, the usual state."""
-    if not external_ids or not (
-        ExceptionCase.objects.filter(
-            status=ExceptionCase.Status.OPEN,
-            case_type__in=INBOUND_RECORD_CASES,
-            connection_id=connection.pk,
-        ).exists()
-    ):
+    if not external_ids or not inbound_record_cases_open(connection=connection):
         return
     failed = InboundMessage.objects.filter(
         connection=connection,
@@ -444,7 +460,7 @@ def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
         # (its claim skips these), rather than after it.
         ring_inbound([connection_id], force=True)
     try:
-        with _Context(messages[0].connection) as context:
+        with _Context(messages[0].connection) as context, routes_remembered():
             context.prefetch(messages)
             for message in messages:
                 try:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -141,33 +142,59 @@ def milestone_start(
     completion taken back waits at validation; one invoiced by this run finishes). A milestone
     invoiced before any run of Concord's opens none. Returns the run, or None."""
     with transaction.atomic():
-        milestone = Milestone.objects.select_related("project").filter(pk=milestone_id).first()
+        milestone = _milestones().filter(pk=milestone_id).first()
         if milestone is None:
             return None
-        key = subject_key(connection=connection, external_id=external_id)
-        if milestone.status != Milestone.Status.COMPLETE:
-            run = run_lock_by_subject(process=PROCESS, subject_key=key)
-            if run is not None and run.state != RunState.DONE:
-                run_advance(run=run, process=MILESTONE_BILLING)
-            return run
-        project = milestone.project
-        run, created = run_open(
-            process=MILESTONE_BILLING,
-            subject_key=key,
-            label=f"Milestone {milestone.name} ({project.code})",
-            input={
-                "connection_id": connection.pk,
-                "external_id": external_id,
-                "milestone_id": milestone.pk,
-            },
-            legal_entity=project.legal_entity,
-            region=project.region,
-        )
-        if created:
-            run_subject_set(run=run, record=milestone)
-        if run.state == RunState.DONE:
-            return run
+        return _start(connection, external_id, milestone)
+
+
+def _start(connection: Connection, external_id: str, milestone: Milestone) -> WorkflowRun | None:
+    key = subject_key(connection=connection, external_id=external_id)
+    if milestone.status != Milestone.Status.COMPLETE:
+        run = run_lock_by_subject(process=PROCESS, subject_key=key)
+        if run is not None and run.state != RunState.DONE:
+            _advance(run, milestone=milestone)
+        return run
+    project = milestone.project
+    run, created = run_open(
+        process=MILESTONE_BILLING,
+        subject_key=key,
+        label=f"Milestone {milestone.name} ({project.code})",
+        input={
+            "connection_id": connection.pk,
+            "external_id": external_id,
+            "milestone_id": milestone.pk,
+        },
+        legal_entity=project.legal_entity,
+        region=project.region,
+    )
+    if created:
+        run_subject_set(run=run, record=milestone)
+    if run.state == RunState.DONE:
+        return run
+    return _advance(run, milestone=milestone, opened=created)
+
+
+# What one advance of a run looks up once: its milestone, which every step reads, and whether
+# the run was opened by this very call (no case can hold a run that did not exist before, so
+# its steps skip taking it off cases). For 200 completions: 4 milestone reads and 2 case
+# statements per run became one read.
+_memo: ContextVar[dict[str, Any] | None] = ContextVar("milestone_memo", default=None)
+
+
+def _advance(
+    run: WorkflowRun, *, milestone: Milestone | None = None, opened: bool = False
+) -> WorkflowRun:
+    token = _memo.set({"milestone": milestone, "opened": opened})
+    try:
         return run_advance(run=run, process=MILESTONE_BILLING)
+    finally:
+        _memo.reset(token)
+
+
+def _opened_now() -> bool:
+    memo = _memo.get()
+    return bool(memo and memo.get("opened"))
 
 
 def milestone_arrival(arrival: Arrival) -> None:
@@ -180,20 +207,16 @@ def milestone_arrival(arrival: Arrival) -> None:
     if arrival.canonical_model == "milestone":
         if arrival.connection.role != SystemRole.PSA:
             return
-        milestone_start(
-            connection=arrival.connection,
-            external_id=arrival.external_id,
-            milestone_id=arrival.record_id,
+        with transaction.atomic():
+            milestone = _milestones().filter(pk=arrival.record_id).first()
+            if milestone is None:
+                return
+            _start(arrival.connection, arrival.external_id, milestone)
+        # Later milestones of the project that waited for this one (their dependency).
+        others = Q(context__project_id=milestone.project_id) & ~Q(
+            input__milestone_id=arrival.record_id
         )
-        project_id = (
-            Milestone.objects.filter(pk=arrival.record_id)
-            .values_list("project_id", flat=True)
-            .first()
-        )
-        if project_id is not None:
-            # Later milestones of the project that waited for this one (their dependency).
-            others = Q(context__project_id=project_id) & ~Q(input__milestone_id=arrival.record_id)
-            milestones_resume(run_ids=_waiting_at_validation(others))
+        milestones_resume(run_ids=_waiting_at_validation(others))
         return
     key = {"project": "project_id", "contract": "contract_id", "customer": "customer_id"}.get(
         arrival.canonical_model
@@ -221,7 +244,7 @@ def milestones_resume(*, run_ids: Sequence[int]) -> int:
             run = run_lock(run_id=run_id)
             if run is None or run.state == RunState.DONE:
                 continue
-            run_advance(run=run, process=MILESTONE_BILLING)
+            _advance(run)
             moved += 1
     return moved
 
@@ -493,6 +516,8 @@ def _clear_fixed(run: WorkflowRun, *, fixed: Sequence[str]) -> None:
 
 
 def _clear_run_off(run: WorkflowRun, *, case_types: Sequence[str]) -> None:
+    if _opened_now():
+        return
     case_records_clear(
         records=[(RUN_RECORD, run.pk)],
         process=PROCESS,
@@ -549,8 +574,9 @@ def _bill(run: WorkflowRun) -> StepResult:
         process=PROCESS,
         step=BILL,
         version=1,
-        # Rendered now after an earlier refusal: it takes itself off the mapping's case.
-        retried=True,
+        # Rendered now after an earlier refusal: it takes itself off the mapping's case (an
+        # invoice this run made just now was refused nowhere).
+        retried=not _opened_now(),
     )
     if not messages:
         refused = _open_render_case(invoice, step=BILL)
@@ -841,7 +867,7 @@ def milestone_delivered(messages: Sequence[OutboxMessage]) -> None:
             with transaction.atomic():
                 run = run_lock(run_id=run_id)
                 if run is not None and run.state != RunState.DONE:
-                    run_advance(run=run, process=MILESTONE_BILLING)
+                    _advance(run)
         except Exception:
             logger.exception("milestone run %s could not move on after a delivery", run_id)
 
@@ -871,10 +897,23 @@ def milestone_case_retry(case: ExceptionCase) -> RetryResult:
 # --- Helpers ------------------------------------------------------------------------------------
 
 
-def _milestone(run: WorkflowRun) -> Milestone:
+def _milestones() -> models.QuerySet[Milestone]:
     return Milestone.objects.select_related(
         "project__contract__tax_rate", "project__legal_entity", "project__customer"
-    ).get(pk=run.input["milestone_id"])
+    )
+
+
+def _milestone(run: WorkflowRun) -> Milestone:
+    """The run's milestone, read once per advance (``_memo``)."""
+    memo = _memo.get()
+    wanted = int(run.input["milestone_id"])
+    known = memo.get("milestone") if memo is not None else None
+    if known is not None and known.pk == wanted:
+        return known
+    milestone = _milestones().get(pk=wanted)
+    if memo is not None:
+        memo["milestone"] = milestone
+    return milestone
 
 
 def _quoted(milestone: Milestone) -> str:
