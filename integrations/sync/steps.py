@@ -27,6 +27,7 @@ from datetime import datetime
 from typing import Any, Protocol
 
 from integrations.models import Connection, OutboxMessage
+from integrations.selectors import routes_remembered
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,12 @@ def on_delivered(*, messages: Sequence[OutboxMessage]) -> None:
     by_step: dict[tuple[str, str], list[OutboxMessage]] = defaultdict(list)
     for message in messages:
         by_step[(message.process, message.step)].append(message)
-    for key, delivered in by_step.items():
-        handler = _handlers.get(key)
-        if handler is not None:
-            handler(delivered)
+    # The runs moved on here look their routes up once between them.
+    with routes_remembered():
+        for key, delivered in by_step.items():
+            handler = _handlers.get(key)
+            if handler is not None:
+                handler(delivered)
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ from exceptions.catalogue import (
     MILESTONE_PROJECT_WITHOUT_LEGAL_ENTITY,
     MILESTONE_TAX_NUMBER_MISSING,
 )
-from exceptions.models import ExceptionCase, Queue
+from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_open_or_join, case_records_clear
 from integrations.models import (
@@ -195,6 +195,29 @@ def _advance(
 def _opened_now() -> bool:
     memo = _memo.get()
     return bool(memo and memo.get("opened"))
+
+
+def _may_be_held(run: WorkflowRun) -> bool:
+    """Whether a case may hold the run: asked once per advance (one indexed look-up; none for
+    a run opened just now), and true from the moment one of its steps puts it on a case. Each
+    step takes the run off the cases its success fixes; a run no case holds, the usual one,
+    need not try each time (three statements and their savepoints a delivery, before)."""
+    memo = _memo.get()
+    if memo is None:
+        return True
+    if "held" not in memo:
+        memo["held"] = not memo.get("opened") and (
+            BlockedRecord.objects.filter(record_type=RUN_RECORD, record_id=run.pk).exists()
+        )
+    return bool(memo["held"])
+
+
+def _case_for_run(**kwargs: Any) -> ExceptionCase:
+    """`case_open_or_join` for a case that holds the advancing run."""
+    memo = _memo.get()
+    if memo is not None:
+        memo["held"] = True
+    return case_open_or_join(**kwargs)
 
 
 def milestone_arrival(arrival: Arrival) -> None:
@@ -366,7 +389,7 @@ def _validate(run: WorkflowRun) -> StepResult:
 
     held = _run_blocked(run, milestone)
     cases = [
-        case_open_or_join(
+        _case_for_run(
             case_type=p.case_type,
             subject=p.subject,
             records=[held],
@@ -516,7 +539,7 @@ def _clear_fixed(run: WorkflowRun, *, fixed: Sequence[str]) -> None:
 
 
 def _clear_run_off(run: WorkflowRun, *, case_types: Sequence[str]) -> None:
-    if _opened_now():
+    if not _may_be_held(run):
         return
     case_records_clear(
         records=[(RUN_RECORD, run.pk)],
@@ -537,7 +560,7 @@ def _bill(run: WorkflowRun) -> StepResult:
     if entity is None or erp is None:
         # Only a change since validation gets here (a route removed): the same case again.
         code = entity.code if entity is not None else "(none)"
-        case = case_open_or_join(
+        case = _case_for_run(
             case_type="no_erp_route",
             subject={
                 "legal_entity_id": entity.pk if entity is not None else None,
@@ -744,7 +767,7 @@ def _mark_invoiced(run: WorkflowRun) -> StepResult:
     psa = Connection.objects.get(pk=run.input["connection_id"])
     update = _status_message(run, psa, milestone, invoice)
     if update.message is None:
-        case = case_open_or_join(
+        case = _case_for_run(
             case_type=RENDER_CASE,
             subject={
                 "connection_id": psa.pk,
