@@ -102,6 +102,9 @@ class Connector(Protocol):
     # Records one ``fetch_many`` call reads (Salesforce's collection read: 200); 1 where the
     # vendor reads one record a call.
     fetch_batch: int
+    # How long the vendor answers a write sent again under the same Idempotency-Key with its
+    # first answer instead of doing it twice (Xero: 24 h); 0 where it honours no such key.
+    idempotency_window_s: float
 
     def write(
         self,
@@ -169,6 +172,7 @@ class BaseConnector:
     vendor: ClassVar[str] = ""
     batch_size: dict[str, int] = {}
     fetch_batch: int = 1
+    idempotency_window_s: float = 0.0
     # Whether ``read_changed`` yields records in modstamp order across pages. A poller may
     # advance its cursor page by page only when this is True; otherwise only at the end.
     ordered_reads: ClassVar[bool] = True

@@ -19,8 +19,10 @@ from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.db import DEFAULT_DB_ALIAS, connections
+from django.utils import timezone
 
 from integrations.classification import ErrorClass
 from integrations.connectors.base import Connector, ItemResult
@@ -217,6 +219,24 @@ class _Work:
                 self.changed.wait(self.POLL_S)
 
 
+def _batches(messages: Sequence[OutboxMessage], size: int) -> list[list[OutboxMessage]]:
+    """The rows of one operation in batches of `size`, in claim order; the rows of an earlier
+    call that may have reached the vendor (one sent_key), all claimed, are a batch of their own
+    first, so they go again as that call (`_same_call_again`)."""
+    calls: dict[str, list[OutboxMessage]] = defaultdict(list)
+    for message in messages:
+        if message.sent_key and message.needs_lookup:
+            calls[message.sent_key].append(message)
+    whole = [
+        sorted(rows, key=lambda m: m.pk)
+        for key, rows in calls.items()
+        if batch_idempotency_key(rows) == key
+    ]
+    again = {m.pk for rows in whole for m in rows}
+    rest = [m for m in messages if m.pk not in again]
+    return [*whole, *(rest[start : start + size] for start in range(0, len(rest), size))]
+
+
 def _sequences(connector: Connector, claimed: Sequence[OutboxMessage]) -> list[Calls]:
     """The claimed rows as vendor batches, in sequences that may go out at once: batches that
     share a record are in one sequence, in claim order (a record's update never overtakes its
@@ -229,8 +249,7 @@ def _sequences(connector: Connector, claimed: Sequence[OutboxMessage]) -> list[C
     owner: dict[tuple[int, int], int] = {}  # record -> its sequence
     for operation, messages in by_operation.items():
         size = connector.batch_size.get(operation, 1)
-        for start in range(0, len(messages), size):
-            batch = messages[start : start + size]
+        for batch in _batches(messages, size):
             records = {(m.content_type_id, m.object_id) for m in batch}
             joined = sorted({owner[r] for r in records if r in owner})
             if not joined:
@@ -269,24 +288,30 @@ def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) 
     outcomes: dict[int, Outcome] = {}
     message_ids = [m.pk for m in batch]
     writing = False
+    key = ""
     try:
         # A row tried before may have been applied even though we never heard back (a dropped
-        # response, a killed worker): look it up first instead of creating it again.
+        # response, a killed worker): look it up first instead of creating it again; unless
+        # the very same rows go again under the key of that call, which the vendor answers
+        # with its first answer (Xero's Idempotency-Key).
         retried = [m for m in batch if m.needs_lookup]
-        if retried:
+        if retried and not _same_call_again(connector, batch):
             outbox_renew_lease(messages=retried)
             found = connector.find_existing(operation, [m.payload for m in retried])
             for message, existing in zip(retried, found, strict=True):
                 if existing is not None and existing.ok:
                     outcomes[message.pk] = _outcome(message, existing)
-        to_write = [m for m in batch if m.pk not in outcomes]
+        # In the rows' order, so the same rows make the same body: a vendor that honours the key
+        # compares the request too (Xero: the same key with another body is refused).
+        to_write = sorted((m for m in batch if m.pk not in outcomes), key=lambda m: m.pk)
         if to_write:
             outbox_renew_lease(messages=to_write)
             writing = True
+            key = batch_idempotency_key(to_write)
             results = connector.write(
                 operation,
                 [m.payload for m in to_write],
-                idempotency_key=batch_idempotency_key(to_write),
+                idempotency_key=key,
                 message_ids=message_ids,
             )
             for message, result in zip(to_write, results, strict=True):
@@ -294,7 +319,10 @@ def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) 
     except ConnectorError as exc:
         maybe_applied = writing and _may_have_reached_vendor(exc)
         for message in batch:
-            outcomes.setdefault(message.pk, _failed(message, exc, maybe_applied=maybe_applied))
+            failed = _failed(message, exc, maybe_applied=maybe_applied)
+            if maybe_applied and connector.idempotency_window_s:
+                failed.sent_key = key
+            outcomes.setdefault(message.pk, failed)
     except Exception as exc:
         # A defect here must not lose the rows: they go back with backoff like a transient
         # fault, and park with a case once the attempts run out.
@@ -311,6 +339,21 @@ def _send(connector: Connector, operation: str, batch: Sequence[OutboxMessage]) 
                 ),
             )
     return [outcomes[m.pk] for m in batch]
+
+
+def _same_call_again(connector: Connector, batch: Sequence[OutboxMessage]) -> bool:
+    """Whether this batch is exactly the rows of one earlier call that may have reached the
+    vendor, within the vendor's idempotency window: sent again under the same key, it is
+    answered with that call's first answer (the invoices it created, not new ones), so the
+    look-up before it, a call or more per batch, is not needed. Rows grouped otherwise (part of
+    that call done or parked since, new rows with them), a worker that vanished mid-call (no
+    key kept), or a vendor without such keys: the look-up, as before."""
+    window = connector.idempotency_window_s
+    if not window:
+        return False
+    key = batch_idempotency_key(batch)
+    since = timezone.now() - timedelta(seconds=window)
+    return all(m.sent_key == key and m.updated_at >= since for m in batch)
 
 
 def _outcome(message: OutboxMessage, result: ItemResult) -> Outcome:

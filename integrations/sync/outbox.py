@@ -382,6 +382,9 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
         _supersede_parked(succeeded)
         counts["done"] = len(succeeded)
 
+        # The rows of one call that may have reached the vendor wait alike, so they fall due
+        # together and go again as the same call, under its key (sent_key).
+        same_call: dict[str, float] = {}
         for outcome in retry_now:
             message = outcome.message
             message.state = State.PENDING
@@ -396,12 +399,19 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
                 # Retry-After): its word, not a backoff grown by the attempts before, which
                 # left throttled rows idle long after the vendor would take them.
                 delay = outcome.retry_after * random.uniform(1.0, 1.2)  # noqa: S311 - jitter
+            elif outcome.sent_key:
+                delay = same_call.setdefault(
+                    outcome.sent_key, backoff_delay(message.attempts, outcome.retry_after)
+                )
             else:
                 delay = backoff_delay(message.attempts, outcome.retry_after)
             message.next_attempt_at = now + timedelta(seconds=delay)
             message.last_error = outcome.error[:2000]
             message.error_class = outcome.error_class
             message.needs_lookup = message.needs_lookup or outcome.maybe_applied
+            if outcome.maybe_applied:
+                # The key of the call that may have landed (blank: none kept, look it up).
+                message.sent_key = outcome.sent_key
         update_rows(
             OutboxMessage,
             [o.message for o in retry_now],
@@ -413,6 +423,7 @@ def outbox_record_outcomes(*, outcomes: Sequence[Outcome]) -> dict[str, int]:
                 "last_error",
                 "error_class",
                 "needs_lookup",
+                "sent_key",
                 "updated_at",
             ],
         )
@@ -540,6 +551,7 @@ def outbox_sweep() -> dict[str, Any]:
         state=State.PENDING,
         next_attempt_at=now,
         needs_lookup=True,  # the vanished worker may have sent it
+        sent_key="",  # under a key not kept: look it up
         last_error=RELEASED,
     )
     with transaction.atomic():

@@ -25,5 +25,7 @@ class Outcome:
     not_sent: bool = False
     # The vendor answered with a record other than the one sent (integrations/vendors/echo.py).
     mismatch: bool = False
+    # The Idempotency-Key of the call when it may have reached the vendor (OutboxMessage.sent_key).
+    sent_key: str = ""
     vendor_message: str = ""
     retry_after: float | None = None

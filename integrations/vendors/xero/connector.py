@@ -218,6 +218,8 @@ class XeroConnector(BaseConnector):
         "post_invoice": 1,
         "put_tracking_options": MAX_BATCH,
     }
+    # Xero keeps an Idempotency-Key's first answer for 24 hours; an hour's margin.
+    idempotency_window_s = 23 * 3600.0
 
     def make_http(self, **http_options: Any) -> VendorHTTP:
         auth = OAuthClientCredentials(

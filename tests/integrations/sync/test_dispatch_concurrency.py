@@ -413,3 +413,63 @@ def test_recording_a_batch_costs_the_same_queries_for_5_rows_as_for_50(
     parked = OutboxMessage.objects.filter(state=State.PARKED)
     assert parked.count() == 2 + 2 + 20
     assert parked.order_by().values("exception_case").distinct().count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_call_whose_answer_was_lost_goes_again_under_its_key_without_a_look_up(
+    sandbox: Sandbox, settings: Any
+) -> None:
+    """Xero answers a write sent again under the same Idempotency-Key with its first answer:
+    rows whose call may have landed go again as that same call (same rows, same order, same
+    key), so no look-up call is spent before it, and still every invoice lands once."""
+    settings.CONCORD_OUTBOX_BACKOFF_CAP_S = 1
+    erp = _firm(sandbox, 200, concurrent=5)
+    sandbox.faults("xero", drop_response_rate=0.4, latency_ms=5, seed=7)
+
+    _dispatch_in_threads(erp, 1, until=time.monotonic() + 120)
+
+    assert not _open_rows()
+    stats = sandbox.stats("xero", "Invoices")
+    assert stats["dropped_responses"] > 0  # answers were lost
+    assert stats["idempotent_replays"] > 0  # and the same calls went again
+    assert stats["created"] == 200
+    assert stats["duplicates_detected"] == 0
+    lines = _lines_per_entry(sandbox)
+    assert set(lines) == set(TimeEntry.objects.values_list("pk", flat=True))
+    assert set(lines.values()) == {1}
+    assert not SyncAttempt.objects.filter(connection=erp, operation__startswith="find:").exists()
+    # Rows whose last call may have landed keep its key until they are done.
+    assert not OutboxMessage.objects.exclude(sent_key="").exclude(state=State.DONE).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rows_regrouped_since_their_lost_call_are_looked_up_first(
+    sandbox: Sandbox, settings: Any
+) -> None:
+    """A retried row whose earlier call is not re-sent whole (here: its key no longer matches
+    the rows with it) is looked up before it is written, as before: no second invoice."""
+    settings.CONCORD_OUTBOX_BACKOFF_CAP_S = 1
+    erp = _firm(sandbox, 20, concurrent=5)
+    sandbox.faults("xero", drop_response_rate=1.0, latency_ms=5, seed=7)
+    # One call (its answer lost), then the budget is spent.
+    outbox_dispatch(connection_id=erp.pk, worker="first", time_budget_s=0.05)
+    sandbox.faults("xero", drop_response_rate=0.0)
+    lost = list(OutboxMessage.objects.filter(needs_lookup=True).order_by("pk"))
+    assert len(lost) == 20
+    assert len({m.sent_key for m in lost}) == 1
+    assert lost[0].sent_key
+    # Half of them regrouped (as if the other half were claimed elsewhere meanwhile).
+    OutboxMessage.objects.filter(pk__in=[m.pk for m in lost[:10]]).update(
+        sent_key="another-call", next_attempt_at=timezone.now()
+    )
+    OutboxMessage.objects.filter(pk__in=[m.pk for m in lost[10:]]).update(
+        next_attempt_at=timezone.now()
+    )
+
+    _dispatch_in_threads(erp, 1, until=time.monotonic() + 60)
+
+    assert not _open_rows()
+    stats = sandbox.stats("xero", "Invoices")
+    assert stats["created"] == 20
+    assert stats["duplicates_detected"] == 0
+    assert SyncAttempt.objects.filter(connection=erp, operation__startswith="find:").exists()
