@@ -36,8 +36,21 @@ def flag_set(name: str, ttl_s: int) -> bool:
 
 
 def flag_clear(name: str) -> None:
+    flag_take(name)
+
+
+def flag_take(name: str) -> bool:
+    """Clear the flag; True when it was set."""
     client = _redis()
     if client is None:
-        cache.delete(name)
-    else:
-        client.delete(cache.make_key(name))
+        return bool(cache.delete(name))
+    return bool(client.delete(cache.make_key(name)))
+
+
+def flag_extend(name: str, ttl_s: int) -> bool:
+    """Give a set flag a new lifetime (a hold renewed while its holder works); False when it
+    is not set (it lapsed)."""
+    client = _redis()
+    if client is None:
+        return bool(cache.touch(name, timeout=ttl_s))
+    return bool(client.expire(cache.make_key(name), max(1, int(ttl_s))))

@@ -19,7 +19,7 @@ from exceptions.alerts import case_digests_send
 from exceptions.services import case_tally_compact
 from integrations.services.schedules import RECONCILE_CONNECTION_TASK
 from integrations.sync import ring
-from integrations.sync.dispatch import outbox_dispatch
+from integrations.sync.dispatch import outbox_dispatch_alone
 from integrations.sync.inbound import inbound_process_batch, inbound_sweep
 from integrations.sync.outbox import outbox_sweep
 from integrations.sync.poll_schedules import polling_kick_off_unscheduled
@@ -59,7 +59,9 @@ def dispatch_outbox(self: Any, connection_id: int) -> dict[str, Any]:
     ring.ring_answered(ring.DISPATCH_OUTBOX, connection_id)
     if too_many_deliveries(self):
         return {}
-    report = outbox_dispatch(connection_id=connection_id, worker=str(self.request.hostname))
+    report = outbox_dispatch_alone(connection_id=connection_id, worker=str(self.request.hostname))
+    if report is None:
+        return {"skipped": "another task dispatches this connection now"}
     return asdict(report)
 
 

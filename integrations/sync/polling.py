@@ -90,14 +90,15 @@ class PollReport:
 
 
 # A failed page read is tried again up to this many times in a row (then the poll stops and
-# the next one resumes there). At a 15% failure rate a page fails 6 times running with
-# p = 0.15^6 = 1.1e-5, so a 50-page read stops early with p = 6e-4. The waits double from
-# RETRY_BASE_S (1, 2, 4, 8, 16 s: at most ~31 s for one page) up to RETRY_CAP_S; a vendor's
+# the next one resumes there). At a 15% failure rate a page fails 8 times running with
+# p = 0.15^8 = 2.6e-7. The waits double from RETRY_BASE_S (0.25, 0.5, 1, 2, 4, 8, 16 s: at most
+# ~32 s for one page, as patient as before) up to RETRY_CAP_S: most failures are single, and
+# the first wait was 1 s (a faulted 100k run's first polls took twice a clean run's); a vendor's
 # Retry-After is waited out if it is longer, unless it exceeds RETRY_AFTER_MAX_S (Xero's day
 # limit says hours): then the poll stops, and beat's next poll tries again. Settings
 # CONCORD_POLL_PAGE_ATTEMPTS, CONCORD_POLL_RETRY_BASE_S override them (tests).
-PAGE_ATTEMPTS = 6
-RETRY_BASE_S = 1.0
+PAGE_ATTEMPTS = 8
+RETRY_BASE_S = 0.25
 RETRY_CAP_S = 30.0
 RETRY_AFTER_MAX_S = 60.0
 _sleep = time.sleep  # the backoff's wait (tests record it instead)

@@ -110,13 +110,13 @@ def test_a_delivery_supersedes_parked_rows_of_its_own_effect_only(erp: Connectio
 
 
 def test_a_throttled_row_waits_what_the_vendor_said_not_a_grown_backoff(erp: Connection) -> None:
-    """A 429 (nothing written, Retry-After 2 s) on a row's fifth attempt: back in about 2 s,
-    not 8-16 s; a lost answer (it may have been written) still backs off by its attempts."""
+    """A 429 (nothing written, Retry-After 2 s) on a row's eighth attempt: back in about 2 s,
+    not 16-32 s; a lost answer (it may have been written) still backs off by its attempts."""
     customer = CustomerFactory.create()
     outbox_enqueue(
         messages=[_row(erp, customer, "fix", 1), _row(erp, CustomerFactory.create(), "fix", 1)]
     )
-    OutboxMessage.objects.update(attempts=4)
+    OutboxMessage.objects.update(attempts=7)
     throttled, lost = outbox_claim(connection_id=erp.pk, limit=10, worker="w")
     before = timezone.now()
     outbox_record_outcomes(
@@ -140,5 +140,5 @@ def test_a_throttled_row_waits_what_the_vendor_said_not_a_grown_backoff(erp: Con
     throttled.refresh_from_db()
     lost.refresh_from_db()
     assert 2.0 <= (throttled.next_attempt_at - before).total_seconds() <= 2.5
-    assert (lost.next_attempt_at - before).total_seconds() >= 8.0
+    assert (lost.next_attempt_at - before).total_seconds() >= 16.0
     assert (lost.needs_lookup, throttled.needs_lookup) == (True, False)
