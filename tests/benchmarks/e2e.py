@@ -5,8 +5,9 @@ The sandbox holds the demo firm at scale 100 (``{"scale": 100, "seed": 42}``: 10
 time entries), its limits off. Concord starts as a firm's would after `make run`'s set-up
 (integrations/management/demo.py ``demo_firm_setup``): the CRM, PSA and two Xero connections
 with the sandbox's credentials and their published default mappings, the three legal entities,
-the routing rules, the exchange rates; no business record. Then only real processes work: one
-Celery worker of two (as `make run` starts it), beat, and the sandbox.
+the routing rules, the exchange rates; no business record. Then only real processes work: the
+Celery worker pools as `make run` starts them (settings.CONCORD_WORKER_POOLS: inbound x 2,
+worker x 3), beat, and the sandbox.
 
 - The first polls are rung in `make run`'s order (``DemoDay``: the CRM's first, so the PSA's
   clients and the ERP's contacts join the accounts; then the PSA's and the ERP's), each as soon
@@ -69,6 +70,7 @@ from django_celery_beat.models import PeriodicTask
 
 from config.celery import app
 from exceptions.models import BlockedRecord, ExceptionCase
+from integrations.management.commands.run_portal import worker_commands
 from integrations.management.demo import (
     FIRST_POLLS_WAIT_S,
     demo_firm_setup,
@@ -88,7 +90,7 @@ from integrations.models import (
 from integrations.services.schedules import POLL_ROW_PREFIX
 from integrations.sync.ring import ring_poll
 from integrations.workflows.time_to_erp import POST_STEP, PROCESS
-from tests.processes import Proc, beat_proc, free_port, process_env, wait_until, worker_proc
+from tests.processes import Proc, beat_proc, free_port, process_env, wait_until
 
 Figure = dict[str, Any]
 
@@ -194,10 +196,16 @@ def e2e_run(
 
     logs = Path(tempfile.mkdtemp(prefix="concord-e2e-"))
     env = env or process_env(CONCORD_LOG_LEVEL="WARNING")
-    worker = worker_proc(env, logs / "worker.log", name="e2e", concurrency=2)
+    # The worker pools `make run` starts (run_portal.worker_commands); the `worker` pool does
+    # what this measures (polls, billing, dispatch), the `inbound` pool waits for deliveries.
+    pools = {
+        name: Proc(command, env, logs / f"{name}.log")
+        for name, command in worker_commands(prefix="e2e-").items()
+    }
+    worker = pools["worker"] if "worker" in pools else next(iter(pools.values()))
     beat = beat_proc(env, logs / "beat.log", logs / "beat-schedule")
     deadline = time.monotonic() + timeout_s
-    procs: list[Proc] = [worker, beat]
+    procs: list[Proc] = [*pools.values(), beat]
     for proc in procs:
         proc.start()
     try:
