@@ -186,9 +186,17 @@ class _Work:
     retries fall due then) and looks again every POLL_S; with nothing due and no lane sending,
     all stop. Once the time budget is spent no more rows are claimed; claimed rows are sent."""
 
-    # Between looks for due rows while another lane sends: a first retry is due 0.5-1 s after
-    # its failure, and a look that finds nothing is one indexed query.
+    # Between looks for due rows while another lane sends: a first retry is due 0.125-0.25 s
+    # after its failure, and a look that finds nothing is one indexed query.
     POLL_S = 0.25
+    # A batch vendor's rows that come one at a time (each workflow run writes its own invoice)
+    # would each go in a call of their own, spending the vendor's rate per row instead of per
+    # batch: in a 100k run, 296 milestone invoices took ~60 of the legacy tenant's Xero calls,
+    # and the time invoices then waited for the next minute's allowance. Fewer due rows than a
+    # batch, all new, wait until none has come for LINGER_S, for at most LINGER_MAX_S from the
+    # oldest, before they are claimed (a retry, an older row, a full batch: no wait).
+    LINGER_S = 0.3
+    LINGER_MAX_S = 1.0
 
     def __init__(
         self, connector: Connector, connection: Connection, worker: str, deadline: float
@@ -218,6 +226,17 @@ class _Work:
                     self.changed.notify_all()
         return counts
 
+    def linger(self) -> None:
+        """Wait while fresh due rows, fewer than a batch, may still be joined by more."""
+        batch = max(self.connector.batch_size.values(), default=1)
+        if batch <= 1 or connections[DEFAULT_DB_ALIAS].in_atomic_block:
+            return
+        while time.monotonic() < self.deadline:
+            wait = _linger_wait(self.connection, batch, self.LINGER_S, self.LINGER_MAX_S)
+            if wait <= 0:
+                return
+            time.sleep(min(wait, max(0.0, self.deadline - time.monotonic())))
+
     def next(self, counts: Counter[str]) -> Calls | None:
         with self.changed:
             while True:
@@ -237,6 +256,7 @@ class _Work:
                 finished = self.finished
                 self.changed.release()
                 try:
+                    self.linger()
                     claimed = outbox_claim(
                         connection_id=self.connection.pk, limit=CLAIM_LIMIT, worker=self.worker
                     )
@@ -274,6 +294,26 @@ def _batches(messages: Sequence[OutboxMessage], size: int) -> list[list[OutboxMe
     again = {m.pk for rows in whole for m in rows}
     rest = [m for m in messages if m.pk not in again]
     return [*whole, *(rest[start : start + size] for start in range(0, len(rest), size))]
+
+
+def _linger_wait(connection: Connection, batch: int, linger_s: float, most_s: float) -> float:
+    """How long fresh due rows, fewer than a batch, should wait for more (0: none). Reads at
+    most a batch of the due rows' creation times (the claim's index)."""
+    now = timezone.now()
+    created = list(
+        OutboxMessage.objects.filter(
+            connection_id=connection.pk,
+            state=OutboxMessage.State.PENDING,
+            next_attempt_at__lte=now,
+        )
+        .order_by()
+        .values_list("created_at", flat=True)[:batch]
+    )
+    if not created or len(created) >= batch:
+        return 0.0
+    since_oldest = (now - min(created)).total_seconds()
+    since_newest = (now - max(created)).total_seconds()
+    return max(0.0, min(linger_s - since_newest, most_s - since_oldest))
 
 
 def _sequences(connector: Connector, claimed: Sequence[OutboxMessage]) -> list[Calls]:

@@ -13,6 +13,7 @@ from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -60,7 +61,7 @@ def sandbox(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
-def _firm(sandbox_url: str, *, projects: int, entries_per_project: int) -> list[int]:
+def _firm(sandbox_url: str, *, projects: int, entries_per_project: int, **xero: Any) -> list[int]:
     """A UK entity billing GBP through the sandbox's new Xero tenant, with approved time."""
     # The sandbox runs unthrottled here; Concord's own limiter must not be the bottleneck.
     approved_time_firm(
@@ -68,6 +69,7 @@ def _firm(sandbox_url: str, *, projects: int, entries_per_project: int) -> list[
         projects=projects,
         entries_per_project=entries_per_project,
         rate_limit_per_minute=6000,
+        **xero,
     )
     return list(TimeEntry.objects.order_by("pk").values_list("pk", flat=True))
 
@@ -183,7 +185,9 @@ def _held_by(worker: str, since: datetime | None = None) -> set[int]:
 
 
 def test_killed_worker_and_restarted_redis_lose_nothing(sandbox: str, tmp_path: Path) -> None:
-    entry_ids = _firm(sandbox, projects=250, entries_per_project=20)
+    # One call at a time: the 250 invoices go in five calls in turn (with five at once they
+    # all went in the first round, before the kill could land mid-run).
+    entry_ids = _firm(sandbox, projects=250, entries_per_project=20, max_concurrency=1)
     _control(sandbox, "limits", {"system": "xero", "enabled": False})
     # Slow calls, so the kill lands while batches are in flight.
     _control(

@@ -1,0 +1,106 @@
+"""A batch vendor's rows that come one at a time wait a moment to share a call: fewer due rows
+than a batch, all new, wait until none has come for LINGER_S (at most LINGER_MAX_S from the
+oldest); a full batch, an older row or a one-item-a-call vendor waits for nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.contenttypes.models import ContentType
+from django.db import connections
+from django.utils import timezone
+
+from integrations.models import Connection, Customer, LegalEntity, OutboxMessage, SyncAttempt
+from integrations.sync.dispatch import _linger_wait, _Work, outbox_dispatch
+from integrations.workflows.time_to_erp import billing_run
+from tests.factories import make_connection
+from tests.firms import approved_time_firm
+from tests.integrations.conftest import Sandbox
+
+LINGER, MOST = _Work.LINGER_S, _Work.LINGER_MAX_S
+
+
+@pytest.fixture
+def erp(db: None) -> Connection:
+    return make_connection()
+
+
+def _rows(erp: Connection, ages_s: list[float]) -> None:
+    """Due rows created `ages_s` seconds ago."""
+    entity = LegalEntity.objects.create(
+        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
+    )
+    now = timezone.now()
+    for n, age in enumerate(ages_s):
+        customer = Customer.objects.create(name=f"C{n}", legal_entity=entity, currency="GBP")
+        row = OutboxMessage.objects.create(
+            connection=erp,
+            process="linger-test",
+            step="post",
+            operation="put_invoices",
+            content_type=ContentType.objects.get_for_model(Customer),
+            object_id=customer.pk,
+            idempotency_key=f"linger-{n}",
+            payload={},
+            next_attempt_at=now,
+        )
+        OutboxMessage.objects.filter(pk=row.pk).update(created_at=now - timedelta(seconds=age))
+
+
+@pytest.mark.parametrize(
+    ("ages_s", "low", "high"),
+    [
+        ([], 0.0, 0.0),  # nothing due
+        ([0.0, 0.0, 0.0], LINGER - 0.1, LINGER),  # just written: wait for more
+        ([0.2, 0.1], LINGER - 0.1 - 0.1, LINGER - 0.1),  # from the newest
+        ([MOST - 0.05, 0.0], 0.0, 0.05),  # the oldest has waited nearly its most
+        ([MOST + 1, 0.0], 0.0, 0.0),  # an older row (a retry, a backlog): no wait
+    ],
+)
+def test_fresh_rows_fewer_than_a_batch_wait_for_more(
+    erp: Connection, ages_s: list[float], low: float, high: float
+) -> None:
+    _rows(erp, ages_s)
+    wait = _linger_wait(erp, 50, LINGER, MOST)
+    assert low <= wait <= high + 0.05
+
+
+def test_a_full_batch_waits_for_nothing(erp: Connection) -> None:
+    _rows(erp, [0.0] * 5)
+    assert _linger_wait(erp, 5, LINGER, MOST) == 0.0
+    assert _linger_wait(erp, 6, LINGER, MOST) > 0.0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_invoices_written_one_by_one_go_in_one_call(sandbox: Sandbox) -> None:
+    """Eight invoices committed 60 ms apart (eight workflow runs) while the dispatcher runs:
+    one Xero call, not one each."""
+    erp = approved_time_firm(sandbox.url, projects=8, entries_per_project=1)
+
+    def one_by_one() -> None:
+        try:
+            for _ in range(8):
+                billing_run(limit=1)
+                time.sleep(0.06)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=one_by_one)
+    writer.start()
+    time.sleep(0.02)  # the first invoice in
+    reports: list[Any] = []
+    while writer.is_alive() or OutboxMessage.objects.filter(state="pending").exists():
+        report = outbox_dispatch(connection_id=erp.pk, worker="linger")
+        reports.append(report)
+        if not report.claimed:
+            time.sleep(0.01)
+    writer.join()
+
+    assert set(OutboxMessage.objects.values_list("state", flat=True)) == {"done"}
+    assert sandbox.stats("xero", "Invoices")["created"] == 8
+    puts = SyncAttempt.objects.filter(connection=erp, operation="put_invoices").count()
+    assert puts <= 2, f"{puts} calls for 8 invoices written 60 ms apart"
