@@ -181,10 +181,12 @@ def e2e_run(
     reset: Callable[[], None] | None = None,
     timeout_s: float = TIMEOUT_S,
     env: dict[str, str] | None = None,
+    during: Callable[[dict[str, Proc]], None] | None = None,
 ) -> E2eRun:
     """Seed the sandbox at `scale`, set the firm up, run the worker and beat until every
     in-scope entry is on a Xero invoice; check it exactly once against the sandbox. `reset`
-    empties Concord first (the bench; a test's database is fresh)."""
+    empties Concord first (the bench; a test's database is fresh). `during` is called with the
+    worker pools at each look while the run bills and posts (a test kills one there)."""
     if reset is not None:
         reset()
     control = SandboxControl(sandbox_url)
@@ -241,8 +243,14 @@ def e2e_run(
         billing_sent = time.time()
         task_id = app.send_task(BILLING_TASK, expires=BILLING_EXPIRES_S).id
         erp = list(firm.connections)
+
+        def billed_and_settled() -> bool:
+            if during is not None:
+                during(pools)
+            return bool(_billed(worker.log, billing_sent) and _settled(erp))
+
         _until(
-            lambda: _billed(worker.log, billing_sent) and _settled(erp),
+            billed_and_settled,
             deadline,
             "the billing run done and every invoice answered by Xero",
             logs,

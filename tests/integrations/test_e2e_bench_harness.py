@@ -10,7 +10,8 @@ import httpx
 import pytest
 
 from exceptions.models import BlockedRecord
-from integrations.models import BillingEvent, OutboxMessage
+from integrations.models import BillingEvent, OutboxMessage, SyncAttempt
+from integrations.workflows.time_to_erp import POST_STEP, PROCESS
 from tests.benchmarks.e2e import (
     FAULTS,
     VENDOR_REFUSED,
@@ -19,7 +20,7 @@ from tests.benchmarks.e2e import (
     exactly_once_check,
 )
 from tests.e2e.test_time_to_erp_exactly_once import _purge_queues, sandbox  # noqa: F401
-from tests.processes import process_env
+from tests.processes import Proc, process_env
 
 # serialized_rollback: the rows the migrations seed (match rules, ownership rules, work queues)
 # are there even after transactional tests before this one emptied the tables.
@@ -71,3 +72,44 @@ def test_the_harness_bills_exactly_once_through_faults(sandbox: str, tmp_path: P
 
     assert run.invoiced == run.entries_in_scope > 0
     assert run.details["calls_refused"] > 0, "the faults should have hit some calls"
+
+
+def test_the_harness_run_loses_nothing_when_the_worker_is_killed_while_it_posts(
+    sandbox: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The whole path (first polls, billing, posting) with the worker pool SIGKILLed while its
+    Xero calls are in flight (each slowed to 1.5 s once the billing run is sent), then started
+    again: the rows it held come back when their lease runs out, are looked up in Xero first
+    (that call may have landed), and each in-scope entry is on exactly one line."""
+    _purge_queues(process_env(), tmp_path / "purge.log")
+    control = SandboxControl(sandbox)
+    killed: list[set[int]] = []
+    slowed: list[bool] = []
+
+    def kill_mid_call(pools: dict[str, Proc]) -> None:
+        if not slowed:
+            control.post("faults", {"xero": {"latency_ms": 1500}})
+            slowed.append(True)
+        if killed:
+            return
+        held = set(
+            OutboxMessage.objects.filter(
+                process=PROCESS, step=POST_STEP, state="in_flight"
+            ).values_list("pk", flat=True)
+        )
+        if held:
+            pools["worker"].kill()
+            killed.append(held)
+            pools["worker"].start()
+
+    env = process_env(CONCORD_LOG_LEVEL="WARNING", CONCORD_OUTBOX_LEASE_S="5")
+    run = e2e_run(sandbox, scale=1, timeout_s=300, env=env, during=kill_mid_call)
+
+    assert killed, "the worker should have been killed with Xero calls in flight"
+    assert run.invoiced == run.entries_in_scope > 0
+    recovered = OutboxMessage.objects.filter(pk__in=killed[0])
+    assert {m.state for m in recovered} <= {"done", "parked"}
+    assert all(m.attempts >= 2 for m in recovered)
+    # Looked up before they were sent again: the killed worker's calls may have landed.
+    assert SyncAttempt.objects.filter(operation__startswith="find:Invoices").exists()
