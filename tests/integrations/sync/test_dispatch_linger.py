@@ -10,16 +10,16 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.contenttypes.models import ContentType
 from django.db import connections
 from django.utils import timezone
 
-from integrations.models import Connection, Customer, LegalEntity, OutboxMessage, SyncAttempt
+from integrations.models import Connection, Customer, OutboxMessage, SyncAttempt
 from integrations.sync.dispatch import _linger_wait, _Work, outbox_dispatch
 from integrations.workflows.time_to_erp import billing_run
 from tests.factories import make_connection
 from tests.firms import approved_time_firm
 from tests.integrations.conftest import Sandbox
+from tests.integrations.sync.test_dispatch_concurrency import _row, customers  # noqa: F401
 
 LINGER, MOST = _Work.LINGER_S, _Work.LINGER_MAX_S
 
@@ -29,25 +29,11 @@ def erp(db: None) -> Connection:
     return make_connection()
 
 
-def _rows(erp: Connection, ages_s: list[float]) -> None:
-    """Due rows created `ages_s` seconds ago."""
-    entity = LegalEntity.objects.create(
-        code="UK01", name="Concord Consulting Ltd", country="GB", base_currency="GBP"
-    )
+def _rows(erp: Connection, customers: list[Customer], ages_s: list[float]) -> None:  # noqa: F811
+    """Due rows created `ages_s` seconds ago (the concurrency tests' rows, one per customer)."""
     now = timezone.now()
-    for n, age in enumerate(ages_s):
-        customer = Customer.objects.create(name=f"C{n}", legal_entity=entity, currency="GBP")
-        row = OutboxMessage.objects.create(
-            connection=erp,
-            process="linger-test",
-            step="post",
-            operation="put_invoices",
-            content_type=ContentType.objects.get_for_model(Customer),
-            object_id=customer.pk,
-            idempotency_key=f"linger-{n}",
-            payload={},
-            next_attempt_at=now,
-        )
+    for customer, age in zip(customers, ages_s, strict=False):
+        row = _row(erp, customer, "put_invoices", {})
         OutboxMessage.objects.filter(pk=row.pk).update(created_at=now - timedelta(seconds=age))
 
 
@@ -62,15 +48,22 @@ def _rows(erp: Connection, ages_s: list[float]) -> None:
     ],
 )
 def test_fresh_rows_fewer_than_a_batch_wait_for_more(
-    erp: Connection, ages_s: list[float], low: float, high: float
+    erp: Connection,
+    customers: list[Customer],  # noqa: F811
+    ages_s: list[float],
+    low: float,
+    high: float,
 ) -> None:
-    _rows(erp, ages_s)
+    _rows(erp, customers, ages_s)
     wait = _linger_wait(erp, 50, LINGER, MOST)
     assert low <= wait <= high + 0.05
 
 
-def test_a_full_batch_waits_for_nothing(erp: Connection) -> None:
-    _rows(erp, [0.0] * 5)
+def test_a_full_batch_waits_for_nothing(
+    erp: Connection,
+    customers: list[Customer],  # noqa: F811
+) -> None:
+    _rows(erp, customers, [0.0] * 5)
     assert _linger_wait(erp, 5, LINGER, MOST) == 0.0
     assert _linger_wait(erp, 6, LINGER, MOST) > 0.0
 
