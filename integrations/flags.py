@@ -11,11 +11,16 @@ Other cache backends go through `cache.add` / `cache.delete`.
 from __future__ import annotations
 
 import functools
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 import redis
 from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
+
+_T = TypeVar("_T")
 
 
 @functools.cache
@@ -54,3 +59,40 @@ def flag_extend(name: str, ttl_s: int) -> bool:
     if client is None:
         return bool(cache.touch(name, timeout=ttl_s))
     return bool(client.expire(cache.make_key(name), max(1, int(ttl_s))))
+
+
+def flag_alone(
+    name: str,
+    work: Callable[[], _T],
+    *,
+    again: Callable[[], None],
+    hold_s: int,
+    renew_s: float,
+) -> _T | None:
+    """`work()` unless another process does the work of `name` now: then that one is asked
+    to call `again()` (ring for another round) when it ends, and this returns None. The hold
+    is renewed every `renew_s` while the work goes on and lapses `hold_s` after its process
+    dies. A caller turned away while the holder ends either takes the hold itself or is seen
+    by the holder: no request is lost between them."""
+    hold, wanted = f"{name}:hold", f"{name}:wanted"
+    if not flag_set(hold, hold_s):
+        flag_set(wanted, hold_s * 6)
+        if not flag_set(hold, hold_s):
+            return None
+        flag_clear(wanted)
+    stop = threading.Event()
+
+    def renew() -> None:
+        while not stop.wait(renew_s):
+            flag_extend(hold, hold_s)
+
+    renewer = threading.Thread(target=renew, daemon=True)
+    renewer.start()
+    try:
+        return work()
+    finally:
+        stop.set()
+        renewer.join()
+        flag_clear(hold)
+        if flag_take(wanted):
+            again()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.utils import timezone
@@ -30,7 +31,7 @@ from integrations.connectors.errors import (
     ConnectorError,
     TransientError,
 )
-from integrations.flags import flag_clear, flag_extend, flag_set, flag_take
+from integrations.flags import flag_alone
 from integrations.models import Connection, OutboxMessage
 from integrations.sync.outbox import (
     batch_idempotency_key,
@@ -76,30 +77,14 @@ HOLD_RENEW_S = 3.0
 
 def outbox_dispatch_alone(*, connection_id: int, worker: str) -> DispatchReport | None:
     """`outbox_dispatch`, unless another task dispatches the connection now: then that one is
-    asked to ring again when it ends (None here). A task turned away while the holder ends
-    either takes the hold itself or is seen by the holder: no ring is lost between them."""
-    hold, wanted = f"dispatch:hold:{connection_id}", f"dispatch:wanted:{connection_id}"
-    if not flag_set(hold, HOLD_S):
-        flag_set(wanted, HOLD_S * 6)
-        if not flag_set(hold, HOLD_S):
-            return None
-        flag_clear(wanted)
-    stop = threading.Event()
-    renewer = threading.Thread(target=_hold_renew, args=(hold, stop), daemon=True)
-    renewer.start()
-    try:
-        return outbox_dispatch(connection_id=connection_id, worker=worker)
-    finally:
-        stop.set()
-        renewer.join()
-        flag_clear(hold)
-        if flag_take(wanted):
-            ring_dispatch([connection_id], force=True)
-
-
-def _hold_renew(hold: str, stop: threading.Event) -> None:
-    while not stop.wait(HOLD_RENEW_S):
-        flag_extend(hold, HOLD_S)
+    asked to ring again when it ends (None here; integrations/flags.py `flag_alone`)."""
+    return flag_alone(
+        f"dispatch:{connection_id}",
+        partial(outbox_dispatch, connection_id=connection_id, worker=worker),
+        again=partial(ring_dispatch, [connection_id], force=True),
+        hold_s=HOLD_S,
+        renew_s=HOLD_RENEW_S,
+    )
 
 
 def outbox_dispatch(

@@ -22,8 +22,8 @@ from tests.factories import make_connection
 def erp(db: None) -> Iterator[Connection]:
     connection = make_connection()
     yield connection
-    flag_clear(f"dispatch:hold:{connection.pk}")
-    flag_clear(f"dispatch:wanted:{connection.pk}")
+    flag_clear(f"dispatch:{connection.pk}:hold")
+    flag_clear(f"dispatch:{connection.pk}:wanted")
 
 
 @pytest.fixture
@@ -94,7 +94,7 @@ def test_the_hold_is_renewed_while_the_task_works_and_lapses_when_its_worker_die
     assert others == [None]
 
     # A worker killed while holding it: nothing renews the hold, which lapses.
-    assert flag_set(f"dispatch:hold:{erp.pk}", 1)
+    assert flag_set(f"dispatch:{erp.pk}:hold", 1)
     monkeypatch.setattr(
         dispatch, "outbox_dispatch", lambda *, connection_id, worker, **_: DispatchReport()
     )
