@@ -297,17 +297,22 @@ CELERY_BEAT_MAX_LOOP_INTERVAL = 5
 # (CONCORD_WORKER_QUEUES) does everything; `make run` and the benchmarks start the pools below.
 CELERY_TASK_DEFAULT_QUEUE = "celery"
 CELERY_TASK_ROUTES = {"integrations.process_inbound_batch": {"queue": "inbound"}}
-CONCORD_WORKER_QUEUES = ["inbound", "celery", "outbox.salesforce", "outbox.harvest", "outbox.xero"]
+CONCORD_OUTBOX_QUEUES = ["outbox.salesforce", "outbox.harvest", "outbox.xero"]
+CONCORD_WORKER_QUEUES = ["inbound", "celery", *CONCORD_OUTBOX_QUEUES]
 # The worker pools: name -> (queues, processes). A delivery's processing must never wait behind
 # the dispatch tasks (each may hold its process up to the dispatcher's 20 s budget, and three
-# target systems can hold three processes): the `inbound` pool takes nothing else. The `worker`
-# pool takes every queue, inbound too, so a burst of deliveries uses its idle processes as well.
-# 2 + 3 processes on 2 CPUs: most of a task's time is spent waiting for PostgreSQL or a vendor.
+# target systems can hold three processes): the `inbound` pool takes nothing else. Nor must a
+# dispatch task wait behind a billing run or a sweep: in a 100k-entry run the second Xero
+# tenant's invoices waited 9 s for a process of the general pool, busy with the billing run, the
+# milestone sweep and the first tenant's dispatch; the `outbox` pool takes only the outbox
+# queues. The `worker` pool takes every queue, so a burst uses its idle processes as well.
+# 2 + 3 + 3 processes on 2 CPUs: most of a task's time is spent waiting for PostgreSQL or a vendor.
 # SQLite (the embedded default) takes one writer at a time: one pool of 2 processes there.
 CONCORD_WORKER_POOLS: dict[str, tuple[list[str], int]] = (
     {
         "inbound": (["inbound"], env_int("CONCORD_INBOUND_CONCURRENCY", 2)),
         "worker": (CONCORD_WORKER_QUEUES, env_int("CONCORD_WORKER_CONCURRENCY", 3)),
+        "outbox": (CONCORD_OUTBOX_QUEUES, env_int("CONCORD_OUTBOX_CONCURRENCY", 3)),
     }
     if DATABASES["default"]["ENGINE"].endswith("postgresql")
     else {"worker": (CONCORD_WORKER_QUEUES, env_int("CONCORD_WORKER_CONCURRENCY", 2))}
@@ -317,6 +322,10 @@ CONCORD_WORKER_POOLS: dict[str, tuple[list[str], int]] = (
 # resume within 30 s; a duplicate re-send is harmless thanks to idempotency keys).
 CONCORD_OUTBOX_LEASE_S = env_int("CONCORD_OUTBOX_LEASE_S", 20)
 CONCORD_MAX_LINES_PER_INVOICE = env_int("CONCORD_MAX_LINES_PER_INVOICE", 100)
+# Time entries a billing run takes per transaction (integrations/workflows/time_to_erp.py).
+CONCORD_BILLING_CHUNK = env_int("CONCORD_BILLING_CHUNK", 5000)
+# Records per page of a poll's reads; 0: each vendor's maximum (tests set a small one).
+CONCORD_POLL_PAGE_SIZE = env_int("CONCORD_POLL_PAGE_SIZE", 0)
 CONCORD_OUTBOX_BACKOFF_CAP_S = env_int("CONCORD_OUTBOX_BACKOFF_CAP_S", 60)
 # The outbox's retry budget (integrations/sync/outbox.py): a row parks only after this many
 # attempts AND this long since its first one.

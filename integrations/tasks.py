@@ -28,7 +28,7 @@ from integrations.sync.steps import run_after_poll
 from integrations.workflows.checks import expected_work_check
 from integrations.workflows.milestones import milestone_billing_sweep
 from integrations.workflows.reconciliation import reconcile_connection
-from integrations.workflows.time_to_erp import billing_run
+from integrations.workflows.time_to_erp import billing_arrived, billing_run
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +92,19 @@ def billing_run_task() -> dict[str, Any]:
         "invoices": report.invoices,
         "blocked": report.blocked,
     }
+
+
+@shared_task(name=ring.BILLING_ARRIVED, bind=True)
+def billing_arrived_task(self: Any, complete: bool) -> dict[str, Any]:
+    """Time billed as it arrives: rung by each committed page of a poll's time entries (whole
+    chunks) and by the PSA's poll once it is done (the rest)."""
+    ring.ring_answered(ring.BILLING_ARRIVED, "rest" if complete else "chunks")
+    if too_many_deliveries(self):
+        return {}
+    report = billing_arrived(complete=complete)
+    if report is None:
+        return {"skipped": "another run bills what has arrived now"}
+    return {"considered": report.considered, "billed": report.billed, "invoices": report.invoices}
 
 
 @shared_task(name="integrations.poll_all")

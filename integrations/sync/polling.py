@@ -67,7 +67,7 @@ from integrations.sync.inbound import inbound_page_cases, mapping_case_open
 from integrations.sync.pagewriter import PageJob, PageWriter
 from integrations.sync.project_links import projects_link
 from integrations.sync.ring import ring_poll
-from integrations.sync.steps import Arrival, arrival_awaited, on_arrival
+from integrations.sync.steps import Arrival, arrival_awaited, on_arrival, run_after_page
 from integrations.sync.tenancy import TenantFacts, tenant_facts, tenant_fill
 from integrations.sync.upsert import plan_upsert, write_upsert
 from integrations.timestamps import micros_to_iso
@@ -131,6 +131,8 @@ def _poll_object(
     PollCursor.objects.filter(pk=cursor.pk).update(last_polled_at=timezone.now())
     try:
         rules = load_ownership_rules()
+        # Setting CONCORD_POLL_PAGE_SIZE (tests: many pages from a small firm) else the vendor's.
+        page_size = page_size or int(getattr(settings, "CONCORD_POLL_PAGE_SIZE", 0)) or None
         connector = connector_for(connection, **({"page_size": page_size} if page_size else {}))
         writer = PageWriter()
         try:
@@ -537,6 +539,9 @@ def _submit_page(
         # Before the cursor moves: should this fail, the page is read again, never left silent.
         inbound_page_cases(connection=connection, plan=plan, rows=raw)
         _save_cursor(cursor, progress)
+        # The workflows that start on what has arrived (billing the time read so far) are
+        # rung once this commits, while the next pages are read.
+        run_after_page(connection_id=connection.pk, canonical_model=mapping.canonical_model)
 
     writer.submit(
         PageJob(
@@ -603,7 +608,9 @@ def _keep_raw(rows: list[dict[str, Any]]) -> None:
 
 
 # Records refer to others (a time entry to its project and worker), so a connection's objects are
-# polled in this order of their canonical models, one after the other.
+# polled in this order of their canonical models, one after the other. Expenses before time:
+# time is billed while its later pages are still read, and a chunk of it takes the waiting
+# expenses of its contracts onto the same invoices, as a run after the poll would.
 DEPENDENCY_ORDER = (
     "legalentity",
     "taxrate",
@@ -615,8 +622,8 @@ DEPENDENCY_ORDER = (
     "project",
     "assignment",
     "milestone",
-    "timeentry",
     "expense",
+    "timeentry",
     "invoice",
     "payment",
 )
@@ -635,6 +642,7 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
     rank = {name: index for index, name in enumerate(DEPENDENCY_ORDER)}
     published.sort(key=lambda pair: rank.get(pair[1], len(rank)))
     reports: dict[str, PollReport] = {}
+    linked = False
     for object_type, canonical_model in published:
         if canonical_model in VIRTUAL_MODELS and not arrival_awaited(canonical_model):
             continue
@@ -646,16 +654,24 @@ def poll_connection(*, connection_id: int) -> dict[str, PollReport]:
                 "poll of %s on connection %s failed: %s", object_type, connection_id, exc
             )
             report.error = _describe(exc)
-    if reports:
+        if canonical_model == "project":
+            # Linked before the objects after them are read: the time read next is billed
+            # while later pages are still read (integrations/sync/steps.py run_after_page),
+            # and billing needs each project's contract and legal entity.
+            _projects_link(connection_id)
+            linked = True
+    if reports and not linked:
         # Projects that predate Concord: whichever arrived last (a PSA project, the CRM
         # contract it waits for) completes its link, or it waits on a PMO case.
-        try:
-            projects_link()
-        except Exception:
-            logger.exception(
-                "linking projects after the poll of connection %s failed", connection_id
-            )
+        _projects_link(connection_id)
     return reports
+
+
+def _projects_link(connection_id: int) -> None:
+    try:
+        projects_link()
+    except Exception:
+        logger.exception("linking projects after the poll of connection %s failed", connection_id)
 
 
 def poll_failure_record(*, cursor_id: int, error: str) -> None:

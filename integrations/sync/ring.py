@@ -46,6 +46,7 @@ DISPATCH_OUTBOX = "integrations.dispatch_outbox"
 PROCESS_INBOUND_BATCH = "integrations.process_inbound_batch"
 POLL_CONNECTION = "integrations.poll_connection"
 MILESTONE_SWEEP = "integrations.milestone_sweep"
+BILLING_ARRIVED = "integrations.billing_arrived"
 
 # A flag outlives a normal queue wait (well under a second) by far; if the message is lost the
 # flag blocks new rings for at most this long, and the 5-second sweepers ring with force anyway.

@@ -14,7 +14,9 @@ mapped), with its mapped fields.
 
 Polls too: a workflow that moves on from what a poll stored (back-sync from the ERP's invoices
 and payments, milestone billing from completed milestones) registers an after-poll hook, which
-the polling task runs once the poll is done (`run_after_poll`).
+the polling task runs once the poll is done (`run_after_poll`). One that can start on part of a
+long read (billing what has arrived while later pages of time entries are still read) registers
+an after-page hook, run each time a polled page of its model has committed (`run_after_page`).
 """
 
 from __future__ import annotations
@@ -127,5 +129,35 @@ def run_after_poll(*, connection_id: int, since: datetime) -> None:
             logger.exception(
                 "the %s hook after the poll of connection %s failed",
                 getattr(hook, "__qualname__", hook),
+                connection_id,
+            )
+
+
+class AfterPageHook(Protocol):
+    def __call__(self, *, connection_id: int, canonical_model: str) -> object: ...
+
+
+_after_page: list[AfterPageHook] = []
+
+
+def after_page_register(hook: AfterPageHook) -> None:
+    """Call `hook(connection_id=..., canonical_model=...)` each time a polled page has
+    committed (its records and the cursor past them), while the rest of the read goes on."""
+    if hook not in _after_page:
+        _after_page.append(hook)
+
+
+def run_after_page(*, connection_id: int, canonical_model: str) -> None:
+    """Run the after-page hooks. They must be cheap (a ring, not the work): they run on the
+    poll's page writer, between one page and the next. A hook that fails is logged and stops
+    neither the others nor the poll."""
+    for hook in list(_after_page):
+        try:
+            hook(connection_id=connection_id, canonical_model=canonical_model)
+        except Exception:
+            logger.exception(
+                "the %s hook after a %s page of connection %s failed",
+                getattr(hook, "__qualname__", hook),
+                canonical_model,
                 connection_id,
             )

@@ -48,12 +48,14 @@ import logging
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Exists, Max, OuterRef, Q
 from django.db.models.expressions import RawSQL
@@ -70,6 +72,7 @@ from exceptions.catalogue import (
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
 from exceptions.retry import RetryResult, retry_handler_register
 from exceptions.services import Blocked, case_fingerprint, case_open_or_join, case_records_clear
+from integrations.flags import flag_alone, flag_set, flag_take
 from integrations.models import (
     BillingEvent,
     Connection,
@@ -91,14 +94,24 @@ from integrations.services.route_switches import route_switches_apply_due
 from integrations.sync.bulk import copy_insert, copy_insert_values, update_rows
 from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
 from integrations.sync.outbox import outbox_enqueue, outbox_replay
-from integrations.sync.steps import delivered_step_register
+from integrations.sync.ring import BILLING_ARRIVED, ring
+from integrations.sync.steps import (
+    after_page_register,
+    after_poll_register,
+    delivered_step_register,
+)
 
 logger = logging.getLogger(__name__)
 
 PROCESS = "time_to_erp"
 # Entries per transaction: 5,000 keeps one run's locks and memory small (about 10 MB) and still
-# amortises the per-chunk queries.
+# amortises the per-chunk queries. Setting CONCORD_BILLING_CHUNK (tests: many chunks from a
+# small firm).
 CHUNK = 5_000
+
+
+def chunk_size() -> int:
+    return int(getattr(settings, "CONCORD_BILLING_CHUNK", CHUNK))
 
 
 def max_lines_per_invoice() -> int:
@@ -172,23 +185,113 @@ def billing_run(
         expenses=not retry and Expense.objects.unbilled().exists(),
     )
     _resend_unrendered(books.routes)
+    chunk = chunk_size()
     if retry:
         wanted = sorted(set(entry_ids or ()))
-        for start in range(0, len(wanted), CHUNK):
-            _bill_chunk(Q(pk__in=_among(wanted[start : start + CHUNK])), None, report, books)
+        for start in range(0, len(wanted), chunk):
+            _bill_chunk(Q(pk__in=_among(wanted[start : start + chunk])), None, report, books)
         spent = sorted(set(expense_ids or ()))
-        for start in range(0, len(spent), CHUNK):
-            _bill_expense_chunk(Q(pk__in=_among(spent[start : start + CHUNK])), None, report, books)
+        for start in range(0, len(spent), chunk):
+            _bill_expense_chunk(Q(pk__in=_among(spent[start : start + chunk])), None, report, books)
         return report
     last_id: int | None = 0
     while last_id is not None and (limit is None or report.considered < limit):
-        size = CHUNK if limit is None else min(CHUNK, limit - report.considered)
+        size = chunk if limit is None else min(chunk, limit - report.considered)
         last_id = _bill_chunk(Q(pk__gt=last_id), size, report, books)
+    _bill_expenses(report, books, limit)
+    return report
+
+
+def _bill_expenses(report: BillingRunReport, books: _RunBooks, limit: int | None = None) -> None:
+    """Every expense still waiting, chunk by chunk (up to `limit`)."""
+    chunk = chunk_size()
     last_id = 0 if books.expenses else None
     while last_id is not None and (limit is None or report.expenses_considered < limit):
-        size = CHUNK if limit is None else min(CHUNK, limit - report.expenses_considered)
+        size = chunk if limit is None else min(chunk, limit - report.expenses_considered)
         last_id = _bill_expense_chunk(Q(pk__gt=last_id), size, report, books)
+
+
+# --- Billing time as it arrives ------------------------------------------------------------------
+
+# The runs that bill time while the poll that brings it still reads (``billing_arrived``) go on
+# from the last entry id they went through, kept in the cache. Lost (a cache flush), the next
+# such run starts from the first unbilled entry: it reads again what it left unbilled (time on a
+# fixed fee, time held on a case) and makes the same invoices; nothing else changes. Entries
+# below it that such a run never saw (one committed late) are the scheduled run's (from the
+# first entry, every minute: config/celery.py ``billing-run``).
+ARRIVED = "billing:arrived"
+ARRIVED_THROUGH = "billing:arrived:through"
+# A poll that is done asks for the rest (a chunk not yet whole, the expenses) once: a run that
+# holds ARRIVED when it asks sees this and bills the rest before it lets go.
+ARRIVED_REST = "billing:arrived:rest"
+# One such run at a time: a second would only wait for the first one's locks, or bill a
+# chunk that is not whole because the first one holds part of it. Held while it works
+# (renewed), gone ARRIVED_HOLD_S after its worker dies.
+ARRIVED_HOLD_S = 30
+ARRIVED_RENEW_S = 5.0
+
+
+def billing_arrived(*, complete: bool) -> BillingRunReport | None:
+    """Bill the time stored since the last such run, from where it stopped, while the poll
+    that brings it is still reading (rung by each page it commits: integrations/sync/steps.py
+    ``run_after_page``). Until the poll is done (`complete` False) only whole chunks: the first
+    `chunk_size()` unbilled entries by id are the same entries whether a run takes them now or
+    once the poll is done, so each chunk, and the invoices made of it, are the ones a run after
+    the poll would make. Once it is done (`complete`), the rest too, and the waiting expenses.
+    Returns None when another such run held the work (it does this one's when it ends)."""
+    if complete:
+        flag_set(ARRIVED_REST, ARRIVED_HOLD_S * 20)
+    return flag_alone(
+        ARRIVED,
+        _bill_arrived,
+        again=partial(ring, BILLING_ARRIVED, key="chunks", args=(False,), force=True),
+        hold_s=ARRIVED_HOLD_S,
+        renew_s=ARRIVED_RENEW_S,
+    )
+
+
+def _bill_arrived() -> BillingRunReport:
+    report = BillingRunReport()
+    route_switches_apply_due()
+    # The poll reads expenses before time (integrations/sync/polling.py DEPENDENCY_ORDER): a
+    # chunk takes those of its contracts onto its invoices, as a run after the poll would.
+    books = _RunBooks(
+        fx=_FxBook.load(), routes=_Routes.load(), expenses=Expense.objects.unbilled().exists()
+    )
+    chunk = chunk_size()
+    through = int(cache.get(ARRIVED_THROUGH) or 0)
+    while True:
+        last_id = _bill_chunk(Q(pk__gt=through), chunk, report, books, whole=True)
+        if last_id is None:
+            break
+        through = last_id
+        cache.set(ARRIVED_THROUGH, through, timeout=None)
+    if flag_take(ARRIVED_REST):
+        books.expenses = Expense.objects.unbilled().exists()
+        _resend_unrendered(books.routes)
+        last: int | None = through
+        while last is not None:
+            through, last = last, _bill_chunk(Q(pk__gt=last), chunk, report, books)
+        cache.set(ARRIVED_THROUGH, through, timeout=None)
+        _bill_expenses(report, books)
     return report
+
+
+def billing_after_page(*, connection_id: int, canonical_model: str) -> None:
+    """A page of time entries committed: a run bills the whole chunks that have arrived."""
+    if canonical_model == "timeentry":
+        ring(BILLING_ARRIVED, key="chunks", args=(False,))
+
+
+def billing_after_poll(*, connection_id: int, since: datetime) -> None:
+    """A PSA's poll is done: a run bills what it brought that no whole chunk took (one query
+    when it brought nothing unbilled)."""
+    if not Connection.objects.filter(pk=connection_id, role=SystemRole.PSA).exists():
+        return
+    if _unbilled().filter(pk__gt=int(cache.get(ARRIVED_THROUGH) or 0)).exists() or (
+        Expense.objects.unbilled().exists()
+    ):
+        ring(BILLING_ARRIVED, key="rest", args=(True,))
 
 
 def _unbilled() -> Any:
@@ -211,10 +314,10 @@ class _Entry:
 
 @transaction.atomic
 def _bill_chunk(
-    where: Q, size: int | None, report: BillingRunReport, books: _RunBooks
+    where: Q, size: int | None, report: BillingRunReport, books: _RunBooks, *, whole: bool = False
 ) -> int | None:
     """Bill the unbilled entries `where` selects (the first `size` of them, by id); returns the
-    last id taken, None when there was none."""
+    last id taken, None when there was none (or, `whole`, fewer than `size`: then nothing)."""
     # One statement finds the chunk and locks it, so two concurrent runs cannot both bill an
     # entry; SKIP LOCKED lets a second run take other entries instead of waiting. (Reading the
     # ids first and locking them by id was a second pass over the table per chunk, a second of
@@ -227,7 +330,7 @@ def _bill_chunk(
         .values_list("pk", "project_id", "resource_id", "date", "hours", "task")
     )
     rows = list(chosen if size is None else chosen[:size])
-    if not rows:
+    if not rows or (whole and len(rows) < (size or 0)):
         return None
     last_id = int(rows[-1][0])
     # Read again, now that they are locked (one query, as the expense pass does): the statement
@@ -281,7 +384,7 @@ def _bill_chunk(
     if books.expenses and billable:
         contracts = {entry.project.contract_id for entry, _ in billable}
         spends, _ = _take_expenses(
-            Q(project__contract_id__in=contracts), CHUNK, report, books, projects
+            Q(project__contract_id__in=contracts), chunk_size(), report, books, projects
         )
 
     report.billed += len(billable)
@@ -1169,6 +1272,8 @@ def invoices_posted(messages: Sequence[OutboxMessage]) -> None:
 
 
 delivered_step_register(process=PROCESS, step=POST_STEP, handler=invoices_posted)
+after_page_register(billing_after_page)
+after_poll_register(billing_after_poll)
 
 
 # The case types billing validation raises (_validate); their retry bills the held entries.

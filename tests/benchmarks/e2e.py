@@ -7,21 +7,24 @@ time entries), its limits off. Concord starts as a firm's would after `make run`
 with the sandbox's credentials and their published default mappings, the three legal entities,
 the routing rules, the exchange rates; no business record. Then only real processes work: the
 Celery worker pools as `make run` starts them (settings.CONCORD_WORKER_POOLS: inbound x 2,
-worker x 3), beat, and the sandbox.
+worker x 3, outbox x 3), beat, and the sandbox.
 
 - The first polls are rung in `make run`'s order (``DemoDay``: the CRM's first, so the PSA's
   clients and the ERP's contacts join the accounts; then the PSA's and the ERP's), each as soon
   as the one before is in rather than at DemoDay's 2 s checks: accounts, contracts, clients,
-  people, projects, tax rates, contacts, then the time entries, each read, kept and upserted by
-  the worker, and the projects linked to their contracts at the end of each poll.
+  people, projects (linked to their contracts as soon as they are in), tax rates, contacts,
+  expenses, then the time entries, each read, kept and upserted by the worker.
+- Time is billed as it arrives (integrations/workflows/time_to_erp.py ``billing_arrived``):
+  each page of time entries the poll commits rings a run that bills the whole chunks stored
+  since the last one, while the poll reads the next pages; the PSA's poll being done rings
+  one for the rest.
 - The billing run's schedule is every 60 s (config/celery.py ``billing-run``): waiting for its
-  next tick would measure the tick. As soon as every first poll's task has finished (the time
-  entries, the projects' links and the ERP's tax rates are in), this sends
-  ``integrations.billing_run`` to the worker as beat does (the same task, the same
-  ``expires``). Beat's own ticks keep running too; two runs share the entries (SKIP LOCKED),
+  next tick would measure the tick. As soon as every first poll's task has finished, this
+  sends ``integrations.billing_run`` to the worker as beat does (the same task, the same
+  ``expires``). Beat's own ticks keep running too; the runs share the entries (SKIP LOCKED),
   so whichever takes a chunk bills it.
-- The billing run writes the invoices' outbox rows; their rings and the sweeper (beat, 5 s)
-  dispatch them to Xero.
+- The runs write the invoices' outbox rows; their rings and the sweeper (beat, 5 s) dispatch
+  them to Xero while later chunks are billed.
 
 The clock runs from the first vendor call (the earliest ``SyncAttempt``) to the last answer of a
 Xero ``PUT /Invoices`` of the billing run's invoices (that put's start plus its latency), both as
@@ -186,7 +189,8 @@ def e2e_run(
     """Seed the sandbox at `scale`, set the firm up, run the worker and beat until every
     in-scope entry is on a Xero invoice; check it exactly once against the sandbox. `reset`
     empties Concord first (the bench; a test's database is fresh). `during` is called with the
-    worker pools at each look while the run bills and posts (a test kills one there)."""
+    worker pools at each look, from the first polls to the last answer (a test kills one
+    there)."""
     if reset is not None:
         reset()
     control = SandboxControl(sandbox_url)
@@ -222,11 +226,22 @@ def e2e_run(
         for subscription in control.get("webhooks")["subscriptions"]:
             httpx.delete(f"{sandbox_url}/_control/webhooks/{subscription['id']}", timeout=10)
         rest = tuple(c for c in firm.connections if c not in firm.first)
+
         # make run's order (DemoDay): the CRM's first polls, then the PSA's and the ERP's; here
         # each rung as soon as the one before is in, not at DemoDay's 2 s checks.
+        def looking(done: Callable[[], object]) -> Callable[[], object]:
+            """`done`, once the `during` hook has had its look."""
+
+            def look() -> object:
+                if during is not None:
+                    during(pools)
+                return done()
+
+            return look
+
         ring_poll(firm.first, expires=FIRST_POLLS_WAIT_S)
         _until(
-            lambda: _polls_done(worker.log, firm.first),
+            looking(lambda: _polls_done(worker.log, firm.first)),
             deadline,
             "the CRM's first polls",
             logs,
@@ -234,7 +249,7 @@ def e2e_run(
         )
         ring_poll(rest, expires=FIRST_POLLS_WAIT_S)
         _until(
-            lambda: _polls_done(worker.log, firm.connections),
+            looking(lambda: _polls_done(worker.log, firm.connections)),
             deadline,
             "every first poll in (each connection's task done, every cursor read once)",
             logs,
@@ -243,14 +258,8 @@ def e2e_run(
         billing_sent = time.time()
         task_id = app.send_task(BILLING_TASK, expires=BILLING_EXPIRES_S).id
         erp = list(firm.connections)
-
-        def billed_and_settled() -> bool:
-            if during is not None:
-                during(pools)
-            return bool(_billed(worker.log, billing_sent) and _settled(erp))
-
         _until(
-            billed_and_settled,
+            looking(lambda: _billed(worker.log, billing_sent) and _settled(erp)),
             deadline,
             "the billing run done and every invoice answered by Xero",
             logs,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from exceptions.models import BlockedRecord
-from integrations.models import BillingEvent, OutboxMessage, SyncAttempt
+from integrations.models import BillingEvent, OutboxMessage, PollCursor, SyncAttempt
 from integrations.workflows.time_to_erp import POST_STEP, PROCESS
 from tests.benchmarks.e2e import (
     FAULTS,
@@ -93,15 +93,18 @@ def test_the_harness_run_loses_nothing_when_the_worker_is_killed_while_it_posts(
             slowed.append(True)
         if killed:
             return
-        held = set(
+        held = dict(
             OutboxMessage.objects.filter(
                 process=PROCESS, step=POST_STEP, state="in_flight"
-            ).values_list("pk", flat=True)
+            ).values_list("pk", "claimed_by")
         )
         if held:
-            pools["worker"].kill()
-            killed.append(held)
-            pools["worker"].start()
+            # The pool whose process sends them ("e2e-outbox@host": dispatch has a pool of
+            # its own, and the general pool takes its queues too when it is idle).
+            pool = pools[next(iter(held.values())).split("@")[0].removeprefix("e2e-")]
+            pool.kill()
+            killed.append(set(held))
+            pool.start()
 
     env = process_env(CONCORD_LOG_LEVEL="WARNING", CONCORD_OUTBOX_LEASE_S="5")
     run = e2e_run(sandbox, scale=1, timeout_s=300, env=env, during=kill_mid_call)
@@ -113,3 +116,43 @@ def test_the_harness_run_loses_nothing_when_the_worker_is_killed_while_it_posts(
     assert all(m.attempts >= 2 for m in recovered)
     # Looked up before they were sent again: the killed worker's calls may have landed.
     assert SyncAttempt.objects.filter(operation__startswith="find:Invoices").exists()
+
+
+def test_the_harness_run_loses_nothing_when_the_worker_is_killed_while_it_bills_during_the_poll(
+    sandbox: str,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """Time billed while the PSA's poll still reads it (pages of 200 entries, chunks of 100,
+    each Harvest call slowed to 150 ms): the worker pool, which polls and bills, SIGKILLed
+    once time is billed and the time entries are still being read, then started again. The
+    poll goes on from the page it had reached (beat's next poll), billing from the chunk it
+    had reached, and each in-scope entry is on exactly one line."""
+    _purge_queues(process_env(), tmp_path / "purge.log")
+    control = SandboxControl(sandbox)
+    killed: list[int] = []
+    slowed: list[bool] = []
+
+    def kill_mid_poll(pools: dict[str, Proc]) -> None:
+        if not slowed:
+            control.post("faults", {"harvest": {"latency_ms": 150}})
+            slowed.append(True)
+        if killed:
+            return
+        billed = BillingEvent.objects.filter(time_entry__isnull=False).count()
+        reading = PollCursor.objects.filter(
+            object_type="time_entries", last_success_at__isnull=True
+        ).exists()
+        if billed and reading:
+            pools["worker"].kill()
+            killed.append(billed)
+            pools["worker"].start()
+
+    env = process_env(
+        CONCORD_LOG_LEVEL="WARNING", CONCORD_BILLING_CHUNK="100", CONCORD_POLL_PAGE_SIZE="200"
+    )
+    run = e2e_run(sandbox, scale=1, timeout_s=400, env=env, during=kill_mid_poll)
+
+    assert killed, "the worker should have been killed with time billed mid-poll"
+    assert run.invoiced == run.entries_in_scope > 0
+    billed = BillingEvent.objects.filter(time_entry__isnull=False).count()
+    assert billed == run.invoiced + run.details["refused_by_erp"] > killed[0]

@@ -82,5 +82,13 @@ def test_processing_deliveries_has_its_own_queue_and_pool() -> None:
     assert "inbound" in settings.CONCORD_WORKER_QUEUES
     pools = settings.CONCORD_WORKER_POOLS
     assert any(queues == ["inbound"] for queues, _ in pools.values()) or len(pools) == 1
-    for queues, _ in pools.values():
-        assert "inbound" in queues
+    # Every pool takes deliveries but the one for the calls out, which takes only those (a
+    # dispatch task never waits behind other work); every queue has a pool.
+    for name, (queues, _) in pools.items():
+        if name == "outbox":
+            assert queues == settings.CONCORD_OUTBOX_QUEUES
+        else:
+            assert "inbound" in queues
+    assert {q for queues, _ in pools.values() for q in queues} == set(
+        settings.CONCORD_WORKER_QUEUES
+    )
