@@ -38,7 +38,8 @@ no row of its own) cannot mistake the milestone's invoice for one of its own and
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
@@ -75,7 +76,7 @@ from integrations.models import (
     SystemRole,
     WorkflowRun,
 )
-from integrations.selectors import routing_connection
+from integrations.selectors import routes_remembered, routing_connection
 from integrations.services.route_switches import RUN_PIN, route_switch_latest
 from integrations.sync.outbound import (
     RENDER_CASE,
@@ -300,29 +301,77 @@ def milestone_billing_sweep() -> int:
     """Completed milestones no run has taken yet (a poll stored them; polls hand nothing to
     the workflows): a run each, from the PSA connection that holds the milestone. Returns how
     many runs were started. In the usual state this is one query that finds none."""
-    milestone_type = ContentType.objects.get_for_model(Milestone)
     # Those with a run already (held by a case, say) are left out in the same query: a sweep
     # over a thousand blocked milestones is still one query, not one per milestone.
-    waiting = _waiting_milestones().values_list("pk", flat=True)
+    waiting = list(_waiting_milestones().values_list("pk", flat=True))
     started = 0
-    for milestone_id in waiting:
-        xref = (
-            CrossReference.objects.select_related("connection")
-            .filter(
-                content_type=milestone_type,
-                object_id=milestone_id,
-                connection__role=SystemRole.PSA,
-            )
-            .order_by("pk")
-            .first()
-        )
-        if xref is None:
-            continue
-        milestone_start(
-            connection=xref.connection, external_id=xref.external_id, milestone_id=milestone_id
-        )
-        started += 1
+    for at in range(0, len(waiting), SWEEP_BATCH):
+        started += _sweep_batch(waiting[at : at + SWEEP_BATCH])
     return started
+
+
+# The sweep takes the waiting milestones this many at a time, as inbound processing takes its
+# messages: per batch one query for their cross-references, and each route and exchange rate
+# looked up once (``_batch_remembered``). At the 10-30 ms a run costs (measured alone, and in
+# the benchmark beside the billing run), a batch lasts 0.5-1.5 s: what it remembers is no older
+# than what an inbound batch remembers. For 300 milestones: 26 queries and 12-15 ms of CPU a
+# milestone before the batches (and the savings in ``_invoice`` and ``_await``), 20 and 8-10 ms
+# after.
+SWEEP_BATCH = 50
+
+
+def _sweep_batch(milestone_ids: Sequence[int]) -> int:
+    """Start the runs of these waiting milestones, each in its own transaction (one that fails
+    undoes no other). The milestone itself is read again in its run's transaction, as a
+    delivery reads it: read with the batch it would save a query and ~0.5 ms a milestone, but
+    be a second older by the batch's last run, and a completion taken back in the PSA in that
+    second would still be billed."""
+    # The PSA connection's oldest cross-reference of each milestone, for the whole batch at
+    # once (it was one query per milestone).
+    xrefs: dict[int, CrossReference] = {}
+    for row in (
+        CrossReference.objects.select_related("connection")
+        .filter(
+            content_type=ContentType.objects.get_for_model(Milestone),
+            object_id__in=milestone_ids,
+            connection__role=SystemRole.PSA,
+        )
+        .order_by("pk")
+    ):
+        xrefs.setdefault(row.object_id, row)
+    started = 0
+    with _batch_remembered():
+        for milestone_id in milestone_ids:
+            xref = xrefs.get(milestone_id)
+            if xref is None:
+                continue
+            milestone_start(
+                connection=xref.connection, external_id=xref.external_id, milestone_id=milestone_id
+            )
+            started += 1
+    return started
+
+
+# What runs started together look up once (``_batch_remembered``): whether an exchange rate
+# exists for a pair of currencies, per pair and cut-off date. The routes are remembered by
+# ``routes_remembered`` (integrations/selectors.py). Outside a batch, each run asks.
+_rates_memo: ContextVar[dict[tuple[str, str, date], bool] | None] = ContextVar(
+    "milestone_rates_memo", default=None
+)
+
+
+@contextmanager
+def _batch_remembered() -> Iterator[None]:
+    """Within it, each ERP route and each exchange rate's existence is looked up once: a
+    sweep's run asked for its route three times (validate, and twice in bill), 3 of its 26
+    queries and 15-20% of the sweep's CPU (py-spy, 300 milestones). A route or rate changed
+    meanwhile applies from the next batch; a run pins the route it started on anyway."""
+    token = _rates_memo.set({})
+    try:
+        with routes_remembered():
+            yield
+    finally:
+        _rates_memo.reset(token)
 
 
 # --- Step 1: validation -------------------------------------------------------------------------
@@ -525,11 +574,17 @@ def _entity_problems(
 def _has_rate(currency: str, base: str) -> bool:
     """A rate between the two currencies (either way) as recent as the billing run wants."""
     recent = date.today() - timedelta(days=FX_RECENT_DAYS)
-    return ExchangeRate.objects.filter(
+    memo = _rates_memo.get()
+    if memo is not None and (currency, base, recent) in memo:
+        return memo[(currency, base, recent)]
+    found = ExchangeRate.objects.filter(
         Q(base_currency=currency, quote_currency=base)
         | Q(base_currency=base, quote_currency=currency),
         date__gte=recent,
     ).exists()
+    if memo is not None:
+        memo[(currency, base, recent)] = found
+    return found
 
 
 def _clear_fixed(run: WorkflowRun, *, fixed: Sequence[str]) -> None:
@@ -576,6 +631,7 @@ def _bill(run: WorkflowRun) -> StepResult:
     # A route found again takes the run off the case that said there was none.
     _clear_run_off(run, case_types=["no_erp_route"])
     event = _billing_event(milestone)
+    made_now = run.context.get("invoice_id") is None
     invoice = _invoice(run, milestone, event, erp)
     words = f"draft invoice {invoice_reference(invoice)} for milestone {_quoted(milestone)}"
     contact_id = invoice_contact_ids([(invoice, [event])]).get((erp.pk, invoice.customer_id))
@@ -607,7 +663,7 @@ def _bill(run: WorkflowRun) -> StepResult:
             reason = str(refused.subject.get("reason", ""))
             return StepResult.blocked(refused, f"The {words} cannot be rendered: {reason}")
         return StepResult.waiting(f"The {words} could not be rendered.")
-    result, delivered = _await(run, messages, what=words)
+    result, delivered = _await(run, messages, what=words, new=made_now)
     stayed = _stayed_words(run, entity, erp)
     if delivered:
         number = _invoice_posted(invoice, delivered[0])
@@ -705,15 +761,19 @@ def _invoice(
         return Invoice.objects.select_related(*related).get(pk=invoice_id)
     project = milestone.project
     contract = project.contract
+    entity = project.legal_entity
     assert contract is not None  # noqa: S101 - validation refused it otherwise
-    assert project.legal_entity_id is not None  # noqa: S101
+    assert entity is not None  # noqa: S101
     percent = contract.tax_rate.rate_percent if contract.tax_rate is not None else Decimal("0")
     subtotal = event.amount
     tax = (subtotal * Decimal(percent) / 100).quantize(CENT, ROUND_HALF_UP)
     today = date.today()
+    # Made with the customer, contract (with its tax profile) and legal entity loaded with the
+    # milestone's project: rendering reads them from the invoice, and the row just written is
+    # not read back (a five-table join a run).
     invoice = Invoice.objects.create(
-        legal_entity_id=project.legal_entity_id,
-        customer_id=project.customer_id,
+        legal_entity=entity,
+        customer=project.customer,
         contract=contract,
         currency=event.currency,
         issue_date=today,
@@ -729,7 +789,7 @@ def _invoice(
         erp_connection=erp,
     )
     run.context["invoice_id"] = invoice.pk
-    return Invoice.objects.select_related(*related).get(pk=invoice.pk)
+    return invoice
 
 
 def _invoice_posted(invoice: Invoice, delivered: OutboxMessage) -> str:
@@ -827,16 +887,23 @@ def _status_message(
 
 
 def _await(
-    run: WorkflowRun, messages: Sequence[OutboxMessage], *, what: str
+    run: WorkflowRun, messages: Sequence[OutboxMessage], *, what: str, new: bool = False
 ) -> tuple[StepResult, list[OutboxMessage]]:
     """Queue the rows not queued yet and say where they stand: all delivered (DONE, with the
-    delivered rows), one parked (BLOCKED by its case), else WAITING for the dispatcher."""
-    existing = {
-        m.idempotency_key: m
-        for m in OutboxMessage.objects.filter(
-            idempotency_key__in=[m.idempotency_key for m in messages]
-        )
-    }
+    delivered rows), one parked (BLOCKED by its case), else WAITING for the dispatcher.
+    ``new``: the rows are about a record made in this transaction, so none is queued yet."""
+    # A row's key names its record's id (outbox.idempotency_key): none can name an invoice
+    # made just now. Not asking saves a query in every run's first bill.
+    existing = (
+        {}
+        if new
+        else {
+            m.idempotency_key: m
+            for m in OutboxMessage.objects.filter(
+                idempotency_key__in=[m.idempotency_key for m in messages]
+            )
+        }
+    )
     outbox_enqueue(messages=[m for m in messages if m.idempotency_key not in existing])
     states = [
         _latest(existing[m.idempotency_key]) if m.idempotency_key in existing else None
