@@ -33,7 +33,7 @@ import contextlib
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -47,7 +47,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 from stdnum import get_cc_module
 from stdnum.exceptions import ValidationError as NumberError
 from stdnum.util import clean
@@ -438,25 +438,52 @@ def _candidates(
             "object_id", "vendor", "value", "country", "block"
         ):
             kept[block if rule.similar else value].append((object_id, their_vendor, value, country))
+        # For similarity, each block's kept names once as a list rapidfuzz scores in one call.
+        names = {block: [row[2] for row in held] for block, held in kept.items()}
         per_record: dict[str, list[_Candidate]] = {}
         for external_id, mine in wanted.items():
             hits: dict[int, int] = {}
             for key in mine:
-                for object_id, their_vendor, value, country in kept.get(
-                    key.block if rule.similar else key.value, ()
-                ):
+                held = kept.get(key.block if rule.similar else key.value, [])
+                for at, score in _scored(key, held, names, rule):
+                    object_id, their_vendor, _, country = held[at]
                     if not _compatible(key.country, country):
                         continue
                     if rule.kind == Kind.REFERENCE and their_vendor == vendor:
-                        continue
-                    score = similarity(key.value, value) if rule.similar else 100
-                    if score < rule.threshold:
                         continue
                     hits[object_id] = max(hits.get(object_id, 0), score)
             if hits:
                 per_record[external_id] = [_Candidate(o, s) for o, s in hits.items()]
         found[rule.id] = per_record
     return found
+
+
+def _scored(
+    key: Key,
+    held: Sequence[tuple[int, str, str, str]],
+    names: Mapping[str, list[str]],
+    rule: Rule,
+) -> Iterator[tuple[int, int]]:
+    """The kept keys (by position in `held`) that `key` matches, with the score: all of them
+    at 100 for an exact rule; for a similar one, those whose `similarity` reaches the rule's
+    threshold, scored in one rapidfuzz call over the block (a loop of single comparisons was
+    a third of a 1,200-client page: 240,000 calls). Rounded as `similarity` rounds."""
+    if not held:
+        return
+    if not rule.similar:
+        for at in range(len(held)):
+            yield at, 100
+        return
+    for _, score, at in process.extract(
+        key.value,
+        names[key.block],
+        scorer=fuzz.token_sort_ratio,
+        score_cutoff=rule.threshold - 0.5,
+        limit=None,
+    ):
+        rounded = round(score)
+        if rounded >= rule.threshold:
+            yield at, rounded
 
 
 def match_keys_write(

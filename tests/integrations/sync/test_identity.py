@@ -40,7 +40,9 @@ from integrations.sync.errors import MergeRefused
 from integrations.sync.identity import (
     CONCORD,
     DEFAULT_MATCH_RULES,
+    Key,
     Rule,
+    _scored,
     core_name,
     match_keys,
     match_rules_install_defaults,
@@ -393,6 +395,26 @@ def test_tax_numbers_and_names_are_normalised_to_exact_keys() -> None:
     assert core_name("Limited") == "limited"
     assert similarity(core_name("Granit Retail Limited"), core_name("Granite Retail Ltd")) >= 90
     assert similarity(core_name("Harbor Energy Ltd"), core_name("Crown Health Ltd")) < 90
+
+
+def test_a_block_is_scored_in_one_call_as_pair_by_pair() -> None:
+    """`_scored` (one rapidfuzz call over a block) keeps exactly the names `similarity` keeps
+    at the rule's threshold, with the same rounded scores: near names around the threshold,
+    names equal, far and empty."""
+    rule = Rule(id=1, name="name", kind="name", certain=False, threshold=90, sources={})
+    stems = ["granite retail", "granit retail", "granite retails", "grante retail", "harbor"]
+    names = [*stems, "granite retail group", "retail granite", "", "g", "granite  retail"]
+    held = [(n, "harvest", core_name(name), "") for n, name in enumerate(names)]
+    values = [value for _, _, value, _ in held]
+    for probe in ["granite retail", "granit retal", "retail granite", "x", "granite retai"]:
+        key = Key(rule_id=1, value=probe, block="gr")
+        scored = dict(_scored(key, held, {"gr": values}, rule))
+        expected = {
+            at: similarity(probe, value)
+            for at, value in enumerate(values)
+            if similarity(probe, value) >= rule.threshold
+        }
+        assert scored == expected, probe
 
 
 # -- the seeded firm, polled from all three systems -------------------------------------------
