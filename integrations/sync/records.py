@@ -44,7 +44,7 @@ from integrations.mapping.ownership import OwnershipRules, load_ownership_rules,
 from integrations.models import AuditEvent, CanonicalRecord
 from integrations.models.base import FieldSource, with_sources
 from integrations.services.audit import audit_record, field_changes
-from integrations.sync.bulk import copy_insert_values
+from integrations.sync.bulk import copy_insert_values, update_rows
 from integrations.sync.identity import match_keys_refresh
 from integrations.sync.validation import (
     ErrorDict,
@@ -210,7 +210,10 @@ def _store(
         now = timezone.now()  # bulk_update does not run auto_now
         for record in updates:
             record.updated_at = now  # type: ignore[attr-defined]
-        model._default_manager.bulk_update(updates, fields, batch_size=UPDATE_BATCH)
+        # update_rows, not bulk_update: its CASE WHEN per row and field cost 1.2 s of CPU to
+        # link 1,200 projects to their contracts (three fields), the database a fraction.
+        for start in range(0, len(updates), UPDATE_BATCH):
+            update_rows(model, updates[start : start + UPDATE_BATCH], fields)
     stored = Stored(
         created=list(zip(positions, new_ids, strict=True)), updated=list(range(len(updates)))
     )
