@@ -96,6 +96,10 @@ class LimitStore(Protocol):
         return 0 if admitted, else the seconds until the oldest admission leaves the window."""
         ...
 
+    def rate_count(self, key: str, window_s: float) -> int:
+        """How many calls were admitted in the last `window_s`."""
+        ...
+
     def slot_take(self, key: str, limit: int, lease_s: float, token: str) -> bool: ...
 
     def slot_release(self, key: str, token: str) -> None: ...
@@ -142,6 +146,13 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
 end
 local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(1, tonumber(oldest[2]) + window - now)
+"""
+)
+
+_RATE_COUNT = (
+    _NOW
+    + """
+return redis.call('ZCOUNT', KEYS[1], now - tonumber(ARGV[1]), '+inf')
 """
 )
 
@@ -281,6 +292,7 @@ class RedisLimitStore:
             name: client.register_script(source)
             for name, source in (
                 ("rate", _RATE_TAKE),
+                ("rate_count", _RATE_COUNT),
                 ("slot", _SLOT_TAKE),
                 ("pause", _PAUSE),
                 ("pause_left", _PAUSE_LEFT),
@@ -301,6 +313,9 @@ class RedisLimitStore:
 
     def rate_take(self, key: str, limit: int, window_s: float, member: str) -> float:
         return int(self._run("rate", key, limit, int(window_s * 1000), member)) / 1000
+
+    def rate_count(self, key: str, window_s: float) -> int:
+        return int(self._run("rate_count", key, int(window_s * 1000)))
 
     def slot_take(self, key: str, limit: int, lease_s: float, token: str) -> bool:
         return bool(int(self._run("slot", key, limit, int(lease_s * 1000), token)))
@@ -381,6 +396,11 @@ class MemoryLimitStore:
                 log.append(now)
                 return 0.0
             return max(0.001, log[0] + window_s - now)
+
+    def rate_count(self, key: str, window_s: float) -> int:
+        with self.lock:
+            now = self.now()
+            return sum(1 for t in self.logs.get(key, []) if t > now - window_s)
 
     def slot_take(self, key: str, limit: int, lease_s: float, token: str) -> bool:
         with self.lock:
@@ -560,6 +580,14 @@ class Limits:
 
     def release(self, permit: Permit) -> None:
         self.store.slot_release(self.key("slots"), permit.slot_token)
+
+    def rate_share_used(self) -> float:
+        """The share of the rate window's calls already admitted (0 to 1)."""
+        limit = self.settings.rate_per_minute
+        if limit <= 0:
+            return 0.0
+        used = self.store.rate_count(self.key("rate"), self.settings.rate_window_s)
+        return min(1.0, used / limit)
 
     def _wait_pause(self, deadline: float) -> None:
         while True:

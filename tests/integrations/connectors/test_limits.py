@@ -100,6 +100,14 @@ def test_sliding_window_admits_exactly_n_per_window_across_processes(isolated_st
     assert len(admitted) == limit * 3
 
 
+def test_the_share_of_the_rate_window_spent_counts_admissions_only(store: LimitStore) -> None:
+    limits = Limits(7, LimitSettings(10, 5), store=store, prefix=f"t{uuid.uuid4().hex}")
+    assert limits.rate_share_used() == 0.0
+    for _ in range(4):
+        limits.release(limits.acquire(timeout=1))
+    assert limits.rate_share_used() == pytest.approx(0.4)
+
+
 def test_concurrency_cap_holds_across_threads(store: LimitStore) -> None:
     limits = Limits(7, LimitSettings(10_000, 3), store=store, prefix=f"t{uuid.uuid4().hex}")
     lock, in_flight, peak = threading.Lock(), [0], [0]

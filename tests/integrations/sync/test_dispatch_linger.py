@@ -4,6 +4,7 @@ oldest); a full batch, an older row or a one-item-a-call vendor waits for nothin
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from datetime import timedelta
@@ -13,8 +14,11 @@ import pytest
 from django.db import connections
 from django.utils import timezone
 
+from integrations.connectors.connection_limits import limits_for
 from integrations.models import Connection, Customer, OutboxMessage, SyncAttempt
+from integrations.sync import dispatch
 from integrations.sync.dispatch import _linger_wait, _Work, outbox_dispatch
+from integrations.vendors import connector_for
 from integrations.workflows.time_to_erp import billing_run
 from tests.factories import make_connection
 from tests.firms import approved_time_firm
@@ -97,3 +101,33 @@ def test_invoices_written_one_by_one_go_in_one_call(sandbox: Sandbox) -> None:
     assert sandbox.stats("xero", "Invoices")["created"] == 8
     puts = SyncAttempt.objects.filter(connection=erp, operation="put_invoices").count()
     assert puts <= 2, f"{puts} calls for 8 invoices written 60 ms apart"
+
+
+@pytest.mark.django_db(transaction=True)  # the dispatcher lingers only outside a transaction
+def test_with_much_of_the_rate_window_spent_rows_wait_longer_to_share_a_call(
+    erp: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Calls, not time, are what runs out then: the linger's quiet time and its most grow."""
+    asked: list[tuple[float, float]] = []
+
+    def wait(connection: Connection, batch: int, quiet_s: float, most_s: float) -> float:
+        asked.append((quiet_s, most_s))
+        return 0.0
+
+    monkeypatch.setattr(dispatch, "_linger_wait", wait)
+    limits = limits_for(erp)
+    connector = connector_for(erp, limits=limits)
+    limits.store.clear(limits.prefix)
+    work = _Work(connector, erp, "linger", time.monotonic() + 5)
+
+    work.linger()
+    rate, window = limits.settings.rate_per_minute, limits.settings.rate_window_s
+    taken = math.ceil(rate * _Work.TIGHT_FROM)
+    for n in range(taken):
+        assert limits.store.rate_take(limits.key("rate"), rate, window, f"call {n}") == 0
+    assert limits.rate_share_used() == pytest.approx(taken / rate)
+    work.linger()
+
+    assert asked == [(LINGER, MOST), (_Work.LINGER_TIGHT_S, _Work.LINGER_TIGHT_MAX_S)]
+    assert _Work.LINGER_TIGHT_S > LINGER
+    assert _Work.LINGER_TIGHT_MAX_S > MOST
