@@ -547,7 +547,11 @@ class BillingEvent(CanonicalRecord):
 
     class Meta:
         ordering = ["-created_at", "-id"]
-        indexes = [models.Index(fields=["status", "legal_entity", "currency"])]
+        # No index names `status`: a posted invoice turns its (up to 50) events from pending to
+        # invoiced, and an UPDATE that changes no indexed column, on a page with room, is a HOT
+        # update that writes none of the table's eight index entries again (migration 0030
+        # leaves that room: fillfactor 60). Nothing looks events up by status alone; they are
+        # reached by their entry, invoice or project.
         constraints = [
             _currency_check("billingevent"),
             # Exactly one source record, and the one that `source` names.
