@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from integrations.flags import flag_clear, flag_set
 from integrations.models import (
@@ -147,6 +149,25 @@ def test_while_the_poll_reads_only_whole_chunks_are_billed(projects: list[Projec
     # Nothing new: nothing billed, and the 20 still wait.
     assert billing_arrived(complete=False).billed == 0  # type: ignore[union-attr]
     assert TimeEntry.objects.unbilled().count() == 20
+
+
+def test_a_chunk_not_yet_whole_is_neither_read_nor_locked(projects: list[Project]) -> None:
+    """A run rung after every page finds the next chunk not whole most times: it asks by one
+    probe, without reading its entries or taking their locks (that work was thrown away)."""
+    _arrive(projects, CHUNK - 1)
+
+    with CaptureQueriesContext(connection) as seen:
+        report = billing_arrived(complete=False)
+
+    assert report is not None
+    assert report.billed == 0
+    entry_reads = [q["sql"] for q in seen.captured_queries if "integrations_timeentry" in q["sql"]]
+    assert len(entry_reads) == 1, entry_reads
+    assert "FOR UPDATE" not in entry_reads[0]
+    assert f"OFFSET {CHUNK - 1}" in entry_reads[0]
+
+    _arrive(projects, 1)  # now whole
+    assert billing_arrived(complete=False).billed == CHUNK  # type: ignore[union-attr]
 
 
 def test_billed_as_it_arrives_the_invoices_are_those_of_one_run_after_the_poll(
