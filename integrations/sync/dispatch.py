@@ -219,19 +219,26 @@ class _Work:
                     self.changed.notify_all()
         return counts
 
-    def linger(self) -> None:
-        """Wait while fresh due rows, fewer than a batch, may still be joined by more."""
+    def linger(self) -> bool:
+        """Wait while fresh due rows, fewer than a batch, may still be joined by more. False
+        when its look found no row due at all: the claim would find none either (its rows are
+        among these), and is not made. A lane waiting for another's call looks every POLL_S,
+        so most looks find nothing: the look is one small indexed read, the claim a locking
+        read that loads its rows (a 100k run made 900 claims for 1,700 rows)."""
         batch = max(self.connector.batch_size.values(), default=1)
         if batch <= 1 or connections[DEFAULT_DB_ALIAS].in_atomic_block:
-            return
+            return True
         quiet_s, most_s = self.LINGER_S, self.LINGER_MAX_S
         if _rate_share_used(self.connector) >= self.TIGHT_FROM:
             quiet_s, most_s = self.LINGER_TIGHT_S, self.LINGER_TIGHT_MAX_S
         while time.monotonic() < self.deadline:
             wait = _linger_wait(self.connection, batch, quiet_s, most_s)
+            if wait is None:
+                return False
             if wait <= 0:
-                return
+                return True
             time.sleep(min(wait, max(0.0, self.deadline - time.monotonic())))
+        return True
 
     def next(self, counts: Counter[str]) -> Calls | None:
         with self.changed:
@@ -252,9 +259,14 @@ class _Work:
                 finished = self.finished
                 self.changed.release()
                 try:
-                    self.linger()
-                    claimed = outbox_claim(
-                        connection_id=self.connection.pk, limit=CLAIM_LIMIT, worker=self.worker
+                    claimed = (
+                        outbox_claim(
+                            connection_id=self.connection.pk,
+                            limit=CLAIM_LIMIT,
+                            worker=self.worker,
+                        )
+                        if self.linger()
+                        else []
                     )
                     sequences = _sequences(self.connector, claimed)
                 finally:
@@ -303,9 +315,11 @@ def _rate_share_used(connector: Connector) -> float:
         return 0.0  # the limit store is away: no reason to hold rows back
 
 
-def _linger_wait(connection: Connection, batch: int, linger_s: float, most_s: float) -> float:
-    """How long fresh due rows, fewer than a batch, should wait for more (0: none). Reads at
-    most a batch of the due rows' creation times (the claim's index)."""
+def _linger_wait(
+    connection: Connection, batch: int, linger_s: float, most_s: float
+) -> float | None:
+    """How long fresh due rows, fewer than a batch, should wait for more (0: none; None: no
+    row is due). Reads at most a batch of the due rows' creation times (the claim's index)."""
     now = timezone.now()
     created = list(
         OutboxMessage.objects.filter(
@@ -316,7 +330,9 @@ def _linger_wait(connection: Connection, batch: int, linger_s: float, most_s: fl
         .order_by()
         .values_list("created_at", flat=True)[:batch]
     )
-    if not created or len(created) >= batch:
+    if not created:
+        return None
+    if len(created) >= batch:
         return 0.0
     since_oldest = (now - min(created)).total_seconds()
     since_newest = (now - max(created)).total_seconds()

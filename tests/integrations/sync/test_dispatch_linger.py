@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 from typing import Any
 
@@ -44,7 +45,6 @@ def _rows(erp: Connection, customers: list[Customer], ages_s: list[float]) -> No
 @pytest.mark.parametrize(
     ("ages_s", "low", "high"),
     [
-        ([], 0.0, 0.0),  # nothing due
         ([0.0, 0.0, 0.0], LINGER - 0.1, LINGER),  # just written: wait for more
         ([0.2, 0.1], LINGER - 0.1 - 0.1, LINGER - 0.1),  # from the newest
         ([MOST - 0.05, 0.0], 0.0, 0.05),  # the oldest has waited nearly its most
@@ -60,7 +60,38 @@ def test_fresh_rows_fewer_than_a_batch_wait_for_more(
 ) -> None:
     _rows(erp, customers, ages_s)
     wait = _linger_wait(erp, 50, LINGER, MOST)
+    assert wait is not None
     assert low <= wait <= high + 0.05
+
+
+def test_with_nothing_due_the_look_says_so(erp: Connection) -> None:
+    assert _linger_wait(erp, 50, LINGER, MOST) is None
+
+
+@pytest.mark.django_db(transaction=True)  # the dispatcher lingers only outside a transaction
+def test_a_look_that_finds_nothing_due_makes_no_claim(
+    erp: Connection,
+    customers: list[Customer],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lane waiting for another's call looks every POLL_S: with nothing due, one small read,
+    not the claim's locking read of the rows."""
+    claims: list[int] = []
+
+    def claim(**kwargs: Any) -> list[OutboxMessage]:
+        claims.append(1)
+        return []
+
+    monkeypatch.setattr(dispatch, "outbox_claim", claim)
+    work = _Work(connector_for(erp), erp, "linger", time.monotonic() + 5)
+
+    assert work.next(Counter()) is None  # nothing due, no lane sending: drained
+    assert claims == []
+
+    _rows(erp, customers, [MOST + 1])  # one row due, old enough to go at once
+    work = _Work(connector_for(erp), erp, "linger", time.monotonic() + 5)
+    work.next(Counter())
+    assert claims == [1]
 
 
 def test_a_full_batch_waits_for_nothing(
@@ -69,7 +100,7 @@ def test_a_full_batch_waits_for_nothing(
 ) -> None:
     _rows(erp, customers, [0.0] * 5)
     assert _linger_wait(erp, 5, LINGER, MOST) == 0.0
-    assert _linger_wait(erp, 6, LINGER, MOST) > 0.0
+    assert (_linger_wait(erp, 6, LINGER, MOST) or 0.0) > 0.0
 
 
 @pytest.mark.django_db(transaction=True)
