@@ -205,6 +205,9 @@ class _Work:
         self.finished = 0  # sequences sent and recorded so far
         self.drained = False  # nothing due and no lane sending
         self.out_of_time = False  # the budget ran out (rows may be left)
+        # (when, sequences finished then) of the last look that found no row due, if the
+        # last look found none
+        self.nothing_due: tuple[float, int] | None = None
 
     def lane(self) -> Counter[str]:
         counts: Counter[str] = Counter()
@@ -255,6 +258,17 @@ class _Work:
                 if self.claiming:
                     self.changed.wait()
                     continue
+                if self.nothing_due is not None:
+                    # A look found nothing due just now, and no sequence has finished since
+                    # (which may make rows due): any lane waits out POLL_S from that look. A
+                    # lane woken by another's fruitless look went straight to a look of its
+                    # own, and the lanes of a task took turns looking without pause while one
+                    # of them sent (6,000 looks in a 100k run).
+                    looked, seen = self.nothing_due
+                    left = looked + self.POLL_S - time.monotonic()
+                    if seen == self.finished and left > 0:
+                        self.changed.wait(left)
+                        continue
                 self.claiming = True
                 finished = self.finished
                 self.changed.release()
@@ -275,6 +289,7 @@ class _Work:
                     self.changed.notify_all()
                 counts["claimed"] += len(claimed)
                 self.queue.extend(sequences)
+                self.nothing_due = None if claimed else (time.monotonic(), finished)
                 if claimed or self.finished != finished:
                     # A sequence recorded while this claim ran may have made rows claimable
                     # (a record's next version) that the claim did not see yet: look again.

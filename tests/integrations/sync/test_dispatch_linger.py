@@ -94,6 +94,31 @@ def test_a_look_that_finds_nothing_due_makes_no_claim(
     assert claims == [1]
 
 
+def test_lanes_waiting_on_a_call_look_once_per_poll_interval(
+    erp: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Four lanes with nothing due while a fifth sends (for the whole second here): a look
+    every POLL_S between them, not one lane's fruitless look waking the next to look again."""
+    looks: list[float] = []
+
+    def nothing_due(*args: Any) -> None:
+        looks.append(time.monotonic())
+        return None
+
+    monkeypatch.setattr(dispatch, "_linger_wait", nothing_due)
+    monkeypatch.setattr(dispatch, "_rate_share_used", lambda connector: 0.0)
+    work = _Work(connector_for(erp), erp, "linger", time.monotonic() + 1.0)
+    work.sending = 1  # a lane in a call that outlasts the budget
+    lanes = [threading.Thread(target=work.next, args=(Counter(),)) for _ in range(4)]
+    for lane in lanes:
+        lane.start()
+    for lane in lanes:
+        lane.join(timeout=10)
+
+    assert work.out_of_time
+    assert 2 <= len(looks) <= 1.0 / _Work.POLL_S + 2, f"{len(looks)} looks in 1 s"
+
+
 def test_a_full_batch_waits_for_nothing(
     erp: Connection,
     customers: list[Customer],  # noqa: F811
