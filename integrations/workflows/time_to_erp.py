@@ -318,12 +318,13 @@ def _bill_chunk(
 ) -> int | None:
     """Bill the unbilled entries `where` selects (the first `size` of them, by id); returns the
     last id taken, None when there was none (or, `whole`, fewer than `size`: then nothing)."""
+    if whole and size and not _whole(where, size):
+        return None
     # One statement finds the chunk and locks it, so two concurrent runs cannot both bill an
     # entry; SKIP LOCKED lets a second run take other entries instead of waiting. (Reading the
     # ids first and locking them by id was a second pass over the table per chunk, a second of
-    # a 100,000-entry run.)
-    if whole and size and not _whole(where, size):
-        return None
+    # a 100,000-entry run.) A chunk `_whole` found may still come short here: another run may
+    # hold some of its entries by now.
     chosen = (
         _unbilled()
         .filter(where)
