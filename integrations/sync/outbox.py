@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -19,6 +20,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.contenttypes.models import ContentType
+from django.core.cache import cache
 from django.db import IntegrityError, models, transaction
 from django.db import connection as db
 from django.db.models import Exists, OuterRef, Q, Value
@@ -143,6 +145,23 @@ def outbox_message(
         idempotency_key=idempotency_key(process=process, step=step, record=record, version=version),
         next_attempt_at=timezone.now(),
     )
+
+
+# When a writer last said it has written all it has for now (``outbox_flush``).
+FLUSHED_AT = "outbox:flushed_at"
+
+
+def outbox_flush() -> None:
+    """The rows this writer has written need not wait for more to share a vendor call with:
+    it has nothing more for now (a billing run at its end). A batch vendor's rows otherwise
+    linger a moment for more (dispatch ``_Work.linger``), which after a writer's last rows
+    only delays them. Said once the transaction that wrote them commits."""
+    transaction.on_commit(lambda: cache.set(FLUSHED_AT, time.time(), timeout=600))
+
+
+def outbox_flushed_at() -> float:
+    """When a writer last flushed (epoch seconds; 0.0 when none has lately)."""
+    return float(cache.get(FLUSHED_AT) or 0.0)
 
 
 def outbox_enqueue(*, messages: Sequence[OutboxMessage]) -> int:

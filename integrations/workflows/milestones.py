@@ -86,7 +86,7 @@ from integrations.sync.outbound import (
     outbound_messages,
     partial_update_message,
 )
-from integrations.sync.outbox import outbox_enqueue
+from integrations.sync.outbox import outbox_enqueue, outbox_flush
 from integrations.sync.records import record_update
 from integrations.sync.ring import MILESTONE_SWEEP, ring
 from integrations.sync.steps import (
@@ -307,6 +307,8 @@ def milestone_billing_sweep() -> int:
     started = 0
     for at in range(0, len(waiting), SWEEP_BATCH):
         started += _sweep_batch(waiting[at : at + SWEEP_BATCH])
+    if started:
+        outbox_flush()  # the last runs' invoices go now, not after a wait for more
     return started
 
 

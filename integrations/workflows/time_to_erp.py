@@ -93,7 +93,7 @@ from integrations.selectors import RouteTable, route_table_load
 from integrations.services.route_switches import route_switches_apply_due
 from integrations.sync.bulk import copy_insert, copy_insert_values, update_rows
 from integrations.sync.outbound import OutboundItem, outbound_answer, outbound_messages
-from integrations.sync.outbox import outbox_enqueue, outbox_replay
+from integrations.sync.outbox import outbox_enqueue, outbox_flush, outbox_replay
 from integrations.sync.ring import BILLING_ARRIVED, ring
 from integrations.sync.steps import (
     after_page_register,
@@ -274,6 +274,8 @@ def _bill_arrived() -> BillingRunReport:
             through, last = last, _bill_chunk(Q(pk__gt=last), chunk, report, books)
         cache.set(ARRIVED_THROUGH, through, timeout=None)
         _bill_expenses(report, books)
+        # The poll is done and this was the rest: no chunk follows for them to share a call.
+        outbox_flush()
     return report
 
 

@@ -29,6 +29,7 @@ from integrations.models import (
     Resource,
     TimeEntry,
 )
+from integrations.sync.outbox import outbox_flushed_at
 from integrations.workflows.time_to_erp import (
     ARRIVED,
     ARRIVED_REST,
@@ -135,13 +136,18 @@ def _unbill() -> None:
     Invoice.objects.all().delete()
 
 
-def test_while_the_poll_reads_only_whole_chunks_are_billed(projects: list[Project]) -> None:
+def test_while_the_poll_reads_only_whole_chunks_are_billed(
+    projects: list[Project], django_capture_on_commit_callbacks: Any
+) -> None:
     _arrive(projects, 100)  # two whole chunks and 20 entries
 
-    report = billing_arrived(complete=False)
+    flushed = outbox_flushed_at()
+    with django_capture_on_commit_callbacks(execute=True):
+        report = billing_arrived(complete=False)
 
     assert report is not None
     assert report.billed == 2 * CHUNK
+    assert outbox_flushed_at() == flushed  # more chunks are coming: no word that it is done
     assert BillingEvent.objects.filter(time_entry__isnull=False).count() == 2 * CHUNK
     # The expenses of the chunks' contracts went on their invoices.
     assert not Expense.objects.unbilled().exists()
@@ -171,7 +177,7 @@ def test_a_chunk_not_yet_whole_is_neither_read_nor_locked(projects: list[Project
 
 
 def test_billed_as_it_arrives_the_invoices_are_those_of_one_run_after_the_poll(
-    projects: list[Project],
+    projects: list[Project], django_capture_on_commit_callbacks: Any
 ) -> None:
     _arrive(projects, 100)
     billing_arrived(complete=False)
@@ -179,10 +185,14 @@ def test_billed_as_it_arrives_the_invoices_are_those_of_one_run_after_the_poll(
     billing_arrived(complete=False)
     assert TimeEntry.objects.unbilled().count() == 10
 
-    report = billing_arrived(complete=True)  # the poll is done: the rest
+    flushed = outbox_flushed_at()
+    with django_capture_on_commit_callbacks(execute=True):
+        report = billing_arrived(complete=True)  # the poll is done: the rest
 
     assert report is not None
     assert report.billed == 10
+    # Its invoices are the last for now: they need not linger for more (dispatch).
+    assert outbox_flushed_at() > flushed
     assert not TimeEntry.objects.unbilled().exists()
     as_they_arrived = _invoices()
 

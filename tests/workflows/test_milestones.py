@@ -32,6 +32,7 @@ from integrations.models import (
     WorkflowRun,
 )
 from integrations.roles import FINANCE, INTEGRATION_ADMIN, PMO
+from integrations.sync.outbox import outbox_flushed_at
 from integrations.sync.records import record_update
 from integrations.workflows.fixes import fix_apply
 from integrations.workflows.milestones import PROCESS, milestone_billing_sweep
@@ -256,12 +257,18 @@ def test_a_later_milestone_waits_for_the_earlier_one_and_goes_on_once_it_is_comp
     assert set(Milestone.objects.values_list("status", flat=True)) == {"invoiced"}
 
 
-def test_the_sweep_starts_a_run_for_a_completion_no_delivery_handed_over(firm: Firm) -> None:
+def test_the_sweep_starts_a_run_for_a_completion_no_delivery_handed_over(
+    firm: Firm, django_capture_on_commit_callbacks: Any
+) -> None:
     harvest_id = firm.milestone("Go-live", "8000", "2026-12-15")
     firm.deliver(harvest_id)
     Milestone.objects.update(status=Milestone.Status.COMPLETE)  # as a poll would store it
+    flushed = outbox_flushed_at()
 
-    assert milestone_billing_sweep() == 1
+    with django_capture_on_commit_callbacks(execute=True):
+        assert milestone_billing_sweep() == 1
+    # Its last run's invoice need not linger for more (dispatch): the sweep is done.
+    assert outbox_flushed_at() > flushed
     assert milestone_billing_sweep() == 0  # it has its run now
     outbox_drain()
 

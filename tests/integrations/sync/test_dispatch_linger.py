@@ -19,6 +19,7 @@ from integrations.connectors.connection_limits import limits_for
 from integrations.models import Connection, Customer, OutboxMessage, SyncAttempt
 from integrations.sync import dispatch
 from integrations.sync.dispatch import _linger_wait, _Work, outbox_dispatch
+from integrations.sync.outbox import outbox_flush
 from integrations.vendors import connector_for
 from integrations.workflows.time_to_erp import billing_run
 from tests.factories import make_connection
@@ -101,7 +102,7 @@ def test_lanes_waiting_on_a_call_look_once_per_poll_interval(
     every POLL_S between them, not one lane's fruitless look waking the next to look again."""
     looks: list[float] = []
 
-    def nothing_due(*args: Any) -> None:
+    def nothing_due(*args: Any, **kwargs: Any) -> None:
         looks.append(time.monotonic())
         return None
 
@@ -166,7 +167,7 @@ def test_with_much_of_the_rate_window_spent_rows_wait_longer_to_share_a_call(
     """Calls, not time, are what runs out then: the linger's quiet time and its most grow."""
     asked: list[tuple[float, float]] = []
 
-    def wait(connection: Connection, batch: int, quiet_s: float, most_s: float) -> float:
+    def wait(connection: Connection, batch: int, quiet_s: float, most_s: float, **_: Any) -> float:
         asked.append((quiet_s, most_s))
         return 0.0
 
@@ -187,3 +188,37 @@ def test_with_much_of_the_rate_window_spent_rows_wait_longer_to_share_a_call(
     assert asked == [(LINGER, MOST), (_Work.LINGER_TIGHT_S, _Work.LINGER_TIGHT_MAX_S)]
     assert _Work.LINGER_TIGHT_S > LINGER
     assert _Work.LINGER_TIGHT_MAX_S > MOST
+
+
+def test_rows_written_before_their_writer_flushed_wait_for_nothing(
+    erp: Connection,
+    customers: list[Customer],  # noqa: F811
+) -> None:
+    _rows(erp, customers, [0.0, 0.0])
+    now = time.time()
+    assert _linger_wait(erp, 50, LINGER, MOST, flushed_at=now + 1) == 0.0
+    assert (_linger_wait(erp, 50, LINGER, MOST, flushed_at=now - 60) or 0.0) > 0.0
+
+
+@pytest.mark.django_db(transaction=True)  # the dispatcher lingers only outside a transaction
+def test_a_lingering_lane_goes_as_soon_as_the_writer_flushes(
+    erp: Connection,
+    customers: list[Customer],  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A billing run's last invoices waited out the linger for more that never came (0.5-0.9 s
+    at the end of a 100k run); the run's word that it is done ends the wait."""
+    monkeypatch.setattr(_Work, "LINGER_S", 5.0)
+    monkeypatch.setattr(_Work, "LINGER_MAX_S", 5.0)
+    monkeypatch.setattr(dispatch, "_rate_share_used", lambda connector: 0.0)
+    _rows(erp, customers, [0.0, 0.0])
+    work = _Work(connector_for(erp), erp, "linger", time.monotonic() + 10)
+    flush = threading.Timer(0.3, outbox_flush)
+    began = time.monotonic()
+    flush.start()
+
+    assert work.linger()
+
+    took = time.monotonic() - began
+    flush.join()
+    assert 0.25 <= took < 1.0, f"lingered {took:.2f} s"
