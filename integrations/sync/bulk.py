@@ -25,7 +25,7 @@ import orjson
 from django.db import connection as db
 from django.db import models
 from django.utils import timezone
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Json, Jsonb
 
 # Python values psycopg's COPY writes as they are; anything else goes through the field.
 _PLAIN = (str, int, bool, Decimal, date, datetime)
@@ -119,8 +119,11 @@ _BINARY_CLASSES: dict[str, tuple[type, ...]] = {
     "date": (date,),
     "timestamp with time zone": (datetime,),
     "jsonb": (),
+    "json": (),
     "uuid": (uuid.UUID,),
 }
+# The JSON types, sent as the bytes they are encoded to (`_jsonb_converter`).
+_JSON_TYPES = {"jsonb": Jsonb, "json": Json}
 
 
 # Django's own fields whose values binary COPY sends (converted as above when needed).
@@ -142,18 +145,20 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def _jsonb_converter(field: models.Field[Any, Any]) -> Callable[[Any], Any]:
+def _jsonb_converter(
+    field: models.Field[Any, Any], wrapper: type[Json] | type[Jsonb] = Jsonb
+) -> Callable[[Any], Any]:
     """JSON for a binary COPY: the bytes it is encoded to, each distinct object once (rows of
     one insert often share one value, as `_converter` notes)."""
     encoder = getattr(field, "encoder", None)
-    memo: dict[int, tuple[Any, Jsonb]] = {}
+    memo: dict[int, tuple[Any, Json | Jsonb]] = {}
 
     def to_jsonb(value: Any) -> Any:
         if value is None:
             return None
         hit = memo.get(id(value))
         if hit is None:
-            hit = memo[id(value)] = (value, Jsonb(_json_bytes(value, encoder), _as_is))
+            hit = memo[id(value)] = (value, wrapper(_json_bytes(value, encoder), _as_is))
         return hit[1]
 
     return to_jsonb
@@ -240,9 +245,9 @@ def _copy_binary(
     rows: Iterable[Sequence[Any]],
 ) -> None:
     jsons = [
-        (i, _jsonb_converter(f))
+        (i, _jsonb_converter(f, _JSON_TYPES[t]))
         for i, (f, t) in enumerate(zip(fields, types, strict=True))
-        if t == "jsonb"
+        if t in _JSON_TYPES
     ]
     # Per other column: the classes its dumper takes as they are (a set that learns the
     # subclasses it may, such as a TextChoices member for a text column), and the field's
@@ -250,7 +255,7 @@ def _copy_binary(
     checks = [
         (i, set(_BINARY_CLASSES[t]), t, _prepared(f))
         for i, (f, t) in enumerate(zip(fields, types, strict=True))
-        if t != "jsonb"
+        if t not in _JSON_TYPES
     ]
     columns = ", ".join(db.ops.quote_name(str(f.column)) for f in fields)
     with (

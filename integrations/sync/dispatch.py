@@ -343,8 +343,10 @@ def _linger_wait(
 ) -> float | None:
     """How long fresh due rows, fewer than a batch, should wait for more (0: none; None: no
     row is due). Reads at most a batch of the due rows' creation times (the claim's index).
-    Rows all written before `flushed_at` (``outbox_flush``: their writers have nothing more
-    for now) wait for nothing."""
+    Once one of them was written before `flushed_at` (``outbox_flush``: its writer has nothing
+    more for now), none waits: it goes with what has come since (another writer's rows, one
+    at a time, kept the quiet from coming, and a billing run's last invoices waited out
+    LINGER_TIGHT_MAX_S behind a milestone sweep's)."""
     now = timezone.now()
     created = list(
         OutboxMessage.objects.filter(
@@ -357,7 +359,7 @@ def _linger_wait(
     )
     if not created:
         return None
-    if len(created) >= batch or max(created).timestamp() <= flushed_at:
+    if len(created) >= batch or min(created).timestamp() <= flushed_at:
         return 0.0
     since_oldest = (now - min(created)).total_seconds()
     since_newest = (now - max(created)).total_seconds()

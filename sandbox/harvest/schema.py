@@ -4,6 +4,7 @@ validated, derived, indexed and rendered), Harvest's 422 error and its timestamp
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,9 @@ ID_START = 1_000_000  # Harvest ids are int32: start high enough to look real, f
 MAX_PER_PAGE = 2000
 
 
+# Every record of a list page gives two of these, and seeded records share their stamps (a day's
+# entries, one time of day): remembered, a 100,000-entry read spends 0.1 s on them, not 1.6 s.
+@functools.lru_cache(maxsize=1 << 16)
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -4,6 +4,10 @@ Billing events turn from pending to invoiced once the ERP has their invoice (60,
 100,000-entry run). Migration 0030 keeps that change to the row itself: no index names `status`,
 and each page keeps room for the new row version, so the UPDATE is a HOT update that writes no
 index entry. Counted here by PostgreSQL itself, for this transaction (pg_stat_xact_user_tables).
+
+Raw records (117,000 in that run) keep their payload as ``json`` text (migration 0031): written
+in bulk, read back whole, never queried inside; ``jsonb`` had PostgreSQL parse each as it was
+stored.
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ from __future__ import annotations
 import pytest
 from django.db import connection
 
-from integrations.models import BillingEvent, Invoice
+from integrations.models import BillingEvent, InboundMessage, Invoice
+from integrations.sync.bulk import copy_insert_values
 from integrations.workflows.time_to_erp import billing_run
 from tests.factories import make_connection
 from tests.firms import tm_project_firm
@@ -63,3 +68,58 @@ def test_no_index_of_billing_events_names_their_status() -> None:
     assert definitions
     assert not [d for d in definitions if "status" in d]
     assert "fillfactor=60" in (options or [])
+
+
+# A vendor record as a page brings it: nested, with nulls, decimals as text, unicode.
+RECORD = {
+    "id": 4711,
+    "notes": "Workshop in M\u00fcnchen \u2013 day 2",
+    "hours": 7.5,
+    "billable_rate": None,
+    "client": {"id": 12, "name": "Initech Ltd"},
+    "tags": ["a", "b"],
+    "amount": "1234.50",
+}
+
+
+def test_raw_records_are_kept_as_json_text_and_read_back_whole() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT data_type FROM information_schema.columns "
+            "WHERE table_name = 'integrations_inboundmessage' AND column_name = 'payload'"
+        )
+        assert cursor.fetchone() == ("json",)
+    erp = make_connection()
+    # As a webhook stores one (the ORM), and as a poll stores a page (binary COPY).
+    made = InboundMessage.objects.create(
+        connection=erp,
+        source="webhook",
+        object_type="time_entries",
+        external_id="4711",
+        dedupe_key="one",
+        payload=RECORD,
+    )
+    copy_insert_values(
+        InboundMessage,
+        [
+            {
+                "connection_id": erp.pk,
+                "source": "poll",
+                "object_type": "time_entries",
+                "external_id": "4711",
+                "dedupe_key": "two",
+                "source_version": 1,
+                "payload": RECORD,
+                "state": "received",
+                "error": "",
+                "received_at": made.received_at,
+            }
+        ],
+        binary=True,
+    )
+
+    made.refresh_from_db()
+    assert made.payload == RECORD
+    assert list(
+        InboundMessage.objects.order_by("dedupe_key").values_list("payload", flat=True)
+    ) == [RECORD, RECORD]

@@ -170,5 +170,8 @@ def test_fixed_fee_time_is_left_to_milestones_without_a_case() -> None:
     )
     report = billing_run()
     assert (report.billed, report.blocked, report.not_billable) == (0, 0, 1)
+    # Counted, not read: a run every minute would otherwise read and lock all of a firm's
+    # fixed-fee time, which stays unbilled for good.
+    assert report.considered == 0
     assert not BillingEvent.objects.exists()
     assert not ExceptionCase.objects.exists()
