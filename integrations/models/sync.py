@@ -17,7 +17,7 @@ from integrations.classification import ErrorClass
 from integrations.models.connections import Connection
 
 
-class RawJSONField(models.JSONField):  # type: ignore[type-arg]
+class RawJSONField(models.JSONField):
     """A JSON document kept as the text it was written as: PostgreSQL's ``json``, not
     ``jsonb``. For raw vendor records, written in bulk (a poll's every record) and read back
     whole, never queried inside: ``jsonb`` had PostgreSQL parse each into its binary form as
@@ -28,7 +28,7 @@ class RawJSONField(models.JSONField):  # type: ignore[type-arg]
         return "json" if connection.vendor == "postgresql" else super().db_type(connection)
 
     def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
-        if value is not None and not isinstance(value, str | bytes):
+        if value is not None and not isinstance(value, str):
             return value  # psycopg parsed it (it passes only jsonb through as text)
         return super().from_db_value(value, expression, connection)
 

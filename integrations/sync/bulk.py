@@ -123,7 +123,7 @@ _BINARY_CLASSES: dict[str, tuple[type, ...]] = {
     "uuid": (uuid.UUID,),
 }
 # The JSON types, sent as the bytes they are encoded to (`_jsonb_converter`).
-_JSON_TYPES = {"jsonb": Jsonb, "json": Json}
+_JSON_TYPES: dict[str, type[Json] | type[Jsonb]] = {"jsonb": Jsonb, "json": Json}
 
 
 # Django's own fields whose values binary COPY sends (converted as above when needed).
