@@ -414,17 +414,22 @@ def _demo_configure(published: dict[str, Any]) -> tuple[list[m.Connection], int]
     return connections, len(entities)
 
 
-def demo_firm_setup(*, sandbox_url: str, portal_url: str) -> DemoFirm:
+def demo_firm_setup(*, sandbox_url: str, portal_url: str | None) -> DemoFirm:
     """Configure Concord for the sandbox's firm (safe on every start): connections with the
     sandbox's credentials and published mappings, legal entities, routing rules, exchange
-    rates, and the webhook subscriptions to `portal_url`. No business record is made here:
-    they all arrive by sync."""
+    rates, and the webhook subscriptions to `portal_url` (none without one: a firm that learns
+    by polling alone). No business record is made here: they all arrive by sync."""
     fresh = not m.Connection.objects.filter(name__in=(CRM, PSA, ERP_NEW, ERP_LEGACY)).exists()
     connections, entities = _demo_configure(sandbox_credentials(sandbox_url))
-    demo_tax_rates_read(connections=connections)
-    webhooks = demo_webhooks_subscribe(
-        sandbox_url=sandbox_url, portal_url=portal_url, connections=connections
+    webhooks = (
+        demo_webhooks_subscribe(
+            sandbox_url=sandbox_url, portal_url=portal_url, connections=connections
+        )
+        if portal_url
+        else 0
     )
+    # Last: the firm's first vendor read, after the set-up's own calls to the sandbox.
+    demo_tax_rates_read(connections=connections)
     return DemoFirm(
         connections=tuple(c.pk for c in connections),
         first=tuple(c.pk for c in connections if c.role == m.SystemRole.CRM),

@@ -208,12 +208,20 @@ class CrossReference(models.Model):
     """A canonical record's identity in one connected system."""
 
     # Both foreign keys lead the composite indexes below; separate indexes would only cost
-    # writes (a poll inserts thousands of cross-references at a time).
-    content_type = models.ForeignKey(ContentType, on_delete=models.PROTECT, db_index=False)
+    # writes (a poll inserts thousands of cross-references at a time). Neither is a database
+    # constraint, checked row by row as a poll's COPY stores them: see the note above
+    # InboundMessage (integrations/models/sync.py). PROTECT holds through the ORM.
+    content_type = models.ForeignKey(
+        ContentType, on_delete=models.PROTECT, db_index=False, db_constraint=False
+    )
     object_id = models.BigIntegerField()
     record = GenericForeignKey("content_type", "object_id")
     connection = models.ForeignKey(
-        Connection, on_delete=models.PROTECT, related_name="cross_references", db_index=False
+        Connection,
+        on_delete=models.PROTECT,
+        related_name="cross_references",
+        db_index=False,
+        db_constraint=False,
     )
     external_id = models.CharField(max_length=255)
     external_version = models.CharField(

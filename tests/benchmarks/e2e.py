@@ -93,7 +93,7 @@ from integrations.models import (
 from integrations.services.schedules import POLL_ROW_PREFIX
 from integrations.sync.ring import ring_poll
 from integrations.workflows.time_to_erp import POST_STEP, PROCESS
-from tests.processes import Proc, beat_proc, free_port, process_env, wait_until
+from tests.processes import Proc, beat_proc, process_env, wait_until
 
 Figure = dict[str, Any]
 
@@ -218,13 +218,9 @@ def e2e_run(
         # The worker up first: the set-up reads the ERPs' tax rates itself (as `make run` does
         # before the CRM's poll), and the clock starts with that read, not with a worker's boot.
         _until(lambda: _worker_ready(worker.log), deadline, "the worker ready", logs)
-        # Nothing listens at the portal URL: Concord learns the firm by polling here, and the
-        # subscriptions the set-up makes are removed so the sandbox sends nothing.
-        firm = demo_firm_setup(
-            sandbox_url=sandbox_url, portal_url=f"http://127.0.0.1:{free_port()}"
-        )
-        for subscription in control.get("webhooks")["subscriptions"]:
-            httpx.delete(f"{sandbox_url}/_control/webhooks/{subscription['id']}", timeout=10)
+        # No portal: Concord learns the firm by polling here, and the set-up subscribes no
+        # webhook (the sandbox sends nothing).
+        firm = demo_firm_setup(sandbox_url=sandbox_url, portal_url=None)
         rest = tuple(c for c in firm.connections if c not in firm.first)
 
         # make run's order (DemoDay): the CRM's first polls, then the PSA's and the ERP's; here
