@@ -68,6 +68,7 @@ from typing import Any
 import httpx
 from django.contrib.contenttypes.models import ContentType
 from django.db import connection as db
+from django.db import transaction
 from django.db.models import DurationField, ExpressionWrapper, F, Max, Min, Q
 from django_celery_beat.models import PeriodicTask
 
@@ -395,7 +396,12 @@ def _settled(connection_ids: list[int]) -> bool:
     if rows.filter(state__in=["pending", "in_flight"]).exists():
         return False
     waiting = TimeEntry.objects.unbilled().filter(project__contract__billing_model__in=_hourly())
-    return not waiting.exclude(pk__in=_blocked_ids()).exists()
+    # Hash joins: the tables were empty when PostgreSQL last looked (no ANALYZE runs here), and
+    # its nested loops took 2.5-3.6 s of a CPU for this, at times while the last invoices were
+    # still being posted (no row pending between two of them); 0.07 s so.
+    with transaction.atomic(), db.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_nestloop = off")
+        return not waiting.exclude(pk__in=_blocked_ids()).exists()
 
 
 def _refused_invoices() -> Any:
