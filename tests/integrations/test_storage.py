@@ -128,6 +128,9 @@ def test_raw_records_are_kept_as_json_text_and_read_back_whole() -> None:
 
     made.refresh_from_db()
     assert made.payload == RECORD
+    # A key of the document can still be looked for (cast to jsonb for the query).
+    assert InboundMessage.objects.filter(payload__client__name="Initech Ltd").count() == 2
+    assert InboundMessage.objects.filter(payload__id=4711, dedupe_key="one").get() == made
     assert list(
         InboundMessage.objects.order_by("dedupe_key").values_list("payload", flat=True)
     ) == [RECORD, RECORD]
