@@ -46,6 +46,7 @@ from integrations.models.records import (
     TaxRate,
     TimeEntry,
     billing_basis,
+    milestone_billed_projects,
 )
 from integrations.models.sync import (
     CircuitState,
@@ -112,4 +113,5 @@ __all__ = [
     "WorkflowRun",
     "WorkflowStep",
     "billing_basis",
+    "milestone_billed_projects",
 ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from django.db import models
 from django.db.models import Q
@@ -313,6 +314,16 @@ def billing_basis() -> models.Case:
         models.When(project__contract__isnull=False, then=models.Value(BillingBasis.MILESTONE)),
         default=models.Value(BillingBasis.NO_CONTRACT),
         output_field=models.CharField(),
+    )
+
+
+def milestone_billed_projects() -> models.QuerySet[Project, Any]:
+    """The ids of the projects whose time is ``BillingBasis.MILESTONE`` (a contract that bills
+    no hours), as a subquery: the billing run leaves their time out of what it reads."""
+    return (
+        Project.objects.filter(contract__isnull=False)
+        .exclude(contract__billing_model__in=Contract.HOURLY_MODELS)
+        .values("pk")
     )
 
 

@@ -122,7 +122,7 @@ _BINARY_CLASSES: dict[str, tuple[type, ...]] = {
     "json": (),
     "uuid": (uuid.UUID,),
 }
-# The JSON types, sent as the bytes they are encoded to (`_jsonb_converter`).
+# The JSON types, sent as the bytes they are encoded to (`_json_converter`).
 _JSON_TYPES: dict[str, type[Json] | type[Jsonb]] = {"jsonb": Jsonb, "json": Json}
 
 
@@ -145,7 +145,7 @@ def _as_is(data: bytes) -> bytes:
     return data
 
 
-def _jsonb_converter(
+def _json_converter(
     field: models.Field[Any, Any], wrapper: type[Json] | type[Jsonb] = Jsonb
 ) -> Callable[[Any], Any]:
     """JSON for a binary COPY: the bytes it is encoded to, each distinct object once (rows of
@@ -153,7 +153,7 @@ def _jsonb_converter(
     encoder = getattr(field, "encoder", None)
     memo: dict[int, tuple[Any, Json | Jsonb]] = {}
 
-    def to_jsonb(value: Any) -> Any:
+    def to_json_bytes(value: Any) -> Any:
         if value is None:
             return None
         hit = memo.get(id(value))
@@ -161,7 +161,7 @@ def _jsonb_converter(
             hit = memo[id(value)] = (value, wrapper(_json_bytes(value, encoder), _as_is))
         return hit[1]
 
-    return to_jsonb
+    return to_json_bytes
 
 
 def _takes_subclass(pg_type: str, value: Any) -> bool:
@@ -245,7 +245,7 @@ def _copy_binary(
     rows: Iterable[Sequence[Any]],
 ) -> None:
     jsons = [
-        (i, _jsonb_converter(f, _JSON_TYPES[t]))
+        (i, _json_converter(f, _JSON_TYPES[t]))
         for i, (f, t) in enumerate(zip(fields, types, strict=True))
         if t in _JSON_TYPES
     ]
@@ -268,8 +268,8 @@ def _copy_binary(
         cp.set_types(types)
         for row in rows:
             row = list(row)
-            for i, to_jsonb in jsons:
-                row[i] = to_jsonb(row[i])
+            for i, to_json_bytes in jsons:
+                row[i] = to_json_bytes(row[i])
             for i, classes, pg_type, prepare in checks:
                 value = row[i]
                 if value is not None and value.__class__ not in classes:

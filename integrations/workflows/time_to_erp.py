@@ -88,6 +88,7 @@ from integrations.models import (
     Resource,
     SystemRole,
     TimeEntry,
+    milestone_billed_projects,
 )
 from integrations.selectors import RouteTable, route_table_load
 from integrations.services.route_switches import route_switches_apply_due
@@ -196,7 +197,7 @@ def billing_run(
         return report
     # The time left to milestones is not read (``_unbilled``), only counted: one query.
     report.not_billable = (
-        TimeEntry.objects.unbilled().filter(project_id__in=_not_by_the_hour()).count()
+        TimeEntry.objects.unbilled().filter(project_id__in=milestone_billed_projects()).count()
     )
     last_id: int | None = 0
     while last_id is not None and (limit is None or report.considered < limit):
@@ -305,16 +306,7 @@ def _unbilled() -> Any:
     milestones bill it, and it stays unbilled for good). Read and locked with the rest, it was
     most of what a scheduled run did every minute: 20,000 such entries of a 100,000-entry firm,
     0.5 s of a run that billed nothing; as a NOT IN over the few such projects, it is not read."""
-    return TimeEntry.objects.unbilled().exclude(project_id__in=_not_by_the_hour())
-
-
-def _not_by_the_hour() -> Any:
-    """The projects whose contract bills no hours (a subquery)."""
-    return (
-        Project.objects.filter(contract__isnull=False)
-        .exclude(contract__billing_model__in=BILLABLE_MODELS)
-        .values("pk")
-    )
+    return TimeEntry.objects.unbilled().exclude(project_id__in=milestone_billed_projects())
 
 
 @dataclass(slots=True)
@@ -387,7 +379,8 @@ def _bill_chunk(
     for entry in entries:
         contract = entry.project.contract
         if contract is not None and contract.billing_model not in BILLABLE_MODELS:
-            report.not_billable += 1  # fixed-fee work is invoiced by milestone, not by hour
+            # Fixed-fee work is invoiced by milestone, not by the hour. ``_unbilled`` leaves it
+            # out, and billing_run counts it; only a contract changed since the read gets here.
             continue
         problem = _validate(entry, rates, fx, routes)
         if problem is not None:
