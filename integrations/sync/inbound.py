@@ -11,7 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import BigIntegerField, Case, Q, Value, When
 from django.utils import timezone
 
 from exceptions.models import ExceptionCase
@@ -27,7 +27,7 @@ from integrations.selectors import inbound_held, routes_remembered
 from integrations.sync.errors import InboundRetry
 from integrations.sync.project_links import projects_link_applied
 from integrations.sync.ring import ring_inbound
-from integrations.sync.steps import Arrival, on_arrival
+from integrations.sync.steps import Arrival, on_arrival, on_arrivals
 from integrations.sync.tenancy import tenant_facts, tenant_fill
 from integrations.sync.upsert import (
     FailureCause,
@@ -71,6 +71,18 @@ class _Context:
         # batch (the usual answer, no, spares each applied record the question), and set
         # again when the batch opens one itself.
         self.record_cases_open: bool | None = None
+        # In a batch: the messages whose records a workflow waits for, with their arrival and
+        # outcome, handed over together (`on_arrivals`) and then finished (``settle``).
+        self.deferred: list[tuple[InboundMessage, Arrival, str, str]] | None = None
+
+    def settle(self) -> None:
+        """Hand the deferred records to their workflows at once, then finish their messages:
+        a worker that dies in between leaves them received, and their runs are found again."""
+        deferred, self.deferred = self.deferred or [], []
+        if not deferred:
+            return
+        on_arrivals(arrivals=[arrival for _, arrival, _, _ in deferred])
+        _finish_many([(message, state, error) for message, _, state, error in deferred])
 
     def applied(self, object_type: str, external_id: str) -> None:
         """A record applied: its earlier failed messages come off the cases holding them."""
@@ -192,15 +204,14 @@ def _process(message: InboundMessage, context: _Context) -> str:
             )
     if result.state in (UpsertState.APPLIED, UpsertState.SKIPPED):
         # The workflows that start from (or wait for) this record (integrations/sync/steps.py).
-        on_arrival(
-            arrival=Arrival(
-                connection,
-                mapped.canonical_model,
-                mapped.external_id,
-                mapped.fields,
-                result.record_id,
-            )
+        arrival = Arrival(
+            connection, mapped.canonical_model, mapped.external_id, mapped.fields, result.record_id
         )
+        if context.deferred is not None:
+            state, error = message_state(result)
+            context.deferred.append((message, arrival, state, error))
+            return str(state)
+        on_arrival(arrival=arrival)
     return _finish(message, *message_state(result))
 
 
@@ -213,6 +224,34 @@ def _finish(message: InboundMessage, state: str, error: str) -> str:
             source_version=message.source_version,
             processed_at=timezone.now(),
         )
+    return _finished(message, state, error)
+
+
+def _finish_many(outcomes: Sequence[tuple[InboundMessage, str, str]]) -> None:
+    """`_finish` for many messages: one update per outcome, in one transaction."""
+    by_outcome: dict[tuple[str, str], list[InboundMessage]] = defaultdict(list)
+    for message, state, error in outcomes:
+        by_outcome[(state, error)].append(message)
+    now = timezone.now()
+    with transaction.atomic():
+        for (state, error), messages in by_outcome.items():
+            InboundMessage.objects.filter(
+                pk__in=[m.pk for m in messages], state=State.RECEIVED
+            ).update(
+                state=state,
+                error=error[:4000],
+                source_version=Case(
+                    *(When(pk=m.pk, then=Value(m.source_version)) for m in messages),
+                    output_field=BigIntegerField(),
+                ),
+                processed_at=now,
+            )
+    for message, state, error in outcomes:
+        _finished(message, state, error)
+
+
+def _finished(message: InboundMessage, state: str, error: str) -> str:
+    """What follows a message's outcome: a failure logged, a replay's original cleared."""
     if state == State.FAILED:
         logger.warning("inbound message %s failed: %s", message.pk, error)
     elif state == State.APPLIED and message.replay_of_id is not None:
@@ -462,12 +501,14 @@ def inbound_process_batch(*, connection_id: int) -> dict[str, int]:
     try:
         with _Context(messages[0].connection) as context, routes_remembered():
             context.prefetch(messages)
+            context.deferred = []
             for message in messages:
                 try:
                     state = _process(message, context)
                 except InboundRetry:
                     state = "retry"  # stays RECEIVED; the sweeper rings for it again
                 outcomes[state] = outcomes.get(state, 0) + 1
+            context.settle()
     finally:
         # What is still received (a read to retry, or the batch failed) is anyone's again.
         InboundMessage.objects.filter(pk__in=[m.pk for m in messages], state=State.RECEIVED).update(

@@ -14,7 +14,9 @@ import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -166,13 +168,42 @@ def outbox_flushed_at() -> float:
     return float(cache.get(FLUSHED_AT) or 0.0)
 
 
+# Rows enqueued inside `outbox_enqueue_together`, stored when it ends.
+_together: ContextVar[list[OutboxMessage] | None] = ContextVar("outbox_together", default=None)
+
+
+@contextmanager
+def outbox_enqueue_together() -> Iterator[None]:
+    """Within it, `outbox_enqueue` keeps the rows, and they are stored together as it ends (in
+    the caller's transaction, which must span it): a batch of runs that each send a row pays
+    one look-up and one insert, not two queries a run. Nothing inside may expect to read the
+    rows back before the end."""
+    if _together.get() is not None:
+        yield
+        return
+    token = _together.set([])
+    try:
+        yield
+        kept = _together.get() or []
+    finally:
+        _together.reset(token)
+    first: dict[str, OutboxMessage] = {}
+    for message in kept:  # two runs sending one effect (one customer's): the first one's row
+        first.setdefault(message.idempotency_key, message)
+    outbox_enqueue(messages=list(first.values()))
+
+
 def outbox_enqueue(*, messages: Sequence[OutboxMessage]) -> int:
     """Store the rows with the caller's transaction and ring the dispatcher once it commits.
 
     A row whose idempotency key exists already is the same effect asked twice: it is not added.
-    Returns how many rows were new.
+    Returns how many rows were new (inside `outbox_enqueue_together`: none yet, they are kept).
     """
     if not messages:
+        return 0
+    together = _together.get()
+    if together is not None:
+        together.extend(messages)
         return 0
     keys = [m.idempotency_key for m in messages]
     before = set(

@@ -71,14 +71,24 @@ class Arrival:
 
 
 ArrivalHandler = Callable[[Arrival], None]
+ArrivalsHandler = Callable[[Sequence[Arrival]], None]
 
 _arrivals: dict[str, list[ArrivalHandler]] = defaultdict(list)
+# handler -> the same handler for many records at once, where the workflow has one.
+_batched: dict[ArrivalHandler, ArrivalsHandler] = {}
 
 
-def arrival_register(*, canonical_model: str, handler: ArrivalHandler) -> None:
-    """Call `handler` with every record of `canonical_model` a system sends, once applied."""
+def arrival_register(
+    *, canonical_model: str, handler: ArrivalHandler, batch: ArrivalsHandler | None = None
+) -> None:
+    """Call `handler` with every record of `canonical_model` a system sends, once applied.
+    `batch`, when given, takes many such records at once (a batch of webhooks: `on_arrivals`)
+    to the same effect as `handler` taking each in turn, with its look-ups and writes made
+    once for all of them."""
     if handler not in _arrivals[canonical_model]:
         _arrivals[canonical_model].append(handler)
+    if batch is not None:
+        _batched[handler] = batch
 
 
 def arrival_awaited(canonical_model: str) -> bool:
@@ -93,15 +103,49 @@ def on_arrival(*, arrival: Arrival) -> None:
     is stored, and the workflow's run can be resumed (its trigger delivered again, or its
     case retried)."""
     for handler in _arrivals.get(arrival.canonical_model, ()):
-        try:
-            handler(arrival)
-        except Exception:
-            logger.exception(
-                "the %s step after %s %s failed",
-                getattr(handler, "__qualname__", handler),
-                arrival.canonical_model,
-                arrival.external_id,
-            )
+        _hand(handler, arrival)
+
+
+def on_arrivals(*, arrivals: Sequence[Arrival]) -> None:
+    """`on_arrival` for many records (a batch of webhooks, in the order they came): each run
+    of consecutive records of one model goes to a handler's batch form where it has one, else
+    to the handler one by one. A batch that fails is logged and its records are handed over one
+    by one, so one record's fault holds up no other."""
+    start = 0
+    while start < len(arrivals):
+        model = arrivals[start].canonical_model
+        end = start
+        while end < len(arrivals) and arrivals[end].canonical_model == model:
+            end += 1
+        group = arrivals[start:end]
+        for handler in _arrivals.get(model, ()):
+            batch = _batched.get(handler)
+            if batch is not None and len(group) > 1:
+                try:
+                    batch(group)
+                    continue
+                except Exception:
+                    logger.exception(
+                        "the %s step after %s %s records failed; handing them over one by one",
+                        getattr(batch, "__qualname__", batch),
+                        len(group),
+                        model,
+                    )
+            for arrival in group:
+                _hand(handler, arrival)
+        start = end
+
+
+def _hand(handler: ArrivalHandler, arrival: Arrival) -> None:
+    try:
+        handler(arrival)
+    except Exception:
+        logger.exception(
+            "the %s step after %s %s failed",
+            getattr(handler, "__qualname__", handler),
+            arrival.canonical_model,
+            arrival.external_id,
+        )
 
 
 class AfterPollHook(Protocol):

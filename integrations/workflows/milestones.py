@@ -38,7 +38,8 @@ no row of its own) cannot mistake the milestone's invoice for one of its own and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -75,6 +76,7 @@ from integrations.models import (
     RunState,
     SystemRole,
     WorkflowRun,
+    WorkflowStep,
 )
 from integrations.selectors import routes_remembered, routing_connection
 from integrations.services.route_switches import RUN_PIN, route_switch_latest
@@ -86,7 +88,7 @@ from integrations.sync.outbound import (
     outbound_messages,
     partial_update_message,
 )
-from integrations.sync.outbox import outbox_enqueue, outbox_flush
+from integrations.sync.outbox import outbox_enqueue, outbox_enqueue_together, outbox_flush
 from integrations.sync.records import record_update
 from integrations.sync.ring import MILESTONE_SWEEP, ring
 from integrations.sync.steps import (
@@ -97,6 +99,7 @@ from integrations.sync.steps import (
 )
 from integrations.workflows.runs import (
     RUN_RECORD,
+    Opening,
     Process,
     StepResult,
     run_advance,
@@ -105,6 +108,8 @@ from integrations.workflows.runs import (
     run_open,
     run_subject_set,
     runs_held_by,
+    runs_open,
+    runs_saved_together,
 )
 from integrations.workflows.time_to_erp import (
     FX_RECENT_DAYS,
@@ -184,11 +189,15 @@ _memo: ContextVar[dict[str, Any] | None] = ContextVar("milestone_memo", default=
 
 
 def _advance(
-    run: WorkflowRun, *, milestone: Milestone | None = None, opened: bool = False
+    run: WorkflowRun,
+    *,
+    milestone: Milestone | None = None,
+    opened: bool = False,
+    steps: dict[str, WorkflowStep] | None = None,
 ) -> WorkflowRun:
     token = _memo.set({"milestone": milestone, "opened": opened})
     try:
-        return run_advance(run=run, process=MILESTONE_BILLING)
+        return run_advance(run=run, process=MILESTONE_BILLING, steps=steps)
     finally:
         _memo.reset(token)
 
@@ -248,6 +257,91 @@ def milestone_arrival(arrival: Arrival) -> None:
     if key is not None:
         ids = _waiting_at_validation(Q(**{f"context__{key}": arrival.record_id}))
         milestones_resume(run_ids=ids)
+
+
+def milestone_arrivals(arrivals: Sequence[Arrival]) -> None:
+    """`milestone_arrival` for a batch of webhooks (integrations/sync/steps.py `on_arrivals`).
+    The PSA's completed milestones that have no run yet (the usual delivery) are read in one
+    query, their runs opened together and moved on in one transaction, their rows (runs,
+    steps, outbox) written together; then the runs of their projects that wait at validation
+    for them are resumed, once for the batch. Every other arrival goes one by one, as before."""
+    fresh: dict[int, Arrival] = {}
+    rest: list[Arrival] = []
+    for arrival in arrivals:
+        if (
+            arrival.canonical_model == "milestone"
+            and arrival.record_id is not None
+            and arrival.connection.role == SystemRole.PSA
+        ):
+            fresh[arrival.record_id] = arrival  # delivered twice: one run, as the newest says
+        else:
+            rest.append(arrival)
+    if len(fresh) > 1:
+        rest += _start_together(fresh)
+    else:
+        rest += fresh.values()
+    for arrival in rest:
+        milestone_arrival(arrival)
+
+
+def _start_together(arrivals: Mapping[int, Arrival]) -> list[Arrival]:
+    """Open and move on the runs of these complete milestones (milestone id -> arrival) that
+    have none, in one transaction; resume the runs of their projects waiting at validation.
+    Returns the arrivals left to `milestone_arrival` (a milestone not complete, or with a run
+    already)."""
+    left: list[Arrival] = []
+    with transaction.atomic(), _batch_remembered():
+        found = _milestones().in_bulk(list(arrivals))
+        keys = {
+            subject_key(connection=a.connection, external_id=a.external_id): milestone_id
+            for milestone_id, a in arrivals.items()
+        }
+        have = set(
+            WorkflowRun.objects.filter(process=PROCESS, subject_key__in=list(keys)).values_list(
+                "subject_key", flat=True
+            )
+        )
+        openings: list[tuple[Opening, Milestone]] = []
+        for key, milestone_id in keys.items():
+            milestone = found.get(milestone_id)
+            if milestone is None:
+                continue  # gone since it was stored: nothing to start
+            if key in have or milestone.status != Milestone.Status.COMPLETE:
+                left.append(arrivals[milestone_id])
+                continue
+            project = milestone.project
+            arrival = arrivals[milestone_id]
+            openings.append(
+                (
+                    Opening(
+                        subject_key=key,
+                        label=f"Milestone {milestone.name} ({project.code})",
+                        input={
+                            "connection_id": arrival.connection.pk,
+                            "external_id": arrival.external_id,
+                            "milestone_id": milestone.pk,
+                        },
+                        legal_entity=project.legal_entity,
+                        region=project.region,
+                        subject=milestone,
+                    ),
+                    milestone,
+                )
+            )
+        opened = runs_open(process=MILESTONE_BILLING, openings=[o for o, _ in openings])
+        with outbox_enqueue_together(), runs_saved_together():
+            for (run, steps), (_, milestone) in zip(opened, openings, strict=True):
+                _advance(run, milestone=milestone, opened=True, steps=steps)
+    # Later milestones of these projects that waited for one of them (their dependency). A
+    # project with one milestone in the batch: its own run is not asked again.
+    by_project: dict[int, list[int]] = defaultdict(list)
+    for _, milestone in openings:
+        by_project[milestone.project_id].append(milestone.pk)
+    if by_project:
+        alone = [ids[0] for ids in by_project.values() if len(ids) == 1]
+        others = Q(context__project_id__in=list(by_project)) & ~Q(input__milestone_id__in=alone)
+        milestones_resume(run_ids=_waiting_at_validation(others))
+    return left
 
 
 def _waiting_at_validation(where: Q) -> list[int]:
@@ -1048,7 +1142,7 @@ MILESTONE_BILLING = Process(
 )
 
 for _model in ("milestone", "project", "contract", "customer"):
-    arrival_register(canonical_model=_model, handler=milestone_arrival)
+    arrival_register(canonical_model=_model, handler=milestone_arrival, batch=milestone_arrivals)
 after_poll_register(milestone_after_poll)
 for _step in (BILL, MARK_INVOICED):
     delivered_step_register(process=PROCESS, step=_step, handler=milestone_delivered)

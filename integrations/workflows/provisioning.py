@@ -77,6 +77,7 @@ from integrations.models import (
     RunState,
     SystemRole,
     WorkflowRun,
+    WorkflowStep,
 )
 from integrations.selectors import routing_connection
 from integrations.sync.outbound import (
@@ -86,11 +87,12 @@ from integrations.sync.outbound import (
     outbound_messages,
     partial_update_message,
 )
-from integrations.sync.outbox import idempotency_key, outbox_enqueue
+from integrations.sync.outbox import idempotency_key, outbox_enqueue, outbox_enqueue_together
 from integrations.sync.records import record_create
 from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
 from integrations.workflows.runs import (
     RUN_RECORD,
+    Opening,
     Process,
     StepFn,
     StepResult,
@@ -100,6 +102,8 @@ from integrations.workflows.runs import (
     run_open,
     run_subject_set,
     runs_held_by,
+    runs_open,
+    runs_saved_together,
 )
 
 logger = logging.getLogger(__name__)
@@ -161,11 +165,7 @@ def provisioning_start(
             found = run_lock_by_subject(process=PROCESS, subject_key=key)
             if found is None:
                 return None
-        opportunity = {
-            **{name: _plain(value) for name, value in fields.items()},
-            "connection_id": connection.pk,
-            "external_id": external_id,
-        }
+        opportunity = _opportunity(connection, external_id, fields)
         run, created = (
             (found, False)
             if found is not None
@@ -186,13 +186,24 @@ def provisioning_start(
         return _advance(run)
 
 
-def _advance(run: WorkflowRun) -> WorkflowRun:
+def _opportunity(
+    connection: Connection, external_id: str, fields: Mapping[str, Any]
+) -> dict[str, Any]:
+    """A run's input: the opportunity's mapped fields, and where it came from."""
+    return {
+        **{name: _plain(value) for name, value in fields.items()},
+        "connection_id": connection.pk,
+        "external_id": external_id,
+    }
+
+
+def _advance(run: WorkflowRun, steps: dict[str, WorkflowStep] | None = None) -> WorkflowRun:
     """`run_advance` with this process's steps (a run opened before a step was added to the
     process, the PSA's tasks and milestones, is given the steps it lacks there). The steps of
     one advance share what they look up (``_memo``)."""
     token = _memo.set({})
     try:
-        return run_advance(run=run, process=PROVISIONING)
+        return run_advance(run=run, process=PROVISIONING, steps=steps)
     finally:
         _memo.reset(token)
 
@@ -251,6 +262,151 @@ def provisioning_arrival(arrival: Arrival) -> None:
         .values_list("pk", flat=True)
     )
     provisioning_resume(run_ids=ids)
+
+
+def provisioning_arrivals(arrivals: Sequence[Arrival]) -> None:
+    """`provisioning_arrival` for a batch of webhooks (integrations/sync/steps.py
+    `on_arrivals`). Opportunities won that have no run yet (the usual delivery) are opened
+    together and moved on with what their steps look up read once for all of them, in one
+    transaction (`_start_together`); every other one, and every account or contract, goes one
+    by one, as before. An opportunity delivered twice in the batch opens one run, from its
+    newest state."""
+    by_key: dict[str, list[Arrival]] = {}
+    for arrival in arrivals:
+        key = (
+            subject_key(connection=arrival.connection, external_id=arrival.external_id)
+            if arrival.canonical_model == "opportunity"
+            else f"{arrival.canonical_model}:{arrival.external_id}"
+        )
+        by_key.setdefault(key, []).append(arrival)
+    together = {key: group[-1] for key, group in by_key.items() if all(_opens(a) for a in group)}
+    if len(together) > 1:
+        left = _start_together(together)
+    else:
+        left, together = set(), {}
+    for key, group in by_key.items():
+        if key in together and key not in left:
+            continue
+        for arrival in group:
+            provisioning_arrival(arrival)
+
+
+def _opens(arrival: Arrival) -> bool:
+    """A won opportunity that names no PSA project: a run is opened for it, or moved on."""
+    return (
+        arrival.canonical_model == "opportunity"
+        and arrival.fields.get("is_won") is True
+        and not arrival.fields.get("psa_project_id")
+    )
+
+
+def _start_together(arrivals: Mapping[str, Arrival]) -> set[str]:
+    """Open the runs of these won opportunities (subject key -> arrival) that have none, and
+    move them on, in one transaction: their steps' look-ups (accounts, contracts, legal
+    entities, cross-references, cases holding them) read once for all (``_shared``), their
+    outbox rows stored together. Returns the keys that have a run already (left to
+    `provisioning_start`, one by one)."""
+    with transaction.atomic():
+        have = set(
+            WorkflowRun.objects.filter(process=PROCESS, subject_key__in=list(arrivals)).values_list(
+                "subject_key", flat=True
+            )
+        )
+        openings = []
+        for key, arrival in arrivals.items():
+            if key in have:
+                continue
+            opportunity = _opportunity(arrival.connection, arrival.external_id, arrival.fields)
+            openings.append(
+                Opening(
+                    subject_key=key,
+                    label=str(arrival.fields.get("name") or f"Opportunity {arrival.external_id}"),
+                    input=opportunity,
+                    region=str(arrival.fields.get("region") or ""),
+                )
+            )
+        opened = runs_open(process=PROVISIONING, openings=openings)
+        for run, _ in opened:
+            run.context["account"] = str(run.input.get("customer__external_id") or "")
+        token = _shared.set(_look_up_together([run for run, _ in opened]))
+        try:
+            with outbox_enqueue_together(), runs_saved_together():
+                for run, steps in opened:
+                    _advance(run, steps)
+        finally:
+            _shared.reset(token)
+    return have
+
+
+def _look_up_together(runs: Sequence[WorkflowRun]) -> dict[tuple[Any, ...], Any]:
+    """What validation and the ERP customer step look up for these new runs, read at once:
+    each account's customer by its CRM id, the customers' live contracts, the legal entities
+    named by code, the customers' cross-references (ERP and PSA), and whether a render case of
+    the step is open. New runs: no case holds any of them yet."""
+    shared: dict[tuple[Any, ...], Any] = {}
+    customer_type = ContentType.objects.get_for_model(Customer)
+    wanted = {
+        (int(run.input["connection_id"]), str(run.input.get("customer__external_id") or ""))
+        for run in runs
+    }
+    accounts: dict[tuple[int, str], int] = {}
+    for connection_id in {c for c, _ in wanted}:
+        for external_id, object_id in CrossReference.objects.filter(
+            connection_id=connection_id,
+            content_type=customer_type,
+            external_id__in=[a for c, a in wanted if c == connection_id and a],
+        ).values_list("external_id", "object_id"):
+            accounts[(connection_id, external_id)] = object_id
+    customers = Customer.objects.in_bulk(set(accounts.values()))
+    for connection_id, account in wanted:
+        customer_id = accounts.get((connection_id, account))
+        shared[("account", connection_id, account)] = (
+            customers.get(customer_id) if customer_id is not None else None
+        )
+    for customer in customers.values():
+        shared[("customer", customer.pk)] = customer
+        shared[("contracts", customer.pk)] = []
+        shared[("xrefs", customer._meta.label_lower, customer.pk)] = True
+    for contract in _live_contracts().filter(customer_id__in=list(customers)):
+        shared[("contracts", contract.customer_id)].append(contract)
+    codes = {str(run.input.get("legal_entity__code") or "") for run in runs} - {""}
+    for code in codes:
+        shared[("entity", code)] = None
+    for entity in LegalEntity.objects.filter(code__in=codes):
+        shared[("entity", entity.code)] = entity
+    for customer_id, connection_id, external_id in CrossReference.objects.filter(
+        content_type=customer_type, object_id__in=list(customers)
+    ).values_list("object_id", "connection_id", "external_id"):
+        shared[("xref", "integrations.customer", customer_id, connection_id)] = external_id
+    for run in runs:
+        shared[("held", run.pk)] = False
+    shared[("render_case", ERP_CUSTOMER)] = _render_case_open(ERP_CUSTOMER)
+    # The ERP customer rows sent for these customers before (another opportunity's run).
+    sent: dict[str, OutboxMessage | None] = {
+        idempotency_key(process=PROCESS, step=ERP_CUSTOMER, record=customer, version=1): None
+        for customer in customers.values()
+    }
+    for row in OutboxMessage.objects.filter(idempotency_key__in=list(sent)):
+        sent[row.idempotency_key] = row
+    for idempotency, found in sent.items():
+        shared[("outbox", idempotency)] = found
+    return shared
+
+
+# What a batch of new runs looked up for all of them at once (`_look_up_together`), in its
+# transaction; outside a batch, None, and each step looks up for itself.
+_shared: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
+    "provisioning_shared", default=None
+)
+
+
+def _looked_up(key: tuple[Any, ...], load: Callable[[], _T]) -> _T:
+    """The batch's answer for `key` when it read one (``_shared``), else `load()` now."""
+    shared = _shared.get()
+    if shared is not None and key in shared:
+        found: _T = shared[key]
+        return found
+    return load()
 
 
 def provisioning_resume(*, run_ids: Sequence[int]) -> int:
@@ -351,7 +507,10 @@ def _validate(run: WorkflowRun) -> StepResult:
     # The run leaves the cases whose cause is fixed; a case holding nothing more closes. (A run
     # no case holds, the usual one, costs one indexed look-up.)
     fixed = [t for t in VALIDATION_CASE_TYPES if t not in {p.case_type for p in problems}]
-    if BlockedRecord.objects.filter(record_type=RUN_RECORD, record_id=run.pk).exists():
+    if _looked_up(
+        ("held", run.pk),
+        BlockedRecord.objects.filter(record_type=RUN_RECORD, record_id=run.pk).exists,
+    ):
         case_records_clear(
             records=[(RUN_RECORD, run.pk)],
             process=PROCESS,
@@ -434,12 +593,16 @@ def _terms_problems(contract: Contract, customer: Customer, label: str) -> list[
 def _customer_by_crm_id(connection_id: int, account: str) -> Customer | None:
     if not account:
         return None
-    xref = CrossReference.objects.filter(
-        connection_id=connection_id,
-        content_type=ContentType.objects.get_for_model(Customer),
-        external_id=account,
-    ).first()
-    return Customer.objects.filter(pk=xref.object_id).first() if xref is not None else None
+
+    def load() -> Customer | None:
+        xref = CrossReference.objects.filter(
+            connection_id=connection_id,
+            content_type=ContentType.objects.get_for_model(Customer),
+            external_id=account,
+        ).first()
+        return Customer.objects.filter(pk=xref.object_id).first() if xref is not None else None
+
+    return _looked_up(("account", connection_id, account), load)
 
 
 def _crm_ids(customer: Customer) -> list[str]:
@@ -455,11 +618,8 @@ def _crm_ids(customer: Customer) -> list[str]:
 def _contract_of(customer: Customer, currency: str) -> tuple[Contract | None, str]:
     """The customer's one live contract in the opportunity's currency (an activated one before
     drafts), or None and why, in words."""
-    live = list(
-        Contract.objects.filter(customer=customer)
-        .exclude(status=Contract.Status.ENDED)
-        .select_related("tax_rate")
-        .order_by("number")
+    live: list[Contract] = _looked_up(
+        ("contracts", customer.pk), lambda: list(_live_contracts().filter(customer=customer))
     )
     same = [c for c in live if not currency or c.currency == currency]
     if not same:
@@ -478,12 +638,20 @@ def _contract_of(customer: Customer, currency: str) -> tuple[Contract | None, st
     )
 
 
+def _live_contracts() -> models.QuerySet[Contract]:
+    return (
+        Contract.objects.exclude(status=Contract.Status.ENDED)
+        .select_related("tax_rate")
+        .order_by("number")
+    )
+
+
 def _entity_of(
     opportunity: Mapping[str, Any], customer: Customer, contract: Contract | None
 ) -> tuple[LegalEntity | None, str]:
     code = str(opportunity.get("legal_entity__code") or "")
     if code:
-        entity = LegalEntity.objects.filter(code=code).first()
+        entity = _looked_up(("entity", code), LegalEntity.objects.filter(code=code).first)
         if entity is None:
             return None, f"the opportunity names legal entity {code}, which Concord does not know"
         return entity, ""
@@ -507,7 +675,8 @@ def _psa_client(run: WorkflowRun) -> StepResult:
 
 
 def _customer_in(run: WorkflowRun, role: SystemRole, step: str, queue: str) -> StepResult:
-    customer = Customer.objects.get(pk=run.context["customer_id"])
+    customer_id = run.context["customer_id"]
+    customer = _looked_up(("customer", customer_id), lambda: Customer.objects.get(pk=customer_id))
     connection = _route(run, role)
     found = _xref(customer, connection)
     if found is not None:
@@ -969,9 +1138,7 @@ def _send(
         version=1,
         # Rendered now after an earlier refusal: it takes itself off the mapping's case (looked
         # for only while such a case is open: one indexed look-up in the usual state).
-        retried=ExceptionCase.objects.filter(
-            status=OPEN, case_type=RENDER_CASE, process=PROCESS, step=step
-        ).exists(),
+        retried=_looked_up(("render_case", step), lambda: _render_case_open(step)),
     )
     if len(messages) < len(items):
         rendered = {m.object_id for m in messages}
@@ -998,17 +1165,26 @@ def _send(
     return _await(run, step, messages, what=", ".join(i.context["label"] for i in items))
 
 
+def _render_case_open(step: str) -> bool:
+    return ExceptionCase.objects.filter(
+        status=OPEN, case_type=RENDER_CASE, process=PROCESS, step=step
+    ).exists()
+
+
 def _await(
     run: WorkflowRun, step: str, messages: Sequence[OutboxMessage], *, what: str
 ) -> StepResult:
     """Queue the rows not queued yet and say where they stand: all delivered (DONE), one
     parked (BLOCKED by its case), else WAITING for the dispatcher."""
-    existing = {
-        m.idempotency_key: m
-        for m in OutboxMessage.objects.filter(
-            idempotency_key__in=[m.idempotency_key for m in messages]
-        )
-    }
+    keys = [m.idempotency_key for m in messages]
+    shared = _shared.get()
+    if shared is not None and all(("outbox", key) in shared for key in keys):
+        # The batch read these rows (those that were there: None for the others).
+        existing = {key: shared[("outbox", key)] for key in keys if shared[("outbox", key)]}
+    else:
+        existing = {
+            m.idempotency_key: m for m in OutboxMessage.objects.filter(idempotency_key__in=keys)
+        }
     outbox_enqueue(messages=[m for m in messages if m.idempotency_key not in existing])
     states = [
         _latest(existing[m.idempotency_key]) if m.idempotency_key in existing else None
@@ -1182,6 +1358,11 @@ def _xref(record: models.Model, connection: Connection) -> str | None:
         )
 
     key = ("xref", record._meta.label_lower, record.pk, connection.pk)
+    shared = _shared.get()
+    if shared is not None and ("xrefs", record._meta.label_lower, record.pk) in shared:
+        # The batch read this record's references, and none is written in its transaction.
+        found_before: str | None = shared.get(key)
+        return found_before
     memo = _memo.get()
     if memo is None or key not in memo:
         found = load()
@@ -1279,7 +1460,9 @@ PROVISIONING = Process(
     ),
 )
 
-arrival_register(canonical_model="opportunity", handler=provisioning_arrival)
+arrival_register(
+    canonical_model="opportunity", handler=provisioning_arrival, batch=provisioning_arrivals
+)
 arrival_register(canonical_model="customer", handler=provisioning_arrival)
 arrival_register(canonical_model="contract", handler=provisioning_arrival)
 for _step in (

@@ -15,7 +15,9 @@ the same run apply one after the other. A person's action on a run (`run_retry`)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -35,6 +37,7 @@ from integrations.models import (
     WorkflowStep,
 )
 from integrations.services.audit import audit_record
+from integrations.sync.bulk import update_rows
 
 # How a case names the run it holds (its BlockedRecord's record_type).
 RUN_RECORD = "workflowrun"
@@ -132,6 +135,59 @@ def run_open(
     return run, True
 
 
+@dataclass(frozen=True)
+class Opening:
+    """A run to open (`runs_open`): its subject's key, label, input, legal entity, region, and
+    the canonical record it is about when that exists already (`run_subject_set`)."""
+
+    subject_key: str
+    label: str
+    input: Mapping[str, Any]
+    legal_entity: LegalEntity | None = None
+    region: str = ""
+    subject: models.Model | None = None
+
+
+def runs_open(
+    *, process: Process, openings: Sequence[Opening]
+) -> list[tuple[WorkflowRun, dict[str, WorkflowStep]]]:
+    """`run_open` for many subjects that have no run yet, in two statements: the runs, then
+    their steps (all pending). Returns each run with its steps by name, for `run_advance`. A
+    subject whose run another worker opened meanwhile raises IntegrityError: the caller's
+    transaction (which must span this) is undone, and the subjects go one by one (`run_open`
+    finds that run)."""
+    now = timezone.now()
+    runs = WorkflowRun.objects.bulk_create(
+        WorkflowRun(
+            process=process.name,
+            subject_key=opening.subject_key,
+            label=opening.label[:200],
+            input=dict(opening.input),
+            legal_entity=opening.legal_entity,
+            region=opening.region,
+            started_at=now,
+            current_step=process.step_names[0],
+            subject_type=(
+                ContentType.objects.get_for_model(opening.subject)
+                if opening.subject is not None
+                else None
+            ),
+            subject_id=opening.subject.pk if opening.subject is not None else None,
+        )
+        for opening in openings
+    )
+    steps = WorkflowStep.objects.bulk_create(
+        WorkflowStep(run=run, position=n, name=name)
+        for run in runs
+        for n, name in enumerate(process.step_names)
+    )
+    width = len(process.step_names)
+    return [
+        (run, {step.name: step for step in steps[n * width : (n + 1) * width]})
+        for n, run in enumerate(runs)
+    ]
+
+
 def run_lock_by_subject(*, process: str, subject_key: str) -> WorkflowRun | None:
     return (
         WorkflowRun.objects.select_for_update()
@@ -154,13 +210,17 @@ def run_subject_set(*, run: WorkflowRun, record: models.Model) -> None:
 # --- Moving on ----------------------------------------------------------------------------------
 
 
-def run_advance(*, run: WorkflowRun, process: Process) -> WorkflowRun:
+def run_advance(
+    *, run: WorkflowRun, process: Process, steps: dict[str, WorkflowStep] | None = None
+) -> WorkflowRun:
     """Run the steps of a locked run from the first one not finished, until one waits or is
     blocked, or the run is done. Each step's state, timings, tries and ids are written as it
-    goes; the run's own state and current step follow."""
+    goes; the run's own state and current step follow. `steps`: the run's steps by name, when
+    the caller has them (`runs_open`)."""
     if run.state == RunState.DONE:
         return run
-    steps = {s.name: s for s in WorkflowStep.objects.filter(run=run).order_by("position")}
+    if steps is None:
+        steps = {s.name: s for s in WorkflowStep.objects.filter(run=run).order_by("position")}
     if any(name not in steps for name in process.step_names):
         steps = _steps_complete(run, process, steps)
     run.attempts += 1
@@ -172,14 +232,82 @@ def run_advance(*, run: WorkflowRun, process: Process) -> WorkflowRun:
         result = fn(run)
         _step_record(run, step, result)
         if result.progress in (Progress.WAITING, Progress.BLOCKED):
-            run.save()
+            _save(run)
             return run
     run.state = RunState.DONE
     run.current_step = ""
     run.exception_case = None
     run.finished_at = timezone.now()
-    run.save()
+    _save(run)
     return run
+
+
+# The runs and steps changed inside `runs_saved_together`, by (model, id), written as it ends.
+_unsaved: ContextVar[dict[tuple[type[models.Model], int], models.Model] | None] = ContextVar(
+    "runs_unsaved", default=None
+)
+_RUN_FIELDS = (
+    "label",
+    "subject_type",
+    "subject_id",
+    "state",
+    "current_step",
+    "input",
+    "context",
+    "exception_case",
+    "attempts",
+    "legal_entity",
+    "region",
+    "step_started_at",
+    "finished_at",
+    "updated_at",
+)
+_STEP_FIELDS = (
+    "state",
+    "started_at",
+    "finished_at",
+    "attempts",
+    "external_ids",
+    "detail",
+    "exception_case",
+)
+
+
+@contextmanager
+def runs_saved_together() -> Iterator[None]:
+    """Within it (and its caller's transaction), the runs and steps `run_advance` changes are
+    kept and written as it ends: one statement for the runs and one for the steps of a batch of
+    runs opened together, instead of three a run. Nothing inside may read them back from the
+    database before the end, except through `run_ids` (which writes them first)."""
+    if _unsaved.get() is not None:
+        yield
+        return
+    token = _unsaved.set({})
+    try:
+        yield
+        _saved_together()
+    finally:
+        _unsaved.reset(token)
+
+
+def _save(obj: WorkflowRun | WorkflowStep) -> None:
+    unsaved = _unsaved.get()
+    if unsaved is None:
+        obj.save()
+        return
+    if isinstance(obj, WorkflowRun):
+        obj.updated_at = timezone.now()
+    unsaved[(type(obj), obj.pk)] = obj
+
+
+def _saved_together() -> None:
+    unsaved = _unsaved.get()
+    if not unsaved:
+        return
+    kept = list(unsaved.values())
+    unsaved.clear()
+    update_rows(WorkflowRun, [o for o in kept if isinstance(o, WorkflowRun)], _RUN_FIELDS)
+    update_rows(WorkflowStep, [o for o in kept if isinstance(o, WorkflowStep)], _STEP_FIELDS)
 
 
 def _steps_complete(
@@ -228,11 +356,12 @@ def _step_record(run: WorkflowRun, step: WorkflowStep, result: StepResult) -> No
         step.exception_case = result.case
         run.state = RunState.BLOCKED
         run.exception_case = result.case
-    step.save()
+    _save(step)
 
 
 def run_ids(run: WorkflowRun) -> dict[str, dict[str, str]]:
     """Every id the run's steps produced, by system role: {"erp": {"customer": ...}, ...}."""
+    _saved_together()
     merged: dict[str, dict[str, str]] = {}
     for ids in (
         WorkflowStep.objects.filter(run=run)
