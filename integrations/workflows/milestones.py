@@ -68,6 +68,7 @@ from integrations.models import (
     Connection,
     Contract,
     CrossReference,
+    Customer,
     ExchangeRate,
     Invoice,
     LegalEntity,
@@ -251,12 +252,14 @@ def milestone_arrival(arrival: Arrival) -> None:
         )
         milestones_resume(run_ids=_waiting_at_validation(others))
         return
-    key = {"project": "project_id", "contract": "contract_id", "customer": "customer_id"}.get(
-        arrival.canonical_model
-    )
+    key = _WAITS_FOR.get(arrival.canonical_model)
     if key is not None:
         ids = _waiting_at_validation(Q(**{f"context__{key}": arrival.record_id}))
         milestones_resume(run_ids=ids)
+
+
+# The records a run waiting at validation may wait for, by the run's context key naming it.
+_WAITS_FOR = {"project": "project_id", "contract": "contract_id", "customer": "customer_id"}
 
 
 def milestone_arrivals(arrivals: Sequence[Arrival]) -> None:
@@ -265,6 +268,13 @@ def milestone_arrivals(arrivals: Sequence[Arrival]) -> None:
     query, their runs opened together and moved on in one transaction, their rows (runs,
     steps, outbox) written together; then the runs of their projects that wait at validation
     for them are resumed, once for the batch. Every other arrival goes one by one, as before."""
+    key = _WAITS_FOR.get(arrivals[0].canonical_model) if arrivals else None
+    if key is not None and all(a.canonical_model == arrivals[0].canonical_model for a in arrivals):
+        # Projects, contracts or customers: the runs waiting at validation for any of them,
+        # in one query for the batch (none, the usual answer).
+        ids = [a.record_id for a in arrivals if a.record_id is not None]
+        milestones_resume(run_ids=_waiting_at_validation(Q(**{f"context__{key}__in": ids})))
+        return
     fresh: dict[int, Arrival] = {}
     rest: list[Arrival] = []
     for arrival in arrivals:
@@ -329,9 +339,13 @@ def _start_together(arrivals: Mapping[int, Arrival]) -> list[Arrival]:
                 )
             )
         opened = runs_open(process=MILESTONE_BILLING, openings=[o for o, _ in openings])
-        with outbox_enqueue_together(), runs_saved_together():
-            for (run, steps), (_, milestone) in zip(opened, openings, strict=True):
-                _advance(run, milestone=milestone, opened=True, steps=steps)
+        token = _shared.set(_look_up_together([m for _, m in openings]))
+        try:
+            with outbox_enqueue_together(), runs_saved_together():
+                for (run, steps), (_, milestone) in zip(opened, openings, strict=True):
+                    _advance(run, milestone=milestone, opened=True, steps=steps)
+        finally:
+            _shared.reset(token)
     # Later milestones of these projects that waited for one of them (their dependency). A
     # project with one milestone in the batch: its own run is not asked again.
     by_project: dict[int, list[int]] = defaultdict(list)
@@ -342,6 +356,56 @@ def _start_together(arrivals: Mapping[int, Arrival]) -> list[Arrival]:
         others = Q(context__project_id__in=list(by_project)) & ~Q(input__milestone_id__in=alone)
         milestones_resume(run_ids=_waiting_at_validation(others))
     return left
+
+
+# What the runs of a batch look up, read once for all of them (`_look_up_together`) in the
+# batch's transaction; None outside a batch (each step asks for itself).
+_shared: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
+    "milestone_shared", default=None
+)
+
+
+def _look_up_together(started: Sequence[Milestone]) -> dict[tuple[Any, ...], Any]:
+    """For the milestones whose runs a batch starts: their projects' milestones not complete
+    (the dependency check), their billing events, the milestone billing events on their
+    contracts (the sum check: kept up to date as the batch's runs make theirs), and their
+    customers' ids in each ERP."""
+    shared: dict[tuple[Any, ...], Any] = {}
+    projects = {m.project_id for m in started}
+    for project_id in projects:
+        shared[("planned", project_id)] = []
+    for planned in Milestone.objects.filter(
+        project_id__in=projects, status=Milestone.Status.PLANNED
+    ).order_by("due_date", "pk"):
+        shared[("planned", planned.project_id)].append(planned)
+    for milestone in started:
+        shared[("event", milestone.pk)] = None
+    contracts = {m.project.contract_id for m in started} - {None}
+    for contract_id in contracts:
+        shared[("billed", contract_id)] = {}
+    for event in BillingEvent.objects.filter(
+        Q(milestone__in=[m.pk for m in started])
+        | Q(contract__in=contracts, source=BillingEvent.Source.MILESTONE)
+    ):
+        if event.milestone_id in {m.pk for m in started}:
+            shared[("event", event.milestone_id)] = event
+        if event.contract_id in contracts and event.source == BillingEvent.Source.MILESTONE:
+            _billed_add(shared, event)
+    customers = {m.project.customer_id for m in started}
+    shared[("contacts",)] = {
+        (x.connection_id, x.object_id): x.external_id
+        for x in CrossReference.objects.filter(
+            content_type=ContentType.objects.get_for_model(Customer), object_id__in=customers
+        )
+    }
+    return shared
+
+
+def _billed_add(shared: dict[tuple[Any, ...], Any], event: BillingEvent) -> None:
+    """A milestone billing event on a contract the batch checks sums on (not waived)."""
+    billed = shared.get(("billed", event.contract_id))
+    if billed is not None and event.status != BillingEvent.Status.WAIVED:
+        billed[event.milestone_id] = event.amount
 
 
 def _waiting_at_validation(where: Q) -> list[int]:
@@ -593,10 +657,18 @@ def _terms_problems(
     elif milestone.amount <= 0:
         why = "the milestone has no amount"
     elif contract.total_value and contract.total_value > 0:
-        billed = BillingEvent.objects.filter(
-            contract=contract, source=BillingEvent.Source.MILESTONE
-        ).exclude(Q(status=BillingEvent.Status.WAIVED) | Q(milestone=milestone))
-        before = billed.aggregate(total=Sum("amount"))["total"] or Decimal("0")
+        shared = _shared.get()
+        on_contract_now = shared.get(("billed", contract.pk)) if shared is not None else None
+        if on_contract_now is not None:
+            before = sum(
+                (amount for pk, amount in on_contract_now.items() if pk != milestone.pk),
+                Decimal("0"),
+            )
+        else:
+            billed = BillingEvent.objects.filter(
+                contract=contract, source=BillingEvent.Source.MILESTONE
+            ).exclude(Q(status=BillingEvent.Status.WAIVED) | Q(milestone=milestone))
+            before = billed.aggregate(total=Sum("amount"))["total"] or Decimal("0")
         if before + milestone.amount > contract.total_value:
             why = (
                 f"with it, the milestones invoiced on contract {contract.number} would come to "
@@ -622,13 +694,18 @@ def _dependency_problems(milestone: Milestone, about: dict[str, Any]) -> list[_P
     """The milestones of the same project due before this one that the PSA has not completed."""
     if milestone.due_date is None:
         return []
-    earlier = list(
-        Milestone.objects.filter(
-            project_id=milestone.project_id,
-            due_date__lt=milestone.due_date,
-            status=Milestone.Status.PLANNED,
-        ).order_by("due_date", "pk")
-    )
+    shared = _shared.get()
+    planned = shared.get(("planned", milestone.project_id)) if shared is not None else None
+    if planned is not None:
+        earlier = [m for m in planned if m.due_date is not None and m.due_date < milestone.due_date]
+    else:
+        earlier = list(
+            Milestone.objects.filter(
+                project_id=milestone.project_id,
+                due_date__lt=milestone.due_date,
+                status=Milestone.Status.PLANNED,
+            ).order_by("due_date", "pk")
+        )
     if not earlier:
         return []
     names = ", ".join(f"{_quoted(m)} (due {m.due_date:%Y-%m-%d})" for m in earlier)
@@ -730,7 +807,13 @@ def _bill(run: WorkflowRun) -> StepResult:
     made_now = run.context.get("invoice_id") is None
     invoice = _invoice(run, milestone, event, erp)
     words = f"draft invoice {invoice_reference(invoice)} for milestone {_quoted(milestone)}"
-    contact_id = invoice_contact_ids([(invoice, [event])]).get((erp.pk, invoice.customer_id))
+    shared = _shared.get()
+    contacts = (
+        shared[("contacts",)]
+        if shared is not None and ("contacts",) in shared
+        else invoice_contact_ids([(invoice, [event])])
+    )
+    contact_id = contacts.get((erp.pk, invoice.customer_id))
     item = OutboundItem(
         connection=erp,
         record=invoice,
@@ -825,12 +908,16 @@ def _stayed_words(run: WorkflowRun, entity: LegalEntity | None, erp: Connection)
 def _billing_event(milestone: Milestone) -> BillingEvent:
     """The milestone's billing event: one per milestone (its unique key), made the first
     time. Linked to its invoice once the ERP has it (mark_invoiced; see the module's note)."""
-    found = BillingEvent.objects.filter(milestone=milestone).first()
+    shared = _shared.get()
+    if shared is not None and ("event", milestone.pk) in shared:
+        found = shared[("event", milestone.pk)]
+    else:
+        found = BillingEvent.objects.filter(milestone=milestone).first()
     if found is not None:
         return found
     project = milestone.project
     assert project.legal_entity_id is not None  # noqa: S101 - validation refused it otherwise
-    return BillingEvent.objects.create(
+    made = BillingEvent.objects.create(
         source=BillingEvent.Source.MILESTONE,
         milestone=milestone,
         project=project,
@@ -844,6 +931,10 @@ def _billing_event(milestone: Milestone) -> BillingEvent:
         source_system=SystemRole.PSA,
         field_sources={},
     )
+    if shared is not None:
+        shared[("event", milestone.pk)] = made
+        _billed_add(shared, made)
+    return made
 
 
 def _invoice(

@@ -243,11 +243,11 @@ def provisioning_arrival(arrival: Arrival) -> None:
         return
     if arrival.record_id is None or arrival.connection.role != SystemRole.CRM:
         return
+    if not _validation_waits():
+        return
     waiting = WorkflowRun.objects.filter(
         process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
     )
-    if not waiting.exists():
-        return
     if arrival.canonical_model == "contract":
         customer_id = Contract.objects.filter(pk=arrival.record_id).values("customer_id")
         customer = Customer.objects.filter(pk__in=customer_id).first()
@@ -271,6 +271,8 @@ def provisioning_arrivals(arrivals: Sequence[Arrival]) -> None:
     transaction (`_start_together`); every other one, and every account or contract, goes one
     by one, as before. An opportunity delivered twice in the batch opens one run, from its
     newest state."""
+    if all(a.canonical_model != "opportunity" for a in arrivals) and not _validation_waits():
+        return  # accounts or contracts, and no run waits for one: one query for the batch
     by_key: dict[str, list[Arrival]] = {}
     for arrival in arrivals:
         key = (
@@ -289,6 +291,13 @@ def provisioning_arrivals(arrivals: Sequence[Arrival]) -> None:
             continue
         for arrival in group:
             provisioning_arrival(arrival)
+
+
+def _validation_waits() -> bool:
+    """Whether any run waits at validation (for an account or contract to arrive)."""
+    return WorkflowRun.objects.filter(
+        process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
+    ).exists()
 
 
 def _opens(arrival: Arrival) -> bool:
@@ -1463,8 +1472,12 @@ PROVISIONING = Process(
 arrival_register(
     canonical_model="opportunity", handler=provisioning_arrival, batch=provisioning_arrivals
 )
-arrival_register(canonical_model="customer", handler=provisioning_arrival)
-arrival_register(canonical_model="contract", handler=provisioning_arrival)
+arrival_register(
+    canonical_model="customer", handler=provisioning_arrival, batch=provisioning_arrivals
+)
+arrival_register(
+    canonical_model="contract", handler=provisioning_arrival, batch=provisioning_arrivals
+)
 for _step in (
     ERP_CUSTOMER,
     PSA_CLIENT,

@@ -31,19 +31,19 @@ def crm(make_connection: Callable[..., Connection]) -> Connection:
 
 def _spy(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What the batch does, in order: `ring` for each ring of another batch, `message` for
-    each message it applies."""
+    each message it reads and maps (then applies)."""
     events: list[str] = []
-    process = inbound._process
+    prepare = inbound._prepare
 
     def ring_inbound(connection_ids: Any, **kwargs: Any) -> None:
         events.append("ring")
 
-    def processed(message: InboundMessage, context: Any) -> str:
+    def prepared(message: InboundMessage, context: Any) -> Any:
         events.append("message")
-        return process(message, context)
+        return prepare(message, context)
 
     monkeypatch.setattr(inbound, "ring_inbound", ring_inbound)
-    monkeypatch.setattr(inbound, "_process", processed)
+    monkeypatch.setattr(inbound, "_prepare", prepared)
     return events
 
 
