@@ -383,11 +383,11 @@ def _look_up_together(started: Sequence[Milestone]) -> dict[tuple[Any, ...], Any
     contracts = {m.project.contract_id for m in started} - {None}
     for contract_id in contracts:
         shared[("billed", contract_id)] = {}
+    ids = {m.pk for m in started}
     for event in BillingEvent.objects.filter(
-        Q(milestone__in=[m.pk for m in started])
-        | Q(contract__in=contracts, source=BillingEvent.Source.MILESTONE)
+        Q(milestone__in=ids) | Q(contract__in=contracts, source=BillingEvent.Source.MILESTONE)
     ):
-        if event.milestone_id in {m.pk for m in started}:
+        if event.milestone_id in ids:
             shared[("event", event.milestone_id)] = event
         if event.contract_id in contracts and event.source == BillingEvent.Source.MILESTONE:
             _billed_add(shared, event)
