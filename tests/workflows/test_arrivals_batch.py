@@ -42,6 +42,7 @@ from tests.integrations.conftest import (  # noqa: F401 - fixtures
     sandbox,
     sandbox_url,
 )
+from tests.integrations.sync.test_inbound_claim import _webhooks
 
 pytestmark = pytest.mark.django_db
 
@@ -67,21 +68,6 @@ def milestone_firm(
     made.contract.total_value = Decimal("1000000")
     made.contract.save()
     return made
-
-
-def _webhooks(connection: Connection, object_type: str, ids: list[str]) -> None:
-    """One webhook delivery per id, in this order, received and not yet processed."""
-    InboundMessage.objects.bulk_create(
-        InboundMessage(
-            connection=connection,
-            source=InboundMessage.Source.WEBHOOK,
-            object_type=object_type,
-            external_id=external_id,
-            dedupe_key=f"event:{uuid.uuid4().hex}",
-            payload={"id": external_id},
-        )
-        for external_id in ids
-    )
 
 
 def _won(firm: ProvisioningFirm, *, tax_number: str = "GB123456789", **contract: object) -> str:

@@ -8,7 +8,6 @@ with another batch) goes one by one."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,37 +15,30 @@ from django.db import DatabaseError
 from django.db import connection as db
 from django.test.utils import CaptureQueriesContext
 
-from integrations.mapping.services import mapping_defaults_install
 from integrations.models import Connection, CrossReference, Customer, InboundMessage
 from integrations.sync import inbound
 from integrations.sync.inbound import inbound_process_batch
 from tests.integrations.conftest import Sandbox
-from tests.integrations.sync.test_inbound_claim import _accounts, _webhooks
+from tests.integrations.sync.test_inbound_claim import _accounts, _webhooks, crm  # noqa: F401
 
 State = InboundMessage.State
 
 
-@pytest.fixture
-def crm(make_connection: Callable[..., Connection]) -> Connection:
-    connection = make_connection("salesforce", rate_limit_per_minute=100_000, max_concurrency=10)
-    mapping_defaults_install(connection=connection)
-    return connection
-
-
-def _stored(crm: Connection, accounts: list[str]) -> dict[str, str]:
+def _stored(connection: Connection, accounts: list[str]) -> dict[str, str]:
     """Account id -> the name of the customer its cross-reference names."""
     names = dict(Customer.objects.values_list("pk", "name"))
     return {
         x.external_id: names[x.object_id]
         for x in CrossReference.objects.filter(
-            connection=crm, content_type__model="customer", external_id__in=accounts
+            connection=connection, content_type__model="customer", external_id__in=accounts
         )
     }
 
 
 @pytest.mark.django_db
 def test_a_batch_applies_its_records_together_to_the_outcome_of_one_by_one(
-    crm: Connection, sandbox: Sandbox
+    crm: Connection,  # noqa: F811
+    sandbox: Sandbox,
 ) -> None:
     accounts = _accounts(crm, 30)
     ids = _webhooks(crm, "Account", [*accounts, accounts[0]])
@@ -69,7 +61,7 @@ def test_a_batch_applies_its_records_together_to_the_outcome_of_one_by_one(
 
 @pytest.mark.django_db
 def test_a_batch_refused_as_a_whole_goes_one_by_one(
-    crm: Connection,
+    crm: Connection,  # noqa: F811
     sandbox: Sandbox,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
