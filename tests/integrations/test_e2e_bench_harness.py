@@ -22,9 +22,12 @@ from tests.benchmarks.e2e import (
 from tests.e2e.test_time_to_erp_exactly_once import _purge_queues, sandbox  # noqa: F401
 from tests.processes import Proc, process_env
 
-# serialized_rollback: the rows the migrations seed (match rules, ownership rules, work queues)
-# are there even after transactional tests before this one emptied the tables.
-pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True, serialized_rollback=True)]
+# No serialized_rollback: the rows the migrations seed that a flush leaves out (ownership and
+# match rules; the queues and role groups post_migrate makes again) are made where missing by
+# the run's own set-up (integrations/management/demo.py ``demo_firm_setup``), as on a portal
+# set up by hand. Reloading the serialized rows clashed with the groups post_migrate had made
+# again after an earlier transactional test's flush: "auth_group Finance exists".
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 
 def test_the_harness_bills_the_demo_firm_exactly_once(sandbox: str, tmp_path: Path) -> None:  # noqa: F811
