@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from itertools import groupby
 from typing import Any
 
 from django.db import DatabaseError, transaction
@@ -283,17 +284,10 @@ def _process_together(messages: Sequence[InboundMessage], context: _Context) -> 
             count(prepared)
         else:
             ready.append(prepared)
-    start = 0
-    while start < len(ready):
-        end = start + 1
-        while (
-            end < len(ready) and ready[end].message.object_type == ready[start].message.object_type
-        ):
-            end += 1
-        group = ready[start:end]
+    for _, run in groupby(ready, key=lambda item: item.message.object_type):
+        group = list(run)
         for item, result in zip(group, _upsert_together(group, context), strict=True):
             count(_after_upsert(item, result, context))
-        start = end
     context.settle()
     return outcomes
 

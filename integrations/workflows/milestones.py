@@ -49,7 +49,7 @@ from typing import Any
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import models, transaction
-from django.db.models import Exists, OuterRef, Q, Sum
+from django.db.models import Exists, OuterRef, Q
 
 from exceptions.catalogue import (
     MILESTONE_AMOUNT_MISMATCH,
@@ -100,6 +100,8 @@ from integrations.sync.steps import (
 )
 from integrations.workflows.runs import (
     RUN_RECORD,
+    LookedUpTogether,
+    LookUps,
     Opening,
     Process,
     StepResult,
@@ -339,13 +341,13 @@ def _start_together(arrivals: Mapping[int, Arrival]) -> list[Arrival]:
                 )
             )
         opened = runs_open(process=MILESTONE_BILLING, openings=[o for o, _ in openings])
-        token = _shared.set(_look_up_together([m for _, m in openings]))
-        try:
-            with outbox_enqueue_together(), runs_saved_together():
-                for (run, steps), (_, milestone) in zip(opened, openings, strict=True):
-                    _advance(run, milestone=milestone, opened=True, steps=steps)
-        finally:
-            _shared.reset(token)
+        with (
+            _shared.sharing(_look_up_together([m for _, m in openings])),
+            outbox_enqueue_together(),
+            runs_saved_together(),
+        ):
+            for (run, steps), (_, milestone) in zip(opened, openings, strict=True):
+                _advance(run, milestone=milestone, opened=True, steps=steps)
     # Later milestones of these projects that waited for one of them (their dependency). A
     # project with one milestone in the batch: its own run is not asked again.
     by_project: dict[int, list[int]] = defaultdict(list)
@@ -359,18 +361,16 @@ def _start_together(arrivals: Mapping[int, Arrival]) -> list[Arrival]:
 
 
 # What the runs of a batch look up, read once for all of them (`_look_up_together`) in the
-# batch's transaction; None outside a batch (each step asks for itself).
-_shared: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
-    "milestone_shared", default=None
-)
+# batch's transaction; outside a batch each step asks for itself.
+_shared = LookedUpTogether("milestone_shared")
 
 
-def _look_up_together(started: Sequence[Milestone]) -> dict[tuple[Any, ...], Any]:
+def _look_up_together(started: Sequence[Milestone]) -> LookUps:
     """For the milestones whose runs a batch starts: their projects' milestones not complete
     (the dependency check), their billing events, the milestone billing events on their
     contracts (the sum check: kept up to date as the batch's runs make theirs), and their
     customers' ids in each ERP."""
-    shared: dict[tuple[Any, ...], Any] = {}
+    shared: LookUps = {}
     projects = {m.project_id for m in started}
     for project_id in projects:
         shared[("planned", project_id)] = []
@@ -401,11 +401,32 @@ def _look_up_together(started: Sequence[Milestone]) -> dict[tuple[Any, ...], Any
     return shared
 
 
-def _billed_add(shared: dict[tuple[Any, ...], Any], event: BillingEvent) -> None:
+def _billed_add(shared: LookUps, event: BillingEvent) -> None:
     """A milestone billing event on a contract the batch checks sums on (not waived)."""
     billed = shared.get(("billed", event.contract_id))
     if billed is not None and event.status != BillingEvent.Status.WAIVED:
         billed[event.milestone_id] = event.amount
+
+
+def _planned(project_id: int) -> list[Milestone]:
+    """The project's milestones the PSA has not completed, by due date."""
+    return list(
+        Milestone.objects.filter(project_id=project_id, status=Milestone.Status.PLANNED).order_by(
+            "due_date", "pk"
+        )
+    )
+
+
+def _milestones_billed(contract: Contract) -> dict[int, Decimal]:
+    """The contract's milestone billing events that count against its value: milestone id ->
+    amount (the rule of `_billed_add`)."""
+    found: LookUps = {("billed", contract.pk): {}}
+    for event in BillingEvent.objects.filter(
+        contract=contract, source=BillingEvent.Source.MILESTONE
+    ):
+        _billed_add(found, event)
+    billed: dict[int, Decimal] = found[("billed", contract.pk)]
+    return billed
 
 
 def _waiting_at_validation(where: Q) -> list[int]:
@@ -657,18 +678,9 @@ def _terms_problems(
     elif milestone.amount <= 0:
         why = "the milestone has no amount"
     elif contract.total_value and contract.total_value > 0:
-        shared = _shared.get()
-        on_contract_now = shared.get(("billed", contract.pk)) if shared is not None else None
-        if on_contract_now is not None:
-            before = sum(
-                (amount for pk, amount in on_contract_now.items() if pk != milestone.pk),
-                Decimal("0"),
-            )
-        else:
-            billed = BillingEvent.objects.filter(
-                contract=contract, source=BillingEvent.Source.MILESTONE
-            ).exclude(Q(status=BillingEvent.Status.WAIVED) | Q(milestone=milestone))
-            before = billed.aggregate(total=Sum("amount"))["total"] or Decimal("0")
+        # The batch keeps its contracts' sums current as its runs bill (`_billing_event`).
+        billed = _shared.get(("billed", contract.pk), lambda: _milestones_billed(contract))
+        before = sum((amount for pk, amount in billed.items() if pk != milestone.pk), Decimal("0"))
         if before + milestone.amount > contract.total_value:
             why = (
                 f"with it, the milestones invoiced on contract {contract.number} would come to "
@@ -694,18 +706,8 @@ def _dependency_problems(milestone: Milestone, about: dict[str, Any]) -> list[_P
     """The milestones of the same project due before this one that the PSA has not completed."""
     if milestone.due_date is None:
         return []
-    shared = _shared.get()
-    planned = shared.get(("planned", milestone.project_id)) if shared is not None else None
-    if planned is not None:
-        earlier = [m for m in planned if m.due_date is not None and m.due_date < milestone.due_date]
-    else:
-        earlier = list(
-            Milestone.objects.filter(
-                project_id=milestone.project_id,
-                due_date__lt=milestone.due_date,
-                status=Milestone.Status.PLANNED,
-            ).order_by("due_date", "pk")
-        )
+    planned = _shared.get(("planned", milestone.project_id), lambda: _planned(milestone.project_id))
+    earlier = [m for m in planned if m.due_date is not None and m.due_date < milestone.due_date]
     if not earlier:
         return []
     names = ", ".join(f"{_quoted(m)} (due {m.due_date:%Y-%m-%d})" for m in earlier)
@@ -807,12 +809,7 @@ def _bill(run: WorkflowRun) -> StepResult:
     made_now = run.context.get("invoice_id") is None
     invoice = _invoice(run, milestone, event, erp)
     words = f"draft invoice {invoice_reference(invoice)} for milestone {_quoted(milestone)}"
-    shared = _shared.get()
-    contacts = (
-        shared[("contacts",)]
-        if shared is not None and ("contacts",) in shared
-        else invoice_contact_ids([(invoice, [event])])
-    )
+    contacts = _shared.get(("contacts",), lambda: invoice_contact_ids([(invoice, [event])]))
     contact_id = contacts.get((erp.pk, invoice.customer_id))
     item = OutboundItem(
         connection=erp,
@@ -908,11 +905,9 @@ def _stayed_words(run: WorkflowRun, entity: LegalEntity | None, erp: Connection)
 def _billing_event(milestone: Milestone) -> BillingEvent:
     """The milestone's billing event: one per milestone (its unique key), made the first
     time. Linked to its invoice once the ERP has it (mark_invoiced; see the module's note)."""
-    shared = _shared.get()
-    if shared is not None and ("event", milestone.pk) in shared:
-        found = shared[("event", milestone.pk)]
-    else:
-        found = BillingEvent.objects.filter(milestone=milestone).first()
+    found = _shared.get(
+        ("event", milestone.pk), BillingEvent.objects.filter(milestone=milestone).first
+    )
     if found is not None:
         return found
     project = milestone.project
@@ -931,6 +926,7 @@ def _billing_event(milestone: Milestone) -> BillingEvent:
         source_system=SystemRole.PSA,
         field_sources={},
     )
+    shared = _shared.current
     if shared is not None:
         shared[("event", milestone.pk)] = made
         _billed_add(shared, made)

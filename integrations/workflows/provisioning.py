@@ -92,6 +92,7 @@ from integrations.sync.records import record_create
 from integrations.sync.steps import Arrival, arrival_register, delivered_step_register
 from integrations.workflows.runs import (
     RUN_RECORD,
+    LookedUpTogether,
     Opening,
     Process,
     StepFn,
@@ -243,11 +244,9 @@ def provisioning_arrival(arrival: Arrival) -> None:
         return
     if arrival.record_id is None or arrival.connection.role != SystemRole.CRM:
         return
-    if not _validation_waits():
+    waiting = _at_validation()
+    if not waiting.exists():
         return
-    waiting = WorkflowRun.objects.filter(
-        process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
-    )
     if arrival.canonical_model == "contract":
         customer_id = Contract.objects.filter(pk=arrival.record_id).values("customer_id")
         customer = Customer.objects.filter(pk__in=customer_id).first()
@@ -271,7 +270,7 @@ def provisioning_arrivals(arrivals: Sequence[Arrival]) -> None:
     transaction (`_start_together`); every other one, and every account or contract, goes one
     by one, as before. An opportunity delivered twice in the batch opens one run, from its
     newest state."""
-    if all(a.canonical_model != "opportunity" for a in arrivals) and not _validation_waits():
+    if all(a.canonical_model != "opportunity" for a in arrivals) and not _at_validation().exists():
         return  # accounts or contracts, and no run waits for one: one query for the batch
     by_key: dict[str, list[Arrival]] = {}
     for arrival in arrivals:
@@ -293,11 +292,11 @@ def provisioning_arrivals(arrivals: Sequence[Arrival]) -> None:
             provisioning_arrival(arrival)
 
 
-def _validation_waits() -> bool:
-    """Whether any run waits at validation (for an account or contract to arrive)."""
+def _at_validation() -> models.QuerySet[WorkflowRun]:
+    """The runs that wait at validation (for an account or contract to arrive)."""
     return WorkflowRun.objects.filter(
         process=PROCESS, state=RunState.BLOCKED, current_step=VALIDATE
-    ).exists()
+    )
 
 
 def _opens(arrival: Arrival) -> bool:
@@ -337,13 +336,13 @@ def _start_together(arrivals: Mapping[str, Arrival]) -> set[str]:
         opened = runs_open(process=PROVISIONING, openings=openings)
         for run, _ in opened:
             run.context["account"] = str(run.input.get("customer__external_id") or "")
-        token = _shared.set(_look_up_together([run for run, _ in opened]))
-        try:
-            with outbox_enqueue_together(), runs_saved_together():
-                for run, steps in opened:
-                    _advance(run, steps)
-        finally:
-            _shared.reset(token)
+        with (
+            _shared.sharing(_look_up_together([run for run, _ in opened])),
+            outbox_enqueue_together(),
+            runs_saved_together(),
+        ):
+            for run, steps in opened:
+                _advance(run, steps)
     return have
 
 
@@ -403,19 +402,8 @@ def _look_up_together(runs: Sequence[WorkflowRun]) -> dict[tuple[Any, ...], Any]
 
 
 # What a batch of new runs looked up for all of them at once (`_look_up_together`), in its
-# transaction; outside a batch, None, and each step looks up for itself.
-_shared: ContextVar[dict[tuple[Any, ...], Any] | None] = ContextVar(
-    "provisioning_shared", default=None
-)
-
-
-def _looked_up(key: tuple[Any, ...], load: Callable[[], _T]) -> _T:
-    """The batch's answer for `key` when it read one (``_shared``), else `load()` now."""
-    shared = _shared.get()
-    if shared is not None and key in shared:
-        found: _T = shared[key]
-        return found
-    return load()
+# transaction; outside a batch each step looks up for itself.
+_shared = LookedUpTogether("provisioning_shared")
 
 
 def provisioning_resume(*, run_ids: Sequence[int]) -> int:
@@ -516,7 +504,7 @@ def _validate(run: WorkflowRun) -> StepResult:
     # The run leaves the cases whose cause is fixed; a case holding nothing more closes. (A run
     # no case holds, the usual one, costs one indexed look-up.)
     fixed = [t for t in VALIDATION_CASE_TYPES if t not in {p.case_type for p in problems}]
-    if _looked_up(
+    if _shared.get(
         ("held", run.pk),
         BlockedRecord.objects.filter(record_type=RUN_RECORD, record_id=run.pk).exists,
     ):
@@ -611,7 +599,7 @@ def _customer_by_crm_id(connection_id: int, account: str) -> Customer | None:
         ).first()
         return Customer.objects.filter(pk=xref.object_id).first() if xref is not None else None
 
-    return _looked_up(("account", connection_id, account), load)
+    return _shared.get(("account", connection_id, account), load)
 
 
 def _crm_ids(customer: Customer) -> list[str]:
@@ -627,7 +615,7 @@ def _crm_ids(customer: Customer) -> list[str]:
 def _contract_of(customer: Customer, currency: str) -> tuple[Contract | None, str]:
     """The customer's one live contract in the opportunity's currency (an activated one before
     drafts), or None and why, in words."""
-    live: list[Contract] = _looked_up(
+    live: list[Contract] = _shared.get(
         ("contracts", customer.pk), lambda: list(_live_contracts().filter(customer=customer))
     )
     same = [c for c in live if not currency or c.currency == currency]
@@ -660,7 +648,7 @@ def _entity_of(
 ) -> tuple[LegalEntity | None, str]:
     code = str(opportunity.get("legal_entity__code") or "")
     if code:
-        entity = _looked_up(("entity", code), LegalEntity.objects.filter(code=code).first)
+        entity = _shared.get(("entity", code), LegalEntity.objects.filter(code=code).first)
         if entity is None:
             return None, f"the opportunity names legal entity {code}, which Concord does not know"
         return entity, ""
@@ -685,7 +673,7 @@ def _psa_client(run: WorkflowRun) -> StepResult:
 
 def _customer_in(run: WorkflowRun, role: SystemRole, step: str, queue: str) -> StepResult:
     customer_id = run.context["customer_id"]
-    customer = _looked_up(("customer", customer_id), lambda: Customer.objects.get(pk=customer_id))
+    customer = _shared.get(("customer", customer_id), lambda: Customer.objects.get(pk=customer_id))
     connection = _route(run, role)
     found = _xref(customer, connection)
     if found is not None:
@@ -1147,7 +1135,7 @@ def _send(
         version=1,
         # Rendered now after an earlier refusal: it takes itself off the mapping's case (looked
         # for only while such a case is open: one indexed look-up in the usual state).
-        retried=_looked_up(("render_case", step), lambda: _render_case_open(step)),
+        retried=_shared.get(("render_case", step), lambda: _render_case_open(step)),
     )
     if len(messages) < len(items):
         rendered = {m.object_id for m in messages}
@@ -1186,7 +1174,7 @@ def _await(
     """Queue the rows not queued yet and say where they stand: all delivered (DONE), one
     parked (BLOCKED by its case), else WAITING for the dispatcher."""
     keys = [m.idempotency_key for m in messages]
-    shared = _shared.get()
+    shared = _shared.current
     if shared is not None and all(("outbox", key) in shared for key in keys):
         # The batch read these rows (those that were there: None for the others).
         existing = {key: shared[("outbox", key)] for key in keys if shared[("outbox", key)]}
@@ -1367,7 +1355,7 @@ def _xref(record: models.Model, connection: Connection) -> str | None:
         )
 
     key = ("xref", record._meta.label_lower, record.pk, connection.pk)
-    shared = _shared.get()
+    shared = _shared.current
     if shared is not None and ("xrefs", record._meta.label_lower, record.pk) in shared:
         # The batch read this record's references, and none is written in its transaction.
         found_before: str | None = shared.get(key)

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, TypeVar
 
 from django.contrib.contenttypes.models import ContentType
 from django.db import IntegrityError, models, transaction
@@ -292,6 +292,41 @@ def runs_saved_together() -> Iterator[None]:
         _saved_together()
     finally:
         _unsaved.reset(token)
+
+
+_T = TypeVar("_T")
+LookUps = dict[tuple[Any, ...], Any]
+
+
+class LookedUpTogether:
+    """What the steps of a batch of runs opened together look up, read once for all of them
+    (a workflow's ``_look_up_together``) and offered to each step while the batch advances its
+    runs (`sharing`); outside a batch, each step looks up for itself. One per workflow, so two
+    workflows' keys never meet."""
+
+    def __init__(self, name: str) -> None:
+        self._var: ContextVar[LookUps | None] = ContextVar(name, default=None)
+
+    @contextmanager
+    def sharing(self, found: LookUps) -> Iterator[None]:
+        token = self._var.set(found)
+        try:
+            yield
+        finally:
+            self._var.reset(token)
+
+    def get(self, key: tuple[Any, ...], load: Callable[[], _T]) -> _T:
+        """The batch's answer for `key` when it read one, else `load()` now."""
+        shared = self._var.get()
+        if shared is not None and key in shared:
+            found: _T = shared[key]
+            return found
+        return load()
+
+    @property
+    def current(self) -> LookUps | None:
+        """The batch's look-ups (a step that keeps them current as it writes), else None."""
+        return self._var.get()
 
 
 def _save(obj: WorkflowRun | WorkflowStep) -> None:
