@@ -75,6 +75,8 @@ from integrations.models import (
 from integrations.services.connections import connection_update
 from integrations.services.schedules import poll_task_name, schedule_update
 from integrations.workflows import milestones, provisioning
+from tests.benchmarks.cpu import CpuMeter
+from tests.benchmarks.cpu import window as cpu_window
 from tests.benchmarks.provisioning import (
     SECRET,
     accounts_create,
@@ -93,6 +95,10 @@ SECONDS = float(os.environ.get("BENCH_FRESHNESS_S", "60"))
 # How long after the last delivery its rows may take before the missing ones are counted.
 WAIT_S = float(os.environ.get("BENCH_FRESHNESS_WAIT_S", str(max(120.0, 2 * SECONDS))))
 TARGET_MS = 2000
+# BENCH_FRESHNESS_POOLS=inbound: the floor. Only the web process and these worker pools run,
+# no beat: the deliveries' own path (intake, then each run's steps up to the measured row)
+# with nothing after it competing for the machine. The rows are written; nothing sends them.
+POOLS = tuple(p for p in os.environ.get("BENCH_FRESHNESS_POOLS", "").split(",") if p) or None
 # 15,000 milestones in 750 contracts: each contract's sum check reads 20 billing events at most.
 MILESTONES_PER_PROJECT = 20
 MILESTONE_AMOUNT = Decimal("1000")
@@ -149,30 +155,44 @@ def freshness(sandbox: Any, **_: Any) -> Iterator[Figure]:
     _polls_pause(firm)
 
     logs = Path(tempfile.mkdtemp(prefix="concord-bench-"))
-    port, procs = processes(logs)
-    for proc in procs:
+    port, procs = processes(logs, POOLS)
+    for proc in procs.values():
         proc.start()
     try:
-        # Every check ok: the web process up, a worker and beat beating.
         wait_for_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
-        wait_until(
-            lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200,
-            timeout=90,
-            what="/healthz ok (worker and beat up)",
-            interval=1.0,
-        )
+        if POOLS is None:
+            # Every check ok: the web process up, a worker and beat beating.
+            wait_until(
+                lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200,
+                timeout=90,
+                what="/healthz ok (worker and beat up)",
+                interval=1.0,
+            )
+        else:
+            # No beat to report them: each pool's own log says it is ready.
+            for name in POOLS:
+                wait_until(
+                    lambda name=name: " ready." in procs[name].output(),
+                    timeout=90,
+                    what=f"the {name} pool ready",
+                    interval=0.5,
+                )
         # Each gunicorn worker's code paths warmed by deliveries of no events (verified, 200).
         warm = [_delivery("crm", firm.crm.pk, "", "salesforce", "", "") for _ in range(40)]
         asyncio.run(_pace(port, warm, connections=8))
-        load_before = os.getloadavg()
+        meter = CpuMeter({**procs, "sandbox": sandbox.proc})
+        load_before, cpu_before = os.getloadavg(), meter.read()
         started = time.time()
         asyncio.run(_pace(port, deliveries, connections=CONNECTIONS))
         load_after = os.getloadavg()
         _rows_await(sum(d.status == 200 for d in deliveries))
+        cpu = cpu_window(cpu_before, meter.read())
     finally:
-        for proc in procs:
+        for proc in procs.values():
             proc.stop()
-    yield _figure(firm, deliveries, started=started, load=(load_before, load_after), logs=logs)
+    yield _figure(
+        firm, deliveries, started=started, load=(load_before, load_after), cpu=cpu, logs=logs
+    )
 
 
 def _rows_await(wanted: int) -> None:
@@ -454,6 +474,15 @@ def _where(deliveries: Sequence[Delivery]) -> dict[str, int]:
     return dict(Counter(f"{d.kind} {runs.get(d.subject_key, 'no run')}" for d in deliveries))
 
 
+def _first_steps_rate(rows: dict[str, float], started: float) -> float | None:
+    """Measured steps' rows written a second, from the first send to the last row: what the
+    deliveries' own path keeps up with (at most the rate asked, when it keeps up)."""
+    if not rows:
+        return None
+    span = max(rows.values()) - (started + 0.05)
+    return round(len(rows) / span, 1) if span > 0 else None
+
+
 def _ms(seconds: float) -> float:
     return round(seconds * 1000, 1)
 
@@ -486,6 +515,7 @@ def _figure(
     *,
     started: float,
     load: tuple[tuple[float, float, float], tuple[float, float, float]],
+    cpu: dict[str, float],
     logs: Path,
 ) -> Figure:
     answered = [d for d in deliveries if d.status == 200]
@@ -536,8 +566,13 @@ def _figure(
         "client_connections": CONNECTIONS,
         "wait_after_s": WAIT_S,
         "load_avg_1m": [round(load[0][0], 2), round(load[1][0], 2)],
-        "processes": processes_label(),
+        "processes": processes_label() if POOLS is None else f"web and {', '.join(POOLS)} only",
         "polls": "paused",
+        # Where the work ran, from the first delivery until every row was written (or the
+        # wait ended): CPU seconds by process, and their sum per matched delivery.
+        "cpu_s": cpu,
+        "cpu_ms_per_delivery": round(1000 * sum(cpu.values()) / len(every), 2) if every else None,
+        "first_steps_per_s": _first_steps_rate(rows, started),
     }
     if overall.get("lower_bound"):
         figure["lower_bound"] = True

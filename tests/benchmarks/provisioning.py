@@ -31,7 +31,7 @@ import statistics
 import tempfile
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import date
 from decimal import Decimal
 from pathlib import Path
@@ -86,7 +86,8 @@ def provision(sandbox: Any, **_: Any) -> Iterator[Figure]:
     accounts = accounts_create(firm, RUNS)
 
     logs = Path(tempfile.mkdtemp(prefix="concord-bench-"))
-    port, procs = processes(logs)
+    port, named = processes(logs)
+    procs = list(named.values())
     for proc in procs:
         proc.start()
     try:
@@ -140,20 +141,22 @@ def firm_fresh(sandbox: Any) -> ProvisioningFirm:
 PROCESSES = "gunicorn 2x4 threads, worker pools as `make run` starts them ({pools}), beat"
 
 
-def processes(logs: Path) -> tuple[int, list[Proc]]:
-    """The processes of PROCESSES, not started yet, logging to `logs`; the web port. The worker
-    pools are `make run`'s (run_portal.worker_commands: inbound processing apart)."""
+def processes(logs: Path, pools: Sequence[str] | None = None) -> tuple[int, dict[str, Proc]]:
+    """The processes of PROCESSES by name ("web", each pool's, "beat"), not started yet,
+    logging to `logs`; the web port. The worker pools are `make run`'s
+    (run_portal.worker_commands: inbound processing apart). With `pools`, only the web process
+    and those pools start, and no beat: a figure's floor, its own work with nothing else on
+    the machine."""
     # BENCH_LOG_LEVEL=INFO keeps every task's timing in the workers' logs (where runs wait).
     env = process_env(CONCORD_LOG_LEVEL=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     port = free_port()
-    return port, [
-        gunicorn_proc(port, env, logs / "web.log", workers=2, threads=4),
-        *(
-            Proc(command, env, logs / f"{name}.log")
-            for name, command in worker_commands(prefix="prov-").items()
-        ),
-        beat_proc(env, logs / "beat.log", logs / "beat-schedule"),
-    ]
+    named = {"web": gunicorn_proc(port, env, logs / "web.log", workers=2, threads=4)}
+    for name, command in worker_commands(prefix="prov-").items():
+        if pools is None or name in pools:
+            named[name] = Proc(command, env, logs / f"{name}.log")
+    if pools is None:
+        named["beat"] = beat_proc(env, logs / "beat.log", logs / "beat-schedule")
+    return port, named
 
 
 def processes_label() -> str:

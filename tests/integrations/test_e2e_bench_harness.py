@@ -50,6 +50,11 @@ def test_the_harness_bills_the_demo_firm_exactly_once(sandbox: str, tmp_path: Pa
     assert 0 < phases["poll_time_entries_s"] <= run.elapsed
     assert 0 < phases["dispatch_s"] <= run.elapsed
     assert phases["dispatch_starts_at_s"] >= phases["billing_starts_at_s"]
+    # Where the run's CPU went, by process: the worker pool polled and billed, the database
+    # stored it (tests/benchmarks/cpu.py).
+    assert run.details["cpu_s"]["worker"] > 0
+    assert run.details["cpu_s"]["postgres"] > 0
+    assert run.details["cpu_s_total"] >= run.details["cpu_s"]["worker"]
 
     # The check fails loudly on an entry posted twice: one line repeated on a Xero invoice.
     control = SandboxControl(sandbox)
