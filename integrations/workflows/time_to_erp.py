@@ -264,7 +264,7 @@ def _bill_arrived() -> BillingRunReport:
         fx=_FxBook.load(), routes=_Routes.load(), expenses=Expense.objects.unbilled().exists()
     )
     chunk = chunk_size()
-    through = int(cache.get(ARRIVED_THROUGH) or 0)
+    through = _arrived_through()
     while True:
         last_id = _bill_chunk(Q(pk__gt=through), chunk, report, books, whole=True)
         if last_id is None:
@@ -284,6 +284,18 @@ def _bill_arrived() -> BillingRunReport:
     return report
 
 
+def _arrived_through() -> int:
+    """The last entry id a run that bills arriving time went through (0: none yet). A mark
+    past every entry stored is not the database's: it was kept in the cache while the database
+    was restored from a backup or emptied. Going on from it, these runs would bill nothing of
+    what arrives below it (the scheduled run would, up to a minute later), so they start again
+    from the first unbilled entry, as after a lost mark."""
+    through = int(cache.get(ARRIVED_THROUGH) or 0)
+    if through and not TimeEntry.objects.filter(pk__gte=through).exists():
+        return 0
+    return through
+
+
 def billing_after_page(*, connection_id: int, canonical_model: str) -> None:
     """A page of time entries committed: a run bills the whole chunks that have arrived."""
     if canonical_model == "timeentry":
@@ -295,7 +307,7 @@ def billing_after_poll(*, connection_id: int, since: datetime) -> None:
     when it brought nothing unbilled)."""
     if not Connection.objects.filter(pk=connection_id, role=SystemRole.PSA).exists():
         return
-    if _unbilled().filter(pk__gt=int(cache.get(ARRIVED_THROUGH) or 0)).exists() or (
+    if _unbilled().filter(pk__gt=_arrived_through()).exists() or (
         Expense.objects.unbilled().exists()
     ):
         ring(BILLING_ARRIVED, key="rest", args=(True,))

@@ -230,3 +230,19 @@ def test_a_lost_cursor_costs_a_reread_not_an_entry(projects: list[Project]) -> N
 
     assert not TimeEntry.objects.unbilled().exists()
     assert BillingEvent.objects.filter(time_entry__isnull=False).count() == 130
+
+
+def test_a_mark_past_every_entry_is_the_cache_s_not_the_database_s(
+    projects: list[Project],
+) -> None:
+    """The database restored or emptied while the cache kept the last run's mark: the time that
+    arrives below it is billed as it arrives, not left for the scheduled run."""
+    cache.set(ARRIVED_THROUGH, 10**9, timeout=None)
+    _arrive(projects, 90)
+
+    report = billing_arrived(complete=False)
+
+    assert report is not None
+    assert report.billed == 2 * CHUNK  # the whole chunks; the rest waits for the poll's end
+    assert TimeEntry.objects.unbilled().count() == 90 - 2 * CHUNK
+    assert int(cache.get(ARRIVED_THROUGH)) < 10**9
