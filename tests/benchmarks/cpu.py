@@ -7,6 +7,8 @@ bench database is PostgreSQL on this machine, its server (the postmaster and eve
 ``read()`` gives each one's CPU seconds so far: user plus system time of the live processes,
 plus what the session's leader (or the postmaster) has reaped of its exited children. The
 bench's own process is there too (``client``: the load it sends). Two reads make a window.
+The server's every backend counts, whatever database it serves: like every figure, this
+expects the machine to itself.
 """
 
 from __future__ import annotations
