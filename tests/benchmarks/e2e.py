@@ -47,7 +47,9 @@ reason (retries exhausted, a permanent error) fails the run at once.
 Figures: ``e2e_20k_entries_s`` (scale 20), ``e2e_100k_entries_s`` (with the ratio of the two,
 target at most 5.5: cost grows linearly), and ``e2e_100k_entries_faults_s``: 10% 5xx, 5% 429 and
 5% lost responses on both Harvest and Xero. Each run is stopped after ``BENCH_E2E_TIMEOUT_S``
-(600 s) with what it was waiting for. The machine's load average is printed with each.
+(600 s) with what it was waiting for. The machine's load average is printed with each, and
+the CPU each process spent in the run (``cpu_s``: the pools, beat, the sandbox, PostgreSQL,
+this process; ``cpu_s_total`` beside ``cores_s_in_run``, what the cores give in its time).
 
     python -m tests.benchmarks --only e2e_100k_entries_s
 """

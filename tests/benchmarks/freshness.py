@@ -10,7 +10,9 @@ the opportunity or the milestone; the row by the process, step and record the ru
 customer or the invoice). Printed: p50, p95 and max, each kind's own, how many deliveries were
 matched out of those sent (a delivery without its row by the end of the wait is counted
 missing, and a p95 that falls on a missing one is given as the wait, a lower bound), the intake
-rate achieved, how late the pacer sent, and the machine's load average.
+rate achieved, how late the pacer sent, and the machine's load average; the rate the measured
+path kept up with (``first_steps_per_s``) and the CPU each process spent until the last row
+(``cpu_s``, ``cpu_ms_per_delivery``: tests/benchmarks/cpu.py).
 
 The firm, the connections and the processes are provisioning's (tests/benchmarks/
 provisioning.py: gunicorn 2x4 threads, the worker pools `make run` starts, beat); the sandbox's
@@ -31,6 +33,9 @@ and the runs go on with their next steps, on the same two CPUs as the deliveries
 
     python -m tests.benchmarks --only webhook_to_outbox_p95_ms
     BENCH_FRESHNESS_RATE=50 BENCH_FRESHNESS_S=10 \
+        python -m tests.benchmarks --only webhook_to_outbox_p95_ms
+    # The floor: the web process and the inbound pool alone, nothing after the measured step.
+    BENCH_FRESHNESS_POOLS=inbound BENCH_FRESHNESS_S=20 \
         python -m tests.benchmarks --only webhook_to_outbox_p95_ms
 
 Target: p95 at most 2,000 ms at 500 deliveries a second.
