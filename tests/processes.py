@@ -7,6 +7,7 @@ test's tmp dir (shown when a test fails), and is stopped when its context exits.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -128,6 +129,14 @@ def gunicorn_proc(
 
     command = web_command(port, workers=workers, threads=threads, access_log=False)
     return Proc([*command, "--log-level", "warning"], env, log)
+
+
+def worker_ready(log: Path) -> bool:
+    """A Celery worker's log says it is ready (its pool started, its queues consumed)."""
+    return (
+        log.exists()
+        and re.search(r"\] \S+ ready\.$", log.read_text(errors="replace"), re.M) is not None
+    )
 
 
 def wait_for_http(url: str, timeout: float = 30) -> None:

@@ -98,7 +98,7 @@ from integrations.sync.ring import ring_poll
 from integrations.workflows.time_to_erp import POST_STEP, PROCESS
 from tests.benchmarks.cpu import CpuMeter
 from tests.benchmarks.cpu import window as cpu_window
-from tests.processes import Proc, beat_proc, process_env, wait_until
+from tests.processes import Proc, beat_proc, process_env, wait_until, worker_ready
 
 Figure = dict[str, Any]
 
@@ -224,7 +224,7 @@ def e2e_run(
     try:
         # The worker up first: the set-up reads the ERPs' tax rates itself (as `make run` does
         # before the CRM's poll), and the clock starts with that read, not with a worker's boot.
-        _until(lambda: _worker_ready(worker.log), deadline, "the worker ready", logs)
+        _until(lambda: worker_ready(worker.log), deadline, "the worker ready", logs)
         # No portal: Concord learns the firm by polling here, and the set-up subscribes no
         # webhook (the sandbox sends nothing).
         firm = demo_firm_setup(sandbox_url=sandbox_url, portal_url=None)
@@ -377,13 +377,6 @@ def _succeeded_at(log: Path, name: str) -> list[datetime]:
 
 def _log_time(stamp: str) -> datetime:
     return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").replace(tzinfo=UTC)
-
-
-def _worker_ready(log: Path) -> bool:
-    return (
-        log.exists()
-        and re.search(r"\] \S+ ready\.$", log.read_text(errors="replace"), re.M) is not None
-    )
 
 
 def _polls_done(log: Path, connection_ids: tuple[int, ...]) -> bool:

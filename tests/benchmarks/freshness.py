@@ -91,7 +91,7 @@ from tests.benchmarks.provisioning import (
     processes_label,
 )
 from tests.firms import HARVEST_HEADERS, ProvisioningFirm
-from tests.processes import wait_for_http, wait_until
+from tests.processes import wait_for_http, wait_until, worker_ready
 
 Figure = dict[str, Any]
 
@@ -111,6 +111,8 @@ MILESTONE_AMOUNT = Decimal("1000")
 # at 500/s), so none is idle past gunicorn's 2 s keep-alive, and an answer slower than that
 # shows as the pacer falling behind (sent_late), not as fewer deliveries.
 CONNECTIONS = max(1, min(64, math.ceil(RATE / 5)))
+# The pacer's first send comes this long after it is started (the senders connect meanwhile).
+PACER_LEAD_S = 0.05
 
 
 @dataclass
@@ -177,7 +179,7 @@ def freshness(sandbox: Any, **_: Any) -> Iterator[Figure]:
             # No beat to report them: each pool's own log says it is ready.
             for name in POOLS:
                 wait_until(
-                    lambda name=name: " ready." in procs[name].output(),
+                    lambda name=name: worker_ready(procs[name].log),
                     timeout=90,
                     what=f"the {name} pool ready",
                     interval=0.5,
@@ -364,7 +366,7 @@ async def _pace(port: int, deliveries: Sequence[Delivery], *, connections: int) 
     connection broke is left with status 0 (counted, not retried: a retry would be a second
     delivery of it)."""
     queue = iter(deliveries)
-    start = time.monotonic() + 0.05
+    start = time.monotonic() + PACER_LEAD_S
 
     async def sender() -> None:
         reader: asyncio.StreamReader | None = None
@@ -484,7 +486,7 @@ def _first_steps_rate(rows: dict[str, float], started: float) -> float | None:
     deliveries' own path keeps up with (at most the rate asked, when it keeps up)."""
     if not rows:
         return None
-    span = max(rows.values()) - (started + 0.05)
+    span = max(rows.values()) - (started + PACER_LEAD_S)
     return round(len(rows) / span, 1) if span > 0 else None
 
 
@@ -540,7 +542,7 @@ def _figure(
     missing = [d for d in deliveries if d.event_id not in rows]
     # From the first send (the pacer starts 50 ms after `started`) to the last 200.
     answered_times = [d.answered_at for d in answered if d.answered_at is not None]
-    span = max(answered_times, default=started) - (started + 0.05)
+    span = max(answered_times, default=started) - (started + PACER_LEAD_S)
     intake = len(answered) / span if span > 0 else 0.0
     late = sorted(d.sent_late_s for d in deliveries)
     # How long the web process took to answer (the intake's own latency, as the client saw it).
