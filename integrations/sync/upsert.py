@@ -445,7 +445,7 @@ def write_upsert(plan: UpsertPlan) -> None:
     raced = _created_meanwhile(plan, stored)
     for (kind, index), errors in stored.refused.items():
         m = plan.creates[index][0] if kind == "create" else plan.updates[index][0]
-        if kind == "create" and m.external_id in raced:
+        if raced.get(m.external_id) is m:
             continue
         reason = f"{model._meta.model_name} {m.external_id}: {describe(errors)}"
         plan.fail(m, reason, later=True, cause=invalid_cause(errors))
@@ -470,15 +470,21 @@ def write_upsert(plan: UpsertPlan) -> None:
 
 
 def _created_meanwhile(plan: UpsertPlan, stored: Stored) -> dict[str, MappedRecord]:
-    """The new records the database refused because another writer (a webhook and a poll, or
-    two deliveries, at the same moment) created the same vendor record first: its
-    cross-reference is there now (a unique violation waits for the other transaction and is
-    raised once it has committed). One query, only when a create was refused."""
-    refused = {
-        plan.creates[index][0].external_id: plan.creates[index][0]
-        for kind, index in stored.refused
-        if kind == "create"
-    }
+    """The records the database refused because another writer (a webhook and a poll, two
+    deliveries, or Concord's own create recording its answer, at the same moment) gave the same
+    vendor record its cross-reference first: a new record, or an existing one this batch linked
+    by its match rules. The cross-reference is there now (a unique violation waits for the other
+    transaction and is raised once it has committed). One query, only when such a write was
+    refused."""
+    refused: dict[str, MappedRecord] = {}
+    for kind, index in stored.refused:
+        if kind == "create":
+            m = plan.creates[index][0]
+        else:
+            m = plan.updates[index][0]
+            if m.external_id not in plan.links:
+                continue  # its cross-reference was there when planned: not a race for it
+        refused[m.external_id] = m
     if not refused:
         return {}
     there = CrossReference.objects.filter(

@@ -248,7 +248,8 @@ def test_make_run_brings_the_sandbox_firm_in_by_sync(
         source=InboundMessage.Source.WEBHOOK, connection__role=SystemRole.ERP
     )
     assert from_xero.filter(object_type="Invoices").exists()
-    assert not from_xero.filter(state=InboundMessage.State.FAILED).exists()
+    failed = from_xero.filter(state=InboundMessage.State.FAILED)
+    assert not failed.exists(), list(failed.values_list("object_type", "external_id", "error"))
 
     # The board, as PMO sees it: the deals provisioned since start-up, and the one held.
     _sign_in(page, base, "pmo", running.password("pmo"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import importlib
 import json
+import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 from django.apps import apps as global_apps
 from django.contrib.contenttypes.models import ContentType
+from django.db import connection as db
+from django.db import transaction
 from rest_framework.test import APIClient
 
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
@@ -168,6 +171,61 @@ def test_the_erp_contact_links_by_the_crm_id_it_carries_whatever_its_name(
     assert erp.record_id == crm.record_id
     assert Customer.objects.count() == 1
     assert Customer.objects.get().name == "Granite Retail Ltd"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_contact_linked_while_concord_records_its_own_create_of_it_is_applied(
+    systems: dict[str, Connection],
+) -> None:
+    """Concord created the customer's contact in the ERP and is recording the answer's id while
+    the ERP's webhook for that contact arrives. The webhook's copy, linked by the match rules to
+    the same customer, waits on the cross-reference's unique key; once the create's commits, it
+    is applied to the customer that cross-reference names: no failure, no second link."""
+    crm = arrive(systems["salesforce"], granite("salesforce"))
+    customer_id = crm.record_id
+    assert customer_id is not None
+    contact = granite("xero", Name="Granite Retail Ltd")  # as the CRM names it: no conflict
+    recording, results = threading.Event(), {}
+
+    def record_the_create() -> None:
+        try:
+            with transaction.atomic():
+                CrossReference.objects.create(
+                    connection=systems["xero"],
+                    content_type=ContentType.objects.get_for_model(Customer),
+                    object_id=customer_id,
+                    external_id=contact["ContactID"],
+                    external_version="1",
+                )
+                recording.set()
+                # Long enough for the webhook to plan (no cross-reference yet) and block.
+                threading.Event().wait(1.0)
+        finally:
+            db.close()
+
+    def webhook() -> None:
+        try:
+            recording.wait(10)
+            results["webhook"] = arrive(systems["xero"], contact)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=record_the_create), threading.Thread(target=webhook)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    result = results["webhook"]
+    assert (result.state, result.error) == (UpsertState.APPLIED, ""), result
+    assert (result.record_id, result.created) == (customer_id, False)
+    assert Customer.objects.count() == 1
+    assert Customer.objects.get().tax_number == VAT  # the ERP's field, applied
+    xref = CrossReference.objects.get(connection=systems["xero"])
+    assert xref.object_id == customer_id
+    assert not ExceptionCase.objects.exists(), list(
+        ExceptionCase.objects.values_list("case_type", "message")
+    )
 
 
 def test_the_same_name_with_another_tax_number_is_not_linked(
