@@ -223,7 +223,8 @@ def _bill_expenses(report: BillingRunReport, books: _RunBooks, limit: int | None
 # such run starts from the first unbilled entry: it reads again what it left unbilled (time on a
 # fixed fee, time held on a case) and makes the same invoices; nothing else changes. Entries
 # below it that such a run never saw (one committed late) are the scheduled run's (from the
-# first entry, every minute: config/celery.py ``billing-run``).
+# first entry, every minute: config/celery.py ``billing-run``). The mark names its entry by id
+# and creation time (`_arrived_mark`), so a mark the cache kept from another database is known.
 ARRIVED = "billing:arrived"
 ARRIVED_THROUGH = "billing:arrived:through"
 # A poll that is done asks for the rest (a chunk not yet whole, the expenses) once: a run that
@@ -270,30 +271,44 @@ def _bill_arrived() -> BillingRunReport:
         if last_id is None:
             break
         through = last_id
-        cache.set(ARRIVED_THROUGH, through, timeout=None)
+        _arrived_mark(through)
     if flag_take(ARRIVED_REST):
         books.expenses = Expense.objects.unbilled().exists()
         _resend_unrendered(books.routes)
         last: int | None = through
         while last is not None:
             through, last = last, _bill_chunk(Q(pk__gt=last), chunk, report, books)
-        cache.set(ARRIVED_THROUGH, through, timeout=None)
+        _arrived_mark(through)
         _bill_expenses(report, books)
         # The poll is done and this was the rest: no chunk follows for them to share a call.
         outbox_flush()
     return report
 
 
+def _arrived_mark(through: int) -> None:
+    """Keep the last entry id these runs went through, with that entry's creation time."""
+    created = TimeEntry.objects.filter(pk=through).values_list("created_at", flat=True).first()
+    stamp = created.isoformat() if created is not None else ""
+    cache.set(ARRIVED_THROUGH, f"{through}@{stamp}", timeout=None)
+
+
 def _arrived_through() -> int:
-    """The last entry id a run that bills arriving time went through (0: none yet). A mark
-    past every entry stored is not the database's: it was kept in the cache while the database
-    was restored from a backup or emptied. Going on from it, these runs would bill nothing of
-    what arrives below it (the scheduled run would, up to a minute later), so they start again
-    from the first unbilled entry, as after a lost mark."""
-    through = int(cache.get(ARRIVED_THROUGH) or 0)
-    if through and not TimeEntry.objects.filter(pk__gte=through).exists():
+    """The last entry id a run that bills arriving time went through (0: none yet). A mark whose
+    entry is not the one stored under its id (another creation time, or none) is not this
+    database's: the cache kept it while the database was restored from a backup, emptied or
+    made anew, and its ids may be reused. Going on from it, these runs would bill nothing of what
+    arrives below it (the scheduled run would, up to a minute later), so they start again from
+    the first unbilled entry, as after a lost mark. One look-up by primary key."""
+    through, _, stamp = str(cache.get(ARRIVED_THROUGH) or "").partition("@")
+    if not through.isdigit() or not stamp:
         return 0
-    return through
+    try:
+        created = datetime.fromisoformat(stamp)
+    except ValueError:
+        return 0
+    if not TimeEntry.objects.filter(pk=int(through), created_at=created).exists():
+        return 0
+    return int(through)
 
 
 def billing_after_page(*, connection_id: int, canonical_model: str) -> None:

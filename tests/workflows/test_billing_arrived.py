@@ -232,17 +232,45 @@ def test_a_lost_cursor_costs_a_reread_not_an_entry(projects: list[Project]) -> N
     assert BillingEvent.objects.filter(time_entry__isnull=False).count() == 130
 
 
-def test_a_mark_past_every_entry_is_the_cache_s_not_the_database_s(
-    projects: list[Project],
+@pytest.mark.parametrize("mark", ["past", "reused", "bare"])
+def test_a_mark_the_cache_kept_from_another_database_is_dropped(
+    projects: list[Project], mark: str
 ) -> None:
-    """The database restored or emptied while the cache kept the last run's mark: the time that
-    arrives below it is billed as it arrives, not left for the scheduled run."""
-    cache.set(ARRIVED_THROUGH, 10**9, timeout=None)
+    """The database restored, emptied or made anew while the cache kept the last run's mark:
+    the time that arrives below it is billed as it arrives, not left for the scheduled run.
+    ``past``: the mark lies past every entry. ``reused``: the new database's ids reach the mark
+    again, and the entry under its id was created at another time (a test database made anew
+    under the same cache; `make run` after a reset). ``bare``: an id alone, as the mark was kept
+    before it named its entry."""
     _arrive(projects, 90)
+    last = TimeEntry.objects.order_by("-pk").values_list("pk", "created_at")[0]
+    kept = {
+        "past": f"{10**9}@{last[1].isoformat()}",
+        "reused": f"{last[0]}@{(last[1] - timedelta(days=1)).isoformat()}",
+        "bare": last[0],
+    }[mark]
+    cache.set(ARRIVED_THROUGH, kept, timeout=None)
 
     report = billing_arrived(complete=False)
 
     assert report is not None
     assert report.billed == 2 * CHUNK  # the whole chunks; the rest waits for the poll's end
     assert TimeEntry.objects.unbilled().count() == 90 - 2 * CHUNK
-    assert int(cache.get(ARRIVED_THROUGH)) < 10**9
+    assert cache.get(ARRIVED_THROUGH) != kept
+
+
+def test_the_mark_of_this_database_is_gone_on_from(projects: list[Project]) -> None:
+    """The mark a run leaves names its entry as stored: the next run goes on from it, and
+    entries below it (here the first chunk's, its invoices voided meanwhile) are the scheduled
+    run's."""
+    _arrive(projects, 90)
+    billing_arrived(complete=False)
+    below = list(TimeEntry.objects.order_by("pk").values_list("pk", flat=True)[:CHUNK])
+    BillingEvent.objects.filter(time_entry_id__in=below).delete()
+    _arrive(projects, 40)
+
+    report = billing_arrived(complete=False)
+
+    assert report is not None
+    assert report.billed == CHUNK  # the 10 left from the first page and 30 new
+    assert set(TimeEntry.objects.unbilled().values_list("pk", flat=True)) >= set(below)
