@@ -35,7 +35,9 @@ from integrations.classification import ErrorClass
 from integrations.models import Connection, CrossReference, OutboxMessage
 from integrations.selectors import outbox_parked
 from integrations.sync.bulk import copy_insert, update_rows
+from integrations.sync.errors import MergeRefused
 from integrations.sync.failures import PARKING_CASE_TYPES, close_cases_for, park_with_cases
+from integrations.sync.identity import Match, possible_duplicates_open, record_merge
 from integrations.sync.outcome import Outcome
 from integrations.sync.ring import ring_dispatch
 from integrations.sync.steps import on_delivered
@@ -535,6 +537,10 @@ def outbox_record_failure(
 
 
 def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None:
+    """The vendor ids of what was delivered. A vendor record a poll or a webhook brought in
+    before its create's answer was recorded here (the answer lost, or the echo fast) may already
+    be a second Concord record that nothing linked to ours: `_merge_copies` first, then the
+    ids. The happy path costs one savepoint."""
     rows = [
         CrossReference(
             content_type_id=o.message.content_type_id,
@@ -547,6 +553,16 @@ def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None
         for o in succeeded
         if o.external_id
     ]
+    if not rows:
+        return
+    try:
+        with transaction.atomic():
+            _upsert_cross_references(rows)
+    except IntegrityError:
+        _upsert_cross_references(_merge_copies(rows))
+
+
+def _upsert_cross_references(rows: Sequence[CrossReference]) -> None:
     CrossReference.objects.bulk_create(
         rows,
         batch_size=500,
@@ -554,6 +570,50 @@ def _write_cross_references(succeeded: Sequence[Outcome], now: datetime) -> None
         unique_fields=["connection", "content_type", "object_id"],
         update_fields=["external_id", "external_version", "last_synced_at"],
     )
+
+
+def _merge_copies(rows: Sequence[CrossReference]) -> list[CrossReference]:
+    """The rows to write once the copies are gone: each vendor id another record holds (its
+    copy, made from the vendor's record before the answer naming it was recorded) is merged
+    into the record it was created for, audited, so the id moves with everything else the copy
+    gathered. A merge the identity rules refuse (the two are known apart elsewhere) leaves the
+    id with the copy and opens a possible-duplicate case for a person to decide."""
+    held = {
+        (x.connection_id, x.content_type_id, x.external_id): x.object_id
+        for x in CrossReference.objects.filter(
+            external_id__in={row.external_id for row in rows},
+            connection_id__in={row.connection_id for row in rows},
+        )
+    }
+    kept = []
+    for row in rows:
+        copy = held.get((row.connection_id, row.content_type_id, row.external_id))
+        if copy is None or copy == row.object_id:
+            kept.append(row)
+            continue
+        content_type = ContentType.objects.get_for_id(row.content_type_id)
+        try:
+            with transaction.atomic():
+                record_merge(
+                    object_type=str(content_type.model),
+                    winner_id=row.object_id,
+                    loser_id=copy,
+                    actor=None,
+                    note=f"The copy of {row.external_id} read before Concord recorded that it "
+                    "had created it.",
+                )
+        except MergeRefused as exc:
+            logger.warning("%s %s left apart from its copy: %s", content_type, row.object_id, exc)
+            model = content_type.model_class()
+            if model is not None:
+                possible_duplicates_open(
+                    connection=row.connection,
+                    model=model,
+                    pairs=[(copy, Match(row.object_id, "created by Concord", certain=False))],
+                )
+            continue
+        kept.append(row)
+    return kept
 
 
 def _supersede_parked(succeeded: Sequence[Outcome]) -> None:
