@@ -5,12 +5,10 @@ Never a second record, never a case about a duplicate key."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from decimal import Decimal
 
 import pytest
-from django.db import connection as db
 from django.db import transaction
 
 from exceptions.models import ExceptionCase
@@ -24,6 +22,7 @@ from integrations.sync.upsert import (
     plan_upsert,
     write_upsert,
 )
+from tests.concurrency import first_holds_then_commits
 from tests.factories import make_connection
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -45,33 +44,12 @@ def _first_holds_its_create(
 ) -> tuple[UpsertResult, UpsertResult]:
     """The first writer creates u-9 and holds its transaction open while the second starts
     (its insert waits on the unique key), then commits."""
-    created, results = threading.Event(), {}
-
-    def first() -> None:
-        try:
-            with transaction.atomic():
-                results["first"] = canonical_upsert(
-                    connection=connection, mapped=_worker("u-9", 1, "Consultant"), rules=RULES
-                )
-                created.set()
-                # Long enough for the second writer to plan (no cross-reference yet) and block.
-                threading.Event().wait(1.0)
-        finally:
-            db.close()
-
-    def run_second() -> None:
-        try:
-            created.wait(10)
-            results["second"] = second()
-        finally:
-            db.close()
-
-    threads = [threading.Thread(target=first), threading.Thread(target=run_second)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-    return results["first"], results["second"]
+    return first_holds_then_commits(
+        lambda: canonical_upsert(
+            connection=connection, mapped=_worker("u-9", 1, "Consultant"), rules=RULES
+        ),
+        second,
+    )
 
 
 RULES = OwnershipRules()

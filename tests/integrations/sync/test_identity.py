@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import importlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -16,8 +15,6 @@ from typing import Any
 import pytest
 from django.apps import apps as global_apps
 from django.contrib.contenttypes.models import ContentType
-from django.db import connection as db
-from django.db import transaction
 from rest_framework.test import APIClient
 
 from exceptions.models import BlockedRecord, ExceptionCase, Queue
@@ -57,6 +54,7 @@ from integrations.sync.identity import (
 )
 from integrations.sync.polling import poll_object
 from integrations.sync.upsert import UpsertResult, UpsertState, canonical_upsert
+from tests.concurrency import first_holds_then_commits
 from tests.factories import LegalEntityFactory, make_connection
 
 pytestmark = pytest.mark.django_db
@@ -185,38 +183,19 @@ def test_a_contact_linked_while_concord_records_its_own_create_of_it_is_applied(
     customer_id = crm.record_id
     assert customer_id is not None
     contact = granite("xero", Name="Granite Retail Ltd")  # as the CRM names it: no conflict
-    recording, results = threading.Event(), {}
 
-    def record_the_create() -> None:
-        try:
-            with transaction.atomic():
-                CrossReference.objects.create(
-                    connection=systems["xero"],
-                    content_type=ContentType.objects.get_for_model(Customer),
-                    object_id=customer_id,
-                    external_id=contact["ContactID"],
-                    external_version="1",
-                )
-                recording.set()
-                # Long enough for the webhook to plan (no cross-reference yet) and block.
-                threading.Event().wait(1.0)
-        finally:
-            db.close()
+    def record_the_create() -> CrossReference:
+        return CrossReference.objects.create(
+            connection=systems["xero"],
+            content_type=ContentType.objects.get_for_model(Customer),
+            object_id=customer_id,
+            external_id=contact["ContactID"],
+            external_version="1",
+        )
 
-    def webhook() -> None:
-        try:
-            recording.wait(10)
-            results["webhook"] = arrive(systems["xero"], contact)
-        finally:
-            db.close()
-
-    threads = [threading.Thread(target=record_the_create), threading.Thread(target=webhook)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-
-    result = results["webhook"]
+    _, result = first_holds_then_commits(
+        record_the_create, lambda: arrive(systems["xero"], contact)
+    )
     assert (result.state, result.error) == (UpsertState.APPLIED, ""), result
     assert (result.record_id, result.created) == (customer_id, False)
     assert Customer.objects.count() == 1
