@@ -5,6 +5,7 @@ the first's rows or keys), then commits. For the races a unique key decides."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,28 +19,38 @@ def first_holds_then_commits(
     first: Callable[[], Any], second: Callable[[], Any], *, hold_s: float = HOLD_S
 ) -> tuple[Any, Any]:
     """Run `first` in a transaction held open `hold_s` after it returns, and `second` as soon
-    as `first` has returned (inside that hold). Their results, in that order."""
-    done, results = threading.Event(), {}
+    as `first` has returned (inside that hold). Their results, in that order; an exception
+    either raised is raised here, so a test fails with it."""
+    done, results, raised = threading.Event(), {}, []
 
-    def run_first() -> None:
+    def run(name: str, work: Callable[[], Any]) -> None:
         try:
-            with transaction.atomic():
-                results["first"] = first()
-                done.set()
-                threading.Event().wait(hold_s)
+            results[name] = work()
+        except BaseException as exc:  # handed to the test's thread below
+            raised.append(exc)
         finally:
+            done.set()
             connection.close()
 
-    def run_second() -> None:
-        try:
-            done.wait(10)
-            results["second"] = second()
-        finally:
-            connection.close()
+    def held() -> Any:
+        with transaction.atomic():
+            result = first()
+            done.set()
+            time.sleep(hold_s)
+        return result
 
-    threads = [threading.Thread(target=run_first), threading.Thread(target=run_second)]
+    def after() -> Any:
+        done.wait(10)
+        return second()
+
+    threads = [
+        threading.Thread(target=run, args=("first", held)),
+        threading.Thread(target=run, args=("second", after)),
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(30)
+    if raised:
+        raise raised[0]
     return results["first"], results["second"]
